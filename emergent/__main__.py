@@ -1,0 +1,5 @@
+import sys
+
+from emergent.platform.cli import main
+
+sys.exit(main())

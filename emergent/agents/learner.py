@@ -1,0 +1,85 @@
+"""What every learner shares: AdamW, the warmup + cosine schedule, clipping, bf16 autocast.
+
+All methods train through ``Learner.step`` so that they spend compute the same way and
+report it the same way (``flops`` in each step's metrics).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def validate(self) -> None:
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"optim.lr must be > 0 and optim.min_lr in [0, lr]; got lr={self.lr}, min_lr={self.min_lr}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("optim.beta1 and optim.beta2 must lie in [0, 1)")
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Linear warmup to ``lr`` then cosine decay to ``min_lr`` at ``total_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    # Decay matrices only (not norms, not biases): the usual GPT recipe.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slower and less exact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Learner:
+    """Owns the optimiser of one model and applies one clipped, scheduled AdamW step."""
+
+    def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int, device: torch.device) -> None:
+        cfg.validate()
+        self.model, self.cfg, self.total_steps, self.device = model, cfg, total_steps, device
+        self.optimizer = make_optimizer(model, cfg, device)
+        self.step_count = 0
+
+    def apply(self, loss: torch.Tensor) -> dict:
+        """Backward, clip, step. ``grad_norm`` stays a tensor: reading it would sync the GPU."""
+        lr = lr_at(self.step_count, self.total_steps, self.cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.step_count += 1
+        return {"lr": lr, "grad_norm": grad_norm.detach()}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "step": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count = int(state["step"])

@@ -1,0 +1,297 @@
+"""A decoder-only Transformer language model with a KV cache, in one file.
+
+Shapes: B batch, T time (tokens in this call), S cached + new keys, C = d_model,
+H heads, D = C // H head size, V vocabulary, L layers.
+
+Two attention paths:
+  * training / scoring of right-padded batches: plain causal SDPA (``is_causal=True``),
+    which on CUDA dispatches to the flash kernel. Right padding sits after every real
+    token, so it never leaks into the positions the loss reads.
+  * generation: prompts of different lengths are *left*-padded so every row's next
+    token lands in the same column; a boolean mask hides the padding keys and position
+    ids restart at 0 at each row's first real token, so a left-padded row computes
+    exactly what it would alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POS_SCHEMES = ("learned", "rope", "none")
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 128
+    max_len: int = 64        # context length: prompt + completion, BOS and EOS included
+    pos: str = "learned"     # learned | rope | none
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.pos not in POS_SCHEMES:
+            raise ValueError(f"model.pos={self.pos!r} is not a positional scheme; choose one of {list(POS_SCHEMES)}")
+        for key in ("n_layer", "n_head", "d_model", "max_len"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_head={self.n_head}")
+        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError("model.pos=rope needs an even head size (d_model / n_head)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+
+
+class KVCache:
+    """Keys and values of every layer for positions [0, length); allocated on first write.
+
+    k, v: [L, B, H, S_max, D]
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int) -> None:
+        self.shape = (n_layer, batch, n_head, max_len, head_dim)
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, H, T, D] at [length, length+T); return all keys/values so far [B, H, S, D]."""
+        if self.k is None:
+            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        t0, T = self.length, k.shape[2]
+        if t0 + T > self.shape[3]:
+            raise ValueError(f"KV cache full: {t0}+{T} > {self.shape[3]}")
+        self.k[layer, :, :, t0 : t0 + T] = k
+        self.v[layer, :, :, t0 : t0 + T] = v
+        return self.k[layer, :, :, : t0 + T], self.v[layer, :, :, : t0 + T]
+
+
+def rope_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # [max_len, D/2]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x [B, H, T, D] by per-position angles cos/sin [B, 1, T, D/2]."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.d_model = cfg.n_head, cfg.d_model
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, rope=None, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # [B, H, S, D]
+        p = self.dropout if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=False)
+        self.down = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(cfg.d_model), CausalSelfAttention(cfg)
+        self.ln2, self.mlp = nn.LayerNorm(cfg.d_model), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, mask=None, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.ln1(x), rope, mask, cache, layer))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class Generation(NamedTuple):
+    tokens: torch.Tensor    # [B, N] generated ids; PAD after a row's EOS
+    lengths: torch.Tensor   # [B] completion length, EOS excluded
+    finished: torch.Tensor  # [B] bool: the row emitted EOS (else it hit the token limit)
+    logprobs: torch.Tensor  # [B, N] log-prob of each generated token under the sampling policy; 0 after EOS
+
+
+def pad_left(prompts: Sequence[np.ndarray | Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> (ids [B, T], valid [B, T]) left-padded to the longest prompt."""
+    lengths = np.array([len(p) for p in prompts])
+    T = int(lengths.max())
+    ids = np.full((len(prompts), T), pad_id, dtype=np.int64)
+    valid = np.arange(T)[None, :] >= (T - lengths)[:, None]
+    ids[valid] = np.concatenate([np.asarray(p, dtype=np.int64) for p in prompts])
+    return torch.from_numpy(ids).to(device), torch.from_numpy(valid).to(device)
+
+
+class TransformerLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.wte = nn.Embedding(vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.pos == "learned" else None
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg.max_len, cfg.d_model // cfg.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("proj.weight", "down.weight")):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    # -- accounting -------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, context: int, *, backward: bool) -> float:
+        """Matmul FLOPs per token at a given attended context (PaLM appendix B).
+
+        forward: 2 * (weights in matmuls) + 4 * L * C * context (QK^T and AV).
+        Embedding lookups are free; the tied LM head is a real matmul and counts.
+        A backward pass costs twice the forward.
+        """
+        c = self.cfg
+        matmul_params = c.n_layer * 12 * c.d_model**2 + c.d_model * self.vocab_size
+        fwd = 2 * matmul_params + 4 * c.n_layer * c.d_model * context
+        return 3 * fwd if backward else fwd
+
+    # -- forward ----------------------------------------------------------------------
+    def forward(
+        self,
+        idx: torch.Tensor,                      # [B, T] token ids
+        pos: torch.Tensor | None = None,        # [B, T] position ids; default 0..T-1 after the cache
+        key_valid: torch.Tensor | None = None,  # [B, S] bool: keys a query may see (padding is False)
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:                          # -> logits [B, T, V]
+        B, T = idx.shape
+        t0 = cache.length if cache is not None else 0
+        if pos is None:
+            pos = torch.arange(t0, t0 + T, device=idx.device).expand(B, T)
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(pos)
+        rope = None
+        if self.cfg.pos == "rope":
+            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # [B, 1, T, D/2]
+        mask = None
+        if key_valid is not None or cache is not None:
+            S = t0 + T
+            q_at = torch.arange(t0, S, device=idx.device)[:, None]
+            k_at = torch.arange(S, device=idx.device)[None, :]
+            causal = k_at <= q_at  # [T, S]
+            valid = key_valid[:, None, None, :S] if key_valid is not None else True
+            # A padding query sees only itself: no row of the mask is empty, so no NaN
+            # ever enters the cache (0 * NaN would poison the real rows).
+            mask = (causal & valid) | (k_at == q_at)  # [B, 1, T, S]
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.lm_head(self.ln_f(x))
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        c = self.cfg
+        return KVCache(c.n_layer, batch, c.n_head, max_len or c.max_len, c.d_model // c.n_head)
+
+    # -- generation -------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[np.ndarray | Sequence[int]],
+        max_new_tokens: int,
+        *,
+        eos_id: int,
+        pad_id: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Generation:
+        """Continue each prompt until it emits EOS or ``max_new_tokens`` tokens (capped by
+        the context length). temperature 0 is greedy. ``use_cache=False`` recomputes the
+        whole prefix each step — the reference the cache is tested against.
+        """
+        device = self.wte.weight.device
+        ids, valid = pad_left(prompts, pad_id, device)  # [B, Tp]
+        B, Tp = ids.shape
+        N = min(max_new_tokens, self.cfg.max_len - Tp)
+        if N < 1:
+            raise ValueError(f"prompts of {Tp} tokens leave no room in the context of {self.cfg.max_len}")
+        prompt_len = valid.sum(1)                     # [B]
+        pos = (valid.cumsum(1) - 1).clamp(min=0)      # [B, Tp]
+        out = torch.full((B, N), pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros(B, N, device=device)
+        lengths = torch.zeros(B, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        key_valid = torch.cat([valid, torch.ones(B, N, dtype=torch.bool, device=device)], 1)  # [B, Tp+N]
+
+        cache = self.new_cache(B, Tp + N) if use_cache else None
+        logits = self(ids, pos, key_valid, cache)[:, -1]  # [B, V]
+        for n in range(N):
+            tok, lp = sample_next(logits.float(), temperature, top_k, generator)
+            tok = torch.where(done, pad_id, tok)
+            out[:, n] = tok
+            logprobs[:, n] = torch.where(done, 0.0, lp)
+            lengths += (~done & (tok != eos_id)).long()
+            done |= tok == eos_id
+            if n == N - 1 or bool(done.all()):
+                break
+            if use_cache:
+                logits = self(tok[:, None], (prompt_len + n)[:, None], key_valid, cache)[:, -1]
+            else:
+                seq = torch.cat([ids, out[:, : n + 1]], 1)
+                seq_pos = torch.cat([pos, prompt_len[:, None] + torch.arange(n + 1, device=device)], 1)
+                logits = self(seq, seq_pos, key_valid[:, : Tp + n + 1])[:, -1]
+        return Generation(out, lengths, done, logprobs)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None):
+    """logits [B, V] -> (token [B], its log-prob [B] under the sampling distribution)."""
+    if temperature <= 0.0:
+        tok = logits.argmax(-1)
+        return tok, F.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logp = F.log_softmax(logits, -1)
+    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    return tok, logp.gather(1, tok[:, None]).squeeze(1)

@@ -1,0 +1,15 @@
+"""Verifiable reasoning tasks, the shared tokenizer and Gymnasium token-level envs.
+
+Importing this package registers every task and the ``emergent/<Task>-v0`` envs.
+"""
+from . import addition, countdown, multiplication, sorting  # noqa: F401  (register tasks)
+from .base import SPLITS, TASKS, Problem, Score, Scores, SplitSpec, Task, extract_answer, make_task, score_strings
+from .gym_env import TraceEnv, register_envs
+from .tokenizer import TOKENIZER, CharTokenizer
+
+ENV_IDS = register_envs()
+
+__all__ = [
+    "SPLITS", "TASKS", "ENV_IDS", "Problem", "Score", "Scores", "SplitSpec", "Task", "TraceEnv",
+    "TOKENIZER", "CharTokenizer", "extract_answer", "make_task", "score_strings", "register_envs",
+]

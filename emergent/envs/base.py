@@ -1,0 +1,220 @@
+"""The task interface: problems, gold traces, splits and batched verification.
+
+A ``Task`` writes problems (prompt, gold trace, gold answer) from a seeded numpy
+``Generator`` and verifies completions. Everything a learner sees crosses this file as
+``Problem`` records and ``Scores`` arrays.
+
+Splits. ``test`` and ``train`` share difficulties but never problems: a problem belongs
+to the held-out half of the problem space iff a keyed hash of its prompt falls below
+``heldout_fraction``. Training rejects held-out prompts; ``test`` draws only them. The
+partition depends on the prompt alone (not on the run's seed), so every run — any seed,
+any method — is evaluated on the same held-out problems. ``extrapolate`` draws from
+difficulties strictly above the training range, so it is disjoint by construction.
+"""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from .tokenizer import ANSWER_SEP
+
+SPLITS = ("train", "test", "extrapolate")
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str      # what the model is shown, e.g. "123+456="
+    answer: str      # the gold answer exactly as it must be written, e.g. "975" (reversed)
+    trace: str       # the gold completion a solver writes: scratchpad + ">" + answer, or the answer
+    difficulty: int  # the task's difficulty knob (digits, list length, count of numbers)
+
+
+@dataclass(frozen=True)
+class Score:
+    exact: bool
+    token_accuracy: float  # per-position agreement of the answer, over the longer length
+    edit_distance: float   # Levenshtein(answer, gold) / max(len), 0 = identical
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Batched verifier output; every field has shape [B]."""
+
+    exact: np.ndarray           # bool
+    token_accuracy: np.ndarray  # float64 in [0, 1]
+    edit_distance: np.ndarray   # float64 in [0, 1]
+
+    def __len__(self) -> int:
+        return len(self.exact)
+
+    def __getitem__(self, i: int) -> Score:
+        return Score(bool(self.exact[i]), float(self.token_accuracy[i]), float(self.edit_distance[i]))
+
+
+def extract_answer(completion: str) -> str:
+    """The answer is what follows the last ">" (scratchpad formats) or the whole completion."""
+    return completion.rsplit(ANSWER_SEP, 1)[-1]
+
+
+def _pad_codes(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings -> (codes [B, L] int16 padded with -1, lengths [B])."""
+    lengths = np.fromiter((len(s) for s in strings), dtype=np.int64, count=len(strings))
+    width = max(int(lengths.max(initial=0)), 1)
+    codes = np.full((len(strings), width), -1, dtype=np.int16)
+    flat = np.frombuffer("".join(strings).encode("utf-32-le"), dtype=np.uint32).astype(np.int16)
+    rows = np.repeat(np.arange(len(strings)), lengths)
+    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    codes[rows, cols] = flat
+    return codes, lengths
+
+
+def score_strings(pred: Sequence[str], gold: Sequence[str]) -> Scores:
+    """Exact match, token accuracy and normalised edit distance for a whole batch at once.
+
+    The Levenshtein table is filled for all rows together: the Python loops run over
+    string positions (short), never over examples.
+    """
+    assert len(pred) == len(gold)
+    if len(pred) == 0:
+        z = np.zeros(0)
+        return Scores(z.astype(bool), z, z)
+    p, lp = _pad_codes(pred)
+    g, lg = _pad_codes(gold)
+    width = max(p.shape[1], g.shape[1])
+    p = np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-1)
+    g = np.pad(g, ((0, 0), (0, width - g.shape[1])), constant_values=-1)
+    longest = np.maximum(np.maximum(lp, lg), 1)
+    exact = (lp == lg) & (p == g).all(axis=1)
+    g = np.where(g < 0, -2, g)  # from here on, padding never matches padding
+    token_accuracy = np.where(exact, 1.0, (p == g).sum(axis=1) / longest)
+
+    # dist[b, i, j] = edit distance between pred[b][:i] and gold[b][:j]
+    B, P, G = len(pred), int(lp.max()), int(lg.max())
+    prev = np.tile(np.arange(G + 1), (B, 1))
+    at_end = np.where(lp == 0, prev[np.arange(B), lg], 0)
+    for i in range(1, P + 1):
+        cur = np.empty_like(prev)
+        cur[:, 0] = i
+        sub = prev[:, :-1] + (p[:, i - 1 : i] != g[:, :G])
+        dele = prev[:, 1:] + 1
+        best = np.minimum(sub, dele)
+        for j in range(1, G + 1):  # insertion depends on cur[:, j-1]
+            cur[:, j] = np.minimum(best[:, j - 1], cur[:, j - 1] + 1)
+        at_end = np.where(lp == i, cur[np.arange(B), lg], at_end)
+        prev = cur
+    edit = at_end / longest
+    return Scores(exact, token_accuracy.astype(np.float64), edit.astype(np.float64))
+
+
+class Task(ABC):
+    """A verifiable reasoning task. Subclasses live one per file and register themselves."""
+
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]] = ("plain",)
+    min_difficulty: ClassVar[int] = 1
+    max_difficulty: ClassVar[int] = 12
+
+    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1) -> None:
+        format = format or self.formats[0]
+        if format not in self.formats:
+            raise ValueError(f"task {self.name!r} has no format {format!r}; choose one of {list(self.formats)}")
+        if not 0.0 < heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction}")
+        self.format = format
+        self.heldout_fraction = heldout_fraction
+
+    # -- generation -----------------------------------------------------------------
+    @abstractmethod
+    def make_problem(self, rng: np.random.Generator, difficulty: int) -> Problem:
+        """One problem of the given difficulty, drawn from ``rng``."""
+
+    def is_heldout(self, prompt: str) -> bool:
+        digest = hashlib.blake2b(prompt.encode(), digest_size=8, key=b"emergent-split").digest()
+        return int.from_bytes(digest, "little") / 2.0**64 < self.heldout_fraction
+
+    def check_difficulty(self, lo: int, hi: int) -> None:
+        if not (self.min_difficulty <= lo <= hi <= self.max_difficulty):
+            raise ValueError(
+                f"task {self.name!r} supports difficulties {self.min_difficulty}..{self.max_difficulty}, got {lo}..{hi}"
+            )
+
+    def sample(self, rng: np.random.Generator, n: int, split: str, difficulties: Sequence[int]) -> list[Problem]:
+        """``n`` problems of ``split``; difficulty i is ``difficulties[i % len]``.
+
+        ``train`` never yields a held-out prompt and ``test`` yields only held-out
+        prompts. ``extrapolate`` is disjoint from training by difficulty (the caller,
+        ``SplitSpec``, guarantees its range lies above the training range).
+        """
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        out: list[Problem] = []
+        for i in range(n):
+            d = int(difficulties[i % len(difficulties)])
+            for _ in range(100_000):
+                p = self.make_problem(rng, d)
+                if split == "extrapolate" or self.is_heldout(p.prompt) == (split == "test"):
+                    break
+            else:  # pragma: no cover - only for absurd heldout fractions
+                raise RuntimeError(f"could not draw a {split} problem of difficulty {d} for {self.name}")
+            out.append(p)
+        return out
+
+    # -- verification ---------------------------------------------------------------
+    def check_answers(self, problems: Sequence[Problem], answers: Sequence[str]) -> np.ndarray | None:
+        """Task-specific correctness [B] bool, or None when correct means 'equals the gold answer'."""
+        return None
+
+    def verify_batch(self, problems: Sequence[Problem], completions: Sequence[str]) -> Scores:
+        answers = [extract_answer(c) for c in completions]
+        scores = score_strings(answers, [p.answer for p in problems])
+        correct = self.check_answers(problems, answers)
+        if correct is None:
+            return scores
+        # A correct answer other than the gold one earns full graded credit too.
+        return Scores(
+            exact=correct,
+            token_accuracy=np.where(correct, 1.0, scores.token_accuracy),
+            edit_distance=np.where(correct, 0.0, scores.edit_distance),
+        )
+
+    def verify(self, problem: Problem, completion: str) -> Score:
+        return self.verify_batch([problem], [completion])[0]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Difficulty ranges (inclusive) of the training split and of the extrapolation split."""
+
+    train: tuple[int, int]
+    extrapolate: tuple[int, int]
+
+    def validate(self, task: Task) -> None:
+        task.check_difficulty(*self.train)
+        task.check_difficulty(*self.extrapolate)
+        if self.extrapolate[0] <= self.train[1]:
+            raise ValueError(
+                f"extrapolation difficulties {self.extrapolate[0]}..{self.extrapolate[1]} must lie above "
+                f"the training range {self.train[0]}..{self.train[1]}"
+            )
+
+    def difficulties(self, split: str) -> list[int]:
+        lo, hi = self.extrapolate if split == "extrapolate" else self.train
+        return list(range(lo, hi + 1))
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def make_task(name: str, **kwargs) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    return TASKS[name](**kwargs)

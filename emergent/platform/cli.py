@@ -1,0 +1,93 @@
+"""The one entry point: ``emergent train|eval ...`` (also ``python -m emergent``).
+
+  emergent train [CONFIG.yaml] [key=value ...]
+  emergent eval CHECKPOINT [key=value ...]
+
+Bad input of any kind exits with code 2 and one line on stderr naming the problem.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import UserError
+
+USAGE_EXAMPLES = """examples:
+  emergent train                                   # quickstart defaults, local runtime
+  emergent train configs/quickstart.yaml model.d_model=256 seed=3 logdir=/tmp/runs
+  emergent eval runs/quickstart/supervised_L2_d128_learned_s0/last.pt task.extrapolate=[4,8]
+"""
+
+
+def _split_config(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+def cmd_train(args: Sequence[str]) -> int:
+    from .config import load_config
+    from .local import train_local
+
+    path, overrides = _split_config(args)
+    cfg = load_config(path, overrides)
+    final = train_local(cfg)
+    shown = {k: v for k, v in final.items() if k.endswith("exact_match") and "/d" not in k}
+    print(f"emergent: finished {cfg.run_dir} at step {cfg.train.steps}: "
+          + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())), flush=True)
+    return 0
+
+
+def cmd_eval(args: Sequence[str]) -> int:
+    from .checkpoint import load_checkpoint
+    from .config import load_config
+    from .local import Experiment
+
+    if not args:
+        raise UserError("eval needs a checkpoint path: emergent eval CHECKPOINT [key=value ...]")
+    path, overrides = args[0], list(args[1:])
+    state = load_checkpoint(path)
+    cfg = load_config(base=state["config"], overrides=overrides)
+    exp = Experiment(cfg)
+    from .checkpoint import load_model_state
+
+    load_model_state(exp.model, state, path)
+    results = exp.evaluate()
+    print(f"checkpoint {path} (step {state['step']}, task {cfg.task.name}, format {exp.task.format})")
+    print(f"{'split':<12} {'difficulty':>10} {'n':>6} {'exact_match':>12} {'token_acc':>10} {'edit_dist':>10}")
+    for split, r in results.items():
+        n = len(exp.evaluator.sets[split])
+        rows = [("all", n, r.metrics)] + [
+            (str(d), sum(p.difficulty == d for p in exp.evaluator.sets[split]), m) for d, m in r.by_difficulty.items()
+        ]
+        for label, count, m in rows:
+            print(f"{split:<12} {label:>10} {count:>6} {m['exact_match']:>12.4f} "
+                  f"{m['token_accuracy']:>10.4f} {m['edit_distance']:>10.4f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="emergent", description="Supervised vs self-improving Transformers on verifiable reasoning tasks.",
+        epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train one run", epilog=USAGE_EXAMPLES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_train.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value", help="config file and overrides")
+    p_eval = sub.add_parser("eval", help="evaluate a checkpoint per split and difficulty")
+    p_eval.add_argument("args", nargs="+", metavar="CHECKPOINT [key=value]", help="checkpoint and overrides")
+    ns = parser.parse_args(argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval}[ns.command](ns.args)
+    except UserError as e:
+        print(f"emergent: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("emergent: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Structured configs: one dataclass tree, YAML files, dotlist overrides, strict checks.
+
+``load_config`` is the only way a run gets its config. Every mistake it can see — an
+unknown key, a wrong type, an unknown task / method / runtime / format, a bad range —
+raises ``ConfigError`` with one line naming the key or value and the valid choices,
+before any model is built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from emergent.agents.learner import OptimConfig
+from emergent.agents.model import ModelConfig
+from emergent.envs import SPLITS, TASKS, SplitSpec, make_task
+
+from .errors import ConfigError
+
+METHODS = ("supervised",)
+RUNTIMES = ("local",)
+DEVICES = ("auto", "cpu", "cuda")
+TARGETS = ("trace", "answer")
+
+
+@dataclass
+class TaskConfig:
+    name: str = "addition"
+    format: Optional[str] = None          # None: the task's default format
+    difficulty: List[int] = field(default_factory=lambda: [1, 3])   # training range [lo, hi]
+    extrapolate: List[int] = field(default_factory=lambda: [4, 5])  # held-out range above it
+    train_size: Optional[int] = None      # a fixed training set of this many problems; None: unlimited
+    data_seed: int = 0                    # seed of that fixed set: the same data for every run seed
+    heldout_fraction: float = 0.1         # share of the problem space reserved for `test`
+
+
+@dataclass
+class TrainConfig:
+    method: str = "supervised"
+    steps: int = 2000
+    batch_size: int = 128
+    target: str = "trace"                 # supervised: learn the gold trace, or the answer only
+    log_every: int = 25
+    compile: bool = False                 # torch.compile the loss (pays off on CUDA)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 250                      # evaluate every N steps (and at the first and last)
+    problems: int = 300                   # fixed problems per split, spread over difficulties
+    splits: List[str] = field(default_factory=lambda: list(SPLITS))
+    seed: int = 1234                      # the eval sets depend on this, not on the run's seed
+    batch_size: int = 512
+    samples: int = 4                      # sample traces logged as text per split
+
+
+@dataclass
+class Config:
+    experiment: str = "quickstart"
+    run_name: Optional[str] = None        # None: <method>_L<n_layer>_d<d_model>_<pos>_s<seed>
+    logdir: str = "runs"
+    seed: int = 0
+    runtime: str = "local"
+    device: str = "auto"
+    resume: bool = False
+    checkpoint_every: int = 500
+    progress: bool = True
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def default_run_name(self) -> str:
+        m = self.model
+        return f"{self.train.method}_L{m.n_layer}_d{m.d_model}_{m.pos}_s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.logdir) / self.experiment / (self.run_name or self.default_run_name)
+
+    @property
+    def splits(self) -> SplitSpec:
+        return SplitSpec(train=tuple(self.task.difficulty), extrapolate=tuple(self.task.extrapolate))
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    return str(getattr(e, "msg", None) or e).splitlines()[0]
+
+
+def _valid_keys(full_key: str) -> list[str]:
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    root = OmegaConf.structured(Config)
+    node = OmegaConf.select(root, parent) if parent else root
+    return sorted(node.keys()) if OmegaConf.is_dict(node) else []
+
+
+def merge_config(base, sources: Sequence[Any]) -> Any:
+    """Merge OmegaConf sources onto ``base``, turning OmegaConf errors into ConfigError."""
+    try:
+        for src in sources:
+            base = OmegaConf.merge(base, src)
+        return base
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or "?"
+        valid = _valid_keys(key)
+        raise ConfigError(f"unknown config key '{key}'" + (f"; valid keys here: {valid}" if valid else "")) from None
+    except ValidationError as e:
+        key = getattr(e, "full_key", None)
+        where = f"config key '{key}': " if key else "config: "
+        raise ConfigError(where + _one_line(e)) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {_one_line(e)}") from None
+
+
+def parse_overrides(overrides: Sequence[str]):
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. model.d_model=128)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {_one_line(e)}") from None
+
+
+def load_yaml(path: str | Path):
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = OmegaConf.load(p)
+    except Exception as e:  # YAML syntax errors come in several types
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not OmegaConf.is_dict(data):
+        raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: Any = None) -> Config:
+    """Defaults <- YAML file <- overrides, then ``validate``. ``base`` (a YAML string or
+    OmegaConf node) replaces the defaults, e.g. the config stored in a checkpoint."""
+    root = OmegaConf.structured(Config)
+    sources = []
+    if base is not None:
+        sources.append(OmegaConf.create(base) if isinstance(base, str) else base)
+    if path is not None:
+        sources.append(load_yaml(path))
+    sources.append(parse_overrides(overrides))
+    merged = merge_config(root, sources)
+    try:
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {_one_line(e)}") from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of {sorted(choices)}")
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks OmegaConf's types cannot express."""
+    _choice("task.name", cfg.task.name, TASKS)
+    _choice("train.method", cfg.train.method, METHODS)
+    _choice("runtime", cfg.runtime, RUNTIMES)
+    _choice("device", cfg.device, DEVICES)
+    _choice("train.target", cfg.train.target, TARGETS)
+    for split in cfg.eval.splits:
+        _choice("eval.splits", split, SPLITS)
+    for key in ("difficulty", "extrapolate"):
+        rng = getattr(cfg.task, key)
+        if len(rng) != 2 or rng[0] > rng[1]:
+            raise ConfigError(f"task.{key} must be a range [lo, hi] with lo <= hi, got {list(rng)}")
+    positive = {
+        "train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size, "train.log_every": cfg.train.log_every,
+        "eval.every": cfg.eval.every, "eval.problems": cfg.eval.problems, "eval.batch_size": cfg.eval.batch_size,
+        "checkpoint_every": cfg.checkpoint_every,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.task.train_size is not None and cfg.task.train_size < 1:
+        raise ConfigError(f"task.train_size must be >= 1 or null, got {cfg.task.train_size}")
+    for name in ("experiment", "run_name"):
+        value = getattr(cfg, name)
+        if value is not None and (not value or "/" in value or value in (".", "..")):
+            raise ConfigError(f"{name}={value!r} must be a plain directory name")
+    try:
+        task = make_task(cfg.task.name, format=cfg.task.format, heldout_fraction=cfg.task.heldout_fraction)
+    except ValueError as e:
+        raise ConfigError(f"task.format / task.heldout_fraction: {e}") from None
+    try:
+        cfg.splits.validate(task)
+        cfg.model.validate()
+        cfg.optim.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -1,0 +1,106 @@
+"""Evaluation: greedy decoding of a fixed problem set per split, batched, then verified.
+
+The sets depend on ``eval.seed`` and the task config only, so every run of an
+experiment — any seed, any method — is scored on the same problems.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from emergent.agents.learner import autocast
+from emergent.agents.model import TransformerLM
+from emergent.envs import SPLITS, TOKENIZER, Problem, Scores, SplitSpec, Task
+
+from . import tags
+
+
+@dataclass
+class SplitResult:
+    metrics: dict[str, float]                     # tags.EVAL_METRICS -> mean
+    by_difficulty: dict[int, dict[str, float]]    # difficulty -> metric -> mean
+    samples: list[tuple[str, str, str, bool]] = field(default_factory=list)  # prompt, completion, gold, exact
+
+
+def summarise(problems: Sequence[Problem], scores: Scores) -> tuple[dict, dict]:
+    values = {"exact_match": scores.exact.astype(float), "token_accuracy": scores.token_accuracy,
+              "edit_distance": scores.edit_distance}
+    overall = {k: float(v.mean()) for k, v in values.items()}
+    diff = np.array([p.difficulty for p in problems])
+    by = {int(d): {k: float(v[diff == d].mean()) for k, v in values.items()} for d in np.unique(diff)}
+    return overall, by
+
+
+def generate_completions(
+    model: TransformerLM, prompts: Sequence[str], device: torch.device, batch_size: int, **sampling
+) -> list[str]:
+    """Decode completions for many prompts: length-sorted batches, KV-cached generation.
+
+    Prompts that do not fit the context get an empty completion (scored wrong).
+    """
+    encoded = [np.concatenate([[TOKENIZER.bos_id], TOKENIZER.encode(p)]) for p in prompts]
+    out = [""] * len(prompts)
+    fits = [i for i, e in enumerate(encoded) if len(e) < model.cfg.max_len]
+    order = sorted(fits, key=lambda i: len(encoded[i]))  # similar lengths share a batch: less padding
+    was_training = model.training
+    model.eval()
+    with autocast(device):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            gen = model.generate([encoded[i] for i in idx], model.cfg.max_len,
+                                 eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, **sampling)
+            texts = TOKENIZER.decode_completions(gen.tokens.cpu().numpy(), gen.lengths.cpu().numpy())
+            for i, t in zip(idx, texts):
+                out[i] = t
+    model.train(was_training)
+    return out
+
+
+class Evaluator:
+    def __init__(
+        self,
+        task: Task,
+        splits: SplitSpec,
+        *,
+        problems_per_split: int,
+        seed: int,
+        split_names: Sequence[str] = SPLITS,
+        batch_size: int = 512,
+        samples: int = 4,
+        train_set: Sequence[Problem] | None = None,
+    ) -> None:
+        self.task, self.batch_size, self.samples = task, batch_size, samples
+        self.sets: dict[str, list[Problem]] = {}
+        for k, split in enumerate(SPLITS):
+            if split not in split_names:
+                continue
+            if split == "train" and train_set is not None:  # a finite training set: measure fit on it
+                self.sets[split] = list(train_set[:problems_per_split])
+                continue
+            rng = np.random.default_rng([seed, k])
+            self.sets[split] = task.sample(rng, problems_per_split, split, splits.difficulties(split))
+
+    def run(self, model: TransformerLM, device: torch.device) -> dict[str, SplitResult]:
+        results = {}
+        for split, problems in self.sets.items():
+            completions = generate_completions(model, [p.prompt for p in problems], device, self.batch_size)
+            scores = self.task.verify_batch(problems, completions)
+            overall, by = summarise(problems, scores)
+            samples = [(p.prompt, c, p.trace, bool(s)) for p, c, s in
+                       zip(problems[: self.samples], completions, scores.exact)]
+            results[split] = SplitResult(overall, by, samples)
+        return results
+
+
+def scalars(results: dict[str, SplitResult]) -> dict[str, float]:
+    """Flatten eval results into ``{tag: value}`` (overall and per difficulty)."""
+    out = {}
+    for split, r in results.items():
+        for m in tags.EVAL_METRICS:
+            out[tags.eval_tag(split, m)] = r.metrics[m]
+            for d, md in r.by_difficulty.items():
+                out[tags.eval_tag(split, m, d)] = md[m]
+    return out

@@ -1,0 +1,237 @@
+"""The local runtime: one process, the reference every other runtime must agree with.
+
+``Experiment`` assembles a run from its config (task, model, learner, data, evaluator,
+ledger) and knows how to checkpoint and restore all of it; ``train_local`` is the
+driver loop: train -> periodic eval on every split -> log -> checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from emergent.agents.data import encode_batch
+from emergent.agents.model import TransformerLM
+from emergent.agents.supervised import SupervisedLearner
+from emergent.envs import TOKENIZER, make_task
+
+from . import tags
+from .checkpoint import LAST, load_checkpoint, load_model_state, save_checkpoint
+from .config import Config, ConfigError, to_yaml
+from .data import ProblemStream
+from .evaluate import Evaluator, SplitResult, scalars
+from .ledger import FlopLedger
+from .tensorboard import TBLogger
+
+# Keys that may differ between a run and its resumption.
+RESUMABLE_CHANGES = {"resume", "progress", "device", "train.steps", "eval.every", "checkpoint_every", "train.log_every"}
+
+# Dense bf16 peak FLOP/s by CUDA device name (no sparsity), for MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but CUDA is not available; use device=cpu or device=auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_diff(a: Config, b: Config) -> list[str]:
+    fa = flatten(OmegaConf.to_container(OmegaConf.structured(a)))
+    fb = flatten(OmegaConf.to_container(OmegaConf.structured(b)))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def samples_markdown(r: SplitResult) -> str:
+    rows = ["| prompt | completion | gold | correct |", "|---|---|---|---|"]
+    rows += [f"| `{p}` | `{c}` | `{g}` | {'yes' if ok else 'no'} |" for p, c, g, ok in r.samples]
+    return "\n".join(rows)
+
+
+class Experiment:
+    """Everything one run is made of. Runtimes drive it; it holds no runtime logic."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.task = make_task(cfg.task.name, format=cfg.task.format, heldout_fraction=cfg.task.heldout_fraction)
+        self.model = TransformerLM(cfg.model, TOKENIZER.vocab_size).to(self.device)
+        self.learner = SupervisedLearner(self.model, cfg.optim, cfg.train.steps, self.device, compile=cfg.train.compile)
+        self.data = ProblemStream(self.task, cfg.splits, seed=cfg.seed, train_size=cfg.task.train_size,
+                                  data_seed=cfg.task.data_seed)
+        self.evaluator = Evaluator(
+            self.task, cfg.splits, problems_per_split=cfg.eval.problems, seed=cfg.eval.seed,
+            split_names=cfg.eval.splits, batch_size=cfg.eval.batch_size, samples=cfg.eval.samples,
+            train_set=self.data.fixed,
+        )
+        self.ledger = FlopLedger()
+        self.step = 0
+        self._check_context()
+
+    def _check_context(self) -> None:
+        """Fail before training if the longest training example cannot fit the context."""
+        longest = max(
+            (self.task.sample(np.random.default_rng(k), 1, "train", [self.cfg.task.difficulty[1]])[0] for k in range(8)),
+            key=lambda p: len(p.prompt) + len(self._target(p)),
+        )
+        need = len(longest.prompt) + len(self._target(longest)) + 2
+        if need > self.cfg.model.max_len:
+            raise ConfigError(
+                f"model.max_len={self.cfg.model.max_len} is too short for task.difficulty={self.cfg.task.difficulty}: "
+                f"{longest.prompt + self._target(longest)!r} needs {need} tokens"
+            )
+
+    def _target(self, p) -> str:
+        return p.trace if self.cfg.train.target == "trace" else p.answer
+
+    # -- one training step ------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        problems = self.data.next(self.cfg.train.batch_size)
+        batch = encode_batch(TOKENIZER, [p.prompt for p in problems], [self._target(p) for p in problems],
+                             self.cfg.model.max_len)
+        metrics = self.learner.update(batch)
+        self.ledger.add("train", metrics["flops"])
+        self.step += 1
+        return metrics
+
+    def evaluate(self) -> dict[str, SplitResult]:
+        return self.evaluator.run(self.model, self.device)
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "learner": self.learner.state_dict(),
+            "data": self.data.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": list(random.getstate()[1]),
+            },
+            "config": to_yaml(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path) -> None:
+        load_model_state(self.model, state, path)
+        self.learner.load_state_dict(state["learner"])
+        self.data.load_state_dict(state["data"])
+        self.ledger.load_state_dict(state["ledger"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        random.setstate((3, tuple(state["rng"]["python"]), None))
+        self.step = int(state["step"])
+
+
+def try_resume(exp: Experiment) -> bool:
+    """Restore the run from ``<run_dir>/last.pt`` if it exists; False when starting fresh."""
+    path = exp.cfg.run_dir / LAST
+    if not path.exists():
+        return False
+    state = load_checkpoint(path, map_location=exp.device)
+    from .config import load_config  # local import: config <-> runtime stay decoupled
+
+    saved = load_config(base=state["config"])
+    changed = config_diff(saved, exp.cfg)
+    if changed:
+        raise ConfigError(f"resume=true but the config differs from checkpoint {path} in {changed}")
+    exp.load_state_dict(state, path)
+    return True
+
+
+def train_local(cfg: Config) -> dict[str, float]:
+    """Train one run in this process; returns the last eval's scalars."""
+    exp = Experiment(cfg)
+    run_dir = cfg.run_dir
+    resumed = cfg.resume and try_resume(exp)
+    if cfg.resume and not resumed:
+        print(f"emergent: no checkpoint at {run_dir / LAST}; starting fresh", flush=True)
+    logger = TBLogger(run_dir, purge_step=exp.step if resumed else None)
+    if not resumed:
+        logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
+
+    peak = peak_flops(exp.device)
+    last_eval: dict[str, float] = {}
+
+    def evaluate() -> None:
+        nonlocal last_eval
+        t0 = time.perf_counter()
+        results = exp.evaluate()
+        last_eval = scalars(results)
+        logger.scalars({**last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0}, exp.step)
+        for split, r in results.items():
+            logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), exp.step)
+
+    bar = tqdm(total=cfg.train.steps, initial=exp.step, disable=not cfg.progress, dynamic_ncols=True,
+               desc=f"{cfg.train.method} {cfg.task.name}",
+               mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
+    if exp.step == 0:
+        evaluate()
+    window_t, window_tokens, window_flops, window = 0.0, 0, 0.0, []
+    try:
+        while exp.step < cfg.train.steps:
+            t0 = time.perf_counter()
+            m = exp.train_step()
+            window.append(m)
+            window_tokens += m["tokens"]
+            window_flops += m["flops"]
+            last = exp.step == cfg.train.steps
+            if exp.step % cfg.train.log_every == 0 or last:
+                loss = float(torch.stack([w["loss"] for w in window]).mean())  # the only GPU sync per window
+                window_t += time.perf_counter() - t0
+                values = {
+                    tags.TRAIN_LOSS: loss, tags.TRAIN_LR: m["lr"], tags.TRAIN_GRAD_NORM: float(m["grad_norm"]),
+                    tags.PERF_TOKENS_PER_S: window_tokens / window_t, tags.PERF_STEP_S: window_t / len(window),
+                    **exp.ledger.scalars(),
+                }
+                if peak:
+                    values[tags.PERF_MFU] = window_flops / window_t / peak
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss} at step {exp.step}")
+                logger.scalars(values, exp.step)
+                window_t, window_tokens, window_flops, window = 0.0, 0, 0.0, []
+                bar.set_postfix(loss=f"{loss:.4f}", test_em=f"{last_eval.get(tags.eval_tag('test', 'exact_match'), float('nan')):.3f}")
+            else:
+                window_t += time.perf_counter() - t0
+            bar.update(1)
+            if exp.step % cfg.eval.every == 0 or last:
+                evaluate()
+            if exp.step % cfg.checkpoint_every == 0 or last:
+                save_checkpoint(run_dir / LAST, exp.state_dict())
+                logger.flush()
+    finally:
+        bar.close()
+    hp = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items()
+          if k not in RESUMABLE_CHANGES}
+    hp["model.params"] = exp.model.num_params()
+    logger.hparams(hp, {k: v for k, v in last_eval.items() if "/d" not in k})
+    logger.close()
+    return last_eval

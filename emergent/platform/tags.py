@@ -1,0 +1,26 @@
+"""Every TensorBoard tag and metric key, named once. Prefixes group them (cleanrl style)."""
+
+TRAIN_LOSS = "train/loss"
+TRAIN_LR = "train/lr"
+TRAIN_GRAD_NORM = "train/grad_norm"
+PERF_TOKENS_PER_S = "perf/tokens_per_s"
+PERF_MFU = "perf/mfu"
+PERF_STEP_S = "perf/step_s"
+PERF_EVAL_S = "perf/eval_s"
+COMPUTE_TOTAL_FLOPS = "compute/total_flops"
+COMPUTE_TRAIN_FLOPS = "compute/train_flops"
+COMPUTE_GENERATE_FLOPS = "compute/generate_flops"
+
+EVAL_METRICS = ("exact_match", "token_accuracy", "edit_distance")
+TEXT_CONFIG = "config"
+TEXT_SAMPLES = "samples/{split}"
+
+
+def eval_tag(split: str, metric: str, difficulty: int | None = None) -> str:
+    """``eval/<split>/<metric>`` or, per difficulty, ``eval/<split>/d<k>/<metric>``."""
+    assert metric in EVAL_METRICS, metric
+    return f"eval/{split}/{metric}" if difficulty is None else f"eval/{split}/d{difficulty}/{metric}"
+
+
+def compute_tag(part: str) -> str:
+    return f"compute/{part}_flops"
