@@ -134,7 +134,7 @@ class Block(nn.Module):
 
 
 class Generation(NamedTuple):
-    tokens: torch.Tensor    # [B, N] generated ids; PAD after a row's EOS
+    tokens: torch.Tensor    # [B, N] generated ids (N = steps taken); PAD after a row's EOS
     lengths: torch.Tensor   # [B] completion length, EOS excluded
     finished: torch.Tensor  # [B] bool: the row emitted EOS (else it hit the token limit)
     logprobs: torch.Tensor  # [B, N] log-prob of each generated token under the sampling policy; 0 after EOS
@@ -280,7 +280,7 @@ class TransformerLM(nn.Module):
                 seq = torch.cat([ids, out[:, : n + 1]], 1)
                 seq_pos = torch.cat([pos, prompt_len[:, None] + torch.arange(n + 1, device=device)], 1)
                 logits = self(seq, seq_pos, key_valid[:, : Tp + n + 1])[:, -1]
-        return Generation(out, lengths, done, logprobs)
+        return Generation(out[:, : n + 1], lengths, done, logprobs[:, : n + 1])  # trim unused columns
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None):

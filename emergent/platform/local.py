@@ -171,10 +171,14 @@ def train_local(cfg: Config) -> dict[str, float]:
     """Train one run in this process; returns the last eval's scalars."""
     exp = Experiment(cfg)
     run_dir = cfg.run_dir
+    for stale in run_dir.glob(f".{LAST}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     resumed = cfg.resume and try_resume(exp)
     if cfg.resume and not resumed:
         print(f"emergent: no checkpoint at {run_dir / LAST}; starting fresh", flush=True)
-    logger = TBLogger(run_dir, purge_step=exp.step if resumed else None)
+    # Events up to the checkpoint's step were flushed before it was saved; later ones
+    # (written by the killed process after it) are hidden by purge_step.
+    logger = TBLogger(run_dir, purge_step=exp.step + 1 if resumed else None)
     if not resumed:
         logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
 
@@ -225,8 +229,8 @@ def train_local(cfg: Config) -> dict[str, float]:
             if exp.step % cfg.eval.every == 0 or last:
                 evaluate()
             if exp.step % cfg.checkpoint_every == 0 or last:
+                logger.flush()  # first the events, so a checkpoint never points past them
                 save_checkpoint(run_dir / LAST, exp.state_dict())
-                logger.flush()
     finally:
         bar.close()
     hp = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items()

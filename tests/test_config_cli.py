@@ -1,0 +1,113 @@
+"""Bad input exits 2 with one line naming the problem, before any training starts."""
+import pytest
+
+from conftest import run_cli
+from emergent.platform.cli import main
+from emergent.platform.config import load_config, to_yaml
+
+
+BAD_TRAIN = [
+    (["model.d_modle=64"], ["unknown config key 'model.d_modle'", "d_model"]),
+    (["model.d_model=wide"], ["model.d_model", "wide"]),
+    (["task.name=chess"], ["task.name='chess'", "addition", "countdown"]),
+    (["train.method=ppo"], ["train.method='ppo'", "supervised"]),
+    (["model.pos=alibi"], ["model.pos", "rope"]),
+    (["runtime=slurm"], ["runtime='slurm'", "local"]),
+    (["task.format=binary"], ["binary", "reversed"]),
+    (["task.difficulty=[3,1]"], ["task.difficulty"]),
+    (["task.extrapolate=[2,3]"], ["above the training range"]),
+    (["model.max_len=8"], ["model.max_len=8 is too short"]),
+    (["configs/quickstart.yaml", "seed"], ["'seed' is not of the form key=value"]),
+    (["configs/does-not-exist.yaml"], ["config file not found"]),
+    (["device=tpu"], ["device='tpu'"]),
+    (["eval.splits=[train,validation]"], ["eval.splits='validation'"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", BAD_TRAIN)
+def test_bad_train_input_exits_2_with_one_line(args, needles, capsys, tmp_path):
+    code = main(["train", *args, f"logdir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("emergent: error:")
+    for n in needles:
+        assert n in err
+    assert not any(tmp_path.iterdir())  # failed before any work: nothing written
+
+
+BAD_CHECKPOINTS = ["missing", "garbage", "truncated", "foreign", "pickle_bomb"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A real checkpoint from a 4-step run."""
+    from conftest import TINY
+
+    logdir = tmp_path_factory.mktemp("ckpt")
+    assert main(["train", *TINY, "train.steps=4", f"logdir={logdir}", "run_name=r"]) == 0
+    return logdir / "quickstart" / "r" / "last.pt"
+
+
+@pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
+def test_bad_checkpoint_exits_2_with_one_line(kind, checkpoint, tmp_path, capsys):
+    import pickle
+
+    import torch
+
+    path = tmp_path / "bad.pt"
+    if kind == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif kind == "truncated":
+        path.write_bytes(checkpoint.read_bytes()[:1000])
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "pickle_bomb":
+        class Evil:
+            def __reduce__(self):
+                return (print, ("pwned",))
+        path.write_bytes(pickle.dumps(Evil()))
+    code = main(["eval", str(path)])
+    out = capsys.readouterr()
+    assert code == 2 and "pwned" not in out.out
+    err = out.err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err
+
+
+def test_checkpoint_of_another_model_size(checkpoint, capsys):
+    code = main(["eval", str(checkpoint), "model.d_model=64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not match the model config" in err
+
+
+def test_eval_prints_every_split_and_difficulty(checkpoint, capsys):
+    assert main(["eval", str(checkpoint), "eval.problems=12"]) == 0
+    out = capsys.readouterr().out
+    for split in ("train", "test", "extrapolate"):
+        assert split in out
+    rows = [l.split() for l in out.splitlines()[2:]]
+    assert {(r[0], r[1]) for r in rows} >= {("test", "all"), ("test", "1"), ("test", "2"), ("extrapolate", "3")}
+
+
+def test_real_process_exit_code_is_2():
+    proc = run_cli("train", "task.name=chess", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "emergent: error: task.name='chess' is not valid; choose one of ['addition', 'countdown', 'multiplication', 'sorting']"
+    ]
+
+
+def test_yaml_and_overrides_compose(tmp_path):
+    cfg = load_config("configs/quickstart.yaml", ["model.d_model=64", "task.name=sorting", "task.format=null", "seed=3"])
+    assert (cfg.model.d_model, cfg.task.name, cfg.seed, cfg.model.n_layer) == (64, "sorting", 3, 2)
+    assert cfg.run_dir.name == "supervised_L2_d64_learned_s3"
+    again = load_config(base=to_yaml(cfg))
+    assert again == cfg
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted(Path("configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)

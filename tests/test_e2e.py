@@ -1,0 +1,123 @@
+"""End-to-end runs through the real entry point with a tiny budget (cleanrl style)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, TINY, run_cli
+from emergent.platform import tags
+from emergent.platform.checkpoint import load_checkpoint
+from emergent.platform.cli import main
+from emergent.platform.config import load_config
+from emergent.platform.local import train_local
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def scalar_series(acc: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tiny_run_writes_everything_tensorboard_needs(tmp_path):
+    proc = run_cli("train", *TINY, "train.steps=20", f"logdir={tmp_path}", "experiment=e2e")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "e2e" / "supervised_L1_d32_learned_s0"
+    assert "finished" in proc.stdout and (run_dir / "last.pt").is_file()
+    acc = read_events(run_dir)
+    scalars = set(acc.Tags()["scalars"])
+    required = {tags.TRAIN_LOSS, tags.TRAIN_LR, tags.PERF_TOKENS_PER_S, tags.COMPUTE_TRAIN_FLOPS,
+                tags.COMPUTE_TOTAL_FLOPS}
+    required |= {tags.eval_tag(s, m) for s in ("train", "test", "extrapolate") for m in tags.EVAL_METRICS}
+    required |= {tags.eval_tag("test", "exact_match", 1), tags.eval_tag("extrapolate", "exact_match", 3)}
+    assert required <= scalars
+    # eval at the start, every eval.every steps and at the end
+    assert [s for s, _ in scalar_series(acc, tags.eval_tag("test", "exact_match"))] == [0, 10, 20]
+    flops = scalar_series(acc, tags.COMPUTE_TRAIN_FLOPS)
+    assert [s for s, _ in flops] == [5, 10, 15, 20] and all(b > a for (_, a), (_, b) in zip(flops, flops[1:]))
+    # the ledger is cumulative: its last value is steps x per-step FLOPs summed, never reset
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    assert flops[-1][1] == pytest.approx(ckpt["ledger"]["train"])
+    texts = set(acc.Tags()["tensors"])
+    assert {"config/text_summary", "samples/test/text_summary"} <= texts
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hp = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hp)
+    start = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model.d_model"].number_value == 32
+    assert start.hparams["train.method"].string_value == "supervised"
+
+
+def _scalars_of(cfg) -> dict:
+    acc = read_events(cfg.run_dir)
+    return {t: scalar_series(acc, t) for t in acc.Tags()["scalars"] if not t.startswith("perf/")}
+
+
+def test_same_seed_same_metrics_different_seed_different(tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        cfg = load_config(None, [*TINY, "train.steps=15", f"seed={seed}", f"logdir={tmp_path}", f"run_name={name}"])
+        train_local(cfg)
+        runs[name] = _scalars_of(cfg)
+    assert runs["a"] == runs["b"]
+    assert runs["a"][tags.TRAIN_LOSS] != runs["c"][tags.TRAIN_LOSS]
+
+
+def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
+    steps = 120
+    args = [*TINY, f"train.steps={steps}", "checkpoint_every=10", "eval.every=40", f"logdir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "quickstart" / "killed" / "last.pt"
+    seen, deadline = [], time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.exists():
+                # every read of a checkpoint that a live process is rewriting is complete
+                seen.append(int(load_checkpoint(ckpt)["step"]))
+                if seen[-1] >= 30:
+                    break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = int(load_checkpoint(ckpt)["step"])
+    assert 30 <= killed_at < steps and len(seen) > 1
+
+    resumed = run_cli("train", *args, "run_name=killed", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    assert int(load_checkpoint(ckpt)["step"]) == steps
+    assert not list(ckpt.parent.glob("*.tmp"))
+
+    whole = run_cli("train", *args, "run_name=whole")
+    assert whole.returncode == 0, whole.stderr
+    a = read_events(ckpt.parent)
+    b = read_events(tmp_path / "quickstart" / "whole")
+    # the resumed run is the same run: identical losses and evals, and no step logged twice
+    for tag in (tags.TRAIN_LOSS, tags.eval_tag("test", "exact_match"), tags.COMPUTE_TRAIN_FLOPS):
+        assert scalar_series(a, tag) == scalar_series(b, tag), tag
+
+
+def test_resume_refuses_a_different_config(tmp_path, capsys):
+    base = [*TINY, "train.steps=4", f"logdir={tmp_path}", "run_name=r"]
+    assert main(["train", *base]) == 0
+    assert main(["train", *base, "resume=true", "train.steps=6"]) == 0  # extending a run is allowed
+    capsys.readouterr()
+    assert main(["train", *base, "resume=true", "optim.lr=0.5"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
+    assert main(["train", *TINY, "train.steps=2", f"logdir={tmp_path}", "resume=true"]) == 0
+    assert "starting fresh" in capsys.readouterr().out

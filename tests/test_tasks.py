@@ -1,0 +1,178 @@
+import random
+
+import numpy as np
+import pytest
+
+from emergent.envs import SPLITS, TASKS, SplitSpec, extract_answer, make_task, score_strings
+from emergent.envs.countdown import is_solution, parse_expression, solve, ExpressionError
+from emergent.platform.data import ProblemStream
+
+
+def levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def all_formats():
+    return [(n, f) for n in sorted(TASKS) for f in TASKS[n].formats]
+
+
+@pytest.mark.parametrize("name,fmt", all_formats())
+def test_gold_traces_verify_and_corruptions_do_not(name, fmt):
+    task = make_task(name, format=fmt)
+    lo = task.min_difficulty
+    problems = task.sample(np.random.default_rng(1), 60, "train", [lo, lo + 1, lo + 2])
+    scores = task.verify_batch(problems, [p.trace for p in problems])
+    assert scores.exact.all() and (scores.token_accuracy == 1).all() and (scores.edit_distance == 0).all()
+    assert all(extract_answer(p.trace) == p.answer for p in problems)
+    wrong = task.verify_batch(problems, [p.trace + "1" for p in problems])
+    assert not wrong.exact.any()
+    assert ((wrong.token_accuracy < 1) & (wrong.edit_distance > 0)).all()
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_generation_is_deterministic_and_difficulty_matters(name):
+    task = make_task(name)
+    lo = task.min_difficulty
+    a = task.sample(np.random.default_rng(7), 10, "train", [lo + 1])
+    b = task.sample(np.random.default_rng(7), 10, "train", [lo + 1])
+    assert a == b
+    small = task.sample(np.random.default_rng(7), 30, "train", [lo])
+    large = task.sample(np.random.default_rng(7), 30, "train", [lo + 3])
+    assert np.mean([len(p.prompt) for p in large]) > np.mean([len(p.prompt) for p in small])
+    assert {p.difficulty for p in large} == {lo + 3}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_training_problems_never_appear_in_test_or_extrapolate(name):
+    task = make_task(name)
+    lo = task.min_difficulty
+    spec = SplitSpec(train=(lo, lo + 1), extrapolate=(lo + 2, lo + 3))
+    stream = ProblemStream(task, spec, seed=0, train_size=None)
+    train = {p.prompt for p in stream.next(3000)}
+    fixed = ProblemStream(task, spec, seed=0, train_size=500).fixed
+    train |= {p.prompt for p in fixed}
+    rng = np.random.default_rng(3)
+    test = task.sample(rng, 400, "test", spec.difficulties("test"))
+    extra = task.sample(rng, 200, "extrapolate", spec.difficulties("extrapolate"))
+    assert train.isdisjoint(p.prompt for p in test)
+    assert train.isdisjoint(p.prompt for p in extra)
+    assert all(task.is_heldout(p.prompt) for p in test)
+    assert all(p.difficulty > lo + 1 for p in extra)
+    # the test split is not empty of variety: it really samples the held-out space
+    assert len({p.prompt for p in test}) > 5
+
+
+def test_split_spec_rejects_overlapping_extrapolation():
+    with pytest.raises(ValueError, match="above"):
+        SplitSpec(train=(1, 3), extrapolate=(3, 5)).validate(make_task("addition"))
+    with pytest.raises(ValueError, match="supports"):
+        SplitSpec(train=(1, 3), extrapolate=(4, 99)).validate(make_task("addition"))
+    with pytest.raises(ValueError):
+        make_task("addition").sample(np.random.default_rng(0), 1, "validation", [1])
+
+
+def test_fixed_training_set_is_shared_across_run_seeds():
+    task = make_task("sorting")
+    spec = SplitSpec(train=(2, 4), extrapolate=(5, 6))
+    a = ProblemStream(task, spec, seed=0, train_size=50)
+    b = ProblemStream(task, spec, seed=1, train_size=50)
+    assert a.fixed == b.fixed and len(a.fixed) == 50
+    assert a.next(20) != b.next(20)  # the order depends on the run seed
+    assert set(p.prompt for p in a.next(200)) <= {p.prompt for p in a.fixed}
+
+
+def test_stream_resumes_exactly():
+    task = make_task("addition")
+    spec = SplitSpec(train=(1, 3), extrapolate=(4, 5))
+    s = ProblemStream(task, spec, seed=5, train_size=None)
+    s.next(10)
+    state = s.state_dict()
+    expected = s.next(10)
+    t = ProblemStream(task, spec, seed=99, train_size=None)
+    t.load_state_dict(state)
+    assert t.next(10) == expected
+
+
+def test_addition_formats():
+    p = make_task("addition", format="plain").problem(123, 459, 3)
+    assert (p.prompt, p.answer, p.trace) == ("123+459=", "582", "582")
+    p = make_task("addition", format="reversed").problem(123, 459, 3)
+    assert p.answer == p.trace == "285"
+    p = make_task("addition", format="scratchpad").problem(123, 459, 3)
+    assert p.trace == "3+9+0=12,2+5+1=8,1+4+0=5>582"
+
+
+def test_multiplication_scratchpad_lists_partial_products():
+    p = make_task("multiplication", format="scratchpad").problem(123, 45, 3)
+    assert p.trace == "123*5=615,123*40=4920>5535"
+    p = make_task("multiplication", format="scratchpad").problem(12, 0, 2)
+    assert p.trace == "12*0=0>0"
+    t = make_task("multiplication", multiplier_digits=1)
+    assert all(len(q.prompt.split("*")[1]) == 2 for q in t.sample(np.random.default_rng(0), 20, "train", [4]))
+
+
+def test_sorting():
+    t = make_task("sorting")
+    for p in t.sample(np.random.default_rng(0), 20, "train", [6]):
+        values = [int(x) for x in p.prompt.rstrip("=").split(",")]
+        assert p.answer == ",".join(map(str, sorted(values)))
+
+
+def test_score_strings_matches_reference_levenshtein():
+    rng = random.Random(0)
+    alphabet = "0123,"
+    pred = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(300)]
+    gold = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(300)]
+    s = score_strings(pred, gold)
+    for i, (a, b) in enumerate(zip(pred, gold)):
+        longest = max(len(a), len(b), 1)
+        assert s.edit_distance[i] == pytest.approx(levenshtein(a, b) / longest)
+        assert s.exact[i] == (a == b)
+        expected_acc = 1.0 if a == b else sum(x == y for x, y in zip(a, b)) / longest
+        assert s.token_accuracy[i] == pytest.approx(expected_acc)
+
+
+# -- countdown ---------------------------------------------------------------------------
+
+def test_countdown_parser_evaluates_exactly_and_safely():
+    value, used = parse_expression("(7*8)-3")
+    assert value == 53 and used == [7, 8, 3]
+    assert parse_expression("7/2*2")[0] == 7  # exact rationals, no float rounding
+    for bad in ["__import__('os')", "2**3", "1/0", "(1+2", "1+", "", "-3+5", "3 + 5", "1" * 100]:
+        with pytest.raises(ExpressionError):
+            parse_expression(bad)
+
+
+def test_countdown_verifier_rules():
+    numbers, target = [3, 7, 8, 25], 53
+    assert is_solution(numbers, target, "7*8-3")
+    assert is_solution(numbers, target, "(25+3)+(8+7)*1") is False  # 1 is not given
+    assert not is_solution(numbers, target, "7*8-3-3+3")            # 3 used three times
+    assert not is_solution(numbers, target, "25+25+3")              # 25 used twice
+    assert not is_solution(numbers, target, "7*8")                  # wrong value
+    assert not is_solution(numbers, target, "7*8-3)")               # malformed
+
+
+def test_countdown_accepts_any_correct_expression_not_only_gold():
+    task = make_task("countdown", format="plain")
+    p = task.problem([3, 7, 8, 25], 53, solve([3, 7, 8, 25], 53), 4)
+    s = task.verify_batch([p, p, p], [p.answer, "8*7-3", "8*7-4"])
+    assert s.exact.tolist() == [True, True, False]
+    assert s.token_accuracy[1] == 1.0 and s.edit_distance[1] == 0.0
+
+
+def test_countdown_only_solvable_and_solver_is_exact():
+    task = make_task("countdown")
+    for p in task.sample(np.random.default_rng(0), 100, "train", [3, 4, 5]):
+        numbers, target = [int(x) for x in p.prompt.split(";")[0].split(",")], int(p.prompt.split(";")[1][:-1])
+        assert is_solution(numbers, target, p.answer)
+        assert target not in numbers
+    assert solve([2, 3], 7) is None
+    assert solve([2, 3, 5], 25) is not None  # (2+3)*5
+    assert len(solve([2, 3, 5], 25)) == 2
