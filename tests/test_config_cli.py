@@ -104,6 +104,10 @@ def test_yaml_and_overrides_compose(tmp_path):
     assert again == cfg
 
 
+def test_the_builtin_default_is_the_quickstart():
+    assert load_config() == load_config("configs/quickstart.yaml")
+
+
 def test_every_shipped_config_loads():
     from pathlib import Path
 

@@ -19,15 +19,16 @@ def completion_nll(model: TransformerLM, batch: TokenBatch) -> torch.Tensor:
 class SupervisedLearner(Learner):
     """One update = one AdamW step on the completion NLL of a batch of gold traces."""
 
-    def __init__(self, model: TransformerLM, cfg, total_steps: int, device: torch.device, compile: bool = False):
-        super().__init__(model, cfg, total_steps, device)
+    def __init__(self, model: TransformerLM, cfg, total_steps: int, device: torch.device, *,
+                 compile: bool = False, mixed_precision: bool | None = None):
+        super().__init__(model, cfg, total_steps, device, mixed_precision=mixed_precision)
         self.loss_fn = torch.compile(completion_nll) if compile else completion_nll
 
     def update(self, batch: TokenBatch) -> dict:
         """One step; ``loss`` and ``grad_norm`` are 0-d tensors (no GPU sync per step)."""
         self.model.train()
         batch = batch.to(self.device)
-        with autocast(self.device):
+        with autocast(self.device, self.mixed_precision):
             loss = self.loss_fn(self.model, batch)
         metrics = self.apply(loss)
         B, T = batch.inputs.shape

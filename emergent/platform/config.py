@@ -1,5 +1,8 @@
 """Structured configs: one dataclass tree, YAML files, dotlist overrides, strict checks.
 
+The defaults *are* the quickstart (configs/quickstart.yaml spells them out): plain
+``emergent train`` trains a small Transformer on 1-3 digit reversed addition.
+
 ``load_config`` is the only way a run gets its config. Every mistake it can see — an
 unknown key, a wrong type, an unknown task / method / runtime / format, a bad range —
 raises ``ConfigError`` with one line naming the key or value and the valid choices,
@@ -29,7 +32,7 @@ TARGETS = ("trace", "answer")
 @dataclass
 class TaskConfig:
     name: str = "addition"
-    format: Optional[str] = None          # None: the task's default format
+    format: Optional[str] = None          # null: the task's default format (resolved when loaded)
     difficulty: List[int] = field(default_factory=lambda: [1, 3])   # training range [lo, hi]
     extrapolate: List[int] = field(default_factory=lambda: [4, 5])  # held-out range above it
     train_size: Optional[int] = None      # a fixed training set of this many problems; None: unlimited
@@ -40,7 +43,7 @@ class TaskConfig:
 @dataclass
 class TrainConfig:
     method: str = "supervised"
-    steps: int = 2000
+    steps: int = 1800
     batch_size: int = 128
     target: str = "trace"                 # supervised: learn the gold trace, or the answer only
     log_every: int = 25
@@ -49,7 +52,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 250                      # evaluate every N steps (and at the first and last)
+    every: int = 300                      # evaluate every N steps (and at the first and last)
     problems: int = 300                   # fixed problems per split, spread over difficulties
     splits: List[str] = field(default_factory=lambda: list(SPLITS))
     seed: int = 1234                      # the eval sets depend on this, not on the run's seed
@@ -66,7 +69,7 @@ class Config:
     runtime: str = "local"
     device: str = "auto"
     resume: bool = False
-    checkpoint_every: int = 500
+    checkpoint_every: int = 300
     progress: bool = True
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -199,6 +202,7 @@ def validate(cfg: Config) -> None:
         task = make_task(cfg.task.name, format=cfg.task.format, heldout_fraction=cfg.task.heldout_fraction)
     except ValueError as e:
         raise ConfigError(f"task.format / task.heldout_fraction: {e}") from None
+    cfg.task.format = task.format  # resolve null to the task's default: runs record what they ran
     try:
         cfg.splits.validate(task)
         cfg.model.validate()

@@ -1,0 +1,114 @@
+"""Training and generation throughput, each next to its baseline in the same run.
+
+  python benchmarks/throughput.py                      # quickstart model, this machine
+  python benchmarks/throughput.py --size large --steps 30
+
+Prints, per model size:
+  train     tokens/s and MFU: fp32 eager (baseline) vs bf16 autocast + fused AdamW
+            (CUDA) vs that plus torch.compile (CUDA)
+  generate  new tokens/s: KV cache vs full recompute (baseline), greedy, same prompts
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from emergent.agents.data import encode_batch
+from emergent.agents.learner import OptimConfig
+from emergent.agents.model import ModelConfig, TransformerLM
+from emergent.agents.supervised import SupervisedLearner
+from emergent.envs import TOKENIZER, make_task
+from emergent.platform.local import peak_flops
+
+SIZES = {
+    "quickstart": ModelConfig(n_layer=2, n_head=4, d_model=128, max_len=64),
+    "medium": ModelConfig(n_layer=6, n_head=8, d_model=512, max_len=128),
+    "large": ModelConfig(n_layer=12, n_head=12, d_model=768, max_len=256),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool, compile: bool) -> dict:
+    torch.manual_seed(0)
+    model = TransformerLM(cfg, TOKENIZER.vocab_size).to(device)
+    learner = SupervisedLearner(model, OptimConfig(), 10_000, device, compile=compile, mixed_precision=bf16)
+    task = make_task("sorting")  # long enough rows to fill a context
+    length = max(2, (cfg.max_len - 2) // 6)
+    problems = task.sample(np.random.default_rng(0), batch, "train", [length])
+    data = encode_batch(TOKENIZER, [p.prompt for p in problems], [p.trace for p in problems], cfg.max_len)
+    for _ in range(3):  # warm-up (and compilation)
+        learner.update(data)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        m = learner.update(data)
+    float(m["loss"])
+    sync(device)
+    dt = time.perf_counter() - t0
+    tokens = data.inputs.numel() * steps
+    flops = m["flops"] * steps
+    peak = peak_flops(device)
+    return {"tokens_per_s": tokens / dt, "tflops": flops / dt / 1e12, "mfu": flops / dt / peak if peak else None,
+            "params": model.num_params(), "seq": data.inputs.shape[1]}
+
+
+def bench_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, use_cache: bool) -> dict:
+    torch.manual_seed(0)
+    model = TransformerLM(cfg, TOKENIZER.vocab_size).to(device).eval()
+    rng = np.random.default_rng(0)
+    prompts = [np.concatenate([[TOKENIZER.bos_id], rng.integers(3, TOKENIZER.vocab_size, size=8)]) for _ in range(batch)]
+    # eos_id=-1: no row stops early, so both paths generate exactly new_tokens per row
+    kw = dict(eos_id=-1, pad_id=TOKENIZER.pad_id, use_cache=use_cache)
+    ac = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    with ac:
+        model.generate(prompts[:4], 4, **kw)
+        sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(prompts, new_tokens, **kw)
+        sync(device)
+    dt = time.perf_counter() - t0
+    return {"new_tokens_per_s": out.tokens.numel() / dt, "seconds": dt}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=sorted(SIZES), action="append")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--gen-batch", type=int, default=256)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
+    print(f"device: {name}   torch {torch.__version__}")
+    for size in args.size or ["quickstart"]:
+        cfg = SIZES[size]
+        print(f"\n== {size}: L={cfg.n_layer} d={cfg.d_model} heads={cfg.n_head} context={cfg.max_len}")
+        variants = [("fp32 eager (baseline)", False, False)]
+        if device.type == "cuda":
+            variants += [("bf16 + fused AdamW", True, False), ("bf16 + fused AdamW + compile", True, True)]
+        base = None
+        for label, bf16, comp in variants:
+            r = bench_train(cfg, device, batch=args.batch, steps=args.steps, bf16=bf16, compile=comp)
+            base = base or r["tokens_per_s"]
+            mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+            print(f"train    {label:<30} {r['tokens_per_s']:>12,.0f} tok/s  {r['tflops']:8.2f} TFLOP/s{mfu}"
+                  f"  x{r['tokens_per_s'] / base:.2f}   ({r['params'] / 1e6:.2f}M params, batch {args.batch}x{r['seq']})")
+        new = cfg.max_len - 10
+        rec = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=False)
+        kv = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=True)
+        print(f"generate full recompute (baseline)     {rec['new_tokens_per_s']:>12,.0f} new tok/s  ({args.gen_batch} rows x {new})")
+        print(f"generate KV cache                      {kv['new_tokens_per_s']:>12,.0f} new tok/s  "
+              f"x{kv['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
