@@ -69,7 +69,7 @@ def bench_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, use
     kw = dict(eos_id=-1, pad_id=TOKENIZER.pad_id, use_cache=use_cache)
     ac = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with ac:
-        model.generate(prompts[:4], 4, **kw)
+        model.generate(prompts, new_tokens, **kw)  # warm-up with the timed shapes: kernel plans, allocator
         sync(device)
         t0 = time.perf_counter()
         out = model.generate(prompts, new_tokens, **kw)

@@ -16,11 +16,15 @@ TINY = [
 ]
 
 
+def cli_env() -> dict:
+    """The environment for a child ``python -m emergent``: this checkout first on the path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run the real entry point, ``python -m emergent``, in a subprocess."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "emergent", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env, **kwargs)
+                          timeout=timeout, cwd=ROOT, env=cli_env(), **kwargs)
 
 
 def pytest_collection_modifyitems(config, items):

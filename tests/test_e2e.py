@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, cli_env, run_cli
 from emergent.platform import tags
 from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.cli import main
@@ -75,8 +75,7 @@ def test_same_seed_same_metrics_different_seed_different(tmp_path):
 def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
     steps = 120
     args = [*TINY, f"train.steps={steps}", "checkpoint_every=10", "eval.every=40", f"logdir={tmp_path}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = tmp_path / "quickstart" / "killed" / "last.pt"
     seen, deadline = [], time.time() + 120

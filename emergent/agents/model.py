@@ -62,7 +62,13 @@ class KVCache:
         self.length = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [B, H, T, D] at [length, length+T); return all keys/values so far [B, H, S, D]."""
+        """Write k, v [B, H, T, D] at [length, length+T); return the whole buffers [B, H, S_max, D].
+
+        Attention always runs over all S_max slots (the mask hides the unwritten ones):
+        shapes stay fixed across decode steps, so attention kernels plan once per
+        generate call instead of once per step (cuDNN's SDPA planning costs ~0.1 s per
+        new shape), and the step is ready for CUDA graphs.
+        """
         if self.k is None:
             self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
@@ -71,7 +77,7 @@ class KVCache:
             raise ValueError(f"KV cache full: {t0}+{T} > {self.shape[3]}")
         self.k[layer, :, :, t0 : t0 + T] = k
         self.v[layer, :, :, t0 : t0 + T] = v
-        return self.k[layer, :, :, : t0 + T], self.v[layer, :, :, : t0 + T]
+        return self.k[layer], self.v[layer]
 
 
 def rope_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,10 +218,10 @@ class TransformerLM(nn.Module):
             rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # [B, 1, T, D/2]
         mask = None
         if key_valid is not None or cache is not None:
-            S = t0 + T
-            q_at = torch.arange(t0, S, device=idx.device)[:, None]
+            S = cache.shape[3] if cache is not None else T  # keys attended: all cache slots, or the input
+            q_at = torch.arange(t0, t0 + T, device=idx.device)[:, None]
             k_at = torch.arange(S, device=idx.device)[None, :]
-            causal = k_at <= q_at  # [T, S]
+            causal = k_at <= q_at  # [T, S]; also hides cache slots not written yet
             valid = key_valid[:, None, None, :S] if key_valid is not None else True
             # A padding query sees only itself: no row of the mask is empty, so no NaN
             # ever enters the cache (0 * NaN would poison the real rows).
