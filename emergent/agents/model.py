@@ -206,6 +206,10 @@ class TransformerLM(nn.Module):
         key_valid: torch.Tensor | None = None,  # [B, S] bool: keys a query may see (padding is False)
         cache: KVCache | None = None,
     ) -> torch.Tensor:                          # -> logits [B, T, V]
+        return self.lm_head(self.hidden(idx, pos, key_valid, cache))
+
+    def hidden(self, idx, pos=None, key_valid=None, cache: KVCache | None = None) -> torch.Tensor:
+        """The final-norm hidden states [B, T, C]; ``forward`` puts the LM head on them."""
         B, T = idx.shape
         t0 = cache.length if cache is not None else 0
         if pos is None:
@@ -231,7 +235,7 @@ class TransformerLM(nn.Module):
             x = block(x, rope, mask, cache, i)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.ln_f(x))
+        return self.ln_f(x)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         c = self.cfg
