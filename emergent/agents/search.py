@@ -1,0 +1,419 @@
+"""Batched PUCT Monte-Carlo tree search over next tokens, for many problems at once.
+
+mctx-style: a typed, frozen record (``Tree``) and small functions over it. The record's
+fields are fixed; its tensors are updated in place (copying them per simulation would
+cost more than the search). Random draws take an explicit ``torch.Generator``. Tuning
+arguments are keyword-only fields of ``SearchConfig``.
+
+Shapes: B problems (one tree each), N node capacity per tree, K children per node (the
+policy's top-k tokens), L the context length, V the vocabulary.
+
+One move of search:
+  1. ``simulate`` ``num_simulations`` times. Each call selects ``leaves_per_call`` leaves
+     per tree by PUCT; a virtual loss on each selected path pushes later selections
+     elsewhere, so one network call evaluates B x leaves_per_call states.
+  2. New non-terminal leaves are expanded by the ``Evaluator``: priors over the policy's
+     top-k next tokens, and a value from the reward-and-objective network. Terminal
+     leaves (EOS or a full context) are valued by ``terminal_value``: the verifier, or
+     the learned network.
+  3. The value is backed up along each path.
+  4. The move's visit distribution is read at the root, a token chosen, and the root
+     moves to that child. The child's subtree, with its statistics, is reused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TERMINAL_VALUES = ("verifier", "learned")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    num_simulations: int = 32       # simulations per move (per token)
+    leaves_per_call: int = 4        # leaves per tree evaluated together (virtual loss)
+    top_k: int = 8                  # children per node: the policy's top-k tokens
+    c_puct: float = 1.5
+    dirichlet_alpha: float = 0.3
+    dirichlet_fraction: float = 0.0  # weight of root noise; 0 for evaluation, ~0.25 for self-play
+    temperature: float = 0.0        # move choice from visits: 0 = most visited
+    virtual_loss: float = 1.0
+    terminal_value: str = "verifier"  # verifier | learned
+
+    def validate(self) -> None:
+        if self.terminal_value not in TERMINAL_VALUES:
+            raise ValueError(f"search.terminal_value={self.terminal_value!r}; choose one of {list(TERMINAL_VALUES)}")
+        if self.num_simulations < 0 or self.leaves_per_call < 1 or self.top_k < 1:
+            raise ValueError("search.num_simulations must be >= 0, leaves_per_call and top_k >= 1")
+        if not 0.0 <= self.dirichlet_fraction <= 1.0:
+            raise ValueError("search.dirichlet_fraction must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Tree:
+    tokens: torch.Tensor       # [B, N, L] int64  the state's tokens (prompt + path), right-padded
+    length: torch.Tensor       # [B, N] int64     valid tokens of each state
+    parent: torch.Tensor       # [B, N] int64     -1 at node 0
+    children: torch.Tensor     # [B, N, K] int64  child node per edge, -1 until created
+    child_token: torch.Tensor  # [B, N, K] int64  the token each edge writes
+    prior: torch.Tensor        # [B, N, K] float  P(s, a)
+    visits: torch.Tensor       # [B, N] float     N(s): simulations through this node
+    value_sum: torch.Tensor    # [B, N] float     W(s): backed-up values
+    value: torch.Tensor        # [B, N] float     evaluation at the node (network or verifier)
+    vloss: torch.Tensor        # [B, N] float     virtual visits of pending simulations
+    expanded: torch.Tensor     # [B, N] bool      priors and value are set
+    terminal: torch.Tensor     # [B, N] bool      EOS written or context full
+    num_nodes: torch.Tensor    # [B] int64
+    root: torch.Tensor         # [B] int64        the current root (moves forward)
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+
+class Expansion(NamedTuple):
+    prior: torch.Tensor        # [M, K] renormalised over the top-k
+    child_token: torch.Tensor  # [M, K]
+    value: torch.Tensor        # [M] in [0, 1]
+
+
+class Evaluator(Protocol):
+    def expand(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Expansion: ...
+    def terminal_value(self, rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
+
+
+class SearchOutput(NamedTuple):
+    tokens: torch.Tensor        # [B, L] the chosen trace: prompt + completion (+ EOS)
+    length: torch.Tensor        # [B]
+    prompt_length: torch.Tensor  # [B]
+    visit_probs: torch.Tensor   # [B, M, V] visit distribution of each move (0 rows after the end)
+    moves: torch.Tensor         # [B] moves made
+    root_values: torch.Tensor   # [B, M] mean backed-up value at the root before each move
+
+
+# -- records ------------------------------------------------------------------------------
+
+def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_len: int, device) -> Tree:
+    B = len(prompts)
+    tokens = torch.zeros(B, capacity, max_len, dtype=torch.long, device=device)
+    length = torch.zeros(B, capacity, dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):  # once per search, not per simulation
+        tokens[b, 0, : len(p)] = torch.as_tensor(p, device=device)
+        length[b, 0] = len(p)
+    z = lambda *s, **kw: torch.zeros(*s, device=device, **kw)  # noqa: E731
+    return Tree(
+        tokens=tokens, length=length,
+        parent=torch.full((B, capacity), -1, dtype=torch.long, device=device),
+        children=torch.full((B, capacity, top_k), -1, dtype=torch.long, device=device),
+        child_token=z(B, capacity, top_k, dtype=torch.long), prior=z(B, capacity, top_k),
+        visits=z(B, capacity), value_sum=z(B, capacity), value=z(B, capacity), vloss=z(B, capacity),
+        expanded=z(B, capacity, dtype=torch.bool), terminal=z(B, capacity, dtype=torch.bool),
+        num_nodes=torch.ones(B, dtype=torch.long, device=device), root=z(B, dtype=torch.long),
+    )
+
+
+def _at(x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    """x [B, N, ...] at one node per tree, nodes [B] -> [B, ...]."""
+    return x[torch.arange(x.shape[0], device=x.device), nodes]
+
+
+# -- selection ------------------------------------------------------------------------------
+
+def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float) -> torch.Tensor:
+    """Q + U for every child of one node per tree: nodes [B] -> [B, K].
+
+    Q of an unvisited child is its parent's value (first-play urgency at the parent's
+    estimate); virtual visits count as visits with value 0.
+    """
+    children = _at(tree.children, nodes)                      # [B, K]
+    safe = children.clamp(min=0)
+    rows = torch.arange(tree.batch, device=nodes.device)[:, None]
+    n = (tree.visits[rows, safe] + tree.vloss[rows, safe]) * (children >= 0)  # [B, K]
+    w = tree.value_sum[rows, safe] * (children >= 0)
+    fpu = _at(tree.value, nodes)[:, None]
+    q = torch.where(n > 0, w / n.clamp(min=1e-9), fpu)
+    n_parent = n.sum(1, keepdim=True)
+    u = c_puct * _at(tree.prior, nodes) * torch.sqrt(n_parent.clamp(min=1.0)) / (1.0 + n)
+    return q + u
+
+
+def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int) -> torch.Tensor:
+    """Walk from each root by PUCT to a leaf; create the node if the edge is new.
+
+    Returns leaves [B] (the root itself for inactive trees). A leaf is a node not yet
+    expanded (new, or created by an earlier selection of this batch) or a terminal node.
+    """
+    B, L = tree.batch, tree.tokens.shape[2]
+    arange = torch.arange(B, device=active.device)
+    node = tree.root.clone()
+    stop = ~active | ~_at(tree.expanded, node) | _at(tree.terminal, node)
+    while not bool(stop.all()):
+        a = puct_scores(tree, node, c_puct).argmax(1)                 # [B]
+        child = tree.children[arange, node, a]
+        create = ~stop & (child < 0)
+        if bool(create.any()):
+            b = arange[create]
+            parent, new = node[create], tree.num_nodes[create]
+            if bool((new >= tree.tokens.shape[1]).any()):
+                raise RuntimeError("search tree is full; raise its capacity")
+            tok = tree.child_token[b, parent, a[create]]
+            n = tree.length[b, parent]
+            tree.tokens[b, new] = tree.tokens[b, parent]
+            tree.tokens[b, new, n] = tok
+            tree.length[b, new] = n + 1
+            tree.parent[b, new] = parent
+            tree.children[b, parent, a[create]] = new
+            tree.terminal[b, new] = (tok == eos_id) | (n + 1 >= L)
+            tree.num_nodes[b] += 1
+            child = child.clone()
+            child[create] = new
+        node = torch.where(stop, node, child)
+        stop = stop | ~_at(tree.expanded, node) | _at(tree.terminal, node)
+    return node
+
+
+def _walk_up(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, fn: Callable) -> None:
+    """Call fn(rows, nodes) for every node on each active leaf's path to its tree's root."""
+    arange = torch.arange(tree.batch, device=leaves.device)
+    node = torch.where(active, leaves, -1)
+    while True:
+        live = node >= 0
+        if not bool(live.any()):
+            return
+        fn(arange[live], node[live])
+        at_root = node == tree.root
+        node = torch.where(live & ~at_root, tree.parent[arange, node.clamp(min=0)], -1)
+
+
+def add_virtual_loss(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, amount: float) -> None:
+    """Count a pending simulation as ``amount`` visits of value 0 on each path."""
+
+    def add(b, n):
+        tree.vloss.index_put_((b, n), torch.full(b.shape, amount, device=b.device), accumulate=True)
+
+    _walk_up(tree, leaves, active, add)
+
+
+def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
+    """Add each leaf's value to every node on its path (duplicate leaves count twice)."""
+    values = _at(tree.value, leaves)
+
+    def add(b, n):
+        tree.visits.index_put_((b, n), torch.ones_like(values[b]), accumulate=True)
+        tree.value_sum.index_put_((b, n), values[b], accumulate=True)
+
+    _walk_up(tree, leaves, active, add)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: Evaluator) -> None:
+    """Expand new non-terminal leaves and value new terminal ones, each state once."""
+    B = tree.batch
+    rows = torch.arange(B, device=leaves.device)[:, None].expand_as(leaves)
+    pending = torch.zeros_like(tree.expanded)
+    pending[rows[active], leaves[active]] = True
+    pending &= ~tree.expanded
+    b, n = pending.nonzero(as_tuple=True)
+    if len(b) == 0:
+        return
+    term = tree.terminal[b, n]
+    if bool((~term).any()):
+        bb, nn_ = b[~term], n[~term]
+        out = evaluator.expand(tree.tokens[bb, nn_], tree.length[bb, nn_])
+        tree.prior[bb, nn_] = out.prior.to(tree.prior.dtype)
+        tree.child_token[bb, nn_] = out.child_token
+        tree.value[bb, nn_] = out.value.to(tree.value.dtype)
+    if bool(term.any()):
+        bb, nn_ = b[term], n[term]
+        tree.value[bb, nn_] = evaluator.terminal_value(bb, tree.tokens[bb, nn_], tree.length[bb, nn_]).to(tree.value.dtype)
+    tree.expanded[b, n] = True
+
+
+def simulate(tree: Tree, active: torch.Tensor, evaluator: Evaluator, cfg: SearchConfig, *, eos_id: int) -> None:
+    """One batch of ``leaves_per_call`` simulations per active tree."""
+    leaves = []
+    for _ in range(cfg.leaves_per_call):
+        leaf = select(tree, active, c_puct=cfg.c_puct, eos_id=eos_id)
+        add_virtual_loss(tree, leaf, active, cfg.virtual_loss)
+        leaves.append(leaf)
+    stacked = torch.stack(leaves, 1)  # [B, W]
+    evaluate_leaves(tree, stacked, active[:, None].expand_as(stacked), evaluator)
+    tree.vloss.zero_()
+    for leaf in leaves:
+        backup(tree, leaf, active)
+
+
+# -- moves ------------------------------------------------------------------------------------
+
+def add_root_noise(tree: Tree, active: torch.Tensor, cfg: SearchConfig, generator: torch.Generator | None) -> None:
+    if cfg.dirichlet_fraction <= 0:
+        return
+    K = tree.prior.shape[2]
+    conc = torch.full((int(active.sum()), K), cfg.dirichlet_alpha)
+    g = _gamma(conc, generator)  # torch's Dirichlet takes no generator; Gammas drawn here do
+    noise = (g / g.sum(1, keepdim=True)).to(tree.prior.device)
+    b = torch.arange(tree.batch, device=active.device)[active]
+    r = tree.root[active]
+    tree.prior[b, r] = (1 - cfg.dirichlet_fraction) * tree.prior[b, r] + cfg.dirichlet_fraction * noise
+
+
+def _gamma(conc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gamma(conc, 1) samples from an explicit generator (Marsaglia-Tsang, boosted for conc < 1)."""
+    a = conc + 1.0
+    d = a - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    out = torch.empty_like(conc)
+    todo = torch.ones_like(conc, dtype=torch.bool)
+    while bool(todo.any()):
+        x = torch.randn(conc.shape, generator=generator)
+        v = (1 + c * x) ** 3
+        u = torch.rand(conc.shape, generator=generator)
+        ok = (v > 0) & (torch.log(u.clamp(min=1e-30)) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp(min=1e-30)))
+        take = todo & ok
+        out[take] = (d * v)[take]
+        todo &= ~ok
+    u = torch.rand(conc.shape, generator=generator)
+    return out * u ** (1.0 / conc)  # Gamma(a) * U^(1/alpha) ~ Gamma(alpha)
+
+
+def root_visit_probs(tree: Tree) -> torch.Tensor:
+    """Visit distribution over the root's children [B, K]; the prior where nothing was visited."""
+    children = _at(tree.children, tree.root)
+    rows = torch.arange(tree.batch, device=children.device)[:, None]
+    n = tree.visits[rows, children.clamp(min=0)] * (children >= 0)
+    total = n.sum(1, keepdim=True)
+    return torch.where(total > 0, n / total.clamp(min=1e-9), _at(tree.prior, tree.root))
+
+
+def choose(probs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick a child per tree from its visit distribution [B, K]: argmax at temperature 0."""
+    if temperature <= 0:
+        return probs.argmax(1)
+    p = probs.clamp(min=0) ** (1.0 / temperature)
+    p = p / p.sum(1, keepdim=True).clamp(min=1e-12)
+    return torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
+
+
+def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: Evaluator, *, eos_id: int) -> None:
+    """Move each active root to the chosen child, creating and evaluating it if new."""
+    B = tree.batch
+    arange = torch.arange(B, device=actions.device)
+    child = tree.children[arange, tree.root, actions]
+    new = active & (child < 0)
+    if bool(new.any()):
+        b = arange[new]
+        parent, idx = tree.root[new], tree.num_nodes[new]
+        tok = tree.child_token[b, parent, actions[new]]
+        n = tree.length[b, parent]
+        tree.tokens[b, idx] = tree.tokens[b, parent]
+        tree.tokens[b, idx, n] = tok
+        tree.length[b, idx] = n + 1
+        tree.parent[b, idx] = parent
+        tree.children[b, parent, actions[new]] = idx
+        tree.terminal[b, idx] = (tok == eos_id) | (n + 1 >= tree.tokens.shape[2])
+        tree.num_nodes[b] += 1
+        child = child.clone()
+        child[new] = idx
+    tree.root.copy_(torch.where(active, child, tree.root))
+    evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)
+
+
+def search(
+    prompts: Sequence[np.ndarray],
+    evaluator: Evaluator,
+    cfg: SearchConfig,
+    *,
+    max_len: int,
+    vocab_size: int,
+    eos_id: int,
+    generator: torch.Generator | None = None,
+    device="cpu",
+) -> SearchOutput:
+    """Write one completion per prompt, choosing every token by a tree search."""
+    cfg.validate()
+    B = len(prompts)
+    prompt_len = torch.tensor([len(p) for p in prompts], device=device)
+    max_moves = max_len - int(prompt_len.min())
+    calls = -(-cfg.num_simulations // cfg.leaves_per_call)  # ceil: network calls per move
+    capacity = 1 + max_moves * (calls * cfg.leaves_per_call + 1)  # each simulation adds <= 1 node
+    tree = init_tree(prompts, capacity=capacity, top_k=cfg.top_k, max_len=max_len, device=device)
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)  # expand the roots
+    visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
+    root_values = torch.zeros(B, max_moves, device=device)
+    moves = torch.zeros(B, dtype=torch.long, device=device)
+    arange = torch.arange(B, device=device)
+    for m in range(max_moves):
+        active = ~_at(tree.terminal, tree.root)
+        if not bool(active.any()):
+            break
+        add_root_noise(tree, active, cfg, generator)
+        for _ in range(calls):
+            simulate(tree, active, evaluator, cfg, eos_id=eos_id)
+        probs = root_visit_probs(tree)                                   # [B, K]
+        v = _at(tree.visits, tree.root)
+        root_values[:, m] = torch.where(active, _at(tree.value_sum, tree.root) / v.clamp(min=1), 0.0)
+        dist = torch.zeros(B, vocab_size, device=device)
+        dist.scatter_add_(1, _at(tree.child_token, tree.root), probs)
+        visit_probs[:, m] = torch.where(active[:, None], dist, 0.0)
+        actions = choose(probs, cfg.temperature, generator)
+        advance(tree, actions, active, evaluator, eos_id=eos_id)
+        moves += active.long()
+    final = tree.root
+    return SearchOutput(
+        tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
+        visit_probs=visit_probs[:, : int(moves.max()) if len(moves) else 0], moves=moves,
+        root_values=root_values[:, : int(moves.max()) if len(moves) else 0],
+    )
+
+
+# -- the network evaluator -----------------------------------------------------------------
+
+class PolicyValueEvaluator:
+    """Priors from the policy's top-k tokens, values from the reward-and-objective network.
+
+    Each call is one right-padded forward of each network over the M pending states
+    (causal attention: the padding after a state's last token cannot reach it).
+    ``terminal_value`` scores finished states with ``verifier`` (rows -> problems) or with
+    the network. ``flops`` accumulates what the calls cost.
+    """
+
+    def __init__(self, policy, reward_net, *, top_k: int, terminal: str = "verifier",
+                 verifier: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 prior_temperature: float = 1.0) -> None:
+        if terminal == "verifier" and verifier is None:
+            raise ValueError("terminal_value='verifier' needs a verifier callable")
+        self.policy, self.reward_net, self.top_k = policy, reward_net, top_k
+        self.terminal, self.verifier, self.prior_temperature = terminal, verifier, prior_temperature
+        self.flops = 0.0
+        self.calls = 0
+
+    def _trim(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return tokens[:, : int(lengths.max())]
+
+    @torch.no_grad()
+    def expand(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Expansion:
+        x = self._trim(tokens, lengths)
+        M, T = x.shape
+        logits = self.policy(x)[torch.arange(M, device=x.device), lengths - 1].float()  # [M, V]
+        logp = F.log_softmax(logits / self.prior_temperature, -1)
+        top, idx = logp.topk(self.top_k, -1)
+        prior = torch.softmax(top, -1)
+        value = self.reward_net.value_at(x, lengths)
+        self.flops += (self.policy.flops_per_token(T, backward=False)
+                       + self.reward_net.flops_per_token(T, backward=False)) * M * T
+        self.calls += 1
+        return Expansion(prior, idx, value)
+
+    @torch.no_grad()
+    def terminal_value(self, rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.terminal == "verifier":
+            return self.verifier(rows, tokens, lengths)
+        x = self._trim(tokens, lengths)
+        self.flops += self.reward_net.flops_per_token(x.shape[1], backward=False) * x.numel()
+        return self.reward_net.value_at(x, lengths)

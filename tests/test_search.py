@@ -1,0 +1,120 @@
+"""Batched MCTS: known answers on hand-built trees, and the zero-simulation limit."""
+import numpy as np
+import pytest
+import torch
+
+from emergent.agents.model import ModelConfig, TransformerLM
+from emergent.agents.reward_net import RewardNet
+from emergent.agents.search import Expansion, PolicyValueEvaluator, SearchConfig, _gamma, search
+from emergent.envs import TOKENIZER
+
+V, EOS = TOKENIZER.vocab_size, TOKENIZER.eos_id
+
+
+class TableEvaluator:
+    """A hand-built tree: priors per state from a table, terminal values from a table.
+
+    States are keyed by their tokens after the prompt [1].
+    """
+
+    def __init__(self, priors: dict, values: dict, k: int):
+        self.priors, self.values, self.k = priors, values, k
+        self.expanded: list[tuple] = []
+        self.calls = 0
+
+    def _key(self, tokens, n):
+        return tuple(tokens[1:n].tolist())
+
+    def expand(self, tokens, lengths):
+        self.calls += 1
+        prior, toks = [], []
+        for t, n in zip(tokens, lengths):
+            key = self._key(t, int(n))
+            self.expanded.append(key)
+            table = self.priors.get(key, {3: 1.0})
+            toks.append(list(table)[: self.k] + [0] * (self.k - len(table)))
+            prior.append(list(table.values())[: self.k] + [0.0] * (self.k - len(table)))
+        return Expansion(torch.tensor(prior), torch.tensor(toks), torch.full((len(tokens),), 0.5))
+
+    def terminal_value(self, rows, tokens, lengths):
+        return torch.tensor([self.values[self._key(t, int(n))] for t, n in zip(tokens, lengths)])
+
+
+def run(evaluator, *, max_len, sims, leaves=1, k=3, batch=1, **kw):
+    cfg = SearchConfig(num_simulations=sims, leaves_per_call=leaves, top_k=k, **kw)
+    return search([np.array([1])] * batch, evaluator, cfg, max_len=max_len, vocab_size=V, eos_id=EOS)
+
+
+def test_bandit_visits_concentrate_on_the_best_arm():
+    ev = TableEvaluator({(): {3: 1 / 3, 4: 1 / 3, 5: 1 / 3}}, {(3,): 0.2, (4,): 0.9, (5,): 0.5}, k=3)
+    out = run(ev, max_len=2, sims=64, batch=2)
+    probs = out.visit_probs[:, 0]
+    assert probs.argmax(1).tolist() == [4, 4] and probs[:, 4].min() > 0.7
+    assert out.tokens[:, 1].tolist() == [4, 4] and out.moves.tolist() == [1, 1]
+    more = run(TableEvaluator(ev.priors, ev.values, k=3), max_len=2, sims=256).visit_probs[0, 0]
+    assert more[4] > probs[0, 4]  # and concentrate further with more simulations
+
+
+def test_search_overrules_a_misleading_prior_two_levels_down():
+    # the prior prefers token 3, but every continuation after 3 fails and after 4 succeeds
+    priors = {(): {3: 0.9, 4: 0.1}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
+    values = {(3, 5): 0.0, (3, 6): 0.1, (4, 5): 1.0, (4, 6): 0.8}
+    greedy = run(TableEvaluator(priors, values, k=2), max_len=3, sims=0, k=2)
+    assert greedy.tokens[0, 1:3].tolist() == [3, 5]
+    out = run(TableEvaluator(priors, values, k=2), max_len=3, sims=48, k=2)
+    assert out.tokens[0, 1:3].tolist() == [4, 5]
+    assert out.visit_probs[0, 0, 4] > 0.5
+    assert out.root_values[0, 1] > 0.8  # after moving to 4, the root's value is high
+
+
+def test_zero_simulations_reduce_to_the_prior_and_to_greedy_decoding():
+    torch.manual_seed(0)
+    policy = TransformerLM(ModelConfig(n_layer=1, n_head=2, d_model=32, max_len=20), V).eval()
+    value = RewardNet(ModelConfig(n_layer=1, n_head=2, d_model=32, max_len=20), V).eval()
+    rng = np.random.default_rng(0)
+    prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 6, 4)]
+    ev = PolicyValueEvaluator(policy, value, top_k=V, terminal="learned")
+    out = search(prompts, ev, SearchConfig(num_simulations=0, top_k=V, terminal_value="learned"),
+                 max_len=20, vocab_size=V, eos_id=EOS)
+    greedy = policy.generate(prompts, 20, eos_id=EOS, pad_id=0)
+    for b, p in enumerate(prompts):
+        n = int(greedy.lengths[b]) + int(greedy.finished[b])
+        assert out.tokens[b, len(p): len(p) + n].tolist() == greedy.tokens[b, :n].tolist()
+        # each move's visit distribution is the policy's next-token distribution
+        with torch.no_grad():
+            seq = out.tokens[b : b + 1, : len(p)]
+            expected = torch.softmax(policy(seq)[0, -1], -1)
+        torch.testing.assert_close(out.visit_probs[b, 0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_virtual_loss_spreads_one_call_over_distinct_leaves():
+    ev = TableEvaluator({(): {3: 0.4, 4: 0.3, 5: 0.3}}, {(3,): 0.5, (4,): 0.5, (5,): 0.5}, k=3)
+    out = run(ev, max_len=2, sims=3, leaves=3)
+    # one network call for the root; the three leaves of the single simulation batch are
+    # the three distinct (terminal) arms, not one arm three times
+    assert ev.calls == 1
+    assert (out.visit_probs[0, 0, [3, 4, 5]] == pytest.approx(torch.full((3,), 1 / 3)))
+
+
+def test_noise_and_sampling_follow_the_explicit_generator():
+    priors = {(): {3: 0.5, 4: 0.5}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
+    values = {(3, 5): 0.5, (3, 6): 0.5, (4, 5): 0.5, (4, 6): 0.5}
+    kw = dict(max_len=3, sims=8, k=2, batch=16, dirichlet_fraction=0.5, temperature=1.0)
+
+    def go(seed):
+        cfg = SearchConfig(num_simulations=8, top_k=2, dirichlet_fraction=0.5, temperature=1.0)
+        return search([np.array([1])] * 16, TableEvaluator(priors, values, k=2), cfg, max_len=3, vocab_size=V,
+                      eos_id=EOS, generator=torch.Generator().manual_seed(seed)).tokens
+
+    assert torch.equal(go(1), go(1)) and not torch.equal(go(1), go(2))
+
+
+def test_gamma_sampler_has_the_right_mean():
+    g = _gamma(torch.full((20000,), 0.3), torch.Generator().manual_seed(0))
+    assert float(g.mean()) == pytest.approx(0.3, rel=0.05)
+    assert (g > 0).all()
+
+
+def test_bad_search_config():
+    with pytest.raises(ValueError, match="terminal_value"):
+        SearchConfig(terminal_value="oracle").validate()
