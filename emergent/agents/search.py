@@ -32,7 +32,7 @@ import torch.nn.functional as F
 TERMINAL_VALUES = ("verifier", "learned")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class SearchConfig:
     num_simulations: int = 32       # simulations per move (per token)
     leaves_per_call: int = 4        # leaves per tree evaluated together (virtual loss)

@@ -17,13 +17,15 @@ from typing import Any, List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from emergent.agents.improve import ImproveConfig, RewardNetConfig
 from emergent.agents.learner import OptimConfig
 from emergent.agents.model import ModelConfig
+from emergent.agents.search import SearchConfig
 from emergent.envs import SPLITS, TASKS, SplitSpec, make_task
 
 from .errors import ConfigError
 
-METHODS = ("supervised",)
+METHODS = ("supervised", "expert_iteration", "policy_gradient", "alphazero")
 RUNTIMES = ("local",)
 DEVICES = ("auto", "cpu", "cuda")
 TARGETS = ("trace", "answer")
@@ -43,7 +45,7 @@ class TaskConfig:
 @dataclass
 class TrainConfig:
     method: str = "supervised"
-    steps: int = 1800
+    steps: int = 1800                     # updates (supervised) or iterations (self-improvement)
     batch_size: int = 128
     target: str = "trace"                 # supervised: learn the gold trace, or the answer only
     log_every: int = 25
@@ -76,6 +78,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    improve: ImproveConfig = field(default_factory=ImproveConfig)    # self-improvement methods
+    reward: RewardNetConfig = field(default_factory=RewardNetConfig)  # the reward-and-objective network
+    search: SearchConfig = field(default_factory=SearchConfig)        # MCTS (alphazero)
 
     @property
     def default_run_name(self) -> str:
@@ -207,5 +212,8 @@ def validate(cfg: Config) -> None:
         cfg.splits.validate(task)
         cfg.model.validate()
         cfg.optim.validate()
+        cfg.improve.validate()
+        cfg.search.validate()
+        cfg.reward.model_config(cfg.model).validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None

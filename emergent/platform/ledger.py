@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import tags
 
-PARTS = ("train", "generate")
+PARTS = ("train", "generate", "search", "reward")
 
 
 class FlopLedger:

@@ -18,9 +18,11 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from emergent.agents.data import encode_batch
+from emergent.agents.improve import METHOD_CLASSES
 from emergent.agents.model import TransformerLM
+from emergent.agents.reward_net import RewardNet
 from emergent.agents.supervised import SupervisedLearner
-from emergent.envs import TOKENIZER, make_task
+from emergent.envs import TOKENIZER, Problem, Task, make_task
 
 from . import tags
 from .checkpoint import LAST, load_checkpoint, load_model_state, save_checkpoint
@@ -72,6 +74,27 @@ def samples_markdown(r: SplitResult) -> str:
     return "\n".join(rows)
 
 
+class Oracle:
+    """The verifier for one batch of training problems: the only way a self-improvement
+    learner learns anything about their answers. It returns exact correctness (0/1) of
+    completions; ``calls`` counts how often it was asked."""
+
+    calls = 0  # across all oracles of the process: lets a test prove it was never called
+
+    def __init__(self, task: Task, problems: list[Problem]) -> None:
+        self._task, self._problems = task, problems
+
+    def __call__(self, rows: np.ndarray, completions) -> np.ndarray:
+        Oracle.calls += 1
+        return self._task.verify_batch([self._problems[r] for r in rows], completions).exact.astype(np.float64)
+
+
+def init_policy_from(model: TransformerLM, path: str) -> None:
+    """Start from another run's weights (e.g. a supervised checkpoint), as AlphaGo did."""
+    state = load_checkpoint(path)
+    load_model_state(model, state, path)
+
+
 class Experiment:
     """Everything one run is made of. Runtimes drive it; it holds no runtime logic."""
 
@@ -82,7 +105,18 @@ class Experiment:
         torch.manual_seed(cfg.seed)
         self.task = make_task(cfg.task.name, format=cfg.task.format, heldout_fraction=cfg.task.heldout_fraction)
         self.model = TransformerLM(cfg.model, TOKENIZER.vocab_size).to(self.device)
-        self.learner = SupervisedLearner(self.model, cfg.optim, cfg.train.steps, self.device, compile=cfg.train.compile)
+        self.supervised = cfg.train.method == "supervised"
+        if self.supervised:
+            self.learner = SupervisedLearner(self.model, cfg.optim, cfg.train.steps, self.device,
+                                             compile=cfg.train.compile)
+        else:
+            if cfg.improve.init_from:  # before the learner: a KL reference copies the start
+                init_policy_from(self.model, cfg.improve.init_from)
+            self.reward_net = RewardNet(cfg.reward.model_config(cfg.model), TOKENIZER.vocab_size).to(self.device)
+            extra = {"search_cfg": cfg.search} if cfg.train.method == "alphazero" else {}
+            self.learner = METHOD_CLASSES[cfg.train.method](
+                self.model, self.reward_net, cfg.optim, cfg.reward, cfg.improve, cfg.train.steps, self.device,
+                cfg.seed, **extra)
         self.data = ProblemStream(self.task, cfg.splits, seed=cfg.seed, train_size=cfg.task.train_size,
                                   data_seed=cfg.task.data_seed)
         self.evaluator = Evaluator(
@@ -111,12 +145,31 @@ class Experiment:
         return p.trace if self.cfg.train.target == "trace" else p.answer
 
     # -- one training step ------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
-        problems = self.data.next(self.cfg.train.batch_size)
-        batch = encode_batch(TOKENIZER, [p.prompt for p in problems], [self._target(p) for p in problems],
-                             self.cfg.model.max_len)
-        metrics = self.learner.update(batch)
-        self.ledger.add("train", metrics["flops"])
+    def train_step(self) -> dict:
+        """One update (supervised) or one iteration (self-improvement).
+
+        Returns ``loss`` (0-d tensor, absent when nothing was trained), ``lr``,
+        ``grad_norm``, ``tokens``, ``flops`` (all FLOPs of the step), and for
+        self-improvement ``scalars`` (extra tags) and ``heldout`` (reward-net probs, labels).
+        """
+        if self.supervised:
+            problems = self.data.next(self.cfg.train.batch_size)
+            batch = encode_batch(TOKENIZER, [p.prompt for p in problems], [self._target(p) for p in problems],
+                                 self.cfg.model.max_len)
+            metrics = self.learner.update(batch)
+            self.ledger.add("train", metrics["flops"])
+        else:
+            problems = self.data.next(self.cfg.improve.problems_per_iter)
+            # the learner sees prompts, and answers only through the oracle's verdicts
+            out = self.learner.iteration([p.prompt for p in problems], Oracle(self.task, problems))
+            for part, flops in out["flops"].items():
+                self.ledger.add(part, flops)
+            m = out["metrics"]
+            metrics = {k: m[k] for k in ("loss", "lr", "grad_norm") if k in m}
+            metrics["tokens"] = m.get("tokens", 0)
+            metrics["flops"] = sum(out["flops"].values())
+            metrics["scalars"] = {k: v for k, v in m.items() if "/" in k and not k.startswith("_")}
+            metrics["heldout"] = m.get("_heldout")
         self.step += 1
         return metrics
 
@@ -127,6 +180,7 @@ class Experiment:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "method": self.cfg.train.method,
             "model": self.model.state_dict(),
             "learner": self.learner.state_dict(),
             "data": self.data.state_dict(),
@@ -167,6 +221,37 @@ def try_resume(exp: Experiment) -> bool:
     return True
 
 
+def window_scalars(window: list[dict], seconds: float, peak: float | None) -> dict[str, float]:
+    """Aggregate the steps since the last log into scalars (the one GPU sync per window)."""
+    from emergent.agents.improve import RewardTrainer
+
+    out: dict[str, float] = {tags.PERF_STEP_S: seconds / len(window)}
+    tokens = sum(m["tokens"] for m in window)
+    if tokens:
+        out[tags.PERF_TOKENS_PER_S] = tokens / seconds
+    if peak:
+        out[tags.PERF_MFU] = sum(m["flops"] for m in window) / seconds / peak
+    losses = [m["loss"] for m in window if "loss" in m]
+    if losses:
+        loss = float(torch.stack(losses).mean())
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss}")
+        last = next(m for m in reversed(window) if "loss" in m)
+        out.update({tags.TRAIN_LOSS: loss, tags.TRAIN_LR: last["lr"], tags.TRAIN_GRAD_NORM: float(last["grad_norm"])})
+    extra: dict[str, list[float]] = {}
+    for m in window:
+        for k, v in m.get("scalars", {}).items():
+            extra.setdefault(k, []).append(float(v))
+    out.update({k: float(np.mean(v)) for k, v in extra.items()})
+    held = [m["heldout"] for m in window if m.get("heldout") is not None]
+    if held:  # reward-net diagnostics over every trace held out in the window
+        probs, labels = np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held])
+        d = RewardTrainer.diagnostics(probs, labels)
+        out.update({tags.REWARD_AUC: d["auc"], tags.REWARD_ECE: d["ece"],
+                    tags.REWARD_DISAGREEMENT: d["verifier_disagreement"]})
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
 def train_local(cfg: Config) -> dict[str, float]:
     """Train one run in this process; returns the last eval's scalars."""
     exp = Experiment(cfg)
@@ -199,30 +284,20 @@ def train_local(cfg: Config) -> dict[str, float]:
                mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
     if exp.step == 0:
         evaluate()
-    window_t, window_tokens, window_flops, window = 0.0, 0, 0.0, []
+    window: list[dict] = []
+    window_t = 0.0
     try:
         while exp.step < cfg.train.steps:
             t0 = time.perf_counter()
-            m = exp.train_step()
-            window.append(m)
-            window_tokens += m["tokens"]
-            window_flops += m["flops"]
+            window.append(exp.train_step())
             last = exp.step == cfg.train.steps
             if exp.step % cfg.train.log_every == 0 or last:
-                loss = float(torch.stack([w["loss"] for w in window]).mean())  # the only GPU sync per window
-                window_t += time.perf_counter() - t0
-                values = {
-                    tags.TRAIN_LOSS: loss, tags.TRAIN_LR: m["lr"], tags.TRAIN_GRAD_NORM: float(m["grad_norm"]),
-                    tags.PERF_TOKENS_PER_S: window_tokens / window_t, tags.PERF_STEP_S: window_t / len(window),
-                    **exp.ledger.scalars(),
-                }
-                if peak:
-                    values[tags.PERF_MFU] = window_flops / window_t / peak
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss} at step {exp.step}")
-                logger.scalars(values, exp.step)
-                window_t, window_tokens, window_flops, window = 0.0, 0, 0.0, []
-                bar.set_postfix(loss=f"{loss:.4f}", test_em=f"{last_eval.get(tags.eval_tag('test', 'exact_match'), float('nan')):.3f}")
+                values = window_scalars(window, window_t + time.perf_counter() - t0, peak)  # syncs here only
+                logger.scalars({**values, **exp.ledger.scalars()}, exp.step)
+                window, window_t = [], 0.0
+                loss = values.get(tags.TRAIN_LOSS, float("nan"))
+                bar.set_postfix(loss=f"{loss:.4f}",
+                                test_em=f"{last_eval.get(tags.eval_tag('test', 'exact_match'), float('nan')):.3f}")
             else:
                 window_t += time.perf_counter() - t0
             bar.update(1)

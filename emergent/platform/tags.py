@@ -10,6 +10,10 @@ PERF_EVAL_S = "perf/eval_s"
 COMPUTE_TOTAL_FLOPS = "compute/total_flops"
 COMPUTE_TRAIN_FLOPS = "compute/train_flops"
 COMPUTE_GENERATE_FLOPS = "compute/generate_flops"
+REWARD_LOSS = "reward_net/loss"
+REWARD_AUC = "reward_net/auc"
+REWARD_ECE = "reward_net/ece"
+REWARD_DISAGREEMENT = "reward_net/verifier_disagreement"
 
 EVAL_METRICS = ("exact_match", "token_accuracy", "edit_distance")
 TEXT_CONFIG = "config"

@@ -1,0 +1,434 @@
+"""Self-improvement learners: the policy learns from its own traces, never from gold ones.
+
+What a learner gets about a training problem is its prompt, and a ``Verifier`` it may
+call with completions to get exact-correctness scores. Gold traces and gold answers
+never cross into this module. ``label_source=majority_vote`` does not call the verifier
+at all.
+
+  expert_iteration  sample N traces per problem, keep the best by the verifier, the
+                    reward-and-objective network or a majority vote, and train on them by
+                    maximum likelihood (STaR / ReST)
+  policy_gradient   sample a group per problem; advantages = reward minus the group
+                    mean (GRPO/RLOO), or minus the network's value of the prompt;
+                    optional KL penalty to the starting policy
+  alphazero         search-driven self-play: policy <- visit distributions, value <-
+                    outcomes, replay of recent searched traces
+
+All share ``Learner`` (AdamW, schedule, clipping, bf16) with the supervised learner, and
+each iteration reports the FLOPs it spent, split into ledger parts.
+"""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emergent.envs import TOKENIZER, extract_answer
+
+from .data import encode_batch
+from .learner import Learner, OptimConfig, autocast
+from .model import ModelConfig, TransformerLM
+from .reward_net import RewardNet, ValueBatch, auc, expected_calibration_error, value_loss
+from .search import PolicyValueEvaluator, SearchConfig, search
+
+LABEL_SOURCES = ("verifier", "reward_net", "majority_vote")
+REWARD_SOURCES = ("verifier", "reward_net")
+BASELINES = ("group", "value")
+
+
+@dataclass
+class RewardNetConfig:
+    # its context length and positional scheme are the policy's: it scores what the policy writes
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 128
+    lr: float = 1e-3
+    updates_per_iter: int = 1
+    heldout_fraction: float = 0.2  # of each iteration's traces: scored, never trained on
+
+    def model_config(self, policy: ModelConfig) -> ModelConfig:
+        return ModelConfig(n_layer=self.n_layer, n_head=self.n_head, d_model=self.d_model,
+                           max_len=policy.max_len, pos=policy.pos)
+
+
+@dataclass
+class ImproveConfig:
+    problems_per_iter: int = 32
+    samples: int = 8                 # traces per problem (expert_iteration N, policy_gradient group)
+    temperature: float = 1.0
+    label_source: str = "verifier"   # expert_iteration: verifier | reward_net | majority_vote
+    reward_source: str = "verifier"  # policy_gradient: verifier | reward_net
+    baseline: str = "group"          # policy_gradient: group mean (GRPO/RLOO) | value (reward net)
+    kl_coef: float = 0.0             # policy_gradient: KL(policy || starting policy) penalty
+    replay_size: int = 2048          # alphazero: searched traces kept
+    train_batch: int = 64            # alphazero: traces per update
+    updates_per_iter: int = 1
+    init_from: Optional[str] = None  # a checkpoint to start from (e.g. a supervised run)
+
+    def validate(self) -> None:
+        for key, value, choices in (("label_source", self.label_source, LABEL_SOURCES),
+                                    ("reward_source", self.reward_source, REWARD_SOURCES),
+                                    ("baseline", self.baseline, BASELINES)):
+            if value not in choices:
+                raise ValueError(f"improve.{key}={value!r} is not valid; choose one of {list(choices)}")
+        if self.problems_per_iter < 1 or self.samples < 1 or self.updates_per_iter < 1:
+            raise ValueError("improve.problems_per_iter, improve.samples and improve.updates_per_iter must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError("improve.temperature must be > 0 (sampling)")
+
+
+class Verifier(Protocol):
+    """Scores completions of this iteration's problems: rows index the problems."""
+
+    def __call__(self, rows: np.ndarray, completions: Sequence[str]) -> np.ndarray: ...
+
+
+# -- rollouts ---------------------------------------------------------------------------------
+
+@dataclass
+class Rollouts:
+    rows: np.ndarray           # [R] problem index of each trace
+    prompts: list[str]         # [R]
+    completions: list[str]     # [R] EOS excluded
+    finished: np.ndarray       # [R] bool: wrote EOS (else ran out of context)
+    flops: float
+
+
+def prompt_ids(prompts: Sequence[str]) -> list[np.ndarray]:
+    return [np.concatenate([[TOKENIZER.bos_id], TOKENIZER.encode(p)]) for p in prompts]
+
+
+@torch.no_grad()
+def sample_rollouts(policy: TransformerLM, prompts: Sequence[str], samples: int, *, temperature: float,
+                    generator: torch.Generator | None, device: torch.device) -> Rollouts:
+    """``samples`` completions per prompt, all rows in one KV-cached generate call."""
+    rows = np.repeat(np.arange(len(prompts)), samples)
+    ids = prompt_ids(prompts)
+    was = policy.training
+    policy.eval()
+    with autocast(device):
+        gen = policy.generate([ids[r] for r in rows], policy.cfg.max_len, eos_id=TOKENIZER.eos_id,
+                              pad_id=TOKENIZER.pad_id, temperature=temperature, generator=generator)
+    policy.train(was)
+    completions = TOKENIZER.decode_completions(gen.tokens.cpu().numpy(), gen.lengths.cpu().numpy())
+    Tp, N = max(len(i) for i in ids), gen.tokens.shape[1]
+    R = len(rows)
+    # what ran: a prefill of R x Tp tokens, then N decode steps attending over Tp + N slots
+    flops = policy.flops_per_token(Tp, backward=False) * R * Tp + policy.flops_per_token(Tp + N, backward=False) * R * N
+    return Rollouts(rows, [prompts[r] for r in rows], completions, gen.finished.cpu().numpy(), flops)
+
+
+def majority_labels(rows: np.ndarray, completions: Sequence[str]) -> np.ndarray:
+    """1 where a trace's final answer is its problem's most common answer (ties: first seen)."""
+    answers = [extract_answer(c) for c in completions]
+    labels = np.zeros(len(rows))
+    for r in np.unique(rows):
+        idx = np.flatnonzero(rows == r)
+        top = Counter(answers[i] for i in idx).most_common(1)[0][0]
+        labels[idx] = [answers[i] == top for i in idx]
+    return labels
+
+
+def encode_values(prompts: Sequence[str], completions: Sequence[str], labels: np.ndarray, max_len: int) -> ValueBatch:
+    """Rows ``BOS prompt completion EOS``, right-padded; train every state from the last
+    prompt token (index len(prompt)) to the EOS (index len(prompt) + len(completion) + 1)."""
+    b = encode_batch(TOKENIZER, prompts, completions, max_len)
+    # BOS + the shifted targets = the whole row. A trace that filled the context never
+    # wrote EOS: its final state is its last token, so the appended EOS is cut off.
+    full = torch.cat([b.inputs[:, :1], b.targets], 1)[:, :max_len]
+    lp = torch.tensor([len(p) for p in prompts])
+    eos_at = (lp + torch.tensor([len(c) for c in completions]) + 1).clamp(max=max_len - 1)
+    t = torch.arange(full.shape[1])[None, :]
+    mask = ((t >= lp[:, None]) & (t <= eos_at[:, None])).float()
+    return ValueBatch(full, mask, torch.as_tensor(labels, dtype=torch.float32))
+
+
+# -- the reward-and-objective network's own trainer ------------------------------------------
+
+class RewardTrainer(Learner):
+    """BCE on verifier (or vote) outcomes of self-generated traces; held-out diagnostics."""
+
+    def __init__(self, net: RewardNet, cfg: RewardNetConfig, total_steps: int, device: torch.device):
+        super().__init__(net, OptimConfig(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=0), total_steps, device)
+        self.net, self.rcfg = net, cfg
+
+    def update(self, batch: ValueBatch) -> dict:
+        self.net.train()
+        batch = batch.to(self.device)
+        with autocast(self.device, self.mixed_precision):
+            loss = value_loss(self.net, batch)
+        m = self.apply(loss)
+        B, T = batch.inputs.shape
+        return {"loss": loss.detach(), "flops": self.net.flops_per_token(T, backward=True) * B * T}
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], completions: Sequence[str], *, at_prompt: bool = False):
+        """P(correct) of finished traces (or, ``at_prompt``, of the prompt states) -> ([R], flops)."""
+        batch = encode_values(prompts, completions, np.zeros(len(prompts)), self.net.cfg.max_len).to(self.device)
+        lp = torch.tensor([len(p) for p in prompts], device=self.device)
+        lengths = lp + 1 if at_prompt else lp + batch.mask.sum(1).long()  # up to the prompt's end, or EOS
+        self.net.eval()
+        with autocast(self.device, self.mixed_precision):
+            v = self.net.value_at(batch.inputs, lengths)
+        B, T = batch.inputs.shape
+        return v.float().cpu().numpy(), self.net.flops_per_token(T, backward=False) * B * T
+
+    @staticmethod
+    def diagnostics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        return {
+            "auc": auc(probs, labels),
+            "ece": expected_calibration_error(probs, labels),
+            "verifier_disagreement": float(np.mean((probs >= 0.5) != (labels >= 0.5))) if len(probs) else float("nan"),
+        }
+
+
+def split_heldout(n: int, fraction: float, generator: np.random.Generator) -> np.ndarray:
+    """Boolean mask [n]: True for traces held out of reward-net training."""
+    return generator.random(n) < fraction
+
+
+# -- the learners ------------------------------------------------------------------------------
+
+class SelfImprover:
+    """Shared machinery: the policy learner, the reward net and its trainer, the flops."""
+
+    def __init__(self, policy: TransformerLM, reward_net: RewardNet, optim: OptimConfig, rcfg: RewardNetConfig,
+                 icfg: ImproveConfig, total_steps: int, device: torch.device, seed: int) -> None:
+        icfg.validate()
+        self.policy, self.reward_net, self.cfg, self.device = policy, reward_net, icfg, device
+        self.learner = Learner(policy, optim, total_steps * icfg.updates_per_iter, device)
+        self.reward = RewardTrainer(reward_net, rcfg, total_steps * rcfg.updates_per_iter, device)
+        self.rcfg = rcfg
+        self.generator = torch.Generator().manual_seed(seed)  # sampling; CPU so runs are reproducible
+        self.np_rng = np.random.default_rng([seed, 7])
+
+    def train_reward(self, prompts, completions, labels, heldout: np.ndarray) -> dict:
+        """Update the reward net on the non-held-out traces; score the held-out ones."""
+        out: dict = {"reward_flops": 0.0}
+        train = np.flatnonzero(~heldout)
+        if len(train):
+            batch = encode_values([prompts[i] for i in train], [completions[i] for i in train], labels[train],
+                                  self.reward_net.cfg.max_len)
+            for _ in range(self.rcfg.updates_per_iter):
+                m = self.reward.update(batch)
+                out["reward_flops"] += m["flops"]
+            out["reward_net/loss"] = float(m["loss"])
+        held = np.flatnonzero(heldout)
+        if len(held):
+            probs, f = self.reward.score([prompts[i] for i in held], [completions[i] for i in held])
+            out["reward_flops"] += f
+            out["_heldout"] = (probs, labels[held])
+        return out
+
+    def ml_update(self, prompts: Sequence[str], completions: Sequence[str]) -> dict:
+        """One maximum-likelihood step on chosen traces (completion tokens only)."""
+        from .supervised import completion_nll
+
+        batch = encode_batch(TOKENIZER, prompts, completions, self.policy.cfg.max_len).to(self.device)
+        self.policy.train()
+        with autocast(self.device, self.learner.mixed_precision):
+            loss = completion_nll(self.policy, batch)
+        m = self.learner.apply(loss)
+        B, T = batch.inputs.shape
+        return {"loss": loss.detach(), "lr": m["lr"], "grad_norm": m["grad_norm"],
+                "train_flops": self.policy.flops_per_token(T, backward=True) * B * T, "tokens": B * T}
+
+    def state_dict(self) -> dict:
+        return {"learner": self.learner.state_dict(), "reward": self.reward.state_dict(),
+                "reward_net": self.reward_net.state_dict(), "generator": self.generator.get_state(),
+                "np_rng": self.np_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.reward.load_state_dict(state["reward"])
+        self.reward_net.load_state_dict(state["reward_net"])
+        self.generator.set_state(state["generator"])
+        self.np_rng.bit_generator.state = state["np_rng"]
+
+
+class ExpertIteration(SelfImprover):
+    def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
+        c = self.cfg
+        ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
+                             generator=self.generator, device=self.device)
+        flops = {"generate": ro.flops, "reward": 0.0, "train": 0.0}
+        if c.label_source == "majority_vote":
+            labels = majority_labels(ro.rows, ro.completions)
+            outcome = labels
+        else:
+            outcome = verifier(ro.rows, ro.completions).astype(float)
+            labels = outcome
+        heldout = split_heldout(len(ro.rows), self.rcfg.heldout_fraction, self.np_rng)
+        rm = self.train_reward(ro.prompts, ro.completions, outcome, heldout)
+        flops["reward"] += rm.pop("reward_flops")
+        if c.label_source == "reward_net":
+            scores, f = self.reward.score(ro.prompts, ro.completions)
+            flops["reward"] += f
+        else:
+            scores = labels
+        # keep the best finished trace per problem, if it is judged correct (score >= 0.5)
+        keep = []
+        for r in range(len(prompts)):
+            idx = np.flatnonzero((ro.rows == r) & ro.finished)
+            if len(idx):
+                best = idx[np.argmax(scores[idx])]
+                if scores[best] >= 0.5:
+                    keep.append(best)
+        metrics = {"train/sample_accuracy": float(np.mean(outcome)), "train/kept_fraction": len(keep) / len(prompts)}
+        if keep:
+            for _ in range(c.updates_per_iter):
+                m = self.ml_update([ro.prompts[i] for i in keep], [ro.completions[i] for i in keep])
+                flops["train"] += m.pop("train_flops")
+            metrics.update(m)
+        metrics.update({k: v for k, v in rm.items()})
+        return {"metrics": metrics, "flops": flops}
+
+
+class PolicyGradient(SelfImprover):
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.reference = copy.deepcopy(self.policy).eval() if self.cfg.kl_coef > 0 else None
+        if self.reference is not None:
+            self.reference.requires_grad_(False)
+
+    def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
+        c = self.cfg
+        ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
+                             generator=self.generator, device=self.device)
+        flops = {"generate": ro.flops, "reward": 0.0, "train": 0.0}
+        outcome = verifier(ro.rows, ro.completions).astype(float)
+        heldout = split_heldout(len(ro.rows), self.rcfg.heldout_fraction, self.np_rng)
+        rm = self.train_reward(ro.prompts, ro.completions, outcome, heldout)
+        flops["reward"] += rm.pop("reward_flops")
+        if c.reward_source == "reward_net":
+            reward, f = self.reward.score(ro.prompts, ro.completions)
+            flops["reward"] += f
+        else:
+            reward = outcome
+        reward = np.where(ro.finished, reward, 0.0)  # a trace that never ended earns nothing
+        if c.baseline == "group":
+            groups = reward.reshape(len(prompts), c.samples)
+            mean = groups.mean(1, keepdims=True)
+            std = groups.std(1, keepdims=True)
+            adv = ((groups - mean) / (std + 1e-4)).reshape(-1)
+        else:  # the reward net's value of the prompt state as a learned baseline
+            base, f = self.reward.score(list(prompts), [""] * len(prompts), at_prompt=True)
+            flops["reward"] += f
+            adv = reward - base[ro.rows]
+        batch = encode_batch(TOKENIZER, ro.prompts, ro.completions, self.policy.cfg.max_len)
+        # a trace cut off by the context had no EOS: do not train the EOS it never wrote
+        last = batch.loss_mask.cumsum(1).argmax(1)
+        batch.loss_mask[torch.arange(len(last))[torch.as_tensor(~ro.finished)], last[torch.as_tensor(~ro.finished)]] = 0
+        batch = batch.to(self.device)
+        A = torch.as_tensor(adv, dtype=torch.float32, device=self.device)
+        self.policy.train()
+        with autocast(self.device, self.learner.mixed_precision):
+            logits = self.policy(batch.inputs).float()
+            logp = torch.log_softmax(logits, -1).gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
+            denom = batch.loss_mask.sum().clamp(min=1)
+            loss = -(A[:, None] * logp * batch.loss_mask).sum() / denom
+            kl = torch.zeros((), device=self.device)
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref = torch.log_softmax(self.reference(batch.inputs).float(), -1)
+                    ref = ref.gather(2, batch.targets[..., None]).squeeze(-1)
+                delta = ref - logp
+                kl = ((delta.exp() - delta - 1) * batch.loss_mask).sum() / denom  # k3 estimator, >= 0
+                loss = loss + c.kl_coef * kl
+        m = self.learner.apply(loss)
+        R, T = batch.inputs.shape
+        passes = 3 + (1 if self.reference is not None else 0)  # fwd+bwd, plus a reference forward
+        flops["train"] += self.policy.flops_per_token(T, backward=False) * R * T * passes
+        metrics = {"loss": loss.detach(), "lr": m["lr"], "grad_norm": m["grad_norm"], "tokens": R * T,
+                   "train/sample_accuracy": float(np.mean(outcome)), "train/reward_mean": float(np.mean(reward)),
+                   "train/kl": float(kl)}
+        metrics.update(rm)
+        return {"metrics": metrics, "flops": flops}
+
+
+class AlphaZero(SelfImprover):
+    """Search-driven self-play. The search's leaf values come from the reward net; its
+    terminal values from the verifier (training problems only) or the network."""
+
+    def __init__(self, *args, search_cfg: SearchConfig, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.search_cfg = search_cfg
+        self.replay: list[dict] = []  # recent searched traces: tokens, prompt length, visits, outcome
+
+    def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
+        c, s = self.cfg, self.search_cfg
+        ids = prompt_ids(prompts)
+
+        def verify_rows(rows, tokens, lengths):
+            comps = [TOKENIZER.decode(t[len(ids[r]): n].tolist()).rstrip("$") for r, t, n in
+                     zip(rows.tolist(), tokens.cpu(), lengths.tolist())]
+            return torch.as_tensor(verifier(rows.cpu().numpy(), comps), dtype=torch.float32, device=tokens.device)
+
+        ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
+                                  verifier=verify_rows if s.terminal_value == "verifier" else None)
+        self.policy.eval()
+        self.reward_net.eval()
+        with autocast(self.device):
+            out = search(ids, ev, s, max_len=self.policy.cfg.max_len, vocab_size=self.policy.vocab_size,
+                         eos_id=TOKENIZER.eos_id, generator=self.generator, device=self.device)
+        completions = [TOKENIZER.decode(out.tokens[b, len(ids[b]): int(out.length[b])].tolist()).rstrip("$")
+                       for b in range(len(prompts))]
+        finished = np.array([int(out.length[b]) > 0 and int(out.tokens[b, int(out.length[b]) - 1]) == TOKENIZER.eos_id
+                             for b in range(len(prompts))])
+        outcome = verifier(np.arange(len(prompts)), completions).astype(float) * finished
+        flops = {"search": ev.flops, "reward": 0.0, "train": 0.0}
+        for b in range(len(prompts)):
+            m = int(out.moves[b])
+            self.replay.append({"prompt": prompts[b], "completion": completions[b], "finished": bool(finished[b]),
+                                "visits": out.visit_probs[b, :m].cpu(), "outcome": float(outcome[b])})
+        self.replay = self.replay[-c.replay_size:]
+        heldout = split_heldout(len(prompts), self.rcfg.heldout_fraction, self.np_rng)
+        rm = self.train_reward(list(prompts), completions, outcome, heldout)
+        flops["reward"] += rm.pop("reward_flops")
+        metrics = {"train/sample_accuracy": float(outcome.mean())}
+        for _ in range(c.updates_per_iter):
+            m = self.policy_update()
+            flops["train"] += m.pop("train_flops")
+        metrics.update(m)
+        metrics.update(rm)
+        return {"metrics": metrics, "flops": flops}
+
+    def policy_update(self) -> dict:
+        """Cross-entropy of the policy's next-token distributions to the search's visits."""
+        idx = self.np_rng.integers(len(self.replay), size=min(self.cfg.train_batch, len(self.replay)))
+        items = [self.replay[i] for i in idx]
+        batch = encode_batch(TOKENIZER, [it["prompt"] for it in items], [it["completion"] for it in items],
+                             self.policy.cfg.max_len)
+        B, T = batch.inputs.shape
+        target = torch.zeros(B, T, self.policy.vocab_size)
+        for row, it in enumerate(items):  # visits of move m sit at the position predicting token m
+            start = len(it["prompt"])  # BOS + prompt: the last prompt token is at index len(prompt)
+            v = it["visits"][: T - start]
+            target[row, start: start + len(v)] = v
+        weight = (target.sum(-1) > 0).float()
+        target, weight = target.to(self.device), weight.to(self.device)
+        inputs = batch.inputs.to(self.device)
+        self.policy.train()
+        with autocast(self.device, self.learner.mixed_precision):
+            logp = torch.log_softmax(self.policy(inputs).float(), -1)
+            loss = -(target * logp).sum(-1).mul(weight).sum() / weight.sum().clamp(min=1)
+        m = self.learner.apply(loss)
+        return {"loss": loss.detach(), "lr": m["lr"], "grad_norm": m["grad_norm"], "tokens": B * T,
+                "train_flops": self.policy.flops_per_token(T, backward=True) * B * T}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["replay"] = [{**r, "visits": r["visits"]} for r in self.replay]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.replay = list(state.get("replay", []))
+
+
+METHOD_CLASSES = {"expert_iteration": ExpertIteration, "policy_gradient": PolicyGradient, "alphazero": AlphaZero}
