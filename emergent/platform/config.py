@@ -207,6 +207,8 @@ def validate(cfg: Config) -> None:
         task = make_task(cfg.task.name, format=cfg.task.format, heldout_fraction=cfg.task.heldout_fraction)
     except ValueError as e:
         raise ConfigError(f"task.format / task.heldout_fraction: {e}") from None
+    if cfg.improve.init_from is not None and not Path(cfg.improve.init_from).is_file():
+        raise ConfigError(f"improve.init_from: checkpoint not found: {cfg.improve.init_from}")
     cfg.task.format = task.format  # resolve null to the task's default: runs record what they ran
     try:
         cfg.splits.validate(task)
