@@ -120,3 +120,11 @@ def test_every_shipped_config_loads():
     assert configs
     for path in configs:
         load_config(path, ["improve.init_from=null"])  # warm starts point at runs not made here
+
+
+def test_eval_by_search(checkpoint, capsys):
+    args = ["eval", str(checkpoint), "eval.problems=6", "eval.decode=search", "search.num_simulations=4",
+            "search.top_k=3", "eval.splits=[test]"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "test" in out and "all" in out

@@ -404,9 +404,12 @@ class PolicyValueEvaluator:
         logp = F.log_softmax(logits / self.prior_temperature, -1)
         top, idx = logp.topk(self.top_k, -1)
         prior = torch.softmax(top, -1)
-        value = self.reward_net.value_at(x, lengths)
-        self.flops += (self.policy.flops_per_token(T, backward=False)
-                       + self.reward_net.flops_per_token(T, backward=False)) * M * T
+        self.flops += self.policy.flops_per_token(T, backward=False) * M * T
+        if self.reward_net is None:  # no value network: every state is a coin flip
+            value = torch.full((M,), 0.5, device=x.device)
+        else:
+            value = self.reward_net.value_at(x, lengths)
+            self.flops += self.reward_net.flops_per_token(T, backward=False) * M * T
         self.calls += 1
         return Expansion(prior, idx, value)
 
@@ -415,5 +418,7 @@ class PolicyValueEvaluator:
         if self.terminal == "verifier":
             return self.verifier(rows, tokens, lengths)
         x = self._trim(tokens, lengths)
+        if self.reward_net is None:
+            return torch.full((len(x),), 0.5, device=x.device)
         self.flops += self.reward_net.flops_per_token(x.shape[1], backward=False) * x.numel()
         return self.reward_net.value_at(x, lengths)

@@ -60,6 +60,7 @@ class EvalConfig:
     seed: int = 1234                      # the eval sets depend on this, not on the run's seed
     batch_size: int = 512
     samples: int = 4                      # sample traces logged as text per split
+    decode: str = "greedy"                # greedy | search (MCTS with the search.* settings)
 
 
 @dataclass
@@ -183,6 +184,7 @@ def validate(cfg: Config) -> None:
     _choice("runtime", cfg.runtime, RUNTIMES)
     _choice("device", cfg.device, DEVICES)
     _choice("train.target", cfg.train.target, TARGETS)
+    _choice("eval.decode", cfg.eval.decode, ("greedy", "search"))
     for split in cfg.eval.splits:
         _choice("eval.splits", split, SPLITS)
     for key in ("difficulty", "extrapolate"):

@@ -59,6 +59,36 @@ def generate_completions(
     return out
 
 
+def search_completions(model: TransformerLM, reward_net, task: Task, problems: Sequence[Problem], device,
+                       cfg, batch_size: int) -> list[str]:
+    """Decode every token by MCTS (``search.*``); leaf values from ``reward_net`` (None: a
+    neutral 0.5). With ``search.terminal_value=verifier`` finished states are checked
+    by the verifier: test-time verification, which a report must name as such."""
+    from emergent.agents.search import PolicyValueEvaluator, search
+
+    out: list[str] = []
+    was = model.training
+    model.eval()
+    for start in range(0, len(problems), batch_size):
+        chunk = list(problems[start : start + batch_size])
+        ids = [np.concatenate([[TOKENIZER.bos_id], TOKENIZER.encode(p.prompt)]) for p in chunk]
+
+        def verify(rows, tokens, lengths, ids=ids, chunk=chunk):
+            comps = [TOKENIZER.decode(t[len(ids[r]) : n].tolist()).rstrip("$")
+                     for r, t, n in zip(rows.tolist(), tokens.cpu(), lengths.tolist())]
+            scores = task.verify_batch([chunk[r] for r in rows.tolist()], comps)
+            return torch.as_tensor(scores.exact, dtype=torch.float32, device=tokens.device)
+
+        ev = PolicyValueEvaluator(model, reward_net, top_k=cfg.top_k, terminal=cfg.terminal_value, verifier=verify)
+        with autocast(device):
+            res = search(ids, ev, cfg, max_len=model.cfg.max_len, vocab_size=model.vocab_size,
+                         eos_id=TOKENIZER.eos_id, device=device)
+        out += [TOKENIZER.decode(res.tokens[b, len(ids[b]) : int(res.length[b])].tolist()).rstrip("$")
+                for b in range(len(chunk))]
+    model.train(was)
+    return out
+
+
 class Evaluator:
     def __init__(
         self,
@@ -71,8 +101,11 @@ class Evaluator:
         batch_size: int = 512,
         samples: int = 4,
         train_set: Sequence[Problem] | None = None,
+        decode: str = "greedy",
+        search_cfg=None,
     ) -> None:
         self.task, self.batch_size, self.samples = task, batch_size, samples
+        self.decode, self.search_cfg = decode, search_cfg
         self.sets: dict[str, list[Problem]] = {}
         for k, split in enumerate(SPLITS):
             if split not in split_names:
@@ -83,10 +116,14 @@ class Evaluator:
             rng = np.random.default_rng([seed, k])
             self.sets[split] = task.sample(rng, problems_per_split, split, splits.difficulties(split))
 
-    def run(self, model: TransformerLM, device: torch.device) -> dict[str, SplitResult]:
+    def run(self, model: TransformerLM, device: torch.device, reward_net=None) -> dict[str, SplitResult]:
         results = {}
         for split, problems in self.sets.items():
-            completions = generate_completions(model, [p.prompt for p in problems], device, self.batch_size)
+            if self.decode == "search":
+                completions = search_completions(model, reward_net, self.task, problems, device, self.search_cfg,
+                                                 min(self.batch_size, 64))
+            else:
+                completions = generate_completions(model, [p.prompt for p in problems], device, self.batch_size)
             scores = self.task.verify_batch(problems, completions)
             overall, by = summarise(problems, scores)
             samples = [(p.prompt, c, p.trace, bool(s)) for p, c, s in

@@ -122,7 +122,7 @@ class Experiment:
         self.evaluator = Evaluator(
             self.task, cfg.splits, problems_per_split=cfg.eval.problems, seed=cfg.eval.seed,
             split_names=cfg.eval.splits, batch_size=cfg.eval.batch_size, samples=cfg.eval.samples,
-            train_set=self.data.fixed,
+            train_set=self.data.fixed, decode=cfg.eval.decode, search_cfg=cfg.search,
         )
         self.ledger = FlopLedger()
         self.step = 0
@@ -174,7 +174,7 @@ class Experiment:
         return metrics
 
     def evaluate(self) -> dict[str, SplitResult]:
-        return self.evaluator.run(self.model, self.device)
+        return self.evaluator.run(self.model, self.device, getattr(self, "reward_net", None))
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
