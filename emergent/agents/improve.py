@@ -65,8 +65,8 @@ class ImproveConfig:
     reward_source: str = "verifier"  # policy_gradient: verifier | reward_net
     baseline: str = "group"          # policy_gradient: group mean (GRPO/RLOO) | value (reward net)
     kl_coef: float = 0.0             # policy_gradient: KL(policy || starting policy) penalty
-    replay_size: int = 2048          # alphazero: searched traces kept
-    train_batch: int = 64            # alphazero: traces per update
+    replay_size: int = 2048          # expert_iteration / alphazero: traces kept for updates
+    train_batch: int = 64            # expert_iteration / alphazero: traces per update
     updates_per_iter: int = 1
     init_from: Optional[str] = None  # a checkpoint to start from (e.g. a supervised run)
 
@@ -252,6 +252,10 @@ class SelfImprover:
 
 
 class ExpertIteration(SelfImprover):
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.kept: list[tuple[str, str]] = []  # (prompt, completion) judged correct, most recent last
+
     def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
         c = self.cfg
         ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
@@ -271,22 +275,32 @@ class ExpertIteration(SelfImprover):
             flops["reward"] += f
         else:
             scores = labels
-        # keep the best finished trace per problem, if it is judged correct (score >= 0.5)
-        keep = []
-        for r in range(len(prompts)):
-            idx = np.flatnonzero((ro.rows == r) & ro.finished)
-            if len(idx):
-                best = idx[np.argmax(scores[idx])]
-                if scores[best] >= 0.5:
-                    keep.append(best)
-        metrics = {"train/sample_accuracy": float(np.mean(outcome)), "train/kept_fraction": len(keep) / len(prompts)}
-        if keep:
+        # every finished trace judged correct (score >= 0.5) joins a replay of recent good
+        # traces; updates draw from it, so each step sees a full batch (ReST's growing set)
+        good = np.flatnonzero(ro.finished & (scores >= 0.5))
+        seen = set()
+        for i in good:
+            if (ro.prompts[i], ro.completions[i]) not in seen:
+                seen.add((ro.prompts[i], ro.completions[i]))
+                self.kept.append((ro.prompts[i], ro.completions[i]))
+        self.kept = self.kept[-c.replay_size:]
+        solved = len({int(ro.rows[i]) for i in good})
+        metrics = {"train/sample_accuracy": float(np.mean(outcome)), "train/kept_fraction": solved / len(prompts)}
+        if self.kept:
             for _ in range(c.updates_per_iter):
-                m = self.ml_update([ro.prompts[i] for i in keep], [ro.completions[i] for i in keep])
+                pick = self.np_rng.integers(len(self.kept), size=min(c.train_batch, len(self.kept)))
+                m = self.ml_update([self.kept[i][0] for i in pick], [self.kept[i][1] for i in pick])
                 flops["train"] += m.pop("train_flops")
             metrics.update(m)
-        metrics.update({k: v for k, v in rm.items()})
+        metrics.update(rm)
         return {"metrics": metrics, "flops": flops}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "kept": [list(k) for k in self.kept]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.kept = [tuple(k) for k in state.get("kept", [])]
 
 
 class PolicyGradient(SelfImprover):
