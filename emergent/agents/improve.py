@@ -225,6 +225,27 @@ class SelfImprover:
             out["_heldout"] = (probs, labels[held])
         return out
 
+    def sample_and_judge(self, prompts: Sequence[str], verifier: Verifier, *, vote: bool, source: str):
+        """Sample ``samples`` traces per prompt; label them by the verifier (or, ``vote``,
+        by majority vote, never calling it); train the reward net on the labels; score
+        the traces by ``source`` (``verifier``: the labels, ``reward_net``: the network).
+
+        Returns (rollouts, labels [R], scores [R], flops by ledger part, reward-net metrics).
+        """
+        c = self.cfg
+        ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
+                             generator=self.generator, device=self.device)
+        flops = {"generate": ro.flops, "reward": 0.0, "train": 0.0}
+        labels = majority_labels(ro.rows, ro.completions) if vote else verifier(ro.rows, ro.completions).astype(float)
+        heldout = split_heldout(len(ro.rows), self.rcfg.heldout_fraction, self.np_rng)
+        rm = self.train_reward(ro.prompts, ro.completions, labels, heldout)
+        flops["reward"] += rm.pop("reward_flops")
+        scores = labels
+        if source == "reward_net":
+            scores, f = self.reward.score(ro.prompts, ro.completions)
+            flops["reward"] += f
+        return ro, labels, scores, flops, rm
+
     def ml_update(self, prompts: Sequence[str], completions: Sequence[str]) -> dict:
         """One maximum-likelihood step on chosen traces (completion tokens only)."""
         from .supervised import completion_nll
@@ -258,23 +279,8 @@ class ExpertIteration(SelfImprover):
 
     def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
         c = self.cfg
-        ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
-                             generator=self.generator, device=self.device)
-        flops = {"generate": ro.flops, "reward": 0.0, "train": 0.0}
-        if c.label_source == "majority_vote":
-            labels = majority_labels(ro.rows, ro.completions)
-            outcome = labels
-        else:
-            outcome = verifier(ro.rows, ro.completions).astype(float)
-            labels = outcome
-        heldout = split_heldout(len(ro.rows), self.rcfg.heldout_fraction, self.np_rng)
-        rm = self.train_reward(ro.prompts, ro.completions, outcome, heldout)
-        flops["reward"] += rm.pop("reward_flops")
-        if c.label_source == "reward_net":
-            scores, f = self.reward.score(ro.prompts, ro.completions)
-            flops["reward"] += f
-        else:
-            scores = labels
+        ro, outcome, scores, flops, rm = self.sample_and_judge(
+            prompts, verifier, vote=c.label_source == "majority_vote", source=c.label_source)
         # every finished trace judged correct (score >= 0.5) joins a replay of recent good
         # traces; updates draw from it, so each step sees a full batch (ReST's growing set)
         good = np.flatnonzero(ro.finished & (scores >= 0.5))
@@ -285,7 +291,9 @@ class ExpertIteration(SelfImprover):
                 self.kept.append((ro.prompts[i], ro.completions[i]))
         self.kept = self.kept[-c.replay_size:]
         solved = len({int(ro.rows[i]) for i in good})
-        metrics = {"train/sample_accuracy": float(np.mean(outcome)), "train/kept_fraction": solved / len(prompts)}
+        # under a vote the labels are agreement with the majority, not correctness
+        label_tag = "train/vote_agreement" if c.label_source == "majority_vote" else "train/sample_accuracy"
+        metrics = {label_tag: float(np.mean(outcome)), "train/kept_fraction": solved / len(prompts)}
         if self.kept:
             for _ in range(c.updates_per_iter):
                 pick = self.np_rng.integers(len(self.kept), size=min(c.train_batch, len(self.kept)))
@@ -312,18 +320,7 @@ class PolicyGradient(SelfImprover):
 
     def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
         c = self.cfg
-        ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
-                             generator=self.generator, device=self.device)
-        flops = {"generate": ro.flops, "reward": 0.0, "train": 0.0}
-        outcome = verifier(ro.rows, ro.completions).astype(float)
-        heldout = split_heldout(len(ro.rows), self.rcfg.heldout_fraction, self.np_rng)
-        rm = self.train_reward(ro.prompts, ro.completions, outcome, heldout)
-        flops["reward"] += rm.pop("reward_flops")
-        if c.reward_source == "reward_net":
-            reward, f = self.reward.score(ro.prompts, ro.completions)
-            flops["reward"] += f
-        else:
-            reward = outcome
+        ro, outcome, reward, flops, rm = self.sample_and_judge(prompts, verifier, vote=False, source=c.reward_source)
         reward = np.where(ro.finished, reward, 0.0)  # a trace that never ended earns nothing
         if c.baseline == "group":
             groups = reward.reshape(len(prompts), c.samples)

@@ -141,36 +141,47 @@ def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float) -> torch.Tensor:
     return q + u
 
 
+def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create: torch.Tensor, *,
+                 eos_id: int) -> torch.Tensor:
+    """Create the child of ``nodes`` [B] along ``actions`` [B] where ``create`` [B] holds.
+
+    Returns the child index per tree [B] (the existing child, or the new node)."""
+    B = tree.batch
+    arange = torch.arange(B, device=nodes.device)
+    child = tree.children[arange, nodes, actions]
+    if not bool(create.any()):
+        return child
+    b, parent, a = arange[create], nodes[create], actions[create]
+    new = tree.num_nodes[create]
+    if bool((new >= tree.tokens.shape[1]).any()):
+        raise RuntimeError("search tree is full; raise its capacity")
+    tok = tree.child_token[b, parent, a]
+    n = tree.length[b, parent]
+    tree.tokens[b, new] = tree.tokens[b, parent]
+    tree.tokens[b, new, n] = tok
+    tree.length[b, new] = n + 1
+    tree.parent[b, new] = parent
+    tree.children[b, parent, a] = new
+    tree.terminal[b, new] = (tok == eos_id) | (n + 1 >= tree.tokens.shape[2])
+    tree.num_nodes[b] += 1
+    child = child.clone()
+    child[create] = new
+    return child
+
+
 def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int) -> torch.Tensor:
     """Walk from each root by PUCT to a leaf; create the node if the edge is new.
 
     Returns leaves [B] (the root itself for inactive trees). A leaf is a node not yet
     expanded (new, or created by an earlier selection of this batch) or a terminal node.
     """
-    B, L = tree.batch, tree.tokens.shape[2]
-    arange = torch.arange(B, device=active.device)
+    arange = torch.arange(tree.batch, device=active.device)
     node = tree.root.clone()
     stop = ~active | ~_at(tree.expanded, node) | _at(tree.terminal, node)
     while not bool(stop.all()):
         a = puct_scores(tree, node, c_puct).argmax(1)                 # [B]
         child = tree.children[arange, node, a]
-        create = ~stop & (child < 0)
-        if bool(create.any()):
-            b = arange[create]
-            parent, new = node[create], tree.num_nodes[create]
-            if bool((new >= tree.tokens.shape[1]).any()):
-                raise RuntimeError("search tree is full; raise its capacity")
-            tok = tree.child_token[b, parent, a[create]]
-            n = tree.length[b, parent]
-            tree.tokens[b, new] = tree.tokens[b, parent]
-            tree.tokens[b, new, n] = tok
-            tree.length[b, new] = n + 1
-            tree.parent[b, new] = parent
-            tree.children[b, parent, a[create]] = new
-            tree.terminal[b, new] = (tok == eos_id) | (n + 1 >= L)
-            tree.num_nodes[b] += 1
-            child = child.clone()
-            child[create] = new
+        child = add_children(tree, node, a, ~stop & (child < 0), eos_id=eos_id)
         node = torch.where(stop, node, child)
         stop = stop | ~_at(tree.expanded, node) | _at(tree.terminal, node)
     return node
@@ -301,24 +312,9 @@ def choose(probs: torch.Tensor, temperature: float, generator: torch.Generator |
 
 def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: Evaluator, *, eos_id: int) -> None:
     """Move each active root to the chosen child, creating and evaluating it if new."""
-    B = tree.batch
-    arange = torch.arange(B, device=actions.device)
+    arange = torch.arange(tree.batch, device=actions.device)
     child = tree.children[arange, tree.root, actions]
-    new = active & (child < 0)
-    if bool(new.any()):
-        b = arange[new]
-        parent, idx = tree.root[new], tree.num_nodes[new]
-        tok = tree.child_token[b, parent, actions[new]]
-        n = tree.length[b, parent]
-        tree.tokens[b, idx] = tree.tokens[b, parent]
-        tree.tokens[b, idx, n] = tok
-        tree.length[b, idx] = n + 1
-        tree.parent[b, idx] = parent
-        tree.children[b, parent, actions[new]] = idx
-        tree.terminal[b, idx] = (tok == eos_id) | (n + 1 >= tree.tokens.shape[2])
-        tree.num_nodes[b] += 1
-        child = child.clone()
-        child[new] = idx
+    child = add_children(tree, tree.root, actions, active & (child < 0), eos_id=eos_id)
     tree.root.copy_(torch.where(active, child, tree.root))
     evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)
 
