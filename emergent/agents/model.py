@@ -303,5 +303,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, gen
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     logp = F.log_softmax(logits, -1)
-    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    probs = logp.exp()
+    if generator is not None and generator.device != probs.device:
+        # a CPU generator keeps runs reproducible across devices; draw on its device
+        tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
+    else:
+        tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
