@@ -123,3 +123,20 @@ def test_init_from_a_supervised_checkpoint(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     for k, v in state["model"].items():
         assert torch.equal(exp.model.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("method", ["expert_iteration", "alphazero"])
+def test_resume_restores_reward_net_and_replay(method, tmp_path):
+    base = [*SMALL, f"train.method={method}", f"logdir={tmp_path}"]
+    cfg = load_config(None, [*base, "train.steps=2"])
+    train_local(cfg)
+    state = torch.load(cfg.run_dir / "last.pt", weights_only=True)  # the safe loader reads it all
+    replay = state["learner"]["kept" if method == "expert_iteration" else "replay"]
+    resumed = Experiment(load_config(None, [*base, "train.steps=3", "resume=true"]))
+    from emergent.platform.local import try_resume
+
+    assert try_resume(resumed) and resumed.step == 2
+    for k, v in state["learner"]["reward_net"].items():
+        assert torch.equal(resumed.reward_net.state_dict()[k], v)
+    kept = resumed.learner.kept if method == "expert_iteration" else resumed.learner.replay
+    assert len(kept) == len(replay)

@@ -434,7 +434,7 @@ class AlphaZero(SelfImprover):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["replay"] = [{**r, "visits": r["visits"]} for r in self.replay]
+        state["replay"] = list(self.replay)  # plain dicts of str / float / tensor: weights_only-safe
         return state
 
     def load_state_dict(self, state: dict) -> None:
