@@ -77,9 +77,9 @@ def samples_markdown(r: SplitResult) -> str:
 class Oracle:
     """The verifier for one batch of training problems: the only way a self-improvement
     learner learns anything about their answers. It returns exact correctness (0/1) of
-    completions; ``calls`` counts how often it was asked."""
+    completions; ``calls`` counts how often any oracle of this process was asked."""
 
-    calls = 0  # across all oracles of the process: lets a test prove it was never called
+    calls = 0
 
     def __init__(self, task: Task, problems: list[Problem]) -> None:
         self._task, self._problems = task, problems
