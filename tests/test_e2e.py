@@ -1,5 +1,4 @@
 """End-to-end runs through the real entry point with a tiny budget (cleanrl style)."""
-import os
 import signal
 import subprocess
 import sys

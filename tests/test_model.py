@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from emergent.agents.data import encode_batch
 from emergent.agents.model import POS_SCHEMES, ModelConfig, TransformerLM

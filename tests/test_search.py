@@ -99,8 +99,6 @@ def test_virtual_loss_spreads_one_call_over_distinct_leaves():
 def test_noise_and_sampling_follow_the_explicit_generator():
     priors = {(): {3: 0.5, 4: 0.5}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
     values = {(3, 5): 0.5, (3, 6): 0.5, (4, 5): 0.5, (4, 6): 0.5}
-    kw = dict(max_len=3, sims=8, k=2, batch=16, dirichlet_fraction=0.5, temperature=1.0)
-
     def go(seed):
         cfg = SearchConfig(num_simulations=8, top_k=2, dirichlet_fraction=0.5, temperature=1.0)
         return search([np.array([1])] * 16, TableEvaluator(priors, values, k=2), cfg, max_len=3, vocab_size=V,

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from emergent.envs import SPLITS, TASKS, SplitSpec, extract_answer, make_task, score_strings
+from emergent.envs import TASKS, SplitSpec, extract_answer, make_task, score_strings
 from emergent.envs.countdown import is_solution, parse_expression, solve, ExpressionError
 from emergent.platform.data import ProblemStream
 

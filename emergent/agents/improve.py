@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from emergent.envs import TOKENIZER, extract_answer
 
@@ -162,7 +161,7 @@ class RewardTrainer(Learner):
         batch = batch.to(self.device)
         with autocast(self.device, self.mixed_precision):
             loss = value_loss(self.net, batch)
-        m = self.apply(loss)
+        self.apply(loss)
         B, T = batch.inputs.shape
         return {"loss": loss.detach(), "flops": self.net.flops_per_token(T, backward=True) * B * T}
 
