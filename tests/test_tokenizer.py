@@ -37,3 +37,10 @@ def test_decode_rejects_out_of_range_ids():
 def test_decode_completions_cuts_rows_at_length():
     ids = np.array([TOKENIZER.encode("123"), TOKENIZER.encode("45_")])
     assert TOKENIZER.decode_completions(ids, [3, 2]) == ["123", "45"]
+
+
+def test_prompts_and_spans():
+    ids = TOKENIZER.encode_prompts(["1+2=", "3="])
+    assert [TOKENIZER.decode(i) for i in ids] == ["^1+2=", "^3="]
+    rows = np.array([TOKENIZER.encode("^1+2=3$__"), TOKENIZER.encode("^3=45____")])
+    assert TOKENIZER.decode_spans(rows, [5, 3], [7, 5]) == ["3", "45"]  # a final EOS is dropped

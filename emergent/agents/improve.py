@@ -33,7 +33,7 @@ from .data import encode_batch
 from .learner import Learner, OptimConfig, autocast
 from .model import ModelConfig, TransformerLM
 from .reward_net import RewardNet, ValueBatch, auc, expected_calibration_error, value_loss
-from .search import PolicyValueEvaluator, SearchConfig, search
+from .search import PolicyValueEvaluator, SearchConfig, output_completions, search, state_verifier
 
 LABEL_SOURCES = ("verifier", "reward_net", "majority_vote")
 REWARD_SOURCES = ("verifier", "reward_net")
@@ -98,16 +98,12 @@ class Rollouts:
     flops: float
 
 
-def prompt_ids(prompts: Sequence[str]) -> list[np.ndarray]:
-    return [np.concatenate([[TOKENIZER.bos_id], TOKENIZER.encode(p)]) for p in prompts]
-
-
 @torch.no_grad()
 def sample_rollouts(policy: TransformerLM, prompts: Sequence[str], samples: int, *, temperature: float,
                     generator: torch.Generator | None, device: torch.device) -> Rollouts:
     """``samples`` completions per prompt, all rows in one KV-cached generate call."""
     rows = np.repeat(np.arange(len(prompts)), samples)
-    ids = prompt_ids(prompts)
+    ids = TOKENIZER.encode_prompts(prompts)
     was = policy.training
     policy.eval()
     with autocast(device):
@@ -372,24 +368,17 @@ class AlphaZero(SelfImprover):
 
     def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
         c, s = self.cfg, self.search_cfg
-        ids = prompt_ids(prompts)
-
-        def verify_rows(rows, tokens, lengths):
-            comps = [TOKENIZER.decode(t[len(ids[r]): n].tolist()).rstrip("$") for r, t, n in
-                     zip(rows.tolist(), tokens.cpu(), lengths.tolist())]
-            return torch.as_tensor(verifier(rows.cpu().numpy(), comps), dtype=torch.float32, device=tokens.device)
-
+        ids = TOKENIZER.encode_prompts(prompts)
         ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
-                                  verifier=verify_rows if s.terminal_value == "verifier" else None)
+                                  verifier=state_verifier([len(i) for i in ids], verifier))
         self.policy.eval()
         self.reward_net.eval()
         with autocast(self.device):
             out = search(ids, ev, s, max_len=self.policy.cfg.max_len, vocab_size=self.policy.vocab_size,
                          eos_id=TOKENIZER.eos_id, generator=self.generator, device=self.device)
-        completions = [TOKENIZER.decode(out.tokens[b, len(ids[b]): int(out.length[b])].tolist()).rstrip("$")
-                       for b in range(len(prompts))]
-        finished = np.array([int(out.length[b]) > 0 and int(out.tokens[b, int(out.length[b]) - 1]) == TOKENIZER.eos_id
-                             for b in range(len(prompts))])
+        completions = output_completions(out)
+        last = out.tokens.gather(1, (out.length - 1).clamp(min=0)[:, None]).squeeze(1)
+        finished = (last == TOKENIZER.eos_id).cpu().numpy()
         outcome = verifier(np.arange(len(prompts)), completions).astype(float) * finished
         flops = {"search": ev.flops, "reward": 0.0, "train": 0.0}
         for b in range(len(prompts)):

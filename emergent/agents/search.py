@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emergent.envs.tokenizer import TOKENIZER
+
 TERMINAL_VALUES = ("verifier", "learned")
 
 
@@ -360,12 +362,30 @@ def search(
         actions = choose(probs, cfg.temperature, generator)
         advance(tree, actions, active, evaluator, eos_id=eos_id)
         moves += active.long()
-    final = tree.root
+    final, made = tree.root, int(moves.max()) if B else 0
     return SearchOutput(
         tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
-        visit_probs=visit_probs[:, : int(moves.max()) if len(moves) else 0], moves=moves,
-        root_values=root_values[:, : int(moves.max()) if len(moves) else 0],
+        visit_probs=visit_probs[:, :made], moves=moves, root_values=root_values[:, :made],
     )
+
+
+# -- text at the boundary ---------------------------------------------------------------
+
+def state_verifier(prompt_lengths: Sequence[int], score: Callable[[np.ndarray, list[str]], np.ndarray]):
+    """Adapt ``score(problem rows, completions) -> [M]`` to ``terminal_value``'s signature:
+    the completion of a state is its tokens after its problem's prompt, EOS dropped."""
+
+    def terminal(rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        r = rows.cpu().numpy()
+        comps = TOKENIZER.decode_spans(tokens.cpu().numpy(), [prompt_lengths[i] for i in r], lengths.tolist())
+        return torch.as_tensor(score(r, comps), dtype=torch.float32, device=tokens.device)
+
+    return terminal
+
+
+def output_completions(out: SearchOutput) -> list[str]:
+    """The completion each search wrote, EOS dropped."""
+    return TOKENIZER.decode_spans(out.tokens.cpu().numpy(), out.prompt_length.tolist(), out.length.tolist())
 
 
 # -- the network evaluator -----------------------------------------------------------------

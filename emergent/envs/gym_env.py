@@ -67,7 +67,7 @@ class TraceEnv(gym.Env):
         difficulties = self.splits.difficulties(self.split)
         d = difficulties[int(self.np_random.integers(len(difficulties)))]
         self.problem = self.task.sample(self.np_random, 1, self.split, [d])[0]
-        prompt = np.concatenate([[TOKENIZER.bos_id], TOKENIZER.encode(self.problem.prompt)])
+        prompt = TOKENIZER.encode_prompts([self.problem.prompt])[0]
         if len(prompt) >= self.max_len:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_len={self.max_len}")
         self._tokens[:] = TOKENIZER.pad_id

@@ -47,6 +47,18 @@ class CharTokenizer:
             raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {arr.min()}..{arr.max()}")
         return "".join(self._chars[arr].tolist())
 
+    def encode_prompts(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """Each prompt as the model sees it: BOS + its ids."""
+        return [np.concatenate([[self.bos_id], self.encode(p)]) for p in prompts]
+
+    def decode_spans(self, ids: np.ndarray, starts: Sequence[int], ends: Sequence[int]) -> list[str]:
+        """Rows of ids [M, L] -> the text of each row's [start, end), a final EOS dropped."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ends = [e - 1 if e > s and ids[r, e - 1] == self.eos_id else e
+                for r, (s, e) in enumerate(zip(starts, ends))]
+        chars = self._chars[ids]
+        return ["".join(row[s:e].tolist()) for row, s, e in zip(chars, starts, ends)]
+
     def decode_completions(self, ids: np.ndarray, lengths: Sequence[int] | np.ndarray) -> list[str]:
         """Rows of generated ids [B, T] -> strings, each cut at its length (EOS excluded)."""
         chars = self._chars[np.asarray(ids, dtype=np.int64)]

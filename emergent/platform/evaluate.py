@@ -41,7 +41,7 @@ def generate_completions(
 
     Prompts that do not fit the context get an empty completion (scored wrong).
     """
-    encoded = [np.concatenate([[TOKENIZER.bos_id], TOKENIZER.encode(p)]) for p in prompts]
+    encoded = TOKENIZER.encode_prompts(prompts)
     out = [""] * len(prompts)
     fits = [i for i, e in enumerate(encoded) if len(e) < model.cfg.max_len]
     order = sorted(fits, key=lambda i: len(encoded[i]))  # similar lengths share a batch: less padding
@@ -64,27 +64,24 @@ def search_completions(model: TransformerLM, reward_net, task: Task, problems: S
     """Decode every token by MCTS (``search.*``); leaf values from ``reward_net`` (None: a
     neutral 0.5). With ``search.terminal_value=verifier`` finished states are checked
     by the verifier: test-time verification, which a report must name as such."""
-    from emergent.agents.search import PolicyValueEvaluator, search
+    from emergent.agents.search import PolicyValueEvaluator, output_completions, search, state_verifier
 
     out: list[str] = []
     was = model.training
     model.eval()
     for start in range(0, len(problems), batch_size):
         chunk = list(problems[start : start + batch_size])
-        ids = [np.concatenate([[TOKENIZER.bos_id], TOKENIZER.encode(p.prompt)]) for p in chunk]
+        ids = TOKENIZER.encode_prompts([p.prompt for p in chunk])
 
-        def verify(rows, tokens, lengths, ids=ids, chunk=chunk):
-            comps = [TOKENIZER.decode(t[len(ids[r]) : n].tolist()).rstrip("$")
-                     for r, t, n in zip(rows.tolist(), tokens.cpu(), lengths.tolist())]
-            scores = task.verify_batch([chunk[r] for r in rows.tolist()], comps)
-            return torch.as_tensor(scores.exact, dtype=torch.float32, device=tokens.device)
+        def exact(rows, completions, chunk=chunk):
+            return task.verify_batch([chunk[r] for r in rows], completions).exact
 
-        ev = PolicyValueEvaluator(model, reward_net, top_k=cfg.top_k, terminal=cfg.terminal_value, verifier=verify)
+        ev = PolicyValueEvaluator(model, reward_net, top_k=cfg.top_k, terminal=cfg.terminal_value,
+                                  verifier=state_verifier([len(i) for i in ids], exact))
         with autocast(device):
             res = search(ids, ev, cfg, max_len=model.cfg.max_len, vocab_size=model.vocab_size,
                          eos_id=TOKENIZER.eos_id, device=device)
-        out += [TOKENIZER.decode(res.tokens[b, len(ids[b]) : int(res.length[b])].tolist()).rstrip("$")
-                for b in range(len(chunk))]
+        out += output_completions(res)
     model.train(was)
     return out
 

@@ -77,15 +77,12 @@ def samples_markdown(r: SplitResult) -> str:
 class Oracle:
     """The verifier for one batch of training problems: the only way a self-improvement
     learner learns anything about their answers. It returns exact correctness (0/1) of
-    completions; ``calls`` counts how often any oracle of this process was asked."""
-
-    calls = 0
+    completions."""
 
     def __init__(self, task: Task, problems: list[Problem]) -> None:
         self._task, self._problems = task, problems
 
     def __call__(self, rows: np.ndarray, completions) -> np.ndarray:
-        Oracle.calls += 1
         return self._task.verify_batch([self._problems[r] for r in rows], completions).exact.astype(np.float64)
 
 
