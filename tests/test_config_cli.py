@@ -23,6 +23,8 @@ BAD_TRAIN = [
     (["train.method=expert_iteration", "improve.init_from=nowhere.pt"], ["improve.init_from", "nowhere.pt"]),
     (["train.method=expert_iteration", "improve.label_source=oracle"], ["improve.label_source='oracle'"]),
     (["eval.splits=[train,validation]"], ["eval.splits='validation'"]),
+    (["train.method=expert_iteration", "reward.d_model=64"], ["reward.init=policy needs the policy's size"]),
+    (["train.method=expert_iteration", "reward.init=copy"], ["reward.init='copy'"]),
 ]
 
 

@@ -11,7 +11,7 @@ from emergent.platform.local import Experiment, Oracle, train_local
 
 SELF_IMPROVEMENT = ["expert_iteration", "policy_gradient", "alphazero"]
 SMALL = [*TINY, "improve.problems_per_iter=6", "improve.samples=3", "search.num_simulations=4",
-         "search.leaves_per_call=2", "search.top_k=4", "reward.n_layer=1", "reward.d_model=32", "reward.n_head=2",
+         "search.leaves_per_call=2", "search.top_k=4", "reward.n_layer=1", "reward.d_model=32", "reward.n_head=2", "reward.init=scratch",
          "eval.problems=12"]
 
 
@@ -140,3 +140,13 @@ def test_resume_restores_reward_net_and_replay(method, tmp_path):
         assert torch.equal(resumed.reward_net.state_dict()[k], v)
     kept = resumed.learner.kept if method == "expert_iteration" else resumed.learner.replay
     assert len(kept) == len(replay)
+
+
+def test_reward_net_starts_from_the_policy_or_from_scratch():
+    base = [*TINY, "train.method=expert_iteration"]
+    exp = Experiment(load_config(overrides=base))
+    policy = exp.model.state_dict()
+    assert all(torch.equal(v, policy[k]) for k, v in exp.reward_net.trunk.state_dict().items())
+    assert float(exp.reward_net.head.weight.abs().sum()) == 0.0  # no opinion until trained
+    exp = Experiment(load_config(overrides=[*base, "reward.init=scratch"]))
+    assert not torch.equal(exp.reward_net.trunk.state_dict()["wte.weight"], exp.model.state_dict()["wte.weight"])

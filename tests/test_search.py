@@ -107,6 +107,17 @@ def test_noise_and_sampling_follow_the_explicit_generator():
     assert torch.equal(go(1), go(1)) and not torch.equal(go(1), go(2))
 
 
+def test_sampled_moves_survive_trees_that_finish_early():
+    # tree 0 (prompt [1, 7]) can only write EOS; tree 1 (prompt [1]) writes 3 then EOS.
+    # While tree 1 moves on, tree 0's finished root has no visits to sample a move from.
+    priors = {(7,): {EOS: 1.0}, (): {3: 1.0}, (3,): {EOS: 1.0}}
+    values = {(7, EOS): 1.0, (3, EOS): 1.0}
+    cfg = SearchConfig(num_simulations=4, top_k=1, temperature=1.0)
+    out = search([np.array([1, 7]), np.array([1])], TableEvaluator(priors, values, k=1), cfg, max_len=4,
+                 vocab_size=V, eos_id=EOS, generator=torch.Generator().manual_seed(0))
+    assert out.moves.tolist() == [1, 2]
+
+
 def test_gamma_sampler_has_the_right_mean():
     g = _gamma(torch.full((20000,), 0.3), torch.Generator().manual_seed(0))
     assert float(g.mean()) == pytest.approx(0.3, rel=0.05)

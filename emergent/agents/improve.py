@@ -40,19 +40,42 @@ REWARD_SOURCES = ("verifier", "reward_net")
 BASELINES = ("group", "value")
 
 
+REWARD_INITS = ("policy", "scratch")
+
+
 @dataclass
 class RewardNetConfig:
     # its context length and positional scheme are the policy's: it scores what the policy writes
-    n_layer: int = 2
-    n_head: int = 4
-    d_model: int = 128
-    lr: float = 1e-3
-    updates_per_iter: int = 1
-    heldout_fraction: float = 0.2  # of each iteration's traces: scored, never trained on
+    n_layer: Optional[int] = None    # None: the policy's
+    n_head: Optional[int] = None
+    d_model: Optional[int] = None
+    # policy: start the trunk from the starting policy's weights (as RLHF reward models
+    # start from the SFT model): its features already read the task's arithmetic, so the
+    # judge needs few labelled traces. Needs the policy's size. scratch: random init.
+    init: str = "policy"
+    lr: float = 3e-4
+    updates_per_iter: int = 2
+    batch_size: int = 128            # labelled traces per update, drawn from the replay
+    replay_size: int = 4096          # recent labelled traces kept for reward-net updates
+    heldout_fraction: float = 0.2    # of each iteration's traces: scored, never trained on
 
     def model_config(self, policy: ModelConfig) -> ModelConfig:
-        return ModelConfig(n_layer=self.n_layer, n_head=self.n_head, d_model=self.d_model,
-                           max_len=policy.max_len, pos=policy.pos)
+        size = {k: getattr(self, k) if getattr(self, k) is not None else getattr(policy, k)
+                for k in ("n_layer", "n_head", "d_model")}
+        return ModelConfig(**size, max_len=policy.max_len, pos=policy.pos)
+
+    def validate(self, policy: ModelConfig) -> None:
+        if self.init not in REWARD_INITS:
+            raise ValueError(f"reward.init={self.init!r} is not valid; choose one of {list(REWARD_INITS)}")
+        mine = self.model_config(policy)
+        if self.init == "policy" and (mine.n_layer, mine.n_head, mine.d_model) != (policy.n_layer, policy.n_head, policy.d_model):
+            raise ValueError("reward.init=policy needs the policy's size: leave reward.n_layer / n_head / d_model "
+                             "unset (null), or set reward.init=scratch")
+        if self.updates_per_iter < 0 or self.batch_size < 1 or self.replay_size < 1:
+            raise ValueError("reward.updates_per_iter must be >= 0, reward.batch_size and reward.replay_size >= 1")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError("reward.heldout_fraction must lie in [0, 1)")
+        mine.validate()
 
 
 @dataclass
@@ -201,23 +224,30 @@ class SelfImprover:
         self.rcfg = rcfg
         self.generator = torch.Generator().manual_seed(seed)  # sampling; CPU so runs are reproducible
         self.np_rng = np.random.default_rng([seed, 7])
+        self.labelled: list[tuple[str, str, float]] = []  # reward-net replay, most recent last
 
     def train_reward(self, prompts, completions, labels, heldout: np.ndarray) -> dict:
-        """Update the reward net on the non-held-out traces; score the held-out ones."""
+        """Add the non-held-out traces to the reward net's replay and update it from there;
+        score the held-out ones (before they could ever be trained on)."""
         out: dict = {"reward_flops": 0.0}
-        train = np.flatnonzero(~heldout)
-        if len(train):
-            batch = encode_values([prompts[i] for i in train], [completions[i] for i in train], labels[train],
-                                  self.reward_net.cfg.max_len)
-            for _ in range(self.rcfg.updates_per_iter):
-                m = self.reward.update(batch)
-                out["reward_flops"] += m["flops"]
-            out["reward_net/loss"] = float(m["loss"])
         held = np.flatnonzero(heldout)
         if len(held):
             probs, f = self.reward.score([prompts[i] for i in held], [completions[i] for i in held])
             out["reward_flops"] += f
             out["_heldout"] = (probs, labels[held])
+        self.labelled += [(prompts[i], completions[i], float(labels[i])) for i in np.flatnonzero(~heldout)]
+        self.labelled = self.labelled[-self.rcfg.replay_size:]
+        losses = []
+        for _ in range(self.rcfg.updates_per_iter if self.labelled else 0):
+            pick = self.np_rng.integers(len(self.labelled), size=min(self.rcfg.batch_size, len(self.labelled)))
+            items = [self.labelled[i] for i in pick]
+            batch = encode_values([it[0] for it in items], [it[1] for it in items],
+                                  np.array([it[2] for it in items]), self.reward_net.cfg.max_len)
+            m = self.reward.update(batch)
+            out["reward_flops"] += m["flops"]
+            losses.append(m["loss"])
+        if losses:
+            out["reward_net/loss"] = float(torch.stack(losses).mean())
         return out
 
     def sample_and_judge(self, prompts: Sequence[str], verifier: Verifier, *, vote: bool, source: str):
@@ -257,7 +287,7 @@ class SelfImprover:
     def state_dict(self) -> dict:
         return {"learner": self.learner.state_dict(), "reward": self.reward.state_dict(),
                 "reward_net": self.reward_net.state_dict(), "generator": self.generator.get_state(),
-                "np_rng": self.np_rng.bit_generator.state}
+                "np_rng": self.np_rng.bit_generator.state, "labelled": [list(x) for x in self.labelled]}
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state["learner"])
@@ -265,6 +295,7 @@ class SelfImprover:
         self.reward_net.load_state_dict(state["reward_net"])
         self.generator.set_state(state["generator"])
         self.np_rng.bit_generator.state = state["np_rng"]
+        self.labelled = [(p, c, float(y)) for p, c, y in state.get("labelled", [])]
 
 
 class ExpertIteration(SelfImprover):

@@ -308,7 +308,9 @@ def choose(probs: torch.Tensor, temperature: float, generator: torch.Generator |
     if temperature <= 0:
         return probs.argmax(1)
     p = probs.clamp(min=0) ** (1.0 / temperature)
-    p = p / p.sum(1, keepdim=True).clamp(min=1e-12)
+    # a finished tree (terminal root) has an all-zero row; its choice is ignored downstream
+    p = torch.where(p.sum(1, keepdim=True) > 0, p, 1.0)
+    p = p / p.sum(1, keepdim=True)
     return torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
 
 

@@ -218,6 +218,6 @@ def validate(cfg: Config) -> None:
         cfg.optim.validate()
         cfg.improve.validate()
         cfg.search.validate()
-        cfg.reward.model_config(cfg.model).validate()
+        cfg.reward.validate(cfg.model)
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -110,6 +110,8 @@ class Experiment:
             if cfg.improve.init_from:  # before the learner: a KL reference copies the start
                 init_policy_from(self.model, cfg.improve.init_from)
             self.reward_net = RewardNet(cfg.reward.model_config(cfg.model), TOKENIZER.vocab_size).to(self.device)
+            if cfg.reward.init == "policy":  # the judge starts from what the starting policy knows
+                self.reward_net.trunk.load_state_dict(self.model.state_dict())
             extra = {"search_cfg": cfg.search} if cfg.train.method == "alphazero" else {}
             self.learner = METHOD_CLASSES[cfg.train.method](
                 self.model, self.reward_net, cfg.optim, cfg.reward, cfg.improve, cfg.train.steps, self.device,
