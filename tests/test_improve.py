@@ -147,6 +147,22 @@ def test_reward_net_starts_from_the_policy_or_from_scratch():
     exp = Experiment(load_config(overrides=base))
     policy = exp.model.state_dict()
     assert all(torch.equal(v, policy[k]) for k, v in exp.reward_net.trunk.state_dict().items())
-    assert float(exp.reward_net.head.weight.abs().sum()) == 0.0  # no opinion until trained
+    assert not exp.reward_net.head.weight.detach().any()  # no opinion until trained
     exp = Experiment(load_config(overrides=[*base, "reward.init=scratch"]))
     assert not torch.equal(exp.reward_net.trunk.state_dict()["wte.weight"], exp.model.state_dict()["wte.weight"])
+
+
+@pytest.mark.parametrize("method", SELF_IMPROVEMENT)
+def test_collect_changes_no_weights_and_learn_consumes_its_experience(method, tmp_path):
+    # the contract trace workers rely on: collect only reads the weights
+    exp = Experiment(load_config(None, [*SMALL, f"train.method={method}", f"logdir={tmp_path}"]))
+    problems = exp.data.next(exp.cfg.improve.problems_per_iter)
+    before = {k: v.clone() for k, v in [*exp.model.state_dict().items(), *exp.reward_net.state_dict().items()]}
+    batch = exp.learner.collect([p.prompt for p in problems], Oracle(exp.task, problems))
+    after = [*exp.model.state_dict().items(), *exp.reward_net.state_dict().items()]
+    assert all(torch.equal(before[k], v) for k, v in after)
+    per_problem = 1 if method == "alphazero" else exp.cfg.improve.samples
+    assert batch.size == len(problems) * per_problem and len(batch.heldout_probs) == batch.heldout.sum()
+    out = exp.learner.learn(batch)  # the reward net always learns from the labelled traces
+    assert out["flops"]["reward"] > 0
+    assert not all(torch.equal(before[k], v) for k, v in exp.reward_net.state_dict().items())

@@ -210,10 +210,46 @@ def split_heldout(n: int, fraction: float, generator: np.random.Generator) -> np
     return generator.random(n) < fraction
 
 
+# -- experience: what collection hands to learning ----------------------------------------
+
+@dataclass
+class Experience:
+    """One batch of self-generated traces, judged and scored: everything ``learn`` needs.
+
+    ``collect`` writes it with the current weights and no parameter update; ``learn``
+    consumes it. The local runtime calls both in turn; the Ray runtime calls ``collect``
+    on trace workers and ``learn`` on the learner, with the same classes.
+    """
+    prompts: list[str]           # [P] this batch's problems
+    rows: np.ndarray             # [R] problem index of each trace
+    completions: list[str]       # [R] EOS excluded
+    finished: np.ndarray         # [R] bool: wrote EOS
+    labels: np.ndarray           # [R] verifier outcome (majority agreement under a vote)
+    scores: np.ndarray           # [R] the signal the update uses: labels or the reward net's P(correct)
+    heldout: np.ndarray          # [R] bool: never trained on by the reward net
+    heldout_probs: np.ndarray    # [H] the reward net's P(correct) of the held-out traces
+    flops: dict                  # ledger part -> FLOPs spent collecting (generate / search / reward)
+    metrics: dict                # tags measured while collecting (e.g. train/sample_accuracy)
+    baseline: Optional[np.ndarray] = None  # [P] policy_gradient value baseline: P(correct) at the prompt
+    visits: Optional[list] = None          # alphazero: [R] visit distributions [moves, V] (CPU)
+    version: int = 0                       # weights version that wrote it (the Ray runtime's staleness)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def prompt_of(self) -> list[str]:
+        return [self.prompts[r] for r in self.rows]
+
+
 # -- the learners ------------------------------------------------------------------------------
 
 class SelfImprover:
-    """Shared machinery: the policy learner, the reward net and its trainer, the flops."""
+    """Shared machinery: the policy learner, the reward net and its trainer, the flops.
+
+    ``iteration(prompts, verifier)`` = ``learn(collect(prompts, verifier))``.
+    """
 
     def __init__(self, policy: TransformerLM, reward_net: RewardNet, optim: OptimConfig, rcfg: RewardNetConfig,
                  icfg: ImproveConfig, total_steps: int, device: torch.device, seed: int) -> None:
@@ -222,20 +258,57 @@ class SelfImprover:
         self.learner = Learner(policy, optim, total_steps * icfg.updates_per_iter, device)
         self.reward = RewardTrainer(reward_net, rcfg, total_steps * rcfg.updates_per_iter, device)
         self.rcfg = rcfg
-        self.generator = torch.Generator().manual_seed(seed)  # sampling; CPU so runs are reproducible
-        self.np_rng = np.random.default_rng([seed, 7])
+        self.reseed(seed)
         self.labelled: list[tuple[str, str, float]] = []  # reward-net replay, most recent last
 
-    def train_reward(self, prompts, completions, labels, heldout: np.ndarray) -> dict:
-        """Add the non-held-out traces to the reward net's replay and update it from there;
-        score the held-out ones (before they could ever be trained on)."""
-        out: dict = {"reward_flops": 0.0}
+    def reseed(self, seed: int, stream: int = 0) -> None:
+        """Sampling and replay draws from ``seed``; ``stream`` separates trace workers."""
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + stream)  # CPU: reproducible
+        self.np_rng = np.random.default_rng([seed, 7, stream])
+
+    def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
+        exp = self.collect(prompts, verifier)
+        out = self.learn(exp)
+        flops = {k: exp.flops.get(k, 0.0) + out["flops"].get(k, 0.0) for k in exp.flops.keys() | out["flops"].keys()}
+        return {"metrics": {**exp.metrics, **out["metrics"]}, "flops": flops}
+
+    # -- collection (no parameter changes) ---------------------------------------------------
+    def collect(self, prompts: Sequence[str], verifier: Verifier) -> Experience:
+        raise NotImplementedError
+
+    def _judge(self, prompts: Sequence[str], ro: Rollouts, verifier: Verifier, *, vote: bool, source: str) -> Experience:
+        """Label sampled traces by the verifier (or, ``vote``, by majority vote, never
+        calling it); score them by ``source`` (``verifier``: the labels, ``reward_net``:
+        the network); score the held-out ones for the reward net's diagnostics."""
+        flops = {"generate": ro.flops, "reward": 0.0}
+        labels = majority_labels(ro.rows, ro.completions) if vote else verifier(ro.rows, ro.completions).astype(float)
+        scores = labels
+        if source == "reward_net":
+            scores, f = self.reward.score(ro.prompts, ro.completions)
+            flops["reward"] += f
+        return self._experience(prompts, ro.rows, ro.completions, ro.finished, labels, scores, flops)
+
+    def _experience(self, prompts, rows, completions, finished, labels, scores, flops, **extra) -> Experience:
+        heldout = split_heldout(len(rows), self.rcfg.heldout_fraction, self.np_rng)
         held = np.flatnonzero(heldout)
+        probs = np.zeros(0)
         if len(held):
-            probs, f = self.reward.score([prompts[i] for i in held], [completions[i] for i in held])
-            out["reward_flops"] += f
-            out["_heldout"] = (probs, labels[held])
-        self.labelled += [(prompts[i], completions[i], float(labels[i])) for i in np.flatnonzero(~heldout)]
+            probs, f = self.reward.score([prompts[rows[i]] for i in held], [completions[i] for i in held])
+            flops["reward"] = flops.get("reward", 0.0) + f
+        return Experience(list(prompts), np.asarray(rows), list(completions), np.asarray(finished, dtype=bool),
+                          np.asarray(labels, dtype=float), np.asarray(scores, dtype=float), heldout, probs, flops,
+                          metrics={}, **extra)
+
+    # -- learning ------------------------------------------------------------------------------
+    def learn(self, exp: Experience) -> dict:
+        raise NotImplementedError
+
+    def train_reward(self, exp: Experience) -> dict:
+        """Add the non-held-out traces to the reward net's replay and update it from there.
+        Returns the FLOPs and the metrics (``_heldout``: the held-out probs and labels)."""
+        out: dict = {"reward_flops": 0.0, "_heldout": (exp.heldout_probs, exp.labels[exp.heldout])}
+        prompts = exp.prompt_of
+        self.labelled += [(prompts[i], exp.completions[i], float(exp.labels[i])) for i in np.flatnonzero(~exp.heldout)]
         self.labelled = self.labelled[-self.rcfg.replay_size:]
         losses = []
         for _ in range(self.rcfg.updates_per_iter if self.labelled else 0):
@@ -249,27 +322,6 @@ class SelfImprover:
         if losses:
             out["reward_net/loss"] = float(torch.stack(losses).mean())
         return out
-
-    def sample_and_judge(self, prompts: Sequence[str], verifier: Verifier, *, vote: bool, source: str):
-        """Sample ``samples`` traces per prompt; label them by the verifier (or, ``vote``,
-        by majority vote, never calling it); train the reward net on the labels; score
-        the traces by ``source`` (``verifier``: the labels, ``reward_net``: the network).
-
-        Returns (rollouts, labels [R], scores [R], flops by ledger part, reward-net metrics).
-        """
-        c = self.cfg
-        ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
-                             generator=self.generator, device=self.device)
-        flops = {"generate": ro.flops, "reward": 0.0, "train": 0.0}
-        labels = majority_labels(ro.rows, ro.completions) if vote else verifier(ro.rows, ro.completions).astype(float)
-        heldout = split_heldout(len(ro.rows), self.rcfg.heldout_fraction, self.np_rng)
-        rm = self.train_reward(ro.prompts, ro.completions, labels, heldout)
-        flops["reward"] += rm.pop("reward_flops")
-        scores = labels
-        if source == "reward_net":
-            scores, f = self.reward.score(ro.prompts, ro.completions)
-            flops["reward"] += f
-        return ro, labels, scores, flops, rm
 
     def ml_update(self, prompts: Sequence[str], completions: Sequence[str]) -> dict:
         """One maximum-likelihood step on chosen traces (completion tokens only)."""
@@ -303,23 +355,31 @@ class ExpertIteration(SelfImprover):
         super().__init__(*args, **kw)
         self.kept: list[tuple[str, str]] = []  # (prompt, completion) judged correct, most recent last
 
-    def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
+    def collect(self, prompts: Sequence[str], verifier: Verifier) -> Experience:
         c = self.cfg
-        ro, outcome, scores, flops, rm = self.sample_and_judge(
-            prompts, verifier, vote=c.label_source == "majority_vote", source=c.label_source)
-        # every finished trace judged correct (score >= 0.5) joins a replay of recent good
-        # traces; updates draw from it, so each step sees a full batch (ReST's growing set)
-        good = np.flatnonzero(ro.finished & (scores >= 0.5))
-        seen = set()
-        for i in good:
-            if (ro.prompts[i], ro.completions[i]) not in seen:
-                seen.add((ro.prompts[i], ro.completions[i]))
-                self.kept.append((ro.prompts[i], ro.completions[i]))
-        self.kept = self.kept[-c.replay_size:]
-        solved = len({int(ro.rows[i]) for i in good})
+        ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
+                             generator=self.generator, device=self.device)
+        exp = self._judge(prompts, ro, verifier, vote=c.label_source == "majority_vote", source=c.label_source)
+        good = exp.finished & (exp.scores >= 0.5)
         # under a vote the labels are agreement with the majority, not correctness
         label_tag = "train/vote_agreement" if c.label_source == "majority_vote" else "train/sample_accuracy"
-        metrics = {label_tag: float(np.mean(outcome)), "train/kept_fraction": solved / len(prompts)}
+        exp.metrics = {label_tag: float(np.mean(exp.labels)),
+                       "train/kept_fraction": len(set(exp.rows[good].tolist())) / len(prompts)}
+        return exp
+
+    def learn(self, exp: Experience) -> dict:
+        c = self.cfg
+        rm = self.train_reward(exp)
+        flops = {"reward": rm.pop("reward_flops"), "train": 0.0}
+        # every finished trace judged correct (score >= 0.5) joins a replay of recent good
+        # traces; updates draw from it, so each step sees a full batch (ReST's growing set)
+        prompts, seen = exp.prompt_of, set()
+        for i in np.flatnonzero(exp.finished & (exp.scores >= 0.5)):
+            if (prompts[i], exp.completions[i]) not in seen:
+                seen.add((prompts[i], exp.completions[i]))
+                self.kept.append((prompts[i], exp.completions[i]))
+        self.kept = self.kept[-c.replay_size:]
+        metrics: dict = {}
         if self.kept:
             for _ in range(c.updates_per_iter):
                 pick = self.np_rng.integers(len(self.kept), size=min(c.train_batch, len(self.kept)))
@@ -344,23 +404,34 @@ class PolicyGradient(SelfImprover):
         if self.reference is not None:
             self.reference.requires_grad_(False)
 
-    def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
+    def collect(self, prompts: Sequence[str], verifier: Verifier) -> Experience:
         c = self.cfg
-        ro, outcome, reward, flops, rm = self.sample_and_judge(prompts, verifier, vote=False, source=c.reward_source)
-        reward = np.where(ro.finished, reward, 0.0)  # a trace that never ended earns nothing
-        if c.baseline == "group":
-            groups = reward.reshape(len(prompts), c.samples)
+        ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
+                             generator=self.generator, device=self.device)
+        exp = self._judge(prompts, ro, verifier, vote=False, source=c.reward_source)
+        if c.baseline == "value":  # the reward net's value of the prompt state as a learned baseline
+            exp.baseline, f = self.reward.score(list(prompts), [""] * len(prompts), at_prompt=True)
+            exp.flops["reward"] += f
+        exp.metrics = {"train/sample_accuracy": float(np.mean(exp.labels))}
+        return exp
+
+    def learn(self, exp: Experience) -> dict:
+        c = self.cfg
+        rm = self.train_reward(exp)
+        flops = {"reward": rm.pop("reward_flops"), "train": 0.0}
+        reward = np.where(exp.finished, exp.scores, 0.0)  # a trace that never ended earns nothing
+        if c.baseline == "group":  # GRPO/RLOO: each trace against its problem's group
+            groups = reward.reshape(len(exp.prompts), c.samples)
             mean = groups.mean(1, keepdims=True)
             std = groups.std(1, keepdims=True)
             adv = ((groups - mean) / (std + 1e-4)).reshape(-1)
-        else:  # the reward net's value of the prompt state as a learned baseline
-            base, f = self.reward.score(list(prompts), [""] * len(prompts), at_prompt=True)
-            flops["reward"] += f
-            adv = reward - base[ro.rows]
-        batch = encode_batch(TOKENIZER, ro.prompts, ro.completions, self.policy.cfg.max_len)
+        else:
+            adv = reward - exp.baseline[exp.rows]
+        batch = encode_batch(TOKENIZER, exp.prompt_of, exp.completions, self.policy.cfg.max_len)
         # a trace cut off by the context had no EOS: do not train the EOS it never wrote
+        cut = torch.as_tensor(~exp.finished)
         last = batch.loss_mask.cumsum(1).argmax(1)
-        batch.loss_mask[torch.arange(len(last))[torch.as_tensor(~ro.finished)], last[torch.as_tensor(~ro.finished)]] = 0
+        batch.loss_mask[torch.arange(len(last))[cut], last[cut]] = 0
         batch = batch.to(self.device)
         A = torch.as_tensor(adv, dtype=torch.float32, device=self.device)
         self.policy.train()
@@ -382,8 +453,7 @@ class PolicyGradient(SelfImprover):
         passes = 3 + (1 if self.reference is not None else 0)  # fwd+bwd, plus a reference forward
         flops["train"] += self.policy.flops_per_token(T, backward=False) * R * T * passes
         metrics = {"loss": loss.detach(), "lr": m["lr"], "grad_norm": m["grad_norm"], "tokens": R * T,
-                   "train/sample_accuracy": float(np.mean(outcome)), "train/reward_mean": float(np.mean(reward)),
-                   "train/kl": float(kl)}
+                   "train/reward_mean": float(np.mean(reward)), "train/kl": float(kl)}
         metrics.update(rm)
         return {"metrics": metrics, "flops": flops}
 
@@ -395,10 +465,10 @@ class AlphaZero(SelfImprover):
     def __init__(self, *args, search_cfg: SearchConfig, **kw) -> None:
         super().__init__(*args, **kw)
         self.search_cfg = search_cfg
-        self.replay: list[dict] = []  # recent searched traces: tokens, prompt length, visits, outcome
+        self.replay: list[dict] = []  # recent searched traces: prompt, completion, visits, outcome
 
-    def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
-        c, s = self.cfg, self.search_cfg
+    def collect(self, prompts: Sequence[str], verifier: Verifier) -> Experience:
+        s = self.search_cfg
         ids = TOKENIZER.encode_prompts(prompts)
         ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
                                   verifier=state_verifier([len(i) for i in ids], verifier))
@@ -410,17 +480,24 @@ class AlphaZero(SelfImprover):
         completions = output_completions(out)
         last = out.tokens.gather(1, (out.length - 1).clamp(min=0)[:, None]).squeeze(1)
         finished = (last == TOKENIZER.eos_id).cpu().numpy()
-        outcome = verifier(np.arange(len(prompts)), completions).astype(float) * finished
-        flops = {"search": ev.flops, "reward": 0.0, "train": 0.0}
-        for b in range(len(prompts)):
-            m = int(out.moves[b])
-            self.replay.append({"prompt": prompts[b], "completion": completions[b], "finished": bool(finished[b]),
-                                "visits": out.visit_probs[b, :m].cpu(), "outcome": float(outcome[b])})
+        rows = np.arange(len(prompts))
+        outcome = verifier(rows, completions).astype(float) * finished
+        visits = [out.visit_probs[b, : int(out.moves[b])].cpu() for b in range(len(prompts))]
+        exp = self._experience(prompts, rows, completions, finished, outcome, outcome,
+                               {"search": ev.flops, "reward": 0.0}, visits=visits)
+        exp.metrics = {"train/sample_accuracy": float(outcome.mean())}
+        return exp
+
+    def learn(self, exp: Experience) -> dict:
+        c = self.cfg
+        for i in range(exp.size):
+            self.replay.append({"prompt": exp.prompts[exp.rows[i]], "completion": exp.completions[i],
+                                "finished": bool(exp.finished[i]), "visits": exp.visits[i],
+                                "outcome": float(exp.labels[i])})
         self.replay = self.replay[-c.replay_size:]
-        heldout = split_heldout(len(prompts), self.rcfg.heldout_fraction, self.np_rng)
-        rm = self.train_reward(list(prompts), completions, outcome, heldout)
-        flops["reward"] += rm.pop("reward_flops")
-        metrics = {"train/sample_accuracy": float(outcome.mean())}
+        rm = self.train_reward(exp)
+        flops = {"reward": rm.pop("reward_flops"), "train": 0.0}
+        metrics: dict = {}
         for _ in range(c.updates_per_iter):
             m = self.policy_update()
             flops["train"] += m.pop("train_flops")
