@@ -53,13 +53,13 @@ def test_learners_never_receive_problems_only_prompts(tmp_path, monkeypatch):
     seen = []
     cfg = load_config(None, [*SMALL, "train.method=policy_gradient", "train.steps=1", f"logdir={tmp_path}"])
     exp = Experiment(cfg)
-    original = exp.learner.iteration
+    original = exp.learner.collect
 
     def spy(prompts, verifier):
         seen.append(prompts)
         return original(prompts, verifier)
 
-    monkeypatch.setattr(exp.learner, "iteration", spy)
+    monkeypatch.setattr(exp.learner, "collect", spy)
     exp.train_step()
     assert seen and all(isinstance(p, str) and p.endswith("=") for p in seen[0])
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from emergent.agents.data import encode_batch
-from emergent.agents.improve import METHOD_CLASSES
+from emergent.agents.improve import METHOD_CLASSES, Experience
 from emergent.agents.model import TransformerLM
 from emergent.agents.reward_net import RewardNet
 from emergent.agents.supervised import SupervisedLearner
@@ -157,18 +157,27 @@ class Experiment:
                                  self.cfg.model.max_len)
             metrics = self.learner.update(batch)
             self.ledger.add("train", metrics["flops"])
-        else:
-            problems = self.data.next(self.cfg.improve.problems_per_iter)
-            # the learner sees prompts, and answers only through the oracle's verdicts
-            out = self.learner.iteration([p.prompt for p in problems], Oracle(self.task, problems))
-            for part, flops in out["flops"].items():
-                self.ledger.add(part, flops)
-            m = out["metrics"]
-            metrics = {k: m[k] for k in ("loss", "lr", "grad_norm") if k in m}
-            metrics["tokens"] = m.get("tokens", 0)
-            metrics["flops"] = sum(out["flops"].values())
-            metrics["scalars"] = {k: v for k, v in m.items() if "/" in k and not k.startswith("_")}
-            metrics["heldout"] = m.get("_heldout")
+            self.step += 1
+            return metrics
+        return self.consume(self.collect(self.data.next(self.cfg.improve.problems_per_iter)))
+
+    def collect(self, problems: list[Problem]) -> Experience:
+        """Traces for ``problems`` by the current weights. The learner sees their prompts,
+        and their answers only through the oracle's verdicts."""
+        return self.learner.collect([p.prompt for p in problems], Oracle(self.task, problems))
+
+    def consume(self, experience: Experience) -> dict:
+        """Learn from one batch of experience; the ledger counts what collecting and
+        learning it cost (and nothing for experience never consumed)."""
+        out = self.learner.learn(experience)
+        for part, flops in [*experience.flops.items(), *out["flops"].items()]:
+            self.ledger.add(part, flops)
+        m = {**experience.metrics, **out["metrics"]}
+        metrics = {k: m[k] for k in ("loss", "lr", "grad_norm") if k in m}
+        metrics["tokens"] = m.get("tokens", 0)
+        metrics["flops"] = sum(experience.flops.values()) + sum(out["flops"].values())
+        metrics["scalars"] = {k: v for k, v in m.items() if "/" in k and not k.startswith("_")}
+        metrics["heldout"] = m.get("_heldout")
         self.step += 1
         return metrics
 
@@ -251,65 +260,92 @@ def window_scalars(window: list[dict], seconds: float, peak: float | None) -> di
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
+class Run:
+    """An ``Experiment`` bound to its run directory: resumption, TensorBoard, the eval
+    and checkpoint schedule. Every runtime drives one (Ray: inside its learner actor)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.exp = exp = Experiment(cfg)
+        for stale in cfg.run_dir.glob(f".{LAST}.*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
+        self.resumed = cfg.resume and try_resume(exp)
+        if cfg.resume and not self.resumed:
+            print(f"emergent: no checkpoint at {cfg.run_dir / LAST}; starting fresh", flush=True)
+        # Events up to the checkpoint's step were flushed before it was saved; later ones
+        # (written by the killed process after it) are hidden by purge_step.
+        self.logger = TBLogger(cfg.run_dir, purge_step=exp.step + 1 if self.resumed else None)
+        if not self.resumed:
+            self.logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
+        self.peak = peak_flops(exp.device)
+        self.last_eval: dict[str, float] = {}
+        self.window: list[dict] = []
+        self.window_s = 0.0
+
+    @property
+    def step(self) -> int:
+        return self.exp.step
+
+    @property
+    def done(self) -> bool:
+        return self.exp.step >= self.cfg.train.steps
+
+    def evaluate(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        results = self.exp.evaluate()
+        self.last_eval = scalars(results)
+        self.logger.scalars({**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0}, self.exp.step)
+        for split, r in results.items():
+            self.logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), self.exp.step)
+        return self.last_eval
+
+    def record(self, metrics: dict, seconds: float) -> dict[str, float] | None:
+        """After a step: log the window when due, evaluate and checkpoint when due.
+        Returns the logged training scalars, or None when nothing was logged."""
+        self.window.append(metrics)
+        self.window_s += seconds
+        step, last = self.exp.step, self.done
+        values = None
+        if step % self.cfg.train.log_every == 0 or last:
+            values = window_scalars(self.window, self.window_s, self.peak)  # syncs here only
+            self.logger.scalars({**values, **self.exp.ledger.scalars()}, step)
+            self.window, self.window_s = [], 0.0
+        if step % self.cfg.eval.every == 0 or last:
+            self.evaluate()
+        if step % self.cfg.checkpoint_every == 0 or last:
+            self.checkpoint()
+        return values
+
+    def checkpoint(self) -> None:
+        self.logger.flush()  # first the events, so a checkpoint never points past them
+        save_checkpoint(self.cfg.run_dir / LAST, self.exp.state_dict())
+
+    def close(self) -> dict[str, float]:
+        hp = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(self.cfg))).items()
+              if k not in RESUMABLE_CHANGES}
+        hp["model.params"] = self.exp.model.num_params()
+        self.logger.hparams(hp, {k: v for k, v in self.last_eval.items() if "/d" not in k})
+        self.logger.close()
+        return self.last_eval
+
+
 def train_local(cfg: Config) -> dict[str, float]:
     """Train one run in this process; returns the last eval's scalars."""
-    exp = Experiment(cfg)
-    run_dir = cfg.run_dir
-    for stale in run_dir.glob(f".{LAST}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
-    resumed = cfg.resume and try_resume(exp)
-    if cfg.resume and not resumed:
-        print(f"emergent: no checkpoint at {run_dir / LAST}; starting fresh", flush=True)
-    # Events up to the checkpoint's step were flushed before it was saved; later ones
-    # (written by the killed process after it) are hidden by purge_step.
-    logger = TBLogger(run_dir, purge_step=exp.step + 1 if resumed else None)
-    if not resumed:
-        logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
-
-    peak = peak_flops(exp.device)
-    last_eval: dict[str, float] = {}
-
-    def evaluate() -> None:
-        nonlocal last_eval
-        t0 = time.perf_counter()
-        results = exp.evaluate()
-        last_eval = scalars(results)
-        logger.scalars({**last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0}, exp.step)
-        for split, r in results.items():
-            logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), exp.step)
-
-    bar = tqdm(total=cfg.train.steps, initial=exp.step, disable=not cfg.progress, dynamic_ncols=True,
+    run = Run(cfg)
+    bar = tqdm(total=cfg.train.steps, initial=run.step, disable=not cfg.progress, dynamic_ncols=True,
                desc=f"{cfg.train.method} {cfg.task.name}",
                mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
-    if exp.step == 0:
-        evaluate()
-    window: list[dict] = []
-    window_t = 0.0
+    if run.step == 0:
+        run.evaluate()
     try:
-        while exp.step < cfg.train.steps:
+        while not run.done:
             t0 = time.perf_counter()
-            window.append(exp.train_step())
-            last = exp.step == cfg.train.steps
-            if exp.step % cfg.train.log_every == 0 or last:
-                values = window_scalars(window, window_t + time.perf_counter() - t0, peak)  # syncs here only
-                logger.scalars({**values, **exp.ledger.scalars()}, exp.step)
-                window, window_t = [], 0.0
-                loss = values.get(tags.TRAIN_LOSS, float("nan"))
-                bar.set_postfix(loss=f"{loss:.4f}",
-                                test_em=f"{last_eval.get(tags.eval_tag('test', 'exact_match'), float('nan')):.3f}")
-            else:
-                window_t += time.perf_counter() - t0
+            metrics = run.exp.train_step()
+            values = run.record(metrics, time.perf_counter() - t0)
+            if values is not None:
+                bar.set_postfix(loss=f"{values.get(tags.TRAIN_LOSS, float('nan')):.4f}",
+                                test_em=f"{run.last_eval.get(tags.eval_tag('test', 'exact_match'), float('nan')):.3f}")
             bar.update(1)
-            if exp.step % cfg.eval.every == 0 or last:
-                evaluate()
-            if exp.step % cfg.checkpoint_every == 0 or last:
-                logger.flush()  # first the events, so a checkpoint never points past them
-                save_checkpoint(run_dir / LAST, exp.state_dict())
     finally:
         bar.close()
-    hp = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items()
-          if k not in RESUMABLE_CHANGES}
-    hp["model.params"] = exp.model.num_params()
-    logger.hparams(hp, {k: v for k, v in last_eval.items() if "/d" not in k})
-    logger.close()
-    return last_eval
+    return run.close()
