@@ -32,7 +32,12 @@ def cmd_train(args: Sequence[str]) -> int:
 
     path, overrides = _split_config(args)
     cfg = load_config(path, overrides)
-    final = train_local(cfg)
+    if cfg.runtime == "ray":
+        from .ray_runtime import train_ray
+
+        final = train_ray(cfg)
+    else:
+        final = train_local(cfg)
     shown = {k: v for k, v in final.items() if k.endswith("exact_match") and "/d" not in k}
     print(f"emergent: finished {cfg.run_dir} at step {cfg.train.steps}: "
           + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())), flush=True)

@@ -26,7 +26,7 @@ from emergent.envs import SPLITS, TASKS, SplitSpec, make_task
 from .errors import ConfigError
 
 METHODS = ("supervised", "expert_iteration", "policy_gradient", "alphazero")
-RUNTIMES = ("local",)
+RUNTIMES = ("local", "ray")
 DEVICES = ("auto", "cpu", "cuda")
 TARGETS = ("trace", "answer")
 
@@ -64,6 +64,19 @@ class EvalConfig:
 
 
 @dataclass
+class RayConfig:
+    """runtime=ray: trace workers and a learner actor (see platform/ray_runtime.py)."""
+    address: Optional[str] = None         # None: RAY_ADDRESS, else a `ray start` cluster here, else a new local one
+    workers: int = 2                      # trace-worker actors
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
+    learner_cpus: float = 0.0             # it mostly waits for traces; on a GPU node it works on the GPU
+    learner_gpus: Optional[float] = None  # None: 1 when the cluster has a GPU, else 0
+    max_staleness: int = 1                # weights versions a consumed batch may lag the learner
+    max_restarts: int = 3                 # per trace worker; a batch in flight when it dies is dropped
+
+
+@dataclass
 class Config:
     experiment: str = "quickstart"
     run_name: Optional[str] = None        # None: <method>_L<n_layer>_d<d_model>_<pos>_s<seed>
@@ -82,6 +95,7 @@ class Config:
     improve: ImproveConfig = field(default_factory=ImproveConfig)    # self-improvement methods
     reward: RewardNetConfig = field(default_factory=RewardNetConfig)  # the reward-and-objective network
     search: SearchConfig = field(default_factory=SearchConfig)        # MCTS (alphazero)
+    ray: RayConfig = field(default_factory=RayConfig)                  # runtime=ray
 
     @property
     def default_run_name(self) -> str:
@@ -182,6 +196,13 @@ def validate(cfg: Config) -> None:
     _choice("task.name", cfg.task.name, TASKS)
     _choice("train.method", cfg.train.method, METHODS)
     _choice("runtime", cfg.runtime, RUNTIMES)
+    if cfg.runtime == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("runtime=ray needs Ray: pip install 'emergent[ray]' (or pip install 'ray[default]')")
+        if cfg.ray.workers < 1 or cfg.ray.max_staleness < 0 or cfg.ray.max_restarts < 0:
+            raise ConfigError("ray.workers must be >= 1, ray.max_staleness and ray.max_restarts >= 0")
     _choice("device", cfg.device, DEVICES)
     _choice("train.target", cfg.train.target, TARGETS)
     _choice("eval.decode", cfg.eval.decode, ("greedy", "search"))

@@ -95,7 +95,8 @@ def init_policy_from(model: TransformerLM, path: str) -> None:
 class Experiment:
     """Everything one run is made of. Runtimes drive it; it holds no runtime logic."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, build_data: bool = True) -> None:
+        """``build_data=False`` (trace workers): no problem stream and no evaluator."""
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         random.seed(cfg.seed)
@@ -116,6 +117,10 @@ class Experiment:
             self.learner = METHOD_CLASSES[cfg.train.method](
                 self.model, self.reward_net, cfg.optim, cfg.reward, cfg.improve, cfg.train.steps, self.device,
                 cfg.seed, **extra)
+        self.ledger = FlopLedger()
+        self.step = 0
+        if not build_data:
+            return
         self.data = ProblemStream(self.task, cfg.splits, seed=cfg.seed, train_size=cfg.task.train_size,
                                   data_seed=cfg.task.data_seed)
         self.evaluator = Evaluator(
@@ -123,8 +128,6 @@ class Experiment:
             split_names=cfg.eval.splits, batch_size=cfg.eval.batch_size, samples=cfg.eval.samples,
             train_set=self.data.fixed, decode=cfg.eval.decode, search_cfg=cfg.search,
         )
-        self.ledger = FlopLedger()
-        self.step = 0
         self._check_context()
 
     def _check_context(self) -> None:

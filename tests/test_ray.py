@@ -1,0 +1,92 @@
+"""runtime=ray: a tiny run on a 2-CPU local Ray, a worker killed mid-run, job submission."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import TINY
+from emergent.platform.config import load_config
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+SMALL = [*TINY, "train.method=expert_iteration", "runtime=ray", "improve.problems_per_iter=6", "improve.samples=3",
+         "reward.init=scratch", "reward.n_layer=1", "reward.d_model=32", "reward.n_head=2", "eval.problems=12"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_tiny_ray_run_logs_what_local_logs_and_more(local_ray, tmp_path):
+    from emergent.platform.ray_runtime import train_ray
+
+    cfg = load_config(None, [*SMALL, "train.steps=10", f"logdir={tmp_path}"])
+    final, counts = train_ray(cfg, with_counts=True)
+    s = scalars(cfg.run_dir)
+    for tag in ("eval/test/exact_match", "train/sample_accuracy", "compute/total_flops", "reward_net/loss",
+                "perf/traces_per_s", "perf/worker_utilisation", "perf/weight_sync_s", "perf/staleness"):
+        assert tag in s, tag
+    assert max(s["perf/staleness"]) <= cfg.ray.max_staleness
+    assert 0 < s["perf/worker_utilisation"][-1] <= 1.0 and s["perf/traces_per_s"][-1] > 0
+    assert counts["step"] == 10 and len(set(counts["batches"])) == 10 and "eval/test/exact_match" in final
+    assert (cfg.run_dir / "last.pt").exists()
+
+
+def test_a_killed_trace_worker_is_restarted_and_nothing_counts_twice(local_ray, tmp_path):
+    import psutil
+
+    from emergent.platform.ray_runtime import train_ray
+
+    steps = 40
+    cfg = load_config(None, [*SMALL, f"train.steps={steps}", "eval.every=1000", f"logdir={tmp_path}"])
+    killed = []
+
+    def kill_one():  # SIGKILL a trace worker's process once the run is under way
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            # Ray titles an actor's process "ray::TraceWorker..."
+            alive = [p for p in psutil.process_iter(["cmdline"]) if "ray::TraceWorker" in " ".join(p.info["cmdline"] or [])]
+            if len(alive) == cfg.ray.workers:
+                time.sleep(1.5)  # let it write a few batches first
+                os.kill(alive[0].pid, signal.SIGKILL)
+                killed.append(alive[0].pid)
+            time.sleep(0.2)
+
+    t = threading.Thread(target=kill_one, daemon=True)
+    t.start()
+    final, counts = train_ray(cfg, with_counts=True)
+    t.join(timeout=1)
+    assert killed, "no worker was killed"
+    # every consumed batch once; the replay and the ledger hold exactly what was consumed
+    assert counts["step"] == steps and len(counts["batches"]) == len(set(counts["batches"])) == steps
+    assert counts["traces"] == steps * cfg.improve.problems_per_iter * cfg.improve.samples
+    assert counts["labelled"] == min(counts["labelled_added"], cfg.reward.replay_size)
+    for part in ("generate",):
+        assert counts["ledger"][part] == pytest.approx(counts["batch_flops"][part])
+    assert not set(counts["discarded"]) & set(counts["batches"])
+
+
+def test_runtime_ray_without_ray_exits_2(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    from emergent.platform.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert main(["train", "runtime=ray", f"logdir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "runtime=ray needs Ray: pip install" in err and len(err.strip().splitlines()) == 1
