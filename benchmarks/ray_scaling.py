@@ -1,0 +1,84 @@
+"""Trace throughput of Ray trace workers (1, 2, ... workers) and weight-sync time per version.
+
+    python benchmarks/ray_scaling.py [--workers 1 2] [--batches 12] [key=value ...]
+
+Each worker runs the method's ``collect`` (the same code the Ray runtime runs) on batches
+of ``improve.problems_per_iter`` problems; all batches are submitted at once, so the
+figure is the workers' throughput with no learner in the way. Weight sync is what the
+runtime pays per version: the learner's export to numpy, one object-store put, and a
+worker's load into its modules, set beside one iteration (collect + learn) of the local
+runtime on the same config.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import ray
+
+from emergent.platform.config import load_config
+from emergent.platform.local import Experiment
+from emergent.platform.ray_runtime import LearnerActor, TraceWorker, load_numpy, to_numpy
+
+DEFAULT = ["train.method=expert_iteration", "task.name=addition", "task.difficulty=[1,3]", "device=cpu",
+           "improve.problems_per_iter=32", "improve.samples=8", "progress=false", "logdir=/tmp/ray_scaling"]
+
+
+def throughput(cfg, n_workers: int, batches: int) -> float:
+    Worker = ray.remote(TraceWorker).options(num_cpus=1)
+    workers = [Worker.remote(cfg, i, threads=1) for i in range(n_workers)]
+    ray.get([w.pid.remote() for w in workers])
+    exp = Experiment(cfg)
+    weights = ray.put({"version": 0, "policy": to_numpy(exp.model.state_dict()),
+                       "reward_net": to_numpy(exp.reward_net.state_dict())})
+    problems = [exp.data.next(cfg.improve.problems_per_iter) for _ in range(batches + n_workers)]
+    # warm-up: one batch per worker (first weight load, allocator)
+    ray.get([w.collect.remote(weights, problems[i], i) for i, w in enumerate(workers)])
+    t0 = time.perf_counter()
+    refs = [workers[i % n_workers].collect.remote(weights, problems[n_workers + i], i) for i in range(batches)]
+    traces = sum(exp_.size for exp_, _ in ray.get(refs))
+    seconds = time.perf_counter() - t0
+    for w in workers:
+        ray.kill(w)
+    return traces / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batches", type=int, default=12)
+    args, overrides = ap.parse_known_args()
+    cfg = load_config(None, [*DEFAULT, *overrides])
+    ray.init(num_cpus=max(max(args.workers), os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    print(f"cores {os.cpu_count()}, {cfg.task.name} {cfg.train.method}, {cfg.improve.problems_per_iter} problems x "
+          f"{cfg.improve.samples} samples per batch, model L{cfg.model.n_layer} d{cfg.model.d_model}")
+    rates = {n: throughput(cfg, n, args.batches) for n in args.workers}
+    base = rates[args.workers[0]]
+    for n, r in rates.items():
+        print(f"workers={n}: {r:8.1f} traces/s  (x{r / base:.2f} vs {args.workers[0]} worker)")
+
+    # weight sync per version vs one local iteration (collect + learn) on the same config
+    learner = LearnerActor(cfg)
+    worker = TraceWorker(cfg, 0)
+    syncs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        ref = ray.put(learner.weights())
+        w = ray.get(ref)
+        load_numpy(worker.exp.model, w["policy"])
+        load_numpy(worker.exp.reward_net, w["reward_net"])
+        syncs.append(time.perf_counter() - t0)
+    exp = learner.run.exp
+    t0 = time.perf_counter()
+    for _ in range(3):
+        exp.train_step()
+    iteration = (time.perf_counter() - t0) / 3
+    sync = sorted(syncs)[len(syncs) // 2]
+    print(f"weight sync per version: {sync * 1e3:.2f} ms (median of 5); one local iteration: {iteration * 1e3:.0f} ms; "
+          f"sync / iteration = {sync / iteration:.2%}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
