@@ -239,6 +239,11 @@ class Experience:
         return len(self.rows)
 
     @property
+    def accepted(self) -> np.ndarray:
+        """[R] bool: finished and judged correct (score >= 0.5)."""
+        return self.finished & (self.scores >= 0.5)
+
+    @property
     def prompt_of(self) -> list[str]:
         return [self.prompts[r] for r in self.rows]
 
@@ -248,7 +253,7 @@ class Experience:
 class SelfImprover:
     """Shared machinery: the policy learner, the reward net and its trainer, the flops.
 
-    ``iteration(prompts, verifier)`` = ``learn(collect(prompts, verifier))``.
+    One iteration is ``learn(collect(prompts, verifier))`` (``Experiment.train_step``).
     """
 
     def __init__(self, policy: TransformerLM, reward_net: RewardNet, optim: OptimConfig, rcfg: RewardNetConfig,
@@ -265,12 +270,6 @@ class SelfImprover:
         """Sampling and replay draws from ``seed``; ``stream`` separates trace workers."""
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + stream)  # CPU: reproducible
         self.np_rng = np.random.default_rng([seed, 7, stream])
-
-    def iteration(self, prompts: Sequence[str], verifier: Verifier) -> dict:
-        exp = self.collect(prompts, verifier)
-        out = self.learn(exp)
-        flops = {k: exp.flops.get(k, 0.0) + out["flops"].get(k, 0.0) for k in exp.flops.keys() | out["flops"].keys()}
-        return {"metrics": {**exp.metrics, **out["metrics"]}, "flops": flops}
 
     # -- collection (no parameter changes) ---------------------------------------------------
     def collect(self, prompts: Sequence[str], verifier: Verifier) -> Experience:
@@ -360,7 +359,7 @@ class ExpertIteration(SelfImprover):
         ro = sample_rollouts(self.policy, prompts, c.samples, temperature=c.temperature,
                              generator=self.generator, device=self.device)
         exp = self._judge(prompts, ro, verifier, vote=c.label_source == "majority_vote", source=c.label_source)
-        good = exp.finished & (exp.scores >= 0.5)
+        good = exp.accepted
         # under a vote the labels are agreement with the majority, not correctness
         label_tag = "train/vote_agreement" if c.label_source == "majority_vote" else "train/sample_accuracy"
         exp.metrics = {label_tag: float(np.mean(exp.labels)),
@@ -374,7 +373,7 @@ class ExpertIteration(SelfImprover):
         # every finished trace judged correct (score >= 0.5) joins a replay of recent good
         # traces; updates draw from it, so each step sees a full batch (ReST's growing set)
         prompts, seen = exp.prompt_of, set()
-        for i in np.flatnonzero(exp.finished & (exp.scores >= 0.5)):
+        for i in np.flatnonzero(exp.accepted):
             if (prompts[i], exp.completions[i]) not in seen:
                 seen.add((prompts[i], exp.completions[i]))
                 self.kept.append((prompts[i], exp.completions[i]))

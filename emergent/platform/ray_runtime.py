@@ -12,9 +12,9 @@ from an actor method, so it is stored once in the object store, and every worker
 receives the same reference (zero-copy reads on the same node). A worker loads a version
 only when it is newer than the one it holds.
 
-Bounded staleness: a batch of traces written with weights version v is consumed at
-version >= v; at most ``ray.max_staleness + 1`` batches are in flight, so the learner
-never consumes traces more than ``max_staleness`` versions old.
+Bounded staleness: at most ``ray.max_staleness + 1`` batches are in flight, and a batch
+that returns more than ``max_staleness`` versions behind the learner (a slow worker's) is
+discarded: the ledger counts its FLOPs, no replay buffer sees its traces.
 
 Faults: a trace worker that dies is restarted by Ray (``ray.max_restarts``); the batch it
 was writing is dropped (its problems are simply not trained on) and the worker gets a new
@@ -38,14 +38,6 @@ from .config import Config
 from .errors import UserError
 
 
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise UserError("runtime=ray needs Ray: pip install 'emergent[ray]' (or pip install 'ray[default]')") from None
-    return ray
-
-
 def to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
@@ -64,7 +56,7 @@ class TraceWorker:
         cfg.improve.init_from = None  # weights come from the learner, not from disk
         self.exp = Experiment(cfg, build_data=False)
         self.exp.learner.reseed(cfg.seed, stream=index + 1)  # workers sample different traces
-        self.index, self.version, self.tasks = index, -1, 0
+        self.index, self.version = index, -1
 
     def collect(self, weights: dict, problems: list, batch_id: int) -> tuple[Any, dict]:
         t0 = time.perf_counter()
@@ -76,7 +68,6 @@ class TraceWorker:
             sync = time.perf_counter() - t0
         experience = self.exp.collect(problems)
         experience.version = self.version
-        self.tasks += 1
         return experience, {"batch_id": batch_id, "worker": self.index, "busy_s": time.perf_counter() - t0,
                             "sync_s": sync}
 
@@ -92,7 +83,7 @@ class LearnerActor:
 
         torch.set_num_threads(max(1, threads))
         self.run = Run(cfg)
-        self.consumed: list[int] = []        # batch ids, in the order consumed
+        self.consumed: set[int] = set()          # batch ids learned from
         self.consumed_traces = 0
         self.labelled_added = 0                  # traces handed to the reward net's replay
         self.discarded: list[int] = []           # batch ids too stale to learn from
@@ -115,21 +106,20 @@ class LearnerActor:
         self.export_s = time.perf_counter() - t0
         return out
 
-    def consume(self, experience, info: dict, perf: dict[str, float]) -> dict:
+    def consume(self, experience, info: dict, perf: dict[str, float], wait_s: float) -> dict:
         if info["batch_id"] in self.consumed:  # never twice: replay and ledger count each batch once
             return {"step": self.run.step, "duplicate": True}
         t0 = time.perf_counter()
         staleness = self.run.step - experience.version
         metrics = self.run.exp.consume(experience)
-        self.consumed.append(info["batch_id"])
+        self.consumed.add(info["batch_id"])
         self.consumed_traces += experience.size
         self.labelled_added += int((~experience.heldout).sum())
         for part, flops in experience.flops.items():
             self.batch_flops[part] = self.batch_flops.get(part, 0.0) + flops
-        wait = perf.pop("_wait_s", 0.0)
         metrics["scalars"].update({**perf, tags.PERF_STALENESS: float(staleness),
                                    tags.PERF_WEIGHT_SYNC_S: info["sync_s"] + self.export_s})
-        self.run.record(metrics, time.perf_counter() - t0 + wait)
+        self.run.record(metrics, time.perf_counter() - t0 + wait_s)
         return {"step": self.run.step, "staleness": staleness}
 
     def discard(self, experience, info: dict) -> None:
@@ -155,7 +145,7 @@ class LearnerActor:
     def counts(self) -> dict:
         exp = self.run.exp
         learner = exp.learner
-        return {"step": exp.step, "batches": list(self.consumed), "traces": self.consumed_traces,
+        return {"step": exp.step, "batches": sorted(self.consumed), "traces": self.consumed_traces,
                 "batch_flops": dict(self.batch_flops),
                 "ledger": dict(exp.ledger.parts), "discarded": list(self.discarded),
                 "labelled_added": self.labelled_added, "labelled": len(getattr(learner, "labelled", [])),
@@ -166,7 +156,8 @@ class LearnerActor:
 
 
 def _init_ray(cfg: Config):
-    ray = _ray()
+    import ray  # config validation has checked that it is installed
+
     if not ray.is_initialized():
         # RAY_ADDRESS (set by `ray job submit`), else ray.address, else a cluster started on
         # this machine by `ray start`, else a new local one
@@ -180,11 +171,10 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
     ray = _init_ray(cfg)
     r = cfg.ray
     gpus = r.learner_gpus if r.learner_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
-    learner_cfg = cfg
     if gpus == 0 and cfg.device == "cuda":
         raise UserError("device=cuda but the Ray cluster has no GPU for the learner; use device=auto")
     Learner = ray.remote(LearnerActor).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0)
-    learner = Learner.remote(learner_cfg, threads=max(1, int(r.learner_cpus)))
+    learner = Learner.remote(cfg, threads=max(1, int(r.learner_cpus)))
     step = ray.get(learner.start.remote())
     if cfg.train.method == "supervised":
         while step < cfg.train.steps:
@@ -192,7 +182,6 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
         final = ray.get(learner.close.remote())
         return (final, ray.get(learner.counts.remote())) if with_counts else final
 
-    # fresh workers load the first weights version before writing anything
     Worker = ray.remote(TraceWorker).options(num_cpus=r.worker_cpus, num_gpus=r.worker_gpus,
                                               max_restarts=r.max_restarts, max_task_retries=0)
     workers = [Worker.remote(cfg, i, threads=max(1, int(r.worker_cpus))) for i in range(r.workers)]
@@ -208,7 +197,7 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
         nonlocal next_id
         while idle and len(pending) < in_flight_cap:
             w = idle.popleft()
-            problems = ray.get(learner.next_problems.remote(cfg.improve.problems_per_iter))
+            problems = learner.next_problems.remote(cfg.improve.problems_per_iter)  # passed on by reference
             pending[workers[w].collect.remote(weights, problems, next_id)] = (w, next_id)
             next_id += 1
 
@@ -233,9 +222,8 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
         traces += experience.size
         now = time.perf_counter()
         span = max(now - window_t0, 1e-9)
-        perf = {tags.PERF_TRACES_PER_S: traces / span, tags.PERF_WORKER_UTILISATION: busy / (span * r.workers),
-                "_wait_s": now - t_wait}
-        out = ray.get(learner.consume.remote(experience, info, perf))
+        perf = {tags.PERF_TRACES_PER_S: traces / span, tags.PERF_WORKER_UTILISATION: busy / (span * r.workers)}
+        out = ray.get(learner.consume.remote(experience, info, perf, now - t_wait))
         step = out["step"]
         if step % cfg.train.log_every == 0:
             window_t0, busy, traces = time.perf_counter(), 0.0, 0
