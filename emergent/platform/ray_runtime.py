@@ -214,13 +214,15 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
             print(f"emergent: trace worker {w} died; batch {batch_id} dropped", flush=True)
             dispatch()
             continue
-        busy += info["busy_s"]
+        now = time.perf_counter()
+        # the busy interval ended about now; only its part inside this window counts (a
+        # worker runs one batch at a time, so its intervals never overlap)
+        busy += min(info["busy_s"], now - window_t0)
         if step - experience.version > r.max_staleness:  # a slow worker's batch: too old to learn from
             learner.discard.remote(experience, info)
             dispatch()
             continue
         traces += experience.size
-        now = time.perf_counter()
         span = max(now - window_t0, 1e-9)
         perf = {tags.PERF_TRACES_PER_S: traces / span, tags.PERF_WORKER_UTILISATION: busy / (span * r.workers)}
         out = ray.get(learner.consume.remote(experience, info, perf, now - t_wait))
