@@ -90,3 +90,15 @@ def test_runtime_ray_without_ray_exits_2(monkeypatch, capsys, tmp_path):
     assert main(["train", "runtime=ray", f"logdir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "runtime=ray needs Ray: pip install" in err and len(err.strip().splitlines()) == 1
+
+
+def test_supervised_under_ray_computes_exactly_what_local_computes(local_ray, tmp_path):
+    from emergent.platform.local import train_local
+    from emergent.platform.ray_runtime import train_ray
+
+    base = [*TINY, "train.steps=20", f"logdir={tmp_path}"]
+    train_local(load_config(None, [*base, "run_name=local"]))
+    train_ray(load_config(None, [*base, "run_name=ray", "runtime=ray"]))
+    local, remote = scalars(tmp_path / "quickstart" / "local"), scalars(tmp_path / "quickstart" / "ray")
+    for tag in ("train/loss", "eval/test/exact_match", "eval/test/token_accuracy", "compute/total_flops"):
+        assert remote[tag] == local[tag], tag

@@ -70,7 +70,8 @@ class RayConfig:
     workers: int = 2                      # trace-worker actors
     worker_cpus: float = 1.0
     worker_gpus: float = 0.0
-    learner_cpus: float = 0.0             # it mostly waits for traces; on a GPU node it works on the GPU
+    learner_cpus: float = 0.0             # reserved; it mostly waits for traces (0: one torch thread, or the
+                                          # driver's thread count for supervised runs, which have no workers)
     learner_gpus: Optional[float] = None  # None: 1 when the cluster has a GPU, else 0
     max_staleness: int = 1                # weights versions a consumed batch may lag the learner
     max_restarts: int = 3                 # per trace worker; a batch in flight when it dies is dropped

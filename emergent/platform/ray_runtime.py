@@ -174,7 +174,10 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
     if gpus == 0 and cfg.device == "cuda":
         raise UserError("device=cuda but the Ray cluster has no GPU for the learner; use device=auto")
     Learner = ray.remote(LearnerActor).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0)
-    learner = Learner.remote(cfg, threads=max(1, int(r.learner_cpus)))
+    # A supervised learner does all the run's work, so it computes with the threads a local
+    # run would (and so the same numbers); beside trace workers it mostly waits: one thread.
+    threads = int(r.learner_cpus) or (torch.get_num_threads() if cfg.train.method == "supervised" else 1)
+    learner = Learner.remote(cfg, threads=threads)
     step = ray.get(learner.start.remote())
     if cfg.train.method == "supervised":
         while step < cfg.train.steps:
