@@ -16,6 +16,7 @@ import os
 import time
 
 import ray
+import torch
 
 from emergent.platform.config import load_config
 from emergent.platform.local import Experiment
@@ -58,9 +59,11 @@ def main() -> None:
     for n, r in rates.items():
         print(f"workers={n}: {r:8.1f} traces/s  (x{r / base:.2f} vs {args.workers[0]} worker)")
 
-    # weight sync per version vs one local iteration (collect + learn) on the same config
-    learner = LearnerActor(cfg)
-    worker = TraceWorker(cfg, 0)
+    # weight sync per version vs one local iteration (collect + learn) on the same config,
+    # computed with the threads a local run uses
+    threads = torch.get_num_threads()
+    learner = LearnerActor(cfg, threads=threads)
+    worker = TraceWorker(cfg, 0, threads=threads)
     syncs = []
     for _ in range(5):
         t0 = time.perf_counter()
