@@ -263,6 +263,11 @@ def window_scalars(window: list[dict], seconds: float, peak: float | None) -> di
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
+def log_due(cfg: Config, step: int) -> bool:
+    """Whether the training scalars are logged after ``step`` (a window closes there)."""
+    return step % cfg.train.log_every == 0 or step >= cfg.train.steps
+
+
 class Run:
     """An ``Experiment`` bound to its run directory: resumption, TensorBoard, the eval
     and checkpoint schedule. Every runtime drives one (Ray: inside its learner actor)."""
@@ -309,7 +314,7 @@ class Run:
         self.window_s += seconds
         step, last = self.exp.step, self.done
         values = None
-        if step % self.cfg.train.log_every == 0 or last:
+        if log_due(self.cfg, step):
             values = window_scalars(self.window, self.window_s, self.peak)  # syncs here only
             self.logger.scalars({**values, **self.exp.ledger.scalars()}, step)
             self.window, self.window_s = [], 0.0

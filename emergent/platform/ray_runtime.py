@@ -36,6 +36,7 @@ import torch
 from . import tags
 from .config import Config
 from .errors import UserError
+from .local import Experiment, Run, log_due
 
 
 def to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -50,8 +51,6 @@ class TraceWorker:
     """Writes and judges traces with the latest published weights (a plain class; Ray wraps it)."""
 
     def __init__(self, cfg: Config, index: int, threads: int = 1) -> None:
-        from .local import Experiment
-
         torch.set_num_threads(max(1, threads))
         cfg.improve.init_from = None  # weights come from the learner, not from disk
         self.exp = Experiment(cfg, build_data=False)
@@ -79,8 +78,6 @@ class LearnerActor:
     """A ``Run`` in an actor: the learner, its replay, evaluation, checkpoints, TensorBoard."""
 
     def __init__(self, cfg: Config, threads: int = 1) -> None:
-        from .local import Run
-
         torch.set_num_threads(max(1, threads))
         self.run = Run(cfg)
         self.consumed: set[int] = set()          # batch ids learned from
@@ -226,12 +223,13 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
             dispatch()
             continue
         traces += experience.size
-        span = max(now - window_t0, 1e-9)
-        perf = {tags.PERF_TRACES_PER_S: traces / span, tags.PERF_WORKER_UTILISATION: busy / (span * r.workers)}
+        perf = {}
+        if log_due(cfg, step + 1):  # this batch closes the learner's logging window: rates over it
+            span = max(now - window_t0, 1e-9)
+            perf = {tags.PERF_TRACES_PER_S: traces / span, tags.PERF_WORKER_UTILISATION: busy / (span * r.workers)}
+            window_t0, busy, traces = now, 0.0, 0
         out = ray.get(learner.consume.remote(experience, info, perf, now - t_wait))
         step = out["step"]
-        if step % cfg.train.log_every == 0:
-            window_t0, busy, traces = time.perf_counter(), 0.0, 0
         weights = learner.weights.remote()  # a new version after every update
         dispatch()
     for ref in pending:  # batches still being written are not needed
