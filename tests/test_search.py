@@ -67,15 +67,19 @@ def test_search_overrules_a_misleading_prior_two_levels_down():
     assert out.root_values[0, 1] > 0.8  # after moving to 4, the root's value is high
 
 
-def test_zero_simulations_reduce_to_the_prior_and_to_greedy_decoding():
+@pytest.mark.parametrize("sims,confident", [(0, 1.0), (16, 0.0)])
+def test_zero_simulations_reduce_to_the_prior_and_to_greedy_decoding(sims, confident):
+    # confident_prior=0 plays every move from its prior: no simulation runs at all
     torch.manual_seed(0)
     policy = TransformerLM(ModelConfig(n_layer=1, n_head=2, d_model=32, max_len=20), V).eval()
     value = RewardNet(ModelConfig(n_layer=1, n_head=2, d_model=32, max_len=20), V).eval()
     rng = np.random.default_rng(0)
     prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 6, 4)]
     ev = PolicyValueEvaluator(policy, value, top_k=V, terminal="learned")
-    out = search(prompts, ev, SearchConfig(num_simulations=0, top_k=V, terminal_value="learned"),
-                 max_len=20, vocab_size=V, eos_id=EOS)
+    out = search(prompts, ev, SearchConfig(num_simulations=sims, top_k=V, terminal_value="learned",
+                                           confident_prior=confident), max_len=20, vocab_size=V, eos_id=EOS)
+    # one network call for the roots, then one per move except the last (its state is terminal)
+    assert ev.calls == int(out.moves.max())
     greedy = policy.generate(prompts, 20, eos_id=EOS, pad_id=0)
     for b, p in enumerate(prompts):
         n = int(greedy.lengths[b]) + int(greedy.finished[b])

@@ -45,6 +45,10 @@ class SearchConfig:
     temperature: float = 0.0        # move choice from visits: 0 = most visited
     virtual_loss: float = 1.0
     terminal_value: str = "verifier"  # verifier | learned
+    # a move whose top prior exceeds this is played from the prior, without simulations:
+    # most tokens of a trace (digits of a result, separators) are near-certain, and search
+    # spends its budget on the few real decisions. 1.0: search every move.
+    confident_prior: float = 1.0
 
     def validate(self) -> None:
         if self.terminal_value not in TERMINAL_VALUES:
@@ -53,6 +57,8 @@ class SearchConfig:
             raise ValueError("search.num_simulations must be >= 0, leaves_per_call and top_k >= 1")
         if not 0.0 <= self.dirichlet_fraction <= 1.0:
             raise ValueError("search.dirichlet_fraction must lie in [0, 1]")
+        if not 0.0 <= self.confident_prior <= 1.0:
+            raise ValueError("search.confident_prior must lie in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -352,9 +358,10 @@ def search(
         active = ~_at(tree.terminal, tree.root)
         if not bool(active.any()):
             break
-        add_root_noise(tree, active, cfg, generator)
-        for _ in range(calls):
-            simulate(tree, active, evaluator, cfg, eos_id=eos_id)
+        searched = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
+        add_root_noise(tree, searched, cfg, generator)
+        for _ in range(calls if bool(searched.any()) else 0):
+            simulate(tree, searched, evaluator, cfg, eos_id=eos_id)
         probs = root_visit_probs(tree)                                   # [B, K]
         v = _at(tree.visits, tree.root)
         root_values[:, m] = torch.where(active, _at(tree.value_sum, tree.root) / v.clamp(min=1), 0.0)
