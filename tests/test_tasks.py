@@ -176,3 +176,17 @@ def test_countdown_only_solvable_and_solver_is_exact():
     assert solve([2, 3], 7) is None
     assert solve([2, 3, 5], 25) is not None  # (2+3)*5
     assert len(solve([2, 3, 5], 25)) == 2
+
+
+def test_a_fresh_stream_skips_and_counts_examples_that_do_not_fit():
+    # the countdown example that once crashed a supervised run mid-way was 66 tokens long
+    task = make_task("countdown")
+    spec = SplitSpec(train=(4, 4), extrapolate=(5, 5))
+    stream = ProblemStream(task, spec, seed=0, train_size=None)
+    fits = lambda p: len(p.prompt) + len(p.trace) + 2 <= 40  # noqa: E731  (rejects many)
+    batch = stream.next(64, fits=fits)
+    assert len(batch) == 64 and all(fits(p) for p in batch) and stream.too_long > 0
+    again = ProblemStream(task, spec, seed=0, train_size=None)
+    assert [p.prompt for p in again.next(64, fits=fits)] == [p.prompt for p in batch]  # still seeded
+    again.load_state_dict(stream.state_dict())
+    assert again.too_long == stream.too_long

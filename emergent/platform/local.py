@@ -131,17 +131,26 @@ class Experiment:
         self._check_context()
 
     def _check_context(self) -> None:
-        """Fail before training if the longest training example cannot fit the context."""
-        longest = max(
-            (self.task.sample(np.random.default_rng(k), 1, "train", [self.cfg.task.difficulty[1]])[0] for k in range(8)),
-            key=lambda p: len(p.prompt) + len(self._target(p)),
-        )
-        need = len(longest.prompt) + len(self._target(longest)) + 2
+        """Fail before training if a training example cannot fit the context: every example
+        of a fixed set, or 64 draws at the top difficulty. Self-improvers write their own
+        completions (cut at the context), so for them only prompts must fit."""
+        examples = self.data.fixed or self.task.sample(np.random.default_rng(0), 64, "train",
+                                                       [self.cfg.task.difficulty[1]])
+        longest = max(examples, key=self._length)
+        need = self._length(longest)
         if need > self.cfg.model.max_len:
             raise ConfigError(
                 f"model.max_len={self.cfg.model.max_len} is too short for task.difficulty={self.cfg.task.difficulty}: "
-                f"{longest.prompt + self._target(longest)!r} needs {need} tokens"
+                f"{longest.prompt + (self._target(longest) if self.supervised else '')!r} needs {need} tokens"
             )
+
+    def _length(self, p: Problem) -> int:
+        """Tokens a training example takes: BOS, prompt, gold target and EOS (supervised),
+        or BOS, prompt and room for one token (self-improvement)."""
+        return len(p.prompt) + (len(self._target(p)) + 2 if self.supervised else 2)
+
+    def _fits(self, p: Problem) -> bool:
+        return self._length(p) <= self.cfg.model.max_len
 
     def _target(self, p) -> str:
         return p.trace if self.cfg.train.target == "trace" else p.answer
@@ -155,7 +164,9 @@ class Experiment:
         self-improvement ``scalars`` (extra tags) and ``heldout`` (reward-net probs, labels).
         """
         if self.supervised:
-            problems = self.data.next(self.cfg.train.batch_size)
+            # an unlimited stream can, rarely, draw an example longer than every one the
+            # startup check saw: it is skipped (and counted), not a crash mid-run
+            problems = self.data.next(self.cfg.train.batch_size, fits=self._fits)
             batch = encode_batch(TOKENIZER, [p.prompt for p in problems], [self._target(p) for p in problems],
                                  self.cfg.model.max_len)
             metrics = self.learner.update(batch)
@@ -316,6 +327,8 @@ class Run:
         values = None
         if log_due(self.cfg, step):
             values = window_scalars(self.window, self.window_s, self.peak)  # syncs here only
+            if self.exp.data.too_long:  # cumulative, once any draw was skipped
+                values[tags.DATA_TOO_LONG] = float(self.exp.data.too_long)
             self.logger.scalars({**values, **self.exp.ledger.scalars()}, step)
             self.window, self.window_s = [], 0.0
         if step % self.cfg.eval.every == 0 or last:

@@ -11,6 +11,7 @@ PERF_TRACES_PER_S = "perf/traces_per_s"              # ray: traces consumed per 
 PERF_WORKER_UTILISATION = "perf/worker_utilisation"  # ray: busy time / (workers x wall time)
 PERF_WEIGHT_SYNC_S = "perf/weight_sync_s"            # ray: export + load of one weights version
 PERF_STALENESS = "perf/staleness"                    # ray: learner version - trace version
+DATA_TOO_LONG = "data/too_long_skipped"             # fresh training draws longer than the context
 COMPUTE_TOTAL_FLOPS = "compute/total_flops"
 COMPUTE_TRAIN_FLOPS = "compute/train_flops"
 COMPUTE_GENERATE_FLOPS = "compute/generate_flops"
