@@ -7,6 +7,8 @@ Prints, per model size:
   train     tokens/s and MFU: fp32 eager (baseline) vs bf16 autocast + fused AdamW
             (CUDA) vs that plus torch.compile (CUDA)
   generate  new tokens/s: KV cache vs full recompute (baseline), greedy, same prompts
+  sample    rows that end at scattered steps (as sampled traces do): a fixed batch
+            (baseline) vs dropping finished rows (generate's compact, the CPU default)
 """
 from __future__ import annotations
 
@@ -78,6 +80,28 @@ def bench_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, use
     return {"new_tokens_per_s": out.tokens.numel() / dt, "seconds": dt}
 
 
+def bench_ragged(cfg: ModelConfig, device, *, batch: int, new_tokens: int, compact: bool) -> dict:
+    """Sampled rows that end at scattered steps, as self-improvement's traces do: a fixed
+    batch runs every row until the longest ends; ``compact`` drops the finished ones."""
+    torch.manual_seed(0)
+    model = TransformerLM(cfg, TOKENIZER.vocab_size).to(device).eval()
+    with torch.no_grad():  # a loud EOS embedding: rows stop after a geometric number of steps
+        model.wte.weight[TOKENIZER.eos_id] *= 4
+    rng = np.random.default_rng(0)
+    prompts = [np.concatenate([[TOKENIZER.bos_id], rng.integers(3, TOKENIZER.vocab_size, size=8)]) for _ in range(batch)]
+    kw = dict(eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=1.0, compact=compact)
+    ac = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    with ac:
+        model.generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0), **kw)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0), **kw)
+        sync(device)
+    dt = time.perf_counter() - t0
+    written = int(out.lengths.sum() + out.finished.sum())  # tokens the rows really wrote (EOS included)
+    return {"tokens_per_s": written / dt, "seconds": dt, "mean_len": written / batch, "steps": out.tokens.shape[1]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), action="append")
@@ -108,6 +132,12 @@ def main() -> None:
         print(f"generate full recompute (baseline)     {rec['new_tokens_per_s']:>12,.0f} new tok/s  ({args.gen_batch} rows x {new})")
         print(f"generate KV cache                      {kv['new_tokens_per_s']:>12,.0f} new tok/s  "
               f"x{kv['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}")
+        fixed = bench_ragged(cfg, device, batch=args.gen_batch, new_tokens=new, compact=False)
+        drop = bench_ragged(cfg, device, batch=args.gen_batch, new_tokens=new, compact=True)
+        print(f"sample, ragged ends: fixed batch       {fixed['tokens_per_s']:>12,.0f} written tok/s  "
+              f"(mean {fixed['mean_len']:.1f} of {fixed['steps']} steps)")
+        print(f"sample, ragged ends: drop finished     {drop['tokens_per_s']:>12,.0f} written tok/s  "
+              f"x{drop['tokens_per_s'] / fixed['tokens_per_s']:.2f}")
 
 
 if __name__ == "__main__":

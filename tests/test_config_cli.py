@@ -25,6 +25,7 @@ BAD_TRAIN = [
     (["eval.splits=[train,validation]"], ["eval.splits='validation'"]),
     (["train.method=expert_iteration", "reward.d_model=64"], ["reward.init=policy needs the policy's size"]),
     (["train.method=expert_iteration", "reward.init=copy"], ["reward.init='copy'"]),
+    (["train.time_limit_s=0"], ["train.time_limit_s must be > 0"]),
 ]
 
 

@@ -119,3 +119,24 @@ def test_resume_refuses_a_different_config(tmp_path, capsys):
 def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
     assert main(["train", *TINY, "train.steps=2", f"logdir={tmp_path}", "resume=true"]) == 0
     assert "starting fresh" in capsys.readouterr().out
+
+
+def test_a_time_limit_ends_the_run_with_an_eval_and_a_checkpoint(tmp_path):
+    # the step that passes train.time_limit_s is the run's last: logged, evaluated and
+    # checkpointed like a final step; a resumed run carries the wall clock it had used
+    base = [*TINY, "train.steps=1000000", "eval.every=1000000", f"logdir={tmp_path}", "run_name=t"]
+    train_local(load_config(None, [*base, "train.time_limit_s=2"]))
+    run_dir = tmp_path / "quickstart" / "t"
+    first = load_checkpoint(run_dir / "last.pt")
+    step = int(first["step"])
+    assert 0 < step < 1000000 and first["elapsed_s"] >= 2
+    acc = read_events(run_dir)
+    assert [s for s, _ in scalar_series(acc, tags.eval_tag("test", "exact_match"))] == [0, step]
+    assert scalar_series(acc, tags.TRAIN_LOSS)[-1][0] == step
+    assert scalar_series(acc, tags.PERF_ELAPSED_S)[-1][1] >= 2
+
+    train_local(load_config(None, [*base, "train.time_limit_s=4", "resume=true"]))
+    second = load_checkpoint(run_dir / "last.pt")
+    assert int(second["step"]) > step and second["elapsed_s"] >= 4
+    evals = [s for s, _ in scalar_series(read_events(run_dir), tags.eval_tag("test", "exact_match"))]
+    assert evals == [0, step, int(second["step"])]

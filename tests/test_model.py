@@ -31,6 +31,25 @@ def test_kv_cache_greedy_equals_recompute(pos):
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_dropping_finished_rows_changes_no_output(use_cache):
+    # A large EOS embedding makes rows end at scattered steps, so the batch is compacted
+    # several times; every row must still get exactly the tokens it gets in a fixed batch.
+    model = make()
+    with torch.no_grad():
+        model.wte.weight[TOKENIZER.eos_id] *= 6
+    prompts = random_prompts(32, seed=2)
+    kw = dict(eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, use_cache=use_cache)
+    fixed = model.generate(prompts, 30, compact=False, **kw)
+    lengths = fixed.lengths[fixed.finished]
+    assert fixed.finished.float().mean() >= 0.5 and len(set(lengths.tolist())) >= 4  # staggered ends
+    compacted = model.generate(prompts, 30, compact=True, **kw)
+    assert torch.equal(compacted.tokens, fixed.tokens)
+    assert torch.equal(compacted.lengths, fixed.lengths)
+    assert torch.equal(compacted.finished, fixed.finished)
+    torch.testing.assert_close(compacted.logprobs, fixed.logprobs, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("pos", POS_SCHEMES)
 def test_left_padded_rows_match_unbatched(pos):
     model = make(pos)

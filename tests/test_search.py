@@ -65,6 +65,9 @@ def test_search_overrules_a_misleading_prior_two_levels_down():
     assert out.tokens[0, 1:3].tolist() == [4, 5]
     assert out.visit_probs[0, 0, 4] > 0.5
     assert out.root_values[0, 1] > 0.8  # after moving to 4, the root's value is high
+    assert out.searched[0].tolist() == [True, True]  # confident_prior 1.0: every move is searched
+    half = run(TableEvaluator(priors, values, k=2), max_len=3, sims=48, k=2, confident_prior=0.85)
+    assert half.searched[0].tolist() == [False, True]  # the 0.9 prior is played; the 0.5/0.5 move searched
 
 
 @pytest.mark.parametrize("sims,confident", [(0, 1.0), (16, 0.0)])
@@ -80,6 +83,7 @@ def test_zero_simulations_reduce_to_the_prior_and_to_greedy_decoding(sims, confi
                                            confident_prior=confident), max_len=20, vocab_size=V, eos_id=EOS)
     # one network call for the roots, then one per move except the last (its state is terminal)
     assert ev.calls == int(out.moves.max())
+    assert not out.searched.any()
     greedy = policy.generate(prompts, 20, eos_id=EOS, pad_id=0)
     for b, p in enumerate(prompts):
         n = int(greedy.lengths[b]) + int(greedy.finished[b])

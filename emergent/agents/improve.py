@@ -231,7 +231,7 @@ class Experience:
     flops: dict                  # ledger part -> FLOPs spent collecting (generate / search / reward)
     metrics: dict                # tags measured while collecting (e.g. train/sample_accuracy)
     baseline: Optional[np.ndarray] = None  # [P] policy_gradient value baseline: P(correct) at the prompt
-    visits: Optional[list] = None          # alphazero: [R] visit distributions [moves, V] (CPU)
+    visits: Optional[list] = None          # alphazero: [R] visit distributions [moves, V] (CPU); 0 rows: not searched
     version: int = 0                       # weights version that wrote it (the Ray runtime's staleness)
 
     @property
@@ -481,10 +481,16 @@ class AlphaZero(SelfImprover):
         finished = (last == TOKENIZER.eos_id).cpu().numpy()
         rows = np.arange(len(prompts))
         outcome = verifier(rows, completions).astype(float) * finished
-        visits = [out.visit_probs[b, : int(out.moves[b])].cpu() for b in range(len(prompts))]
+        # targets only where the search ran: a confident move's distribution is the policy's
+        # own prior (or what an earlier search of that subtree left), and cross-entropy to it
+        # would teach nothing but a pull back to the policy that wrote it
+        targets = out.visit_probs * out.searched[..., None]
+        visits = [targets[b, : int(out.moves[b])].cpu() for b in range(len(prompts))]
         exp = self._experience(prompts, rows, completions, finished, outcome, outcome,
                                {"search": ev.flops, "reward": 0.0}, visits=visits)
-        exp.metrics = {"train/sample_accuracy": float(outcome.mean())}
+        moves = out.moves.sum().clamp(min=1)
+        exp.metrics = {"train/sample_accuracy": float(outcome.mean()),
+                       "search/searched_fraction": float(out.searched.sum() / moves)}
         return exp
 
     def learn(self, exp: Experience) -> dict:
@@ -500,7 +506,7 @@ class AlphaZero(SelfImprover):
         for _ in range(c.updates_per_iter):
             m = self.policy_update()
             flops["train"] += m.pop("train_flops")
-        metrics.update(m)
+            metrics.update(m)
         metrics.update(rm)
         return {"metrics": metrics, "flops": flops}
 
@@ -516,7 +522,9 @@ class AlphaZero(SelfImprover):
             start = len(it["prompt"])  # BOS + prompt: the last prompt token is at index len(prompt)
             v = it["visits"][: T - start]
             target[row, start: start + len(v)] = v
-        weight = (target.sum(-1) > 0).float()
+        weight = (target.sum(-1) > 0).float()  # moves the search ran at
+        if not bool(weight.any()):  # nothing searched in this draw: no target, no step (not even decay)
+            return {"tokens": 0, "train_flops": 0.0}
         target, weight = target.to(self.device), weight.to(self.device)
         inputs = batch.inputs.to(self.device)
         self.policy.train()

@@ -79,6 +79,12 @@ class KVCache:
         self.v[layer, :, :, t0 : t0 + T] = v
         return self.k[layer], self.v[layer]
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` [b] (rows that finished generating are dropped)."""
+        if self.k is not None:
+            self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.shape = (self.shape[0], len(rows), *self.shape[2:])
+
 
 def rope_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -254,12 +260,20 @@ class TransformerLM(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        compact: bool | None = None,
     ) -> Generation:
         """Continue each prompt until it emits EOS or ``max_new_tokens`` tokens (capped by
         the context length). temperature 0 is greedy. ``use_cache=False`` recomputes the
         whole prefix each step — the reference the cache is tested against.
+
+        ``compact`` drops finished rows from the batch (and the cache) whenever a quarter
+        of it has finished. Sampled traces are short on average but the batch runs until
+        its longest row ends (countdown: mean 17 new tokens, 45 steps), so on CPU most of
+        a fixed batch's decode work is spent on rows that already wrote EOS. Default: on
+        for CPU; off for CUDA, where fixed shapes keep kernel plans (and CUDA graphs) valid.
         """
         device = self.wte.weight.device
+        compact = device.type == "cpu" if compact is None else compact
         ids, valid = pad_left(prompts, pad_id, device)  # [B, Tp]
         B, Tp = ids.shape
         N = min(max_new_tokens, self.cfg.max_len - Tp)
@@ -273,23 +287,31 @@ class TransformerLM(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=device)
         key_valid = torch.cat([valid, torch.ones(B, N, dtype=torch.bool, device=device)], 1)  # [B, Tp+N]
 
+        rows = torch.arange(B, device=device)  # [b] the batch's rows still in the computation
         cache = self.new_cache(B, Tp + N) if use_cache else None
-        logits = self(ids, pos, key_valid, cache)[:, -1]  # [B, V]
+        logits = self(ids, pos, key_valid, cache)[:, -1]  # [b, V]
         for n in range(N):
-            tok, lp = sample_next(logits.float(), temperature, top_k, generator)
-            tok = torch.where(done, pad_id, tok)
-            out[:, n] = tok
-            logprobs[:, n] = torch.where(done, 0.0, lp)
-            lengths += (~done & (tok != eos_id)).long()
-            done |= tok == eos_id
-            if n == N - 1 or bool(done.all()):
+            tok, lp = sample_next(logits.float(), temperature, top_k, generator)  # [b]
+            ended = done[rows]
+            tok = torch.where(ended, pad_id, tok)
+            out[rows, n] = tok
+            logprobs[rows, n] = torch.where(ended, 0.0, lp)
+            lengths[rows] += (~ended & (tok != eos_id)).long()
+            ended = ended | (tok == eos_id)
+            done[rows] = ended
+            if n == N - 1 or bool(ended.all()):
                 break
+            if compact and 4 * int(ended.sum()) >= len(rows):
+                live = (~ended).nonzero().squeeze(1)
+                rows, tok = rows[live], tok[live]
+                if cache is not None:
+                    cache.keep(live)
             if use_cache:
-                logits = self(tok[:, None], (prompt_len + n)[:, None], key_valid, cache)[:, -1]
+                logits = self(tok[:, None], (prompt_len[rows] + n)[:, None], key_valid[rows], cache)[:, -1]
             else:
-                seq = torch.cat([ids, out[:, : n + 1]], 1)
-                seq_pos = torch.cat([pos, prompt_len[:, None] + torch.arange(n + 1, device=device)], 1)
-                logits = self(seq, seq_pos, key_valid[:, : Tp + n + 1])[:, -1]
+                seq = torch.cat([ids[rows], out[rows, : n + 1]], 1)
+                seq_pos = torch.cat([pos[rows], prompt_len[rows, None] + torch.arange(n + 1, device=device)], 1)
+                logits = self(seq, seq_pos, key_valid[rows, : Tp + n + 1])[:, -1]
         return Generation(out[:, : n + 1], lengths, done, logprobs[:, : n + 1])  # trim unused columns
 
 

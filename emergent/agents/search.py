@@ -101,6 +101,7 @@ class SearchOutput(NamedTuple):
     visit_probs: torch.Tensor   # [B, M, V] visit distribution of each move (0 rows after the end)
     moves: torch.Tensor         # [B] moves made
     root_values: torch.Tensor   # [B, M] mean backed-up value at the root before each move
+    searched: torch.Tensor      # [B, M] bool: simulations ran at this move (else it was confident)
 
 
 # -- records ------------------------------------------------------------------------------
@@ -352,6 +353,7 @@ def search(
     evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)  # expand the roots
     visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
     root_values = torch.zeros(B, max_moves, device=device)
+    searched_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     moves = torch.zeros(B, dtype=torch.long, device=device)
     arange = torch.arange(B, device=device)
     for m in range(max_moves):
@@ -359,6 +361,7 @@ def search(
         if not bool(active.any()):
             break
         searched = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
+        searched_at[:, m] = searched if cfg.num_simulations > 0 else False
         add_root_noise(tree, searched, cfg, generator)
         for _ in range(calls if bool(searched.any()) else 0):
             simulate(tree, searched, evaluator, cfg, eos_id=eos_id)
@@ -375,6 +378,7 @@ def search(
     return SearchOutput(
         tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
         visit_probs=visit_probs[:, :made], moves=moves, root_values=root_values[:, :made],
+        searched=searched_at[:, :made],
     )
 
 

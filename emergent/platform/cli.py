@@ -39,7 +39,7 @@ def cmd_train(args: Sequence[str]) -> int:
     else:
         final = train_local(cfg)
     shown = {k: v for k, v in final.items() if k.endswith("exact_match") and "/d" not in k}
-    print(f"emergent: finished {cfg.run_dir} at step {cfg.train.steps}: "
+    print(f"emergent: finished {cfg.run_dir} at step {int(final['step'])}: "
           + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())), flush=True)
     return 0
 

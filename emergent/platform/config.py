@@ -50,6 +50,9 @@ class TrainConfig:
     target: str = "trace"                 # supervised: learn the gold trace, or the answer only
     log_every: int = 25
     compile: bool = False                 # torch.compile the loss (pays off on CUDA)
+    # a wall-clock budget (seconds, evaluations included, summed over resumes): the step
+    # that passes it is the last, evaluated and checkpointed. null: train.steps decides
+    time_limit_s: Optional[float] = None
 
 
 @dataclass
@@ -221,6 +224,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.train.time_limit_s is not None and not cfg.train.time_limit_s > 0:
+        raise ConfigError(f"train.time_limit_s must be > 0 seconds or null, got {cfg.train.time_limit_s}")
     if cfg.task.train_size is not None and cfg.task.train_size < 1:
         raise ConfigError(f"task.train_size must be >= 1 or null, got {cfg.task.train_size}")
     for name in ("experiment", "run_name"):

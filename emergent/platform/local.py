@@ -33,7 +33,8 @@ from .ledger import FlopLedger
 from .tensorboard import TBLogger
 
 # Keys that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"resume", "progress", "device", "train.steps", "eval.every", "checkpoint_every", "train.log_every"}
+RESUMABLE_CHANGES = {"resume", "progress", "device", "train.steps", "train.time_limit_s", "eval.every",
+                     "checkpoint_every", "train.log_every"}
 
 # Dense bf16 peak FLOP/s by CUDA device name (no sparsity), for MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
@@ -119,6 +120,7 @@ class Experiment:
                 cfg.seed, **extra)
         self.ledger = FlopLedger()
         self.step = 0
+        self.elapsed_s = 0.0  # wall clock of the run at its last checkpoint (Run keeps the live one)
         if not build_data:
             return
         self.data = ProblemStream(self.task, cfg.splits, seed=cfg.seed, train_size=cfg.task.train_size,
@@ -202,6 +204,7 @@ class Experiment:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "elapsed_s": self.elapsed_s,
             "method": self.cfg.train.method,
             "model": self.model.state_dict(),
             "learner": self.learner.state_dict(),
@@ -225,6 +228,7 @@ class Experiment:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         random.setstate((3, tuple(state["rng"]["python"]), None))
         self.step = int(state["step"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
 
 
 def try_resume(exp: Experiment) -> bool:
@@ -297,6 +301,7 @@ class Run:
         if not self.resumed:
             self.logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
         self.peak = peak_flops(exp.device)
+        self._clock = time.perf_counter() - exp.elapsed_s  # wall clock of the run, over resumes
         self.last_eval: dict[str, float] = {}
         self.window: list[dict] = []
         self.window_s = 0.0
@@ -306,14 +311,21 @@ class Run:
         return self.exp.step
 
     @property
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of the run so far (a resumed run carries its earlier ones)."""
+        return time.perf_counter() - self._clock
+
+    @property
     def done(self) -> bool:
-        return self.exp.step >= self.cfg.train.steps
+        limit = self.cfg.train.time_limit_s
+        return self.exp.step >= self.cfg.train.steps or (limit is not None and self.elapsed_s >= limit)
 
     def evaluate(self) -> dict[str, float]:
         t0 = time.perf_counter()
         results = self.exp.evaluate()
         self.last_eval = scalars(results)
-        self.logger.scalars({**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0}, self.exp.step)
+        self.logger.scalars({**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0,
+                             tags.PERF_ELAPSED_S: self.elapsed_s}, self.exp.step)
         for split, r in results.items():
             self.logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), self.exp.step)
         return self.last_eval
@@ -325,7 +337,7 @@ class Run:
         self.window_s += seconds
         step, last = self.exp.step, self.done
         values = None
-        if log_due(self.cfg, step):
+        if log_due(self.cfg, step) or last:
             values = window_scalars(self.window, self.window_s, self.peak)  # syncs here only
             if self.exp.data.too_long:  # cumulative, once any draw was skipped
                 values[tags.DATA_TOO_LONG] = float(self.exp.data.too_long)
@@ -339,6 +351,7 @@ class Run:
 
     def checkpoint(self) -> None:
         self.logger.flush()  # first the events, so a checkpoint never points past them
+        self.exp.elapsed_s = self.elapsed_s
         save_checkpoint(self.cfg.run_dir / LAST, self.exp.state_dict())
 
     def close(self) -> dict[str, float]:
@@ -347,11 +360,11 @@ class Run:
         hp["model.params"] = self.exp.model.num_params()
         self.logger.hparams(hp, {k: v for k, v in self.last_eval.items() if "/d" not in k})
         self.logger.close()
-        return self.last_eval
+        return {**self.last_eval, "step": float(self.step)}  # the step it ended at (train.time_limit_s)
 
 
 def train_local(cfg: Config) -> dict[str, float]:
-    """Train one run in this process; returns the last eval's scalars."""
+    """Train one run in this process; returns the last eval's scalars and ``step``."""
     run = Run(cfg)
     bar = tqdm(total=cfg.train.steps, initial=run.step, disable=not cfg.progress, dynamic_ncols=True,
                desc=f"{cfg.train.method} {cfg.task.name}",

@@ -87,10 +87,10 @@ class LearnerActor:
         self.batch_flops: dict[str, float] = {}  # what the consumed batches cost to collect
         self.export_s = 0.0
 
-    def start(self) -> int:
+    def start(self) -> dict:
         if self.run.step == 0:
             self.run.evaluate()
-        return self.run.step
+        return {"step": self.run.step, "done": self.run.done}
 
     def next_problems(self, n: int) -> list:
         return self.run.exp.data.next(n)
@@ -105,7 +105,7 @@ class LearnerActor:
 
     def consume(self, experience, info: dict, perf: dict[str, float], wait_s: float) -> dict:
         if info["batch_id"] in self.consumed:  # never twice: replay and ledger count each batch once
-            return {"step": self.run.step, "duplicate": True}
+            return {"step": self.run.step, "duplicate": True, "done": self.run.done}
         t0 = time.perf_counter()
         staleness = self.run.step - experience.version
         metrics = self.run.exp.consume(experience)
@@ -117,7 +117,7 @@ class LearnerActor:
         metrics["scalars"].update({**perf, tags.PERF_STALENESS: float(staleness),
                                    tags.PERF_WEIGHT_SYNC_S: info["sync_s"] + self.export_s})
         self.run.record(metrics, time.perf_counter() - t0 + wait_s)
-        return {"step": self.run.step, "staleness": staleness}
+        return {"step": self.run.step, "staleness": staleness, "done": self.run.done}
 
     def discard(self, experience, info: dict) -> None:
         """A batch too stale to learn from: its FLOPs were spent, so the ledger counts them;
@@ -129,7 +129,7 @@ class LearnerActor:
             self.batch_flops[part] = self.batch_flops.get(part, 0.0) + flops
         self.discarded.append(info["batch_id"])
 
-    def train_supervised(self, steps: int) -> int:
+    def train_supervised(self, steps: int) -> dict:
         """Supervised runs have no traces to write: the learner trains from its own data."""
         for _ in range(steps):
             if self.run.done:
@@ -137,7 +137,7 @@ class LearnerActor:
             t0 = time.perf_counter()
             metrics = self.run.exp.train_step()
             self.run.record(metrics, time.perf_counter() - t0)
-        return self.run.step
+        return {"step": self.run.step, "done": self.run.done}
 
     def counts(self) -> dict:
         exp = self.run.exp
@@ -175,10 +175,10 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
     # run would (and so the same numbers); beside trace workers it mostly waits: one thread.
     threads = int(r.learner_cpus) or (torch.get_num_threads() if cfg.train.method == "supervised" else 1)
     learner = Learner.remote(cfg, threads=threads)
-    step = ray.get(learner.start.remote())
+    state = ray.get(learner.start.remote())  # {"step", "done"}: the learner's Run decides when to stop
     if cfg.train.method == "supervised":
-        while step < cfg.train.steps:
-            step = ray.get(learner.train_supervised.remote(cfg.train.log_every))
+        while not state["done"]:
+            state = ray.get(learner.train_supervised.remote(cfg.train.log_every))
         final = ray.get(learner.close.remote())
         return (final, ray.get(learner.counts.remote())) if with_counts else final
 
@@ -202,7 +202,8 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
             next_id += 1
 
     dispatch()
-    while step < cfg.train.steps:
+    while not state["done"]:
+        step = state["step"]
         t_wait = time.perf_counter()
         [ref], _ = ray.wait(list(pending), num_returns=1)
         w, batch_id = pending.pop(ref)
@@ -228,8 +229,7 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
             span = max(now - window_t0, 1e-9)
             perf = {tags.PERF_TRACES_PER_S: traces / span, tags.PERF_WORKER_UTILISATION: busy / (span * r.workers)}
             window_t0, busy, traces = now, 0.0, 0
-        out = ray.get(learner.consume.remote(experience, info, perf, now - t_wait))
-        step = out["step"]
+        state = ray.get(learner.consume.remote(experience, info, perf, now - t_wait))
         weights = learner.weights.remote()  # a new version after every update
         dispatch()
     for ref in pending:  # batches still being written are not needed

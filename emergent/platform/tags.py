@@ -7,6 +7,7 @@ PERF_TOKENS_PER_S = "perf/tokens_per_s"
 PERF_MFU = "perf/mfu"
 PERF_STEP_S = "perf/step_s"
 PERF_EVAL_S = "perf/eval_s"
+PERF_ELAPSED_S = "perf/elapsed_s"                    # wall clock of the run at each evaluation
 PERF_TRACES_PER_S = "perf/traces_per_s"              # ray: traces consumed per second
 PERF_WORKER_UTILISATION = "perf/worker_utilisation"  # ray: busy time / (workers x wall time)
 PERF_WEIGHT_SYNC_S = "perf/weight_sync_s"            # ray: export + load of one weights version
