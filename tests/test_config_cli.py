@@ -26,6 +26,7 @@ BAD_TRAIN = [
     (["train.method=expert_iteration", "reward.d_model=64"], ["reward.init=policy needs the policy's size"]),
     (["train.method=expert_iteration", "reward.init=copy"], ["reward.init='copy'"]),
     (["train.time_limit_s=0"], ["train.time_limit_s must be > 0"]),
+    (["search.policy_target=counts"], ["search.policy_target='counts'", "completed_q"]),
 ]
 
 

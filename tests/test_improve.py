@@ -168,12 +168,12 @@ def test_collect_changes_no_weights_and_learn_consumes_its_experience(method, tm
     assert not all(torch.equal(before[k], v) for k, v in exp.reward_net.state_dict().items())
 
 
-@pytest.mark.parametrize("confident", [1.0, 0.0])
-def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, tmp_path):
-    # confident_prior 1.0 searches every move: each move has a visit distribution to learn.
+@pytest.mark.parametrize("confident,target", [(1.0, "visits"), (1.0, "completed_q"), (0.0, "visits")])
+def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target, tmp_path):
+    # confident_prior 1.0 searches every move: each move has an improved policy to learn.
     # 0.0 searches none: no targets, so the policy takes no step (not even weight decay).
     exp = Experiment(load_config(None, [*SMALL, "train.method=alphazero", f"search.confident_prior={confident}",
-                                        f"logdir={tmp_path}"]))
+                                        f"search.policy_target={target}", f"logdir={tmp_path}"]))
     problems = exp.data.next(exp.cfg.improve.problems_per_iter)
     batch = exp.learner.collect([p.prompt for p in problems], Oracle(exp.task, problems))
     mass = torch.cat([v.sum(-1) for v in batch.visits])  # [all moves]

@@ -135,3 +135,29 @@ def test_gamma_sampler_has_the_right_mean():
 def test_bad_search_config():
     with pytest.raises(ValueError, match="terminal_value"):
         SearchConfig(terminal_value="oracle").validate()
+
+
+def test_completed_q_policy_moves_only_where_the_values_differ():
+    # three equally good arms: visits spread by exploration, the completed-Q policy keeps the prior
+    flat = TableEvaluator({(): {3: 0.6, 4: 0.3, 5: 0.1}}, {(3,): 0.5, (4,): 0.5, (5,): 0.5}, k=3)
+    out = run(flat, max_len=2, sims=64, policy_target="completed_q")
+    torch.testing.assert_close(out.policy[0, 0, [3, 4, 5]], torch.tensor([0.6, 0.3, 0.1]))
+    # one arm wins: the policy moves to it, and more sharply than the prior allows visits to
+    ev = TableEvaluator({(): {3: 0.6, 4: 0.3, 5: 0.1}}, {(3,): 0.0, (4,): 1.0, (5,): 0.0}, k=3)
+    out = run(ev, max_len=2, sims=64, policy_target="completed_q")
+    assert out.policy[0, 0].argmax() == 4 and out.policy[0, 0, 4] > out.visit_probs[0, 0, 4] > 0.5
+    assert out.policy[0, 0].sum() == pytest.approx(1.0)
+    # with no simulation it is the prior
+    none = run(ev, max_len=2, sims=0, policy_target="completed_q")
+    torch.testing.assert_close(none.policy[0, 0, [3, 4, 5]], torch.tensor([0.6, 0.3, 0.1]))
+
+
+def test_completed_q_policy_is_computed_from_the_prior_before_root_noise():
+    ev = TableEvaluator({(): {3: 0.6, 4: 0.3, 5: 0.1}}, {(3,): 0.5, (4,): 0.5, (5,): 0.5}, k=3)
+    cfg = SearchConfig(num_simulations=16, leaves_per_call=1, top_k=3, dirichlet_fraction=0.5,
+                       policy_target="completed_q")
+    out = search([np.array([1])], ev, cfg, max_len=2, vocab_size=V, eos_id=EOS,
+                 generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.policy[0, 0, [3, 4, 5]], torch.tensor([0.6, 0.3, 0.1]))
+    # the visits followed the noisy prior: as a target they would teach the noise
+    assert (out.visit_probs[0, 0, [3, 4, 5]] - torch.tensor([0.6, 0.3, 0.1])).abs().max() > 0.1

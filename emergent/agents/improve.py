@@ -11,8 +11,9 @@ at all.
   policy_gradient   sample a group per problem; advantages = reward minus the group
                     mean (GRPO/RLOO), or minus the network's value of the prompt;
                     optional KL penalty to the starting policy
-  alphazero         search-driven self-play: policy <- visit distributions, value <-
-                    outcomes, replay of recent searched traces
+  alphazero         search-driven self-play: policy <- the search's improved policy
+                    (visit distributions, or Gumbel MuZero's completed-Q policy) at the
+                    moves it searched, value <- outcomes, replay of recent searched traces
 
 All share ``Learner`` (AdamW, schedule, clipping, bf16) with the supervised learner, and
 each iteration reports the FLOPs it spent, split into ledger parts.
@@ -484,7 +485,7 @@ class AlphaZero(SelfImprover):
         # targets only where the search ran: a confident move's distribution is the policy's
         # own prior (or what an earlier search of that subtree left), and cross-entropy to it
         # would teach nothing but a pull back to the policy that wrote it
-        targets = out.visit_probs * out.searched[..., None]
+        targets = out.policy * out.searched[..., None]  # visits, or the completed-Q policy
         visits = [targets[b, : int(out.moves[b])].cpu() for b in range(len(prompts))]
         exp = self._experience(prompts, rows, completions, finished, outcome, outcome,
                                {"search": ev.flops, "reward": 0.0}, visits=visits)

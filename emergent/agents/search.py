@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from emergent.envs.tokenizer import TOKENIZER
 
 TERMINAL_VALUES = ("verifier", "learned")
+POLICY_TARGETS = ("visits", "completed_q")
 
 
 @dataclass(kw_only=True)
@@ -49,10 +50,21 @@ class SearchConfig:
     # most tokens of a trace (digits of a result, separators) are near-certain, and search
     # spends its budget on the few real decisions. 1.0: search every move.
     confident_prior: float = 1.0
+    # the improved policy each move reports (``SearchOutput.policy``): the visit distribution
+    # (AlphaZero), or softmax(log prior + sigma(completed Q)) (Gumbel MuZero, Danihelka et al.
+    # 2022). With a few dozen simulations visits mostly follow exploration and root noise, and
+    # are flatter than the prior where the values do not differ; the completed-Q policy equals
+    # the prior there and moves only where the values say so. sigma(q) = (maxvisit_init +
+    # max_a N(a)) * value_scale * q, as mctx.
+    policy_target: str = "visits"
+    value_scale: float = 0.1
+    maxvisit_init: float = 50.0
 
     def validate(self) -> None:
         if self.terminal_value not in TERMINAL_VALUES:
             raise ValueError(f"search.terminal_value={self.terminal_value!r}; choose one of {list(TERMINAL_VALUES)}")
+        if self.policy_target not in POLICY_TARGETS:
+            raise ValueError(f"search.policy_target={self.policy_target!r}; choose one of {list(POLICY_TARGETS)}")
         if self.num_simulations < 0 or self.leaves_per_call < 1 or self.top_k < 1:
             raise ValueError("search.num_simulations must be >= 0, leaves_per_call and top_k >= 1")
         if not 0.0 <= self.dirichlet_fraction <= 1.0:
@@ -99,6 +111,7 @@ class SearchOutput(NamedTuple):
     length: torch.Tensor        # [B]
     prompt_length: torch.Tensor  # [B]
     visit_probs: torch.Tensor   # [B, M, V] visit distribution of each move (0 rows after the end)
+    policy: torch.Tensor        # [B, M, V] the improved policy of each move (search.policy_target)
     moves: torch.Tensor         # [B] moves made
     root_values: torch.Tensor   # [B, M] mean backed-up value at the root before each move
     searched: torch.Tensor      # [B, M] bool: simulations ran at this move (else it was confident)
@@ -310,6 +323,27 @@ def root_visit_probs(tree: Tree) -> torch.Tensor:
     return torch.where(total > 0, n / total.clamp(min=1e-9), _at(tree.prior, tree.root))
 
 
+def completed_q_policy(tree: Tree, prior: torch.Tensor, *, value_scale: float, maxvisit_init: float) -> torch.Tensor:
+    """softmax(log prior + sigma(completed Q)) over the root's children [B, K] (mctx's
+    ``qtransform_completed_by_mix_value`` without rescaling: values are already P(correct)
+    in [0, 1]). An unvisited child's Q is the mixed value: the root's own evaluation
+    averaged with the prior-weighted Q of the visited children. ``prior`` is the root's
+    prior before any Dirichlet noise."""
+    children = _at(tree.children, tree.root)                          # [B, K]
+    rows = torch.arange(tree.batch, device=children.device)[:, None]
+    n = tree.visits[rows, children.clamp(min=0)] * (children >= 0)   # [B, K]
+    q = tree.value_sum[rows, children.clamp(min=0)] / n.clamp(min=1)
+    seen = n > 0
+    p = prior.clamp(min=1e-30)
+    p_seen = (p * seen).sum(1, keepdim=True)
+    weighted_q = (p * q * seen).sum(1, keepdim=True) / p_seen.clamp(min=1e-30)
+    n_sum = n.sum(1, keepdim=True)
+    mixed = (_at(tree.value, tree.root)[:, None] + n_sum * weighted_q) / (n_sum + 1)
+    completed = torch.where(seen, q, mixed)
+    sigma = (maxvisit_init + n.max(1, keepdim=True).values) * value_scale * completed
+    return torch.softmax(p.log() + sigma, -1)
+
+
 def choose(probs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Pick a child per tree from its visit distribution [B, K]: argmax at temperature 0."""
     if temperature <= 0:
@@ -352,6 +386,7 @@ def search(
     active = torch.ones(B, dtype=torch.bool, device=device)
     evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)  # expand the roots
     visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
+    policy = torch.zeros(B, max_moves, vocab_size, device=device) if cfg.policy_target != "visits" else visit_probs
     root_values = torch.zeros(B, max_moves, device=device)
     searched_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     moves = torch.zeros(B, dtype=torch.long, device=device)
@@ -362,6 +397,7 @@ def search(
             break
         searched = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
         searched_at[:, m] = searched if cfg.num_simulations > 0 else False
+        clean_prior = _at(tree.prior, tree.root).clone()  # before the root noise: the improved policy's base
         add_root_noise(tree, searched, cfg, generator)
         for _ in range(calls if bool(searched.any()) else 0):
             simulate(tree, searched, evaluator, cfg, eos_id=eos_id)
@@ -371,13 +407,18 @@ def search(
         dist = torch.zeros(B, vocab_size, device=device)
         dist.scatter_add_(1, _at(tree.child_token, tree.root), probs)
         visit_probs[:, m] = torch.where(active[:, None], dist, 0.0)
+        if cfg.policy_target == "completed_q":
+            improved = completed_q_policy(tree, clean_prior, value_scale=cfg.value_scale,
+                                          maxvisit_init=cfg.maxvisit_init)
+            dist = torch.zeros(B, vocab_size, device=device).scatter_add_(1, _at(tree.child_token, tree.root), improved)
+            policy[:, m] = torch.where(active[:, None], dist, 0.0)
         actions = choose(probs, cfg.temperature, generator)
         advance(tree, actions, active, evaluator, eos_id=eos_id)
         moves += active.long()
     final, made = tree.root, int(moves.max()) if B else 0
     return SearchOutput(
         tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
-        visit_probs=visit_probs[:, :made], moves=moves, root_values=root_values[:, :made],
+        visit_probs=visit_probs[:, :made], policy=policy[:, :made], moves=moves, root_values=root_values[:, :made],
         searched=searched_at[:, :made],
     )
 
