@@ -69,6 +69,8 @@ class SearchConfig:
             raise ValueError("search.num_simulations must be >= 0, leaves_per_call and top_k >= 1")
         if not 0.0 <= self.dirichlet_fraction <= 1.0:
             raise ValueError("search.dirichlet_fraction must lie in [0, 1]")
+        if self.value_scale < 0 or self.maxvisit_init < 0:
+            raise ValueError("search.value_scale and search.maxvisit_init must be >= 0")
         if not 0.0 <= self.confident_prior <= 1.0:
             raise ValueError("search.confident_prior must lie in [0, 1]")
 
