@@ -26,6 +26,8 @@ BAD_TRAIN = [
     (["train.method=expert_iteration", "reward.d_model=64"], ["reward.init=policy needs the policy's size"]),
     (["train.method=expert_iteration", "reward.init=copy"], ["reward.init='copy'"]),
     (["train.time_limit_s=0"], ["train.time_limit_s must be > 0"]),
+    (["train.curriculum=1.5"], ["train.curriculum must lie in (0, 1]"]),
+    (["train.curriculum_window=0"], ["train.curriculum_window must be >= 1"]),
     (["search.policy_target=counts"], ["search.policy_target='counts'", "completed_q"]),
 ]
 

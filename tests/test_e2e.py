@@ -140,3 +140,21 @@ def test_a_time_limit_ends_the_run_with_an_eval_and_a_checkpoint(tmp_path):
     assert int(second["step"]) > step and second["elapsed_s"] >= 4
     evals = [s for s, _ in scalar_series(read_events(run_dir), tags.eval_tag("test", "exact_match"))]
     assert evals == [0, step, int(second["step"])]
+
+
+def test_a_curriculum_starts_at_the_lowest_difficulty_and_rises(tmp_path):
+    # supervised reads teacher-forced exact match; expert iteration, started from that run,
+    # the verifier's verdicts on its own samples. Both open difficulty 2 only once 1 is learnt.
+    base = [*TINY, "train.curriculum_window=16", "train.log_every=1", "optim.lr=3e-3", "optim.min_lr=3e-3",
+            f"logdir={tmp_path}"]
+    sup = [*base, "train.steps=80", "train.curriculum=0.1", "run_name=sup"]
+    ei = [*base, "train.method=expert_iteration", "train.steps=40", "train.curriculum=0.1",
+          "improve.problems_per_iter=16", "improve.samples=2", "reward.init=scratch", "reward.n_layer=1",
+          "reward.d_model=32", "reward.n_head=2", "run_name=ei",
+          f"improve.init_from={tmp_path / 'quickstart' / 'sup' / 'last.pt'}"]
+    for overrides in (sup, ei):
+        cfg = load_config(None, overrides)  # after the supervised run: ei starts from its checkpoint
+        train_local(cfg)
+        acc = read_events(cfg.run_dir)
+        values = [v for _, v in scalar_series(acc, tags.TRAIN_CURRICULUM)]
+        assert values[0] == 1 and values[-1] == 2 and values == sorted(values), cfg.run_name

@@ -190,3 +190,24 @@ def test_a_fresh_stream_skips_and_counts_examples_that_do_not_fit():
     assert [p.prompt for p in again.next(64, fits=fits)] == [p.prompt for p in batch]  # still seeded
     again.load_state_dict(stream.state_dict())
     assert again.too_long == stream.too_long
+
+
+@pytest.mark.parametrize("train_size", [None, 200])
+def test_curriculum_opens_the_next_difficulty_once_the_top_one_is_learnt(train_size):
+    task = make_task("addition")
+    spec = SplitSpec(train=(1, 3), extrapolate=(4, 5))
+    s = ProblemStream(task, spec, seed=0, train_size=train_size, curriculum=0.75, window=10)
+    assert {p.difficulty for p in s.next(50)} == {1} and s.top == 1
+    s.report(np.array([1] * 6 + [2] * 6), np.array([1.0] * 6 + [0.0] * 6))  # 6 at the top: no decision yet
+    assert s.top == 1
+    s.report(np.array([1] * 4), np.array([1.0, 1.0, 0.0, 0.0]))  # window closes at 8/10 = 0.8 >= 0.75
+    assert s.top == 2 and {p.difficulty for p in s.next(60)} == {1, 2}
+    s.report(np.array([2] * 10), np.full(10, 0.7))  # a window below the threshold keeps it closed
+    assert s.top == 2
+    state = s.state_dict()
+    s.report(np.array([1] * 20 + [2] * 10), np.ones(30))  # only the top difficulty counts
+    assert s.top == 3 and {p.difficulty for p in s.next(60)} == {1, 2, 3}
+    s.report(np.array([3] * 50), np.ones(50))  # everything open: nothing left to do
+    t = ProblemStream(task, spec, seed=0, train_size=train_size, curriculum=0.75, window=10)
+    t.load_state_dict(state)
+    assert t.top == 2

@@ -234,6 +234,7 @@ class Experience:
     baseline: Optional[np.ndarray] = None  # [P] policy_gradient value baseline: P(correct) at the prompt
     visits: Optional[list] = None          # alphazero: [R] visit distributions [moves, V] (CPU); 0 rows: not searched
     version: int = 0                       # weights version that wrote it (the Ray runtime's staleness)
+    difficulties: Optional[np.ndarray] = None  # [P] set by the platform for its curriculum; learners never read it
 
     @property
     def size(self) -> int:

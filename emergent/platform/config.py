@@ -53,6 +53,13 @@ class TrainConfig:
     # a wall-clock budget (seconds, evaluations included, summed over resumes): the step
     # that passes it is the last, evaluated and checkpointed. null: train.steps decides
     time_limit_s: Optional[float] = None
+    # difficulty curriculum: training problems start at the lowest training difficulty, and
+    # the next one joins once the training accuracy at the highest drawn so far reaches
+    # this, over curriculum_window problems of it (self-improvement: the verifier's
+    # verdicts on its own traces, vote agreement under majority_vote; supervised:
+    # teacher-forced exact match). null: every difficulty from the start
+    curriculum: Optional[float] = None
+    curriculum_window: int = 256
 
 
 @dataclass
@@ -224,6 +231,10 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.train.curriculum is not None and not 0 < cfg.train.curriculum <= 1:
+        raise ConfigError(f"train.curriculum must lie in (0, 1] (a training accuracy) or be null, got {cfg.train.curriculum}")
+    if cfg.train.curriculum_window < 1:
+        raise ConfigError(f"train.curriculum_window must be >= 1, got {cfg.train.curriculum_window}")
     if cfg.train.time_limit_s is not None and not cfg.train.time_limit_s > 0:
         raise ConfigError(f"train.time_limit_s must be > 0 seconds or null, got {cfg.train.time_limit_s}")
     if cfg.task.train_size is not None and cfg.task.train_size < 1:

@@ -124,7 +124,8 @@ class Experiment:
         if not build_data:
             return
         self.data = ProblemStream(self.task, cfg.splits, seed=cfg.seed, train_size=cfg.task.train_size,
-                                  data_seed=cfg.task.data_seed)
+                                  data_seed=cfg.task.data_seed, curriculum=cfg.train.curriculum,
+                                  window=cfg.train.curriculum_window)
         self.evaluator = Evaluator(
             self.task, cfg.splits, problems_per_split=cfg.eval.problems, seed=cfg.eval.seed,
             split_names=cfg.eval.splits, batch_size=cfg.eval.batch_size, samples=cfg.eval.samples,
@@ -171,7 +172,11 @@ class Experiment:
             problems = self.data.next(self.cfg.train.batch_size, fits=self._fits)
             batch = encode_batch(TOKENIZER, [p.prompt for p in problems], [self._target(p) for p in problems],
                                  self.cfg.model.max_len)
-            metrics = self.learner.update(batch)
+            curriculum = self.cfg.train.curriculum is not None
+            metrics = self.learner.update(batch, exact=curriculum)
+            if curriculum:  # the one host sync per step a curriculum costs
+                metrics["scalars"] = {tags.TRAIN_CURRICULUM: float(self.data.top)}  # what this batch drew from
+                self.data.report(np.array([p.difficulty for p in problems]), metrics.pop("exact").cpu().numpy())
             self.ledger.add("train", metrics["flops"])
             self.step += 1
             return metrics
@@ -180,7 +185,9 @@ class Experiment:
     def collect(self, problems: list[Problem]) -> Experience:
         """Traces for ``problems`` by the current weights. The learner sees their prompts,
         and their answers only through the oracle's verdicts."""
-        return self.learner.collect([p.prompt for p in problems], Oracle(self.task, problems))
+        exp = self.learner.collect([p.prompt for p in problems], Oracle(self.task, problems))
+        exp.difficulties = np.array([p.difficulty for p in problems])  # for the curriculum; not the learner's
+        return exp
 
     def consume(self, experience: Experience) -> dict:
         """Learn from one batch of experience; the ledger counts what collecting and
@@ -189,6 +196,12 @@ class Experiment:
         for part, flops in [*experience.flops.items(), *out["flops"].items()]:
             self.ledger.add(part, flops)
         m = {**experience.metrics, **out["metrics"]}
+        if self.cfg.train.curriculum is not None:  # each problem's share of accepted traces
+            P = len(experience.prompts)
+            accuracy = np.bincount(experience.rows, weights=experience.labels, minlength=P) / np.bincount(
+                experience.rows, minlength=P).clip(min=1)
+            m[tags.TRAIN_CURRICULUM] = float(self.data.top)  # (Ray: what the next batches draw from)
+            self.data.report(experience.difficulties, accuracy)
         metrics = {k: m[k] for k in ("loss", "lr", "grad_norm") if k in m}
         metrics["tokens"] = m.get("tokens", 0)
         metrics["flops"] = sum(experience.flops.values()) + sum(out["flops"].values())

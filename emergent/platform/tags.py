@@ -3,6 +3,7 @@
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
 TRAIN_GRAD_NORM = "train/grad_norm"
+TRAIN_CURRICULUM = "train/curriculum_difficulty"  # the highest training difficulty drawn
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
 PERF_MFU = "perf/mfu"
 PERF_STEP_S = "perf/step_s"
