@@ -62,42 +62,41 @@ def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool,
             "params": model.num_params(), "seq": data.inputs.shape[1]}
 
 
-def bench_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, use_cache: bool) -> dict:
+def _timed_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, loud_eos: bool = False,
+                    sample_seed: int | None = None, **kw):
+    """A seeded model and ``batch`` random 8-token prompts; one warm-up call with the timed
+    shapes (kernel plans, allocator), then one timed call. Returns (Generation, seconds).
+    ``loud_eos`` scales the EOS embedding so rows stop after a geometric number of steps."""
     torch.manual_seed(0)
     model = TransformerLM(cfg, TOKENIZER.vocab_size).to(device).eval()
+    if loud_eos:
+        with torch.no_grad():
+            model.wte.weight[TOKENIZER.eos_id] *= 4
     rng = np.random.default_rng(0)
     prompts = [np.concatenate([[TOKENIZER.bos_id], rng.integers(3, TOKENIZER.vocab_size, size=8)]) for _ in range(batch)]
-    # eos_id=-1: no row stops early, so both paths generate exactly new_tokens per row
-    kw = dict(eos_id=-1, pad_id=TOKENIZER.pad_id, use_cache=use_cache)
+    gen = lambda: None if sample_seed is None else torch.Generator().manual_seed(sample_seed)  # noqa: E731
     ac = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with ac:
-        model.generate(prompts, new_tokens, **kw)  # warm-up with the timed shapes: kernel plans, allocator
+        model.generate(prompts, new_tokens, generator=gen(), **kw)
         sync(device)
         t0 = time.perf_counter()
-        out = model.generate(prompts, new_tokens, **kw)
+        out = model.generate(prompts, new_tokens, generator=gen(), **kw)
         sync(device)
-    dt = time.perf_counter() - t0
+    return out, time.perf_counter() - t0
+
+
+def bench_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, use_cache: bool) -> dict:
+    # eos_id=-1: no row stops early, so both paths generate exactly new_tokens per row
+    out, dt = _timed_generate(cfg, device, batch=batch, new_tokens=new_tokens, eos_id=-1,
+                              pad_id=TOKENIZER.pad_id, use_cache=use_cache)
     return {"new_tokens_per_s": out.tokens.numel() / dt, "seconds": dt}
 
 
 def bench_ragged(cfg: ModelConfig, device, *, batch: int, new_tokens: int, compact: bool) -> dict:
     """Sampled rows that end at scattered steps, as self-improvement's traces do: a fixed
     batch runs every row until the longest ends; ``compact`` drops the finished ones."""
-    torch.manual_seed(0)
-    model = TransformerLM(cfg, TOKENIZER.vocab_size).to(device).eval()
-    with torch.no_grad():  # a loud EOS embedding: rows stop after a geometric number of steps
-        model.wte.weight[TOKENIZER.eos_id] *= 4
-    rng = np.random.default_rng(0)
-    prompts = [np.concatenate([[TOKENIZER.bos_id], rng.integers(3, TOKENIZER.vocab_size, size=8)]) for _ in range(batch)]
-    kw = dict(eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=1.0, compact=compact)
-    ac = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with ac:
-        model.generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0), **kw)  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        out = model.generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0), **kw)
-        sync(device)
-    dt = time.perf_counter() - t0
+    out, dt = _timed_generate(cfg, device, batch=batch, new_tokens=new_tokens, loud_eos=True, sample_seed=0,
+                              eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=1.0, compact=compact)
     written = int(out.lengths.sum() + out.finished.sum())  # tokens the rows really wrote (EOS included)
     return {"tokens_per_s": written / dt, "seconds": dt, "mean_len": written / batch, "steps": out.tokens.shape[1]}
 

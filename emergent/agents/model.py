@@ -287,7 +287,9 @@ class TransformerLM(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=device)
         key_valid = torch.cat([valid, torch.ones(B, N, dtype=torch.bool, device=device)], 1)  # [B, Tp+N]
 
-        rows = torch.arange(B, device=device)  # [b] the batch's rows still in the computation
+        # the batch's rows still in the computation: a slice (views, no gathers) until the
+        # first compaction, then an index tensor [b]
+        rows: slice | torch.Tensor = slice(None)
         cache = self.new_cache(B, Tp + N) if use_cache else None
         logits = self(ids, pos, key_valid, cache)[:, -1]  # [b, V]
         for n in range(N):
@@ -301,9 +303,9 @@ class TransformerLM(nn.Module):
             done[rows] = ended
             if n == N - 1 or bool(ended.all()):
                 break
-            if compact and 4 * int(ended.sum()) >= len(rows):
+            if compact and 4 * int(ended.sum()) >= len(ended):
                 live = (~ended).nonzero().squeeze(1)
-                rows, tok = rows[live], tok[live]
+                rows, tok = torch.arange(B, device=device)[rows][live], tok[live]
                 if cache is not None:
                     cache.keep(live)
             if use_cache:

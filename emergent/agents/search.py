@@ -316,11 +316,18 @@ def _gamma(conc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out * u ** (1.0 / conc)  # Gamma(a) * U^(1/alpha) ~ Gamma(alpha)
 
 
-def root_visit_probs(tree: Tree) -> torch.Tensor:
-    """Visit distribution over the root's children [B, K]; the prior where nothing was visited."""
+def root_children(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
+    """The root's child nodes [B, K] (clamped to 0 where absent) and their visits [B, K]
+    (0 where absent)."""
     children = _at(tree.children, tree.root)
     rows = torch.arange(tree.batch, device=children.device)[:, None]
-    n = tree.visits[rows, children.clamp(min=0)] * (children >= 0)
+    safe = children.clamp(min=0)
+    return safe, tree.visits[rows, safe] * (children >= 0)
+
+
+def root_visit_probs(tree: Tree) -> torch.Tensor:
+    """Visit distribution over the root's children [B, K]; the prior where nothing was visited."""
+    _, n = root_children(tree)
     total = n.sum(1, keepdim=True)
     return torch.where(total > 0, n / total.clamp(min=1e-9), _at(tree.prior, tree.root))
 
@@ -331,10 +338,9 @@ def completed_q_policy(tree: Tree, prior: torch.Tensor, *, value_scale: float, m
     in [0, 1]). An unvisited child's Q is the mixed value: the root's own evaluation
     averaged with the prior-weighted Q of the visited children. ``prior`` is the root's
     prior before any Dirichlet noise."""
-    children = _at(tree.children, tree.root)                          # [B, K]
+    children, n = root_children(tree)                                  # [B, K], [B, K]
     rows = torch.arange(tree.batch, device=children.device)[:, None]
-    n = tree.visits[rows, children.clamp(min=0)] * (children >= 0)   # [B, K]
-    q = tree.value_sum[rows, children.clamp(min=0)] / n.clamp(min=1)
+    q = tree.value_sum[rows, children] / n.clamp(min=1)
     seen = n > 0
     p = prior.clamp(min=1e-30)
     p_seen = (p * seen).sum(1, keepdim=True)
@@ -399,7 +405,8 @@ def search(
             break
         searched = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
         searched_at[:, m] = searched if cfg.num_simulations > 0 else False
-        clean_prior = _at(tree.prior, tree.root).clone()  # before the root noise: the improved policy's base
+        if cfg.policy_target == "completed_q":  # the improved policy's base: the prior before root noise
+            clean_prior = _at(tree.prior, tree.root).clone()
         add_root_noise(tree, searched, cfg, generator)
         for _ in range(calls if bool(searched.any()) else 0):
             simulate(tree, searched, evaluator, cfg, eos_id=eos_id)

@@ -30,6 +30,7 @@ class ProblemStream:
         self._seen, self._correct = 0, 0.0  # outcomes at the top open difficulty, this window
         if train_size is not None:
             self.fixed = task.sample(np.random.default_rng([data_seed, 1]), train_size, "train", self.difficulties)
+            self._fixed_difficulty = np.array([p.difficulty for p in self.fixed])
 
     @property
     def top(self) -> int:
@@ -40,8 +41,8 @@ class ProblemStream:
         """``n`` problems; with ``fits``, fresh draws that fail it are replaced (and counted
         in ``too_long``). A fixed set was checked whole before training."""
         if self.fixed is not None:
-            pool = self.fixed if self.open == len(self.difficulties) else [p for p in self.fixed if p.difficulty <= self.top]
-            return [pool[i] for i in self.rng.integers(len(pool), size=n)]
+            pool = np.flatnonzero(self._fixed_difficulty <= self.top)  # all of it once every difficulty is open
+            return [self.fixed[j] for j in pool[self.rng.integers(len(pool), size=n)]]
         out: list[Problem] = []
         while len(out) < n:
             drawn = self.task.sample(self.rng, n - len(out), "train", self.difficulties[: self.open])

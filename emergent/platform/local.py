@@ -315,6 +315,7 @@ class Run:
             self.logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
         self.peak = peak_flops(exp.device)
         self._clock = time.perf_counter() - exp.elapsed_s  # wall clock of the run, over resumes
+        self._done = self._due()
         self.last_eval: dict[str, float] = {}
         self.window: list[dict] = []
         self.window_s = 0.0
@@ -328,10 +329,16 @@ class Run:
         """Wall-clock seconds of the run so far (a resumed run carries its earlier ones)."""
         return time.perf_counter() - self._clock
 
-    @property
-    def done(self) -> bool:
+    def _due(self) -> bool:
         limit = self.cfg.train.time_limit_s
         return self.exp.step >= self.cfg.train.steps or (limit is not None and self.elapsed_s >= limit)
+
+    @property
+    def done(self) -> bool:
+        """Decided once per step, in ``record``: the clock may pass the budget while a step
+        is logged or checkpointed, and the step that passes it must be the one handled as
+        the last (logged, evaluated, checkpointed), not one found done afterwards."""
+        return self._done
 
     def evaluate(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -348,7 +355,8 @@ class Run:
         Returns the logged training scalars, or None when nothing was logged."""
         self.window.append(metrics)
         self.window_s += seconds
-        step, last = self.exp.step, self.done
+        step = self.exp.step
+        self._done = last = self._due()
         values = None
         if log_due(self.cfg, step) or last:
             values = window_scalars(self.window, self.window_s, self.peak)  # syncs here only
