@@ -134,3 +134,22 @@ def test_eval_by_search(checkpoint, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test" in out and "all" in out
+
+
+def test_runtime_ray_without_ray_exits_2(tmp_path):
+    """Where Ray is absent (its import made to fail in a fresh interpreter), runtime=ray
+    exits 2 with one line saying how to install it, and writes nothing."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
+
+    code = ("import sys; sys.modules['ray'] = None  # 'import ray' now raises ImportError\n"
+            "from emergent.platform.cli import main\n"
+            f"sys.exit(main(['train', 'runtime=ray', 'logdir={tmp_path}']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=cli_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert "runtime=ray needs Ray: pip install" in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())

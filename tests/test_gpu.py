@@ -25,7 +25,7 @@ def test_cuda_kv_cache_equals_recompute():
 def test_cuda_bf16_fused_training_learns():
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(n_layer=2, n_head=4, d_model=64, max_len=32), TOKENIZER.vocab_size).cuda()
-    learner = SupervisedLearner(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1), 100, torch.device("cuda"))
+    learner = SupervisedLearner(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1, weight_decay=0.1), 100, torch.device("cuda"))
     assert learner.mixed_precision and learner.optimizer.defaults["fused"]
     batch = encode_batch(TOKENIZER, ["1+1=", "2+3=", "4+4="], ["2", "5", "8"], max_len=32)
     first = float(learner.update(batch)["loss"])

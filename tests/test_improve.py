@@ -183,3 +183,65 @@ def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target
     out = exp.learner.learn(batch)
     moved = not all(torch.equal(before[k], v) for k, v in exp.model.state_dict().items())
     assert moved == (confident == 1.0) and (out["flops"]["train"] > 0) == moved
+
+
+def test_policy_gradient_takes_updates_per_iter_steps_on_its_schedule(tmp_path):
+    """``improve.updates_per_iter`` clipped steps per iteration, and the schedule is
+    stretched over exactly the steps taken: the run ends where the schedule does."""
+    steps, k = 3, 4
+    exp = Experiment(load_config(None, [*SMALL, "train.method=policy_gradient", f"train.steps={steps}",
+                                        f"improve.updates_per_iter={k}", "optim.warmup_steps=0",
+                                        f"logdir={tmp_path}"]))
+    lrs = []
+    apply = exp.learner.learner.apply
+
+    def spy(loss):
+        out = apply(loss)
+        lrs.append(out["lr"])
+        return out
+
+    exp.learner.learner.apply = spy
+    for _ in range(steps):
+        exp.train_step()
+    opt = exp.learner.learner
+    assert len(lrs) == steps * k == opt.step_count == opt.total_steps
+    from emergent.agents.learner import lr_at
+
+    assert lrs == [lr_at(i, steps * k, exp.cfg.optim) for i in range(steps * k)]
+    assert lrs[-1] < lrs[0]  # the cosine ran its course over the steps taken, not a stretched one
+
+
+def test_one_policy_gradient_update_is_reinforce_with_the_group_baseline(tmp_path):
+    """With one update the clipped ratio is exactly 1: the gradient is REINFORCE's."""
+    exp = Experiment(load_config(None, [*SMALL, "train.method=policy_gradient", f"logdir={tmp_path}"]))
+    problems = exp.data.next(exp.cfg.improve.problems_per_iter)
+    batch = exp.learner.collect([p.prompt for p in problems], Oracle(exp.task, problems))
+    batch.scores = np.random.default_rng(0).random(batch.size)  # an untrained policy earns nothing: vary it
+    grads = {}
+
+    def capture(loss):
+        exp.model.zero_grad()
+        loss.backward()
+        grads.update({n: p.grad.clone() for n, p in exp.model.named_parameters()})
+        return {"lr": 0.0, "grad_norm": torch.zeros(())}
+
+    exp.learner.learner.apply = capture
+    exp.learner.learn(batch)
+    # by hand: -(A * log p(completion tokens)) / tokens, A = group-normalised verifier reward
+    from emergent.agents.data import encode_batch
+    from emergent.envs import TOKENIZER
+
+    S = exp.cfg.improve.samples
+    reward = np.where(batch.finished, batch.scores, 0.0).reshape(-1, S)
+    A = torch.as_tensor(((reward - reward.mean(1, keepdims=True)) / (reward.std(1, keepdims=True) + 1e-4)).reshape(-1),
+                        dtype=torch.float32)
+    b = encode_batch(TOKENIZER, batch.prompt_of, batch.completions, exp.model.cfg.max_len)
+    cut = torch.as_tensor(~batch.finished)
+    last = b.loss_mask.cumsum(1).argmax(1)
+    b.loss_mask[torch.arange(len(last))[cut], last[cut]] = 0
+    logp = torch.log_softmax(exp.model(b.inputs).float(), -1).gather(2, b.targets[..., None]).squeeze(-1)
+    exp.model.zero_grad()
+    (-(A[:, None] * logp * b.loss_mask).sum() / b.loss_mask.sum()).backward()
+    assert A.abs().sum() > 0  # the check below is not vacuous
+    for n, p in exp.model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7)

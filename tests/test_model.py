@@ -146,7 +146,7 @@ def test_a_few_steps_of_learning_reduce_the_loss():
     from emergent.agents.supervised import SupervisedLearner, completion_nll
 
     model = make()
-    learner = SupervisedLearner(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1), 100, torch.device("cpu"))
+    learner = SupervisedLearner(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1, weight_decay=0.1), 100, torch.device("cpu"))
     batch = encode_batch(TOKENIZER, ["1+1=", "2+3=", "4+4="], ["2", "5", "8"], max_len=16)
     with torch.no_grad():
         before = float(completion_nll(model, batch))

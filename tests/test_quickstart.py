@@ -1,19 +1,36 @@
-"""The README's main command, as written, reaches the acceptance bar (about 2 min on 2 cores)."""
+"""The README's main command, `emergent train`, learns on more than one seed.
+
+Seeds 0 and 1 run side by side, one thread each (about 4 minutes on 2 cores). The
+bars sit a little under what the five-seed measurement in configs/quickstart.yaml
+gives (1.0 everywhere): a held-out 1-digit fact costs about 0.1 of its difficulty's
+score (the test split has ten of them), and a machine may miss one.
+"""
+import subprocess
+import sys
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_cli
+from conftest import ROOT, cli_env
 from emergent.platform import tags
+
+SEEDS = (0, 1)
 
 
 @pytest.mark.slow
-def test_quickstart_learns_3_digit_addition(tmp_path):
-    proc = run_cli("train", "configs/quickstart.yaml", f"logdir={tmp_path}", "progress=false", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    acc = EventAccumulator(str(tmp_path / "quickstart" / "supervised_L2_d128_learned_s0"))
-    acc.Reload()
-    final = {t: acc.Scalars(t)[-1] for t in (tags.eval_tag("test", "exact_match"),
-                                            tags.eval_tag("test", "exact_match", 3))}
-    assert all(e.step == 1800 for e in final.values())
-    assert final[tags.eval_tag("test", "exact_match")].value >= 0.95
-    assert final[tags.eval_tag("test", "exact_match", 3)].value >= 0.95
+def test_quickstart_learns_3_digit_addition_on_two_seeds(tmp_path):
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    procs = {s: subprocess.Popen([sys.executable, "-m", "emergent", "train", f"seed={s}", f"logdir={tmp_path}",
+                                  "progress=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for s in SEEDS}
+    for s, proc in procs.items():
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-2000:]
+    for s in SEEDS:
+        acc = EventAccumulator(str(tmp_path / "quickstart" / f"supervised_L2_d128_learned_s{s}"))
+        acc.Reload()
+        final = {t: acc.Scalars(t)[-1] for t in acc.Tags()["scalars"] if t.startswith("eval/test/")}
+        overall = final[tags.eval_tag("test", "exact_match")]
+        assert overall.step == 1800 and overall.value >= 0.97, (s, overall)
+        for d in (1, 2, 3):
+            assert final[tags.eval_tag("test", "exact_match", d)].value >= 0.88, (s, d, final)

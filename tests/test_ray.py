@@ -80,18 +80,6 @@ def test_a_killed_trace_worker_is_restarted_and_nothing_counts_twice(local_ray, 
     assert not set(counts["discarded"]) & set(counts["batches"])
 
 
-def test_runtime_ray_without_ray_exits_2(monkeypatch, capsys, tmp_path):
-    import importlib.util
-
-    from emergent.platform.cli import main
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
-    assert main(["train", "runtime=ray", f"logdir={tmp_path}"]) == 2
-    err = capsys.readouterr().err
-    assert "runtime=ray needs Ray: pip install" in err and len(err.strip().splitlines()) == 1
-
-
 def test_supervised_under_ray_computes_exactly_what_local_computes(local_ray, tmp_path):
     from emergent.platform.local import train_local
     from emergent.platform.ray_runtime import train_ray

@@ -1,32 +1,56 @@
-"""A Ray cluster job: `ray start --head`, `ray job submit ... runtime=ray`, succeeded, `ray stop`.
+"""The README's cluster recipe, run verbatim by bash from a home with no Ray state.
 
-Its own module, so no in-process Ray (test_ray.py's fixture) is running beside the cluster.
+The recipe's job line gets a tiny budget appended (later overrides win), nothing else
+changes. Its own module, so no in-process Ray (test_ray.py's fixture) runs beside the
+cluster.
 """
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from test_ray import SMALL
+from conftest import ROOT, TINY
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
+TINY_JOB = [*TINY, "train.steps=4", "eval.splits=[test]"]
 
-def test_ray_job_submit_succeeds(tmp_path):
-    """`ray start --head`, `ray job submit ... runtime=ray`, SUCCEEDED, `ray stop`."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, cwd=tmp_path)
+
+def readme_cluster_recipe() -> str:
+    """The README's bash block that starts a cluster, submits a job and stops it."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    recipe = [b for b in blocks if "ray start --head" in b]
+    assert len(recipe) == 1, "the README must hold exactly one cluster recipe"
+    return recipe[0]
+
+
+def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = readme_cluster_recipe()
+    job = [line for line in recipe.splitlines() if line.startswith("ray job submit")]
+    assert len(job) == 1 and "logdir=$PWD/runs" in job[0]
+    # the tiny budget and a logdir under tmp_path are appended to the job's command line
+    script = recipe.replace(job[0], job[0].split("#")[0].rstrip() + " " + " ".join(
+        f"'{a}'" for a in [*TINY_JOB, f"logdir={tmp_path}/runs"]))
+    home = tmp_path / "home"
+    home.mkdir()  # no ~/.ray/auth_token: the recipe must make its own
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0",
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]))
     try:
-        job = subprocess.run([ray_bin, "job", "submit", "--working-dir", root, "--", sys.executable, "-m", "emergent",
-                              "train", *SMALL, "train.steps=4", f"logdir={tmp_path}/runs"],
-                             env=env, capture_output=True, text=True, timeout=400, cwd=root)
-        out = job.stdout + job.stderr
-        assert job.returncode == 0 and "succeeded" in out, out[-3000:]  # the CLI prints: Job ... succeeded
-        assert list((tmp_path / "runs").rglob("last.pt"))
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=400)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "succeeded" in out, out[-3000:]  # the CLI prints: Job ... succeeded
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+        subprocess.run(["bash", "-c", "ray stop --force"], env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True)
+    assert (home / ".ray" / "auth_token").is_file()
+    runs = list((tmp_path / "runs").glob("quickstart/*"))
+    assert len(runs) == 1 and (runs[0] / "last.pt").is_file()
+    acc = EventAccumulator(str(runs[0]))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/test/exact_match")][-1] == 4

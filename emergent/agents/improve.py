@@ -90,7 +90,8 @@ class ImproveConfig:
     kl_coef: float = 0.0             # policy_gradient: KL(policy || starting policy) penalty
     replay_size: int = 2048          # expert_iteration / alphazero: traces kept for updates
     train_batch: int = 64            # expert_iteration / alphazero: traces per update
-    updates_per_iter: int = 1
+    updates_per_iter: int = 1        # policy steps per iteration (policy_gradient: clipped steps on one batch)
+    clip_ratio: float = 0.2          # policy_gradient: PPO/GRPO clip of the probability ratio (acts from the 2nd step)
     init_from: Optional[str] = None  # a checkpoint to start from (e.g. a supervised run)
 
     def validate(self) -> None:
@@ -103,6 +104,8 @@ class ImproveConfig:
             raise ValueError("improve.problems_per_iter, improve.samples and improve.updates_per_iter must be >= 1")
         if self.temperature <= 0:
             raise ValueError("improve.temperature must be > 0 (sampling)")
+        if not 0 < self.clip_ratio < 1:
+            raise ValueError(f"improve.clip_ratio must lie in (0, 1), got {self.clip_ratio}")
 
 
 class Verifier(Protocol):
@@ -173,7 +176,7 @@ class RewardTrainer(Learner):
     """BCE on verifier (or vote) outcomes of self-generated traces; held-out diagnostics."""
 
     def __init__(self, net: RewardNet, cfg: RewardNetConfig, total_steps: int, device: torch.device):
-        super().__init__(net, OptimConfig(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=0), total_steps, device)
+        super().__init__(net, OptimConfig(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=0, weight_decay=0.1), total_steps, device)
         self.net, self.rcfg = net, cfg
 
     def update(self, batch: ValueBatch) -> dict:
@@ -417,6 +420,9 @@ class PolicyGradient(SelfImprover):
         return exp
 
     def learn(self, exp: Experience) -> dict:
+        """``updates_per_iter`` clipped policy-gradient steps on this batch (GRPO). The first
+        step's log-probs are the reference of the probability ratio, so with one update the
+        ratio is exactly 1 and the step is plain REINFORCE with a baseline."""
         c = self.cfg
         rm = self.train_reward(exp)
         flops = {"reward": rm.pop("reward_flops"), "train": 0.0}
@@ -434,26 +440,35 @@ class PolicyGradient(SelfImprover):
         last = batch.loss_mask.cumsum(1).argmax(1)
         batch.loss_mask[torch.arange(len(last))[cut], last[cut]] = 0
         batch = batch.to(self.device)
-        A = torch.as_tensor(adv, dtype=torch.float32, device=self.device)
-        self.policy.train()
-        with autocast(self.device, self.learner.mixed_precision):
-            logits = self.policy(batch.inputs).float()
-            logp = torch.log_softmax(logits, -1).gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
-            denom = batch.loss_mask.sum().clamp(min=1)
-            loss = -(A[:, None] * logp * batch.loss_mask).sum() / denom
-            kl = torch.zeros((), device=self.device)
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref = torch.log_softmax(self.reference(batch.inputs).float(), -1)
-                    ref = ref.gather(2, batch.targets[..., None]).squeeze(-1)
-                delta = ref - logp
-                kl = ((delta.exp() - delta - 1) * batch.loss_mask).sum() / denom  # k3 estimator, >= 0
-                loss = loss + c.kl_coef * kl
-        m = self.learner.apply(loss)
+        A = torch.as_tensor(adv, dtype=torch.float32, device=self.device)[:, None]  # [R, 1]
+        denom = batch.loss_mask.sum().clamp(min=1)
         R, T = batch.inputs.shape
-        passes = 3 + (1 if self.reference is not None else 0)  # fwd+bwd, plus a reference forward
-        flops["train"] += self.policy.flops_per_token(T, backward=False) * R * T * passes
-        metrics = {"loss": loss.detach(), "lr": m["lr"], "grad_norm": m["grad_norm"], "tokens": R * T,
+        ref = None
+        if self.reference is not None:  # the KL anchor does not move: one forward for all updates
+            with torch.no_grad(), autocast(self.device, self.learner.mixed_precision):
+                ref = torch.log_softmax(self.reference(batch.inputs).float(), -1)
+                ref = ref.gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
+            flops["train"] += self.policy.flops_per_token(T, backward=False) * R * T
+        old = None  # [R, T] log-probs under the weights that took the first step
+        self.policy.train()
+        for _ in range(c.updates_per_iter):
+            with autocast(self.device, self.learner.mixed_precision):
+                logits = self.policy(batch.inputs).float()
+                logp = torch.log_softmax(logits, -1).gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
+                if old is None:
+                    old = logp.detach()
+                ratio = (logp - old).exp()
+                clipped = ratio.clamp(1 - c.clip_ratio, 1 + c.clip_ratio)
+                loss = -(torch.minimum(ratio * A, clipped * A) * batch.loss_mask).sum() / denom
+                kl = torch.zeros((), device=self.device)
+                if ref is not None:
+                    delta = ref - logp
+                    kl = ((delta.exp() - delta - 1) * batch.loss_mask).sum() / denom  # k3 estimator, >= 0
+                    loss = loss + c.kl_coef * kl
+            m = self.learner.apply(loss)
+            flops["train"] += self.policy.flops_per_token(T, backward=True) * R * T  # fwd + bwd
+        metrics = {"loss": loss.detach(), "lr": m["lr"], "grad_norm": m["grad_norm"],
+                   "tokens": R * T * c.updates_per_iter,
                    "train/reward_mean": float(np.mean(reward)), "train/kl": float(kl)}
         metrics.update(rm)
         return {"metrics": metrics, "flops": flops}

@@ -15,10 +15,11 @@ import torch.nn as nn
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
+    # the defaults are the quickstart's (configs/quickstart.yaml says why these values)
+    lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 50
-    weight_decay: float = 0.1
+    weight_decay: float = 0.5
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
