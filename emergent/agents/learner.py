@@ -19,7 +19,7 @@ class OptimConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 50
-    weight_decay: float = 0.5
+    weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
