@@ -19,7 +19,7 @@ import ray
 import torch
 
 from emergent.platform.config import load_config
-from emergent.platform.local import Experiment
+from emergent.platform.experiment import Experiment
 from emergent.platform.ray_runtime import LearnerActor, TraceWorker, load_numpy, to_numpy
 
 DEFAULT = ["train.method=expert_iteration", "task.name=addition", "task.difficulty=[1,3]", "device=cpu",
@@ -30,15 +30,15 @@ def throughput(cfg, n_workers: int, batches: int) -> float:
     Worker = ray.remote(TraceWorker).options(num_cpus=1)
     workers = [Worker.remote(cfg, i, threads=1) for i in range(n_workers)]
     ray.get([w.pid.remote() for w in workers])
-    exp = Experiment(cfg)
-    weights = ray.put({"version": 0, "policy": to_numpy(exp.model.state_dict()),
-                       "reward_net": to_numpy(exp.reward_net.state_dict())})
-    problems = [exp.data.next(cfg.improve.problems_per_iter) for _ in range(batches + n_workers)]
+    experiment = Experiment(cfg)
+    weights = ray.put({"version": 0, **{name: to_numpy(m.state_dict())
+                                        for name, m in experiment.method.networks().items()}})
+    problems = [experiment.next_problems() for _ in range(batches + n_workers)]
     # warm-up: one batch per worker (first weight load, allocator)
-    ray.get([w.collect.remote(weights, problems[i], i) for i, w in enumerate(workers)])
+    ray.get([w.collect.remote(weights, problems[i], i, 0) for i, w in enumerate(workers)])
     t0 = time.perf_counter()
-    refs = [workers[i % n_workers].collect.remote(weights, problems[n_workers + i], i) for i in range(batches)]
-    traces = sum(exp_.size for exp_, _ in ray.get(refs))
+    refs = [workers[i % n_workers].collect.remote(weights, problems[n_workers + i], i, 0) for i in range(batches)]
+    traces = sum(collected.experience.size for collected, _ in ray.get(refs))
     seconds = time.perf_counter() - t0
     for w in workers:
         ray.kill(w)
@@ -62,20 +62,21 @@ def main() -> None:
     # weight sync per version vs one local iteration (collect + learn) on the same config,
     # computed with the threads a local run uses
     threads = torch.get_num_threads()
-    learner = LearnerActor(cfg, threads=threads)
+    learner = LearnerActor(cfg, driver_threads=threads)
+    torch.set_num_threads(threads)  # the actor class set its own: time what a local run computes
     worker = TraceWorker(cfg, 0, threads=threads)
     syncs = []
     for _ in range(5):
         t0 = time.perf_counter()
         ref = ray.put(learner.weights())
         w = ray.get(ref)
-        load_numpy(worker.exp.model, w["policy"])
-        load_numpy(worker.exp.reward_net, w["reward_net"])
+        for name, module in worker.experiment.method.networks().items():
+            load_numpy(module, w[name])
         syncs.append(time.perf_counter() - t0)
-    exp = learner.run.exp
+    experiment = learner.run.experiment
     t0 = time.perf_counter()
     for _ in range(3):
-        exp.train_step()
+        experiment.train_step()
     iteration = (time.perf_counter() - t0) / 3
     sync = sorted(syncs)[len(syncs) // 2]
     print(f"weight sync per version: {sync * 1e3:.2f} ms (median of 5); one local iteration: {iteration * 1e3:.0f} ms; "

@@ -19,12 +19,12 @@ import time
 import numpy as np
 import torch
 
-from emergent.agents.data import encode_batch
-from emergent.agents.learner import OptimConfig
+from emergent.agents.learner import Learner, OptimConfig
 from emergent.agents.model import ModelConfig, TransformerLM
-from emergent.agents.supervised import SupervisedLearner
+from emergent.agents.supervised import completion_nll
+from emergent.agents.token_batch import encode_batch
 from emergent.envs import TOKENIZER, make_task
-from emergent.platform.local import peak_flops
+from emergent.platform.run import peak_flops
 
 SIZES = {
     "quickstart": ModelConfig(n_layer=2, n_head=4, d_model=128, max_len=64),
@@ -41,22 +41,26 @@ def sync(device):
 def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool, compile: bool) -> dict:
     torch.manual_seed(0)
     model = TransformerLM(cfg, TOKENIZER.vocab_size).to(device)
-    learner = SupervisedLearner(model, OptimConfig(), 10_000, device, compile=compile, mixed_precision=bf16)
+    learner = Learner(model, OptimConfig(), 10_000, device, mixed_precision=bf16)
+    loss_fn = torch.compile(completion_nll) if compile else completion_nll
     task = make_task("sorting")  # long enough rows to fill a context
     length = max(2, (cfg.max_len - 2) // 6)
     problems = task.sample(np.random.default_rng(0), batch, "train", [length])
-    data = encode_batch(TOKENIZER, [p.prompt for p in problems], [p.trace for p in problems], cfg.max_len)
+    data = encode_batch(TOKENIZER, [p.prompt for p in problems], [p.trace for p in problems], cfg.max_len).to(device)
+    B, T = data.inputs.shape
+    step = lambda: learner.step(lambda: loss_fn(model, data), tokens=B * T,  # noqa: E731
+                                flops=model.flops_per_token(T, backward=True) * B * T)
     for _ in range(3):  # warm-up (and compilation)
-        learner.update(data)
+        step()
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        m = learner.update(data)
-    float(m["loss"])
+        u = step()
+    float(u.loss)
     sync(device)
     dt = time.perf_counter() - t0
     tokens = data.inputs.numel() * steps
-    flops = m["flops"] * steps
+    flops = u.flops * steps
     peak = peak_flops(device)
     return {"tokens_per_s": tokens / dt, "tflops": flops / dt / 1e12, "mfu": flops / dt / peak if peak else None,
             "params": model.num_params(), "seq": data.inputs.shape[1]}

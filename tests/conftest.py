@@ -8,12 +8,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A run small enough for a unit test: seconds on 2 CPU cores.
-TINY = [
+# A run small enough for a unit test: seconds on 2 CPU cores. SHARED holds the keys every
+# method reads; TINY is a supervised run (train.batch_size is refused for the others).
+SHARED = [
     "model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_len=24",
-    "train.batch_size=16", "train.log_every=5", "eval.problems=24", "eval.every=10", "eval.batch_size=64",
+    "train.log_every=5", "eval.problems=24", "eval.every=10", "eval.batch_size=64",
     "task.difficulty=[1,2]", "task.extrapolate=[3,3]", "optim.warmup_steps=5", "progress=false",
 ]
+TINY = [*SHARED, "train.batch_size=16"]
+# the self-improvement methods at the same size: a tiny batch, a tiny reward net
+SMALL = [*SHARED, "improve.problems_per_iter=6", "improve.samples=3", "reward.n_layer=1", "reward.d_model=32",
+         "reward.n_head=2", "reward.init=scratch", "eval.problems=12"]
+SEARCH = ["search.num_simulations=4", "search.leaves_per_call=2", "search.top_k=4"]
 
 
 def cli_env() -> dict:
@@ -25,6 +31,16 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
     """Run the real entry point, ``python -m emergent``, in a subprocess."""
     return subprocess.run([sys.executable, "-m", "emergent", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=cli_env(), **kwargs)
+
+
+def scalars(run_dir, *, perf: bool = True) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar a run logged, read back from its TensorBoard events: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]
+            if perf or not t.startswith("perf/")}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,7 +28,16 @@ BAD_TRAIN = [
     (["train.time_limit_s=0"], ["train.time_limit_s must be > 0"]),
     (["train.curriculum=1.5"], ["train.curriculum must lie in (0, 1]"]),
     (["train.curriculum_window=0"], ["train.curriculum_window must be >= 1"]),
-    (["search.policy_target=counts"], ["search.policy_target='counts'", "completed_q"]),
+    (["train.method=alphazero", "search.policy_target=counts"], ["search.policy_target='counts'", "completed_q"]),
+    # a key only other methods read would be silently ignored: refused, naming who reads it
+    (["train.method=expert_iteration", "train.batch_size=16"],
+     ["train.batch_size=16 is not read by train.method=expert_iteration", "['supervised']"]),
+    (["train.method=alphazero", "train.target=answer"], ["train.target='answer'", "['supervised']"]),
+    (["improve.samples=4"], ["improve.samples=4 is not read by train.method=supervised", "policy_gradient"]),
+    (["train.method=policy_gradient", "improve.replay_size=10"], ["improve.replay_size=10", "alphazero"]),
+    (["train.method=expert_iteration", "search.num_simulations=8"], ["search.num_simulations=8", "['alphazero']"]),
+    (["train.method=expert_iteration", "improve.clip_ratio=0.1"], ["improve.clip_ratio=0.1", "['policy_gradient']"]),
+    (["reward.lr=0.1"], ["reward.lr=0.1 is not read by train.method=supervised"]),
 ]
 
 
@@ -51,8 +60,9 @@ def checkpoint(tmp_path_factory):
     """A real checkpoint from a 4-step run."""
     from conftest import TINY
 
-    logdir = tmp_path_factory.mktemp("ckpt")
-    assert main(["train", *TINY, "train.steps=4", f"logdir={logdir}", "run_name=r"]) == 0
+    logdir = tmp_path_factory.mktemp("ckpt")  # long enough to answer some problems (0.17 test exact match)
+    assert main(["train", *TINY, "train.steps=60", "optim.lr=3e-3", "eval.every=1000", f"logdir={logdir}",
+                 "run_name=r"]) == 0
     return logdir / "quickstart" / "r" / "last.pt"
 
 
@@ -115,6 +125,11 @@ def test_yaml_and_overrides_compose(tmp_path):
     assert again == cfg
 
 
+def test_search_keys_are_accepted_where_an_evaluation_searches(tmp_path):
+    cfg = load_config(None, ["eval.decode=search", "search.num_simulations=8"])  # supervised, evaluated by search
+    assert cfg.search.num_simulations == 8
+
+
 def test_the_builtin_default_is_the_quickstart():
     assert load_config() == load_config("configs/quickstart.yaml")
 
@@ -128,12 +143,26 @@ def test_every_shipped_config_loads():
         load_config(path, ["improve.init_from=null"])  # warm starts point at runs not made here
 
 
+def _table(capsys) -> dict[tuple[str, str], list[float]]:
+    """(split, difficulty) -> [n, exact_match, token_acc, edit_dist] from `emergent eval`'s output."""
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    return {(r[0], r[1]): [float(x) for x in r[2:]] for r in rows}
+
+
 def test_eval_by_search(checkpoint, capsys):
-    args = ["eval", str(checkpoint), "eval.problems=6", "eval.decode=search", "search.num_simulations=4",
-            "search.top_k=3", "eval.splits=[test]"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "test" in out and "all" in out
+    base = ["eval", str(checkpoint), "eval.problems=12", "eval.splits=[test]"]
+    assert main(base) == 0
+    greedy = _table(capsys)
+    assert greedy[("test", "all")][0] == 12 and greedy[("test", "all")][2] > 0  # not vacuous: it answers some
+    # a search that never simulates (every move confident) plays the prior's argmax: greedy decoding
+    assert main([*base, "eval.decode=search", "search.confident_prior=0.0", "search.top_k=3"]) == 0
+    assert _table(capsys) == greedy
+    # with simulations it searches (no reward net in a supervised checkpoint: leaves are valued 0.5)
+    # and reports every difficulty of the split
+    assert main([*base, "eval.decode=search", "search.num_simulations=8", "search.top_k=3"]) == 0
+    searched = _table(capsys)
+    assert set(searched) == set(greedy) and searched[("test", "all")][0] == 12
+    assert all(0 <= row[1] <= 1 for row in searched.values())
 
 
 def test_runtime_ray_without_ray_exits_2(tmp_path):

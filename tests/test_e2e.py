@@ -3,27 +3,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, TINY, cli_env, run_cli
-from emergent.platform import tags
+from conftest import ROOT, SHARED, TINY, cli_env, run_cli, scalars
+from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.cli import main
 from emergent.platform.config import load_config
 from emergent.platform.local import train_local
-
-
-def read_events(run_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    return acc
-
-
-def scalar_series(acc: EventAccumulator, tag: str) -> list[tuple[int, float]]:
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
 def test_tiny_run_writes_everything_tensorboard_needs(tmp_path):
@@ -31,20 +19,23 @@ def test_tiny_run_writes_everything_tensorboard_needs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "e2e" / "supervised_L1_d32_learned_s0"
     assert "finished" in proc.stdout and (run_dir / "last.pt").is_file()
-    acc = read_events(run_dir)
-    scalars = set(acc.Tags()["scalars"])
+    logged = scalars(run_dir)
     required = {tags.TRAIN_LOSS, tags.TRAIN_LR, tags.PERF_TOKENS_PER_S, tags.COMPUTE_TRAIN_FLOPS,
                 tags.COMPUTE_TOTAL_FLOPS}
     required |= {tags.eval_tag(s, m) for s in ("train", "test", "extrapolate") for m in tags.EVAL_METRICS}
     required |= {tags.eval_tag("test", "exact_match", 1), tags.eval_tag("extrapolate", "exact_match", 3)}
-    assert required <= scalars
+    assert required <= set(logged)
     # eval at the start, every eval.every steps and at the end
-    assert [s for s, _ in scalar_series(acc, tags.eval_tag("test", "exact_match"))] == [0, 10, 20]
-    flops = scalar_series(acc, tags.COMPUTE_TRAIN_FLOPS)
+    assert [s for s, _ in logged[tags.eval_tag("test", "exact_match")]] == [0, 10, 20]
+    flops = logged[tags.COMPUTE_TRAIN_FLOPS]
     assert [s for s, _ in flops] == [5, 10, 15, 20] and all(b > a for (_, a), (_, b) in zip(flops, flops[1:]))
     # the ledger is cumulative: its last value is steps x per-step FLOPs summed, never reset
     ckpt = load_checkpoint(run_dir / "last.pt")
     assert flops[-1][1] == pytest.approx(ckpt["ledger"]["train"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})  # text and hparams: not scalars
+    acc.Reload()
     texts = set(acc.Tags()["tensors"])
     assert {"config/text_summary", "samples/test/text_summary"} <= texts
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -56,24 +47,19 @@ def test_tiny_run_writes_everything_tensorboard_needs(tmp_path):
     assert start.hparams["train.method"].string_value == "supervised"
 
 
-def _scalars_of(cfg) -> dict:
-    acc = read_events(cfg.run_dir)
-    return {t: scalar_series(acc, t) for t in acc.Tags()["scalars"] if not t.startswith("perf/")}
-
-
 def test_same_seed_same_metrics_different_seed_different(tmp_path):
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         cfg = load_config(None, [*TINY, "train.steps=15", f"seed={seed}", f"logdir={tmp_path}", f"run_name={name}"])
         train_local(cfg)
-        runs[name] = _scalars_of(cfg)
+        runs[name] = scalars(cfg.run_dir, perf=False)
     assert runs["a"] == runs["b"]
     assert runs["a"][tags.TRAIN_LOSS] != runs["c"][tags.TRAIN_LOSS]
 
 
 def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
-    steps = 120
-    args = [*TINY, f"train.steps={steps}", "checkpoint_every=10", "eval.every=40", f"logdir={tmp_path}"]
+    steps = 60
+    args = [*TINY, f"train.steps={steps}", "checkpoint_every=10", "eval.every=30", f"logdir={tmp_path}"]
     proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = tmp_path / "quickstart" / "killed" / "last.pt"
@@ -83,7 +69,7 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
             if ckpt.exists():
                 # every read of a checkpoint that a live process is rewriting is complete
                 seen.append(int(load_checkpoint(ckpt)["step"]))
-                if seen[-1] >= 30:
+                if seen[-1] >= 20:
                     break
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -91,7 +77,7 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = int(load_checkpoint(ckpt)["step"])
-    assert 30 <= killed_at < steps and len(seen) > 1
+    assert 20 <= killed_at < steps and len(seen) > 1
 
     resumed = run_cli("train", *args, "run_name=killed", "resume=true")
     assert resumed.returncode == 0, resumed.stderr
@@ -100,11 +86,11 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
 
     whole = run_cli("train", *args, "run_name=whole")
     assert whole.returncode == 0, whole.stderr
-    a = read_events(ckpt.parent)
-    b = read_events(tmp_path / "quickstart" / "whole")
+    a = scalars(ckpt.parent)
+    b = scalars(tmp_path / "quickstart" / "whole")
     # the resumed run is the same run: identical losses and evals, and no step logged twice
     for tag in (tags.TRAIN_LOSS, tags.eval_tag("test", "exact_match"), tags.COMPUTE_TRAIN_FLOPS):
-        assert scalar_series(a, tag) == scalar_series(b, tag), tag
+        assert a[tag] == b[tag], tag
 
 
 def test_resume_refuses_a_different_config(tmp_path, capsys):
@@ -130,26 +116,26 @@ def test_a_time_limit_ends_the_run_with_an_eval_and_a_checkpoint(tmp_path):
     first = load_checkpoint(run_dir / "last.pt")
     step = int(first["step"])
     assert 0 < step < 1000000 and first["elapsed_s"] >= 2
-    acc = read_events(run_dir)
-    assert [s for s, _ in scalar_series(acc, tags.eval_tag("test", "exact_match"))] == [0, step]
-    assert scalar_series(acc, tags.TRAIN_LOSS)[-1][0] == step
-    assert scalar_series(acc, tags.PERF_ELAPSED_S)[-1][1] >= 2
+    logged = scalars(run_dir)
+    assert [s for s, _ in logged[tags.eval_tag("test", "exact_match")]] == [0, step]
+    assert logged[tags.TRAIN_LOSS][-1][0] == step
+    assert logged[tags.PERF_ELAPSED_S][-1][1] >= 2
 
     # two more seconds than the first part used (under load its evals alone can take seconds)
     limit = float(first["elapsed_s"]) + 2
     train_local(load_config(None, [*base, f"train.time_limit_s={limit}", "resume=true"]))
     second = load_checkpoint(run_dir / "last.pt")
     assert int(second["step"]) > step and second["elapsed_s"] >= limit
-    evals = [s for s, _ in scalar_series(read_events(run_dir), tags.eval_tag("test", "exact_match"))]
+    evals = [s for s, _ in scalars(run_dir)[tags.eval_tag("test", "exact_match")]]
     assert evals == [0, step, int(second["step"])]
 
 
 def test_a_curriculum_starts_at_the_lowest_difficulty_and_rises(tmp_path):
     # supervised reads teacher-forced exact match; expert iteration, started from that run,
     # the verifier's verdicts on its own samples. Both open difficulty 2 only once 1 is learnt.
-    base = [*TINY, "train.curriculum_window=16", "train.log_every=1", "optim.lr=3e-3", "optim.min_lr=3e-3",
+    base = [*SHARED, "train.curriculum_window=16", "train.log_every=1", "optim.lr=3e-3", "optim.min_lr=3e-3",
             f"logdir={tmp_path}"]
-    sup = [*base, "train.steps=80", "train.curriculum=0.1", "run_name=sup"]
+    sup = [*base, "train.batch_size=16", "train.steps=80", "train.curriculum=0.1", "run_name=sup"]
     ei = [*base, "train.method=expert_iteration", "train.steps=40", "train.curriculum=0.1",
           "improve.problems_per_iter=16", "improve.samples=2", "reward.init=scratch", "reward.n_layer=1",
           "reward.d_model=32", "reward.n_head=2", "run_name=ei",
@@ -157,6 +143,5 @@ def test_a_curriculum_starts_at_the_lowest_difficulty_and_rises(tmp_path):
     for overrides in (sup, ei):
         cfg = load_config(None, overrides)  # after the supervised run: ei starts from its checkpoint
         train_local(cfg)
-        acc = read_events(cfg.run_dir)
-        values = [v for _, v in scalar_series(acc, tags.TRAIN_CURRICULUM)]
+        values = [v for _, v in scalars(cfg.run_dir)[tags.TRAIN_CURRICULUM]]
         assert values[0] == 1 and values[-1] == 2 and values == sorted(values), cfg.run_name

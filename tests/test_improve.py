@@ -1,18 +1,27 @@
 """Self-improvement: no gold access, the FLOP ledger, determinism, the learning signal."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
-from emergent.agents.improve import encode_values, majority_labels
-from emergent.platform import tags
+from conftest import SEARCH, SHARED, SMALL, TINY, scalars
+from emergent import tags
+from emergent.agents.records import Prompts
+from emergent.agents.reward_trainer import encode_values
+from emergent.agents.rollouts import majority_labels
 from emergent.platform.config import load_config
-from emergent.platform.local import Experiment, Oracle, train_local
+from emergent.platform.experiment import Experiment, Oracle
+from emergent.platform.local import train_local
 
 SELF_IMPROVEMENT = ["expert_iteration", "policy_gradient", "alphazero"]
-SMALL = [*TINY, "improve.problems_per_iter=6", "improve.samples=3", "search.num_simulations=4",
-         "search.leaves_per_call=2", "search.top_k=4", "reward.n_layer=1", "reward.d_model=32", "reward.n_head=2", "reward.init=scratch",
-         "eval.problems=12"]
+
+
+def small(method: str) -> list[str]:
+    """SMALL for ``method``: alphazero searches one trace per problem instead of sampling."""
+    if method == "alphazero":
+        return [*(a for a in SMALL if not a.startswith("improve.samples=")), f"train.method={method}", *SEARCH]
+    return [*SMALL, f"train.method={method}"]
 
 
 def test_majority_labels():
@@ -37,9 +46,9 @@ class RaisingOracle(Oracle):
 
 
 def test_majority_vote_never_calls_the_verifier(tmp_path, monkeypatch):
-    import emergent.platform.local as local
+    import emergent.platform.experiment as experiment
 
-    monkeypatch.setattr(local, "Oracle", RaisingOracle)
+    monkeypatch.setattr(experiment, "Oracle", RaisingOracle)
     cfg = load_config(None, [*SMALL, "train.method=expert_iteration", "improve.label_source=majority_vote",
                              "train.steps=3", f"logdir={tmp_path}"])
     train_local(cfg)  # would raise if any training problem's verifier were consulted
@@ -49,22 +58,28 @@ def test_majority_vote_never_calls_the_verifier(tmp_path, monkeypatch):
         train_local(cfg)  # and the same guard does fire when the verifier is used
 
 
-def test_learners_never_receive_problems_only_prompts(tmp_path, monkeypatch):
-    seen = []
-    cfg = load_config(None, [*SMALL, "train.method=policy_gradient", "train.steps=1", f"logdir={tmp_path}"])
-    exp = Experiment(cfg)
-    original = exp.learner.collect
-
-    def spy(prompts, verifier):
-        seen.append(prompts)
-        return original(prompts, verifier)
-
-    monkeypatch.setattr(exp.learner, "collect", spy)
+@pytest.mark.parametrize("method", ["supervised", *SELF_IMPROVEMENT])
+def test_a_method_sees_prompts_and_a_verifier_and_gold_only_if_it_learns_from_it(method, tmp_path, monkeypatch):
+    args = TINY if method == "supervised" else small(method)
+    exp = Experiment(load_config(None, [*args, f"train.method={method}", "train.steps=1", f"logdir={tmp_path}"]))
+    drawn, seen = [], []
+    next_problems, collect = exp.next_problems, exp.method.collect
+    monkeypatch.setattr(exp, "next_problems", lambda: drawn.extend(next_problems()) or drawn)
+    monkeypatch.setattr(exp.method, "collect", lambda batch: seen.append(batch) or collect(batch))
     exp.train_step()
-    assert seen and all(isinstance(p, str) and p.endswith("=") for p in seen[0])
+    (batch,) = seen
+    assert type(batch) is Prompts and {f.name for f in dataclasses.fields(batch)} == {"prompts", "verify", "gold"}
+    assert batch.prompts == [p.prompt for p in drawn]
+    if method == "supervised":
+        assert batch.gold == [p.trace for p in drawn]
+    else:  # no gold; the answers reach it only as the verifier's verdicts on completions
+        assert batch.gold is None
+        rows = np.arange(len(drawn))
+        assert batch.verify(rows, [p.trace for p in drawn]).tolist() == [1.0] * len(drawn)
+        assert batch.verify(rows, ["9" * 30] * len(drawn)).tolist() == [0.0] * len(drawn)
 
 
-def test_supervised_ledger_matches_the_analytic_count(tmp_path):
+def test_supervised_ledger_matches_the_analytic_count(tmp_path, monkeypatch):
     """compute/total_flops of a supervised run = 6 N tokens + 12 L d T tokens, within 5 %.
 
     N counts every parameter (embeddings, norms); the ledger counts the matmuls that run.
@@ -74,13 +89,16 @@ def test_supervised_ledger_matches_the_analytic_count(tmp_path):
                              "train.steps=6", f"logdir={tmp_path}"])
     exp = Experiment(cfg)
     tokens_at = []
-    update = exp.learner.update
+    import emergent.agents.supervised as supervised
 
-    def counting(batch, **kw):
+    encode = supervised.encode_batch
+
+    def counting(*args, **kw):
+        batch = encode(*args, **kw)
         tokens_at.append(batch.inputs.shape)
-        return update(batch, **kw)
+        return batch
 
-    exp.learner.update = counting
+    monkeypatch.setattr(supervised, "encode_batch", counting)
     for _ in range(6):
         exp.train_step()
     N = exp.model.num_params()
@@ -92,20 +110,15 @@ def test_supervised_ledger_matches_the_analytic_count(tmp_path):
 
 @pytest.mark.parametrize("method", SELF_IMPROVEMENT)
 def test_same_seed_same_metrics_and_a_full_ledger(method, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     series = []
     for name in ("a", "b"):
-        cfg = load_config(None, [*SMALL, f"train.method={method}", "train.steps=4", "train.log_every=2",
+        cfg = load_config(None, [*small(method), "train.steps=4", "train.log_every=2",
                                  "eval.every=2", f"logdir={tmp_path}", f"run_name={name}"])
         train_local(cfg)
-        acc = EventAccumulator(str(cfg.run_dir))
-        acc.Reload()
-        series.append({t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]
-                       if not t.startswith("perf/")})
+        series.append(scalars(cfg.run_dir, perf=False))
     assert series[0] == series[1]
     s = series[0]
-    assert {tags.COMPUTE_TOTAL_FLOPS, tags.eval_tag("test", "exact_match"), "train/sample_accuracy"} <= set(s)
+    assert {tags.COMPUTE_TOTAL_FLOPS, tags.eval_tag("test", "exact_match"), tags.TRAIN_SAMPLE_ACCURACY} <= set(s)
     part = "compute/search_flops" if method == "alphazero" else "compute/generate_flops"
     assert s[part][-1][1] > 0 and s["compute/reward_flops"][-1][1] > 0
     total = s[tags.COMPUTE_TOTAL_FLOPS][-1][1]
@@ -117,7 +130,7 @@ def test_init_from_a_supervised_checkpoint(tmp_path):
     sup = load_config(None, [*TINY, "train.steps=3", f"logdir={tmp_path}", "run_name=sup"])
     train_local(sup)
     ckpt = sup.run_dir / "last.pt"
-    cfg = load_config(None, [*SMALL, "train.method=expert_iteration", f"improve.init_from={ckpt}",
+    cfg = load_config(None, [*small("expert_iteration"), f"improve.init_from={ckpt}",
                              f"logdir={tmp_path}", "run_name=ei"])
     exp = Experiment(cfg)
     state = torch.load(ckpt, weights_only=True)
@@ -127,83 +140,89 @@ def test_init_from_a_supervised_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("method", ["expert_iteration", "alphazero"])
 def test_resume_restores_reward_net_and_replay(method, tmp_path):
-    base = [*SMALL, f"train.method={method}", f"logdir={tmp_path}"]
+    # a vote keeps the traces that agree with the majority: an untrained policy is right too
+    # rarely for the verifier to keep any, and an empty replay would make this check vacuous
+    vote = ["improve.label_source=majority_vote"] if method == "expert_iteration" else []
+    base = [*small(method), *vote, f"logdir={tmp_path}"]
     cfg = load_config(None, [*base, "train.steps=2"])
     train_local(cfg)
     state = torch.load(cfg.run_dir / "last.pt", weights_only=True)  # the safe loader reads it all
-    replay = state["learner"]["kept" if method == "expert_iteration" else "replay"]
+    replay, reward = state["learner"]["replay"], state["learner"]["reward"]
+    assert replay and reward["replay"]  # not vacuous: both replays hold traces after two steps
     resumed = Experiment(load_config(None, [*base, "train.steps=3", "resume=true"]))
-    from emergent.platform.local import try_resume
-
-    assert try_resume(resumed) and resumed.step == 2
-    for k, v in state["learner"]["reward_net"].items():
-        assert torch.equal(resumed.reward_net.state_dict()[k], v)
-    kept = resumed.learner.kept if method == "expert_iteration" else resumed.learner.replay
-    assert len(kept) == len(replay)
+    assert resumed.try_resume() and resumed.step == 2
+    for k, v in reward["net"].items():
+        assert torch.equal(resumed.method.reward_net.state_dict()[k], v)
+    restored = resumed.method.replay.state_dict()
+    assert [row[:3] for row in restored] == [row[:3] for row in replay]  # prompt, completion, label
+    assert all(torch.equal(a[3], b[3]) if b[3] is not None else a[3] is None for a, b in zip(restored, replay))
+    assert len(resumed.method.reward.replay) == len(reward["replay"])
 
 
 def test_reward_net_starts_from_the_policy_or_from_scratch():
-    base = [*TINY, "train.method=expert_iteration"]
+    base = [*SHARED, "train.method=expert_iteration"]
     exp = Experiment(load_config(overrides=base))
-    policy = exp.model.state_dict()
-    assert all(torch.equal(v, policy[k]) for k, v in exp.reward_net.trunk.state_dict().items())
-    assert not exp.reward_net.head.weight.detach().any()  # no opinion until trained
+    policy, net = exp.model.state_dict(), exp.method.reward_net
+    assert all(torch.equal(v, policy[k]) for k, v in net.trunk.state_dict().items())
+    assert not net.head.weight.detach().any()  # no opinion until trained
     exp = Experiment(load_config(overrides=[*base, "reward.init=scratch"]))
-    assert not torch.equal(exp.reward_net.trunk.state_dict()["wte.weight"], exp.model.state_dict()["wte.weight"])
+    assert not torch.equal(exp.method.reward_net.trunk.state_dict()["wte.weight"], exp.model.state_dict()["wte.weight"])
 
 
 @pytest.mark.parametrize("method", SELF_IMPROVEMENT)
 def test_collect_changes_no_weights_and_learn_consumes_its_experience(method, tmp_path):
     # the contract trace workers rely on: collect only reads the weights
-    exp = Experiment(load_config(None, [*SMALL, f"train.method={method}", f"logdir={tmp_path}"]))
-    problems = exp.data.next(exp.cfg.improve.problems_per_iter)
-    before = {k: v.clone() for k, v in [*exp.model.state_dict().items(), *exp.reward_net.state_dict().items()]}
-    batch = exp.learner.collect([p.prompt for p in problems], Oracle(exp.task, problems))
-    after = [*exp.model.state_dict().items(), *exp.reward_net.state_dict().items()]
+    exp = Experiment(load_config(None, [*small(method), f"logdir={tmp_path}"]))
+    net = exp.method.reward_net
+    problems = exp.next_problems()
+    before = {k: v.clone() for k, v in [*exp.model.state_dict().items(), *net.state_dict().items()]}
+    batch = exp.collect(problems).experience
+    after = [*exp.model.state_dict().items(), *net.state_dict().items()]
     assert all(torch.equal(before[k], v) for k, v in after)
     per_problem = 1 if method == "alphazero" else exp.cfg.improve.samples
     assert batch.size == len(problems) * per_problem and len(batch.heldout_probs) == batch.heldout.sum()
-    out = exp.learner.learn(batch)  # the reward net always learns from the labelled traces
-    assert out["flops"]["reward"] > 0
-    assert not all(torch.equal(before[k], v) for k, v in exp.reward_net.state_dict().items())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.scores = batch.labels  # complete when collect returns it
+    out = exp.method.learn(batch)  # the reward net always learns from the labelled traces
+    assert out.flops[tags.REWARD] > 0
+    assert not all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 @pytest.mark.parametrize("confident,target", [(1.0, "visits"), (1.0, "completed_q"), (0.0, "visits")])
 def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target, tmp_path):
     # confident_prior 1.0 searches every move: each move has an improved policy to learn.
     # 0.0 searches none: no targets, so the policy takes no step (not even weight decay).
-    exp = Experiment(load_config(None, [*SMALL, "train.method=alphazero", f"search.confident_prior={confident}",
+    exp = Experiment(load_config(None, [*small("alphazero"), f"search.confident_prior={confident}",
                                         f"search.policy_target={target}", f"logdir={tmp_path}"]))
-    problems = exp.data.next(exp.cfg.improve.problems_per_iter)
-    batch = exp.learner.collect([p.prompt for p in problems], Oracle(exp.task, problems))
-    mass = torch.cat([v.sum(-1) for v in batch.visits])  # [all moves]
-    assert batch.metrics["search/searched_fraction"] == confident
+    batch = exp.collect(exp.next_problems()).experience
+    mass = torch.cat([v.sum(-1) for v in batch.targets])  # [all moves]
+    assert batch.scalars[tags.SEARCH_SEARCHED_FRACTION] == confident
     assert torch.allclose(mass, torch.full_like(mass, confident), atol=1e-5)
     before = {k: v.clone() for k, v in exp.model.state_dict().items()}
-    out = exp.learner.learn(batch)
+    out = exp.method.learn(batch)
     moved = not all(torch.equal(before[k], v) for k, v in exp.model.state_dict().items())
-    assert moved == (confident == 1.0) and (out["flops"]["train"] > 0) == moved
+    assert moved == (confident == 1.0) and (out.flops[tags.TRAIN] > 0) == moved
 
 
 def test_policy_gradient_takes_updates_per_iter_steps_on_its_schedule(tmp_path):
     """``improve.updates_per_iter`` clipped steps per iteration, and the schedule is
     stretched over exactly the steps taken: the run ends where the schedule does."""
     steps, k = 3, 4
-    exp = Experiment(load_config(None, [*SMALL, "train.method=policy_gradient", f"train.steps={steps}",
+    exp = Experiment(load_config(None, [*small("policy_gradient"), f"train.steps={steps}",
                                         f"improve.updates_per_iter={k}", "optim.warmup_steps=0",
                                         f"logdir={tmp_path}"]))
     lrs = []
-    apply = exp.learner.learner.apply
+    opt = exp.method.learner
+    apply = opt.apply
 
     def spy(loss):
         out = apply(loss)
         lrs.append(out["lr"])
         return out
 
-    exp.learner.learner.apply = spy
+    opt.apply = spy
     for _ in range(steps):
         exp.train_step()
-    opt = exp.learner.learner
     assert len(lrs) == steps * k == opt.step_count == opt.total_steps
     from emergent.agents.learner import lr_at
 
@@ -213,10 +232,10 @@ def test_policy_gradient_takes_updates_per_iter_steps_on_its_schedule(tmp_path):
 
 def test_one_policy_gradient_update_is_reinforce_with_the_group_baseline(tmp_path):
     """With one update the clipped ratio is exactly 1: the gradient is REINFORCE's."""
-    exp = Experiment(load_config(None, [*SMALL, "train.method=policy_gradient", f"logdir={tmp_path}"]))
-    problems = exp.data.next(exp.cfg.improve.problems_per_iter)
-    batch = exp.learner.collect([p.prompt for p in problems], Oracle(exp.task, problems))
-    batch.scores = np.random.default_rng(0).random(batch.size)  # an untrained policy earns nothing: vary it
+    exp = Experiment(load_config(None, [*small("policy_gradient"), f"logdir={tmp_path}"]))
+    batch = exp.collect(exp.next_problems()).experience
+    # an untrained policy earns nothing: vary the rewards
+    batch = dataclasses.replace(batch, scores=np.random.default_rng(0).random(batch.size))
     grads = {}
 
     def capture(loss):
@@ -225,10 +244,10 @@ def test_one_policy_gradient_update_is_reinforce_with_the_group_baseline(tmp_pat
         grads.update({n: p.grad.clone() for n, p in exp.model.named_parameters()})
         return {"lr": 0.0, "grad_norm": torch.zeros(())}
 
-    exp.learner.learner.apply = capture
-    exp.learner.learn(batch)
+    exp.method.learner.apply = capture
+    exp.method.learn(batch)
     # by hand: -(A * log p(completion tokens)) / tokens, A = group-normalised verifier reward
-    from emergent.agents.data import encode_batch
+    from emergent.agents.token_batch import encode_batch
     from emergent.envs import TOKENIZER
 
     S = exp.cfg.improve.samples

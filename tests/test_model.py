@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from emergent.agents.data import encode_batch
+from emergent.agents.token_batch import encode_batch
 from emergent.agents.model import POS_SCHEMES, ModelConfig, TransformerLM
 from emergent.envs import TOKENIZER
 
@@ -142,15 +142,14 @@ def test_bad_model_config(bad):
 
 
 def test_a_few_steps_of_learning_reduce_the_loss():
-    from emergent.agents.learner import OptimConfig
-    from emergent.agents.supervised import SupervisedLearner, completion_nll
+    from emergent.agents.learner import Learner, OptimConfig
+    from emergent.agents.supervised import completion_nll
 
     model = make()
-    learner = SupervisedLearner(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1, weight_decay=0.1), 100, torch.device("cpu"))
+    learner = Learner(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1), 100, torch.device("cpu"))
     batch = encode_batch(TOKENIZER, ["1+1=", "2+3=", "4+4="], ["2", "5", "8"], max_len=16)
     with torch.no_grad():
         before = float(completion_nll(model, batch))
     for _ in range(100):
-        m = learner.update(batch)
-    assert float(m["loss"]) < before / 4
-    assert m["flops"] == model.flops_per_token(batch.inputs.shape[1], backward=True) * batch.inputs.numel()
+        u = learner.step(lambda: completion_nll(model, batch), tokens=batch.inputs.numel(), flops=1.0)
+    assert float(u.loss) < before / 4 and learner.step_count == 100

@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from emergent.agents.model import ModelConfig
-from emergent.agents.reward_net import RewardNet, ValueBatch, auc, expected_calibration_error, value_loss
+from emergent import tags
+from emergent.agents.records import Experience
+from emergent.agents.reward_net import RewardNet, RewardNetConfig
+from emergent.agents.reward_trainer import RewardTrainer
 from emergent.envs import TOKENIZER
+from emergent.platform.metrics import auc, expected_calibration_error
 
 
 def brute_auc(scores, labels):
@@ -31,25 +35,25 @@ def test_ece():
 
 
 def test_reward_net_learns_to_separate_outcomes_and_starts_neutral():
+    """Through the trainer every self-improver uses: its replay, optimiser and value loss."""
     torch.manual_seed(0)
+    cfg = RewardNetConfig(lr=1e-2, batch_size=8, updates_per_iter=6, heldout_fraction=0.0)
     net = RewardNet(ModelConfig(n_layer=1, n_head=2, d_model=32, max_len=16), TOKENIZER.vocab_size)
-    good, bad = TOKENIZER.encode("^1+1=2$"), TOKENIZER.encode("^1+1=3$")
-    inputs = torch.from_numpy(np.stack([good, bad]))
-    mask = torch.zeros(2, 7)
-    mask[:, 4:] = 1  # from the last prompt token to EOS
-    batch = ValueBatch(inputs, mask, torch.tensor([1.0, 0.0]))
-    lengths = torch.tensor([7, 7])
-    assert torch.allclose(net.value_at(inputs, lengths), torch.full((2,), 0.5))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        value_loss(net, batch).backward()
-        opt.step()
-    v = net.value_at(inputs, lengths)
+    trainer = RewardTrainer(net, cfg, total_steps=10, device=torch.device("cpu"))
+    assert trainer.score(["1+1=", "1+1="], ["2", "3"])[0] == pytest.approx([0.5, 0.5])  # no opinion yet
+    good_and_bad = Experience(["1+1="], np.zeros(2, int), ["2", "3"], finished=np.ones(2, bool),
+                              labels=np.array([1.0, 0.0]), scores=np.array([1.0, 0.0]), heldout=np.zeros(2, bool),
+                              heldout_probs=np.zeros(0), flops={})
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        flops, scalars = trainer.learn(good_and_bad, rng)
+        assert flops > 0 and tags.REWARD_LOSS in scalars
+    assert len(trainer.replay) == 20  # every trace not held out, each iteration
+    v, _ = trainer.score(["1+1=", "1+1="], ["2", "3"])
     assert v[0] > 0.9 and v[1] < 0.1
-    # the shared prefix "^1+1=" cannot tell the two apart: it sits near the base rate
-    logits = net(inputs).detach()
-    assert float(torch.sigmoid(logits[0, 4])) == pytest.approx(float(torch.sigmoid(logits[1, 4])))
+    # the shared prefix "^1+1=" cannot tell the two apart: the prompt's value is one number
+    at_prompt, _ = trainer.score(["1+1=", "1+1="], ["2", "3"], at_prompt=True)
+    assert at_prompt[0] == pytest.approx(at_prompt[1])
 
 
 def test_reward_net_flops_swap_the_lm_head_for_a_scalar_head():

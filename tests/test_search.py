@@ -5,7 +5,8 @@ import torch
 
 from emergent.agents.model import ModelConfig, TransformerLM
 from emergent.agents.reward_net import RewardNet
-from emergent.agents.search import Expansion, PolicyValueEvaluator, SearchConfig, _gamma, search
+from emergent.agents.policy_value import PolicyValueEvaluator
+from emergent.agents.search import Expansion, SearchConfig, _gamma, search
 from emergent.envs import TOKENIZER
 
 V, EOS = TOKENIZER.vocab_size, TOKENIZER.eos_id
@@ -64,7 +65,7 @@ def test_search_overrules_a_misleading_prior_two_levels_down():
     out = run(TableEvaluator(priors, values, k=2), max_len=3, sims=48, k=2)
     assert out.tokens[0, 1:3].tolist() == [4, 5]
     assert out.visit_probs[0, 0, 4] > 0.5
-    assert out.root_values[0, 1] > 0.8  # after moving to 4, the root's value is high
+    assert out.visit_probs[0, 1, 5] > 0.5  # after 4, the search prefers 5 (1.0) to 6 (0.8)
     assert out.searched[0].tolist() == [True, True]  # confident_prior 1.0: every move is searched
     half = run(TableEvaluator(priors, values, k=2), max_len=3, sims=48, k=2, confident_prior=0.85)
     assert half.searched[0].tolist() == [False, True]  # the 0.9 prior is played; the 0.5/0.5 move searched

@@ -5,7 +5,7 @@ import pytest
 
 from emergent.envs import TASKS, SplitSpec, extract_answer, make_task, score_strings
 from emergent.envs.countdown import is_solution, parse_expression, solve, ExpressionError
-from emergent.platform.data import ProblemStream
+from emergent.platform.problem_stream import ProblemStream
 
 
 def levenshtein(a: str, b: str) -> int:

@@ -1,13 +1,15 @@
 """What every learner shares: AdamW, the warmup + cosine schedule, clipping, bf16 autocast.
 
-All methods train through ``Learner.step`` so that they spend compute the same way and
-report it the same way (``flops`` in each step's metrics).
+Every update of every network (policy or reward net, any method) is one ``Learner.step``:
+train mode, autocast, the loss, backward, clip, AdamW. So all methods spend compute the
+same way and report it the same way (an ``Update``).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -56,6 +58,15 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+class Update(NamedTuple):
+    loss: torch.Tensor       # 0-d, detached, on device
+    lr: float
+    grad_norm: torch.Tensor  # 0-d, on device (reading it would sync a GPU)
+    tokens: int
+    flops: float             # what this update cost (forward + backward)
+    aux: Any = None          # whatever else the loss function returned (e.g. per-row exact match)
+
+
 class Learner:
     """Owns the optimiser of one model and applies one clipped, scheduled AdamW step.
 
@@ -70,6 +81,16 @@ class Learner:
         self.mixed_precision = device.type == "cuda" if mixed_precision is None else mixed_precision
         self.optimizer = make_optimizer(model, cfg, fused=self.mixed_precision and device.type == "cuda")
         self.step_count = 0
+
+    def step(self, loss_fn: Callable[[], Any], *, tokens: int, flops: float) -> Update:
+        """One update: ``loss_fn()`` (a 0-d loss, or ``(loss, aux)``) under autocast in
+        train mode, then ``apply``."""
+        self.model.train()
+        with autocast(self.device, self.mixed_precision):
+            out = loss_fn()
+        loss, aux = out if isinstance(out, tuple) else (out, None)
+        m = self.apply(loss)
+        return Update(loss.detach(), m["lr"], m["grad_norm"], tokens, flops, aux)
 
     def apply(self, loss: torch.Tensor) -> dict:
         """Backward, clip, step. ``grad_norm`` stays a tensor: reading it would sync the GPU."""

@@ -15,14 +15,53 @@ a finished trace's is the EOS token's.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import ModelConfig, TransformerLM
+
+
+REWARD_INITS = ("policy", "scratch")
+
+
+@dataclass
+class RewardNetConfig:
+    """``reward.*``: the network's size and start, and how its trainer updates it."""
+    # its context length and positional scheme are the policy's: it scores what the policy writes
+    n_layer: Optional[int] = None    # None: the policy's
+    n_head: Optional[int] = None
+    d_model: Optional[int] = None
+    # policy: start the trunk from the starting policy's weights (as RLHF reward models
+    # start from the SFT model): its features already read the task's arithmetic, so the
+    # judge needs few labelled traces. Needs the policy's size. scratch: random init.
+    init: str = "policy"
+    lr: float = 3e-4
+    updates_per_iter: int = 2
+    batch_size: int = 128            # labelled traces per update, drawn from the replay
+    replay_size: int = 4096          # recent labelled traces kept for reward-net updates
+    heldout_fraction: float = 0.2    # of each iteration's traces: scored, never trained on
+
+    def model_config(self, policy: ModelConfig) -> ModelConfig:
+        size = {k: getattr(self, k) if getattr(self, k) is not None else getattr(policy, k)
+                for k in ("n_layer", "n_head", "d_model")}
+        return ModelConfig(**size, max_len=policy.max_len, pos=policy.pos)
+
+    def validate(self, policy: ModelConfig) -> None:
+        if self.init not in REWARD_INITS:
+            raise ValueError(f"reward.init={self.init!r} is not valid; choose one of {list(REWARD_INITS)}")
+        mine = self.model_config(policy)
+        if self.init == "policy" and (mine.n_layer, mine.n_head, mine.d_model) != (policy.n_layer, policy.n_head, policy.d_model):
+            raise ValueError("reward.init=policy needs the policy's size: leave reward.n_layer / n_head / d_model "
+                             "unset (null), or set reward.init=scratch")
+        if self.updates_per_iter < 0 or self.batch_size < 1 or self.replay_size < 1:
+            raise ValueError("reward.updates_per_iter must be >= 0, reward.batch_size and reward.replay_size >= 1")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError("reward.heldout_fraction must lie in [0, 1)")
+        mine.validate()
 
 
 class ValueBatch(NamedTuple):
@@ -35,6 +74,15 @@ class ValueBatch(NamedTuple):
 
 
 class RewardNet(nn.Module):
+    @classmethod
+    def for_policy(cls, policy: TransformerLM, cfg: RewardNetConfig) -> "RewardNet":
+        """Sized by ``reward.*`` (the policy's size by default); with ``reward.init=policy``
+        the trunk starts from the policy's weights."""
+        net = cls(cfg.model_config(policy.cfg), policy.vocab_size).to(next(policy.parameters()).device)
+        if cfg.init == "policy":  # the judge starts from what the starting policy knows
+            net.trunk.load_state_dict(policy.state_dict())
+        return net
+
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.trunk = TransformerLM(cfg, vocab_size)  # its tied LM head adds no parameters and is unused
@@ -69,35 +117,3 @@ def value_loss(net: RewardNet, batch: ValueBatch) -> torch.Tensor:
     target = batch.labels[:, None].expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return (bce * batch.mask).sum() / batch.mask.sum().clamp(min=1)
-
-
-# -- held-out diagnostics -------------------------------------------------------------------
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half); nan if one class is absent."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """Mean |accuracy - confidence| over equal-width probability bins, weighted by bin size."""
-    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
-    if len(probs) == 0:
-        return float("nan")
-    which = np.minimum((probs * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            total += sel.sum() * abs(labels[sel].mean() - probs[sel].mean())
-    return float(total / len(probs))

@@ -1,9 +1,14 @@
 """Batched PUCT Monte-Carlo tree search over next tokens, for many problems at once.
 
-mctx-style: a typed, frozen record (``Tree``) and small functions over it. The record's
-fields are fixed; its tensors are updated in place (copying them per simulation would
-cost more than the search). Random draws take an explicit ``torch.Generator``. Tuning
-arguments are keyword-only fields of ``SearchConfig``.
+mctx-style: a typed, frozen record (``Tree``) and small functions over it, in three
+layers: ``simulate`` is one simulation step over a batch of trees; ``search_move`` runs a
+move's simulations and reads the improved policy at the root; ``search`` is the decode
+loop around it. The improved policy (visit counts, or Gumbel MuZero's completed Q) is
+chosen once, as a function (``IMPROVED_POLICIES``). The record's fields are fixed; its
+tensors are updated in place (copying them per simulation would cost more than the
+search). Random draws take an explicit ``torch.Generator``. Tuning arguments are
+keyword-only fields of ``SearchConfig``. The network evaluator and the text boundary live
+in ``policy_value.py``.
 
 Shapes: B problems (one tree each), N node capacity per tree, K children per node (the
 policy's top-k tokens), L the context length, V the vocabulary.
@@ -12,7 +17,7 @@ One move of search:
   1. ``simulate`` ``num_simulations`` times. Each call selects ``leaves_per_call`` leaves
      per tree by PUCT; a virtual loss on each selected path pushes later selections
      elsewhere, so one network call evaluates B x leaves_per_call states.
-  2. New non-terminal leaves are expanded by the ``Evaluator``: priors over the policy's
+  2. New non-terminal leaves are expanded by the ``LeafEvaluator``: priors over the policy's
      top-k next tokens, and a value from the reward-and-objective network. Terminal
      leaves (EOS or a full context) are valued by ``terminal_value``: the verifier, or
      the learned network.
@@ -27,9 +32,6 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
-from emergent.envs.tokenizer import TOKENIZER
 
 TERMINAL_VALUES = ("verifier", "learned")
 POLICY_TARGETS = ("visits", "completed_q")
@@ -103,7 +105,7 @@ class Expansion(NamedTuple):
     value: torch.Tensor        # [M] in [0, 1]
 
 
-class Evaluator(Protocol):
+class LeafEvaluator(Protocol):
     def expand(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Expansion: ...
     def terminal_value(self, rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
 
@@ -115,8 +117,13 @@ class SearchOutput(NamedTuple):
     visit_probs: torch.Tensor   # [B, M, V] visit distribution of each move (0 rows after the end)
     policy: torch.Tensor        # [B, M, V] the improved policy of each move (search.policy_target)
     moves: torch.Tensor         # [B] moves made
-    root_values: torch.Tensor   # [B, M] mean backed-up value at the root before each move
     searched: torch.Tensor      # [B, M] bool: simulations ran at this move (else it was confident)
+
+
+class Move(NamedTuple):
+    visit_probs: torch.Tensor   # [B, K] visit distribution over the root's children
+    policy: torch.Tensor        # [B, K] the improved policy over them
+    searched: torch.Tensor      # [B] bool: simulations ran
 
 
 # -- records ------------------------------------------------------------------------------
@@ -246,7 +253,7 @@ def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
 
 # -- evaluation --------------------------------------------------------------------------------
 
-def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: Evaluator) -> None:
+def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator) -> None:
     """Expand new non-terminal leaves and value new terminal ones, each state once."""
     B = tree.batch
     rows = torch.arange(B, device=leaves.device)[:, None].expand_as(leaves)
@@ -269,7 +276,7 @@ def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, eval
     tree.expanded[b, n] = True
 
 
-def simulate(tree: Tree, active: torch.Tensor, evaluator: Evaluator, cfg: SearchConfig, *, eos_id: int) -> None:
+def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *, eos_id: int) -> None:
     """One batch of ``leaves_per_call`` simulations per active tree."""
     leaves = []
     for _ in range(cfg.leaves_per_call):
@@ -325,14 +332,16 @@ def root_children(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
     return safe, tree.visits[rows, safe] * (children >= 0)
 
 
-def root_visit_probs(tree: Tree) -> torch.Tensor:
-    """Visit distribution over the root's children [B, K]; the prior where nothing was visited."""
+def root_visit_probs(tree: Tree, prior: torch.Tensor | None = None, **_) -> torch.Tensor:
+    """Visit distribution over the root's children [B, K]; the prior where nothing was
+    visited (the root's current prior; ``prior`` is accepted for a common signature)."""
     _, n = root_children(tree)
     total = n.sum(1, keepdim=True)
     return torch.where(total > 0, n / total.clamp(min=1e-9), _at(tree.prior, tree.root))
 
 
-def completed_q_policy(tree: Tree, prior: torch.Tensor, *, value_scale: float, maxvisit_init: float) -> torch.Tensor:
+def completed_q_policy(tree: Tree, prior: torch.Tensor, *, value_scale: float, maxvisit_init: float,
+                       visit_probs: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(log prior + sigma(completed Q)) over the root's children [B, K] (mctx's
     ``qtransform_completed_by_mix_value`` without rescaling: values are already P(correct)
     in [0, 1]). An unvisited child's Q is the mixed value: the root's own evaluation
@@ -352,6 +361,16 @@ def completed_q_policy(tree: Tree, prior: torch.Tensor, *, value_scale: float, m
     return torch.softmax(p.log() + sigma, -1)
 
 
+def visits_policy(tree: Tree, prior: torch.Tensor, *, visit_probs: torch.Tensor, **_) -> torch.Tensor:
+    """AlphaZero's improved policy: the visit distribution itself."""
+    return visit_probs
+
+
+# search.policy_target -> the improved policy over the root's children [B, K], from the tree,
+# the root's prior before noise, and the visit distribution
+IMPROVED_POLICIES: dict[str, Callable[..., torch.Tensor]] = {"visits": visits_policy, "completed_q": completed_q_policy}
+
+
 def choose(probs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Pick a child per tree from its visit distribution [B, K]: argmax at temperature 0."""
     if temperature <= 0:
@@ -363,7 +382,7 @@ def choose(probs: torch.Tensor, temperature: float, generator: torch.Generator |
     return torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
 
 
-def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: Evaluator, *, eos_id: int) -> None:
+def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator, *, eos_id: int) -> None:
     """Move each active root to the chosen child, creating and evaluating it if new."""
     arange = torch.arange(tree.batch, device=actions.device)
     child = tree.children[arange, tree.root, actions]
@@ -372,9 +391,27 @@ def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: 
     evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)
 
 
+def search_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *,
+                improved: Callable[..., torch.Tensor], generator: torch.Generator | None, eos_id: int) -> Move:
+    """One move of every active tree: simulate (unless the root's top prior exceeds
+    ``confident_prior``), read the visit distribution and the improved policy at the root,
+    choose a child and move the root there."""
+    unsure = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
+    prior = _at(tree.prior, tree.root).clone()  # before root noise: the improved policy's base
+    add_root_noise(tree, unsure, cfg, generator)
+    calls = -(-cfg.num_simulations // cfg.leaves_per_call)  # ceil: network calls per move
+    for _ in range(calls if bool(unsure.any()) else 0):
+        simulate(tree, unsure, evaluator, cfg, eos_id=eos_id)
+    visit_probs = root_visit_probs(tree)                                     # [B, K]
+    policy = improved(tree, prior, visit_probs=visit_probs, value_scale=cfg.value_scale,
+                      maxvisit_init=cfg.maxvisit_init)                       # [B, K]
+    advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id)
+    return Move(visit_probs, policy, unsure & (cfg.num_simulations > 0))
+
+
 def search(
     prompts: Sequence[np.ndarray],
-    evaluator: Evaluator,
+    evaluator: LeafEvaluator,
     cfg: SearchConfig,
     *,
     max_len: int,
@@ -388,14 +425,13 @@ def search(
     B = len(prompts)
     prompt_len = torch.tensor([len(p) for p in prompts], device=device)
     max_moves = max_len - int(prompt_len.min())
-    calls = -(-cfg.num_simulations // cfg.leaves_per_call)  # ceil: network calls per move
+    calls = -(-cfg.num_simulations // cfg.leaves_per_call)
     capacity = 1 + max_moves * (calls * cfg.leaves_per_call + 1)  # each simulation adds <= 1 node
     tree = init_tree(prompts, capacity=capacity, top_k=cfg.top_k, max_len=max_len, device=device)
-    active = torch.ones(B, dtype=torch.bool, device=device)
-    evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)  # expand the roots
+    evaluate_leaves(tree, tree.root[:, None], torch.ones(B, 1, dtype=torch.bool, device=device), evaluator)  # the roots
+    improved = IMPROVED_POLICIES[cfg.policy_target]
     visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
-    policy = torch.zeros(B, max_moves, vocab_size, device=device) if cfg.policy_target != "visits" else visit_probs
-    root_values = torch.zeros(B, max_moves, device=device)
+    policy = visit_probs if cfg.policy_target == "visits" else torch.zeros(B, max_moves, vocab_size, device=device)
     searched_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     moves = torch.zeros(B, dtype=torch.long, device=device)
     arange = torch.arange(B, device=device)
@@ -403,101 +439,17 @@ def search(
         active = ~_at(tree.terminal, tree.root)
         if not bool(active.any()):
             break
-        searched = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
-        searched_at[:, m] = searched if cfg.num_simulations > 0 else False
-        if cfg.policy_target == "completed_q":  # the improved policy's base: the prior before root noise
-            clean_prior = _at(tree.prior, tree.root).clone()
-        add_root_noise(tree, searched, cfg, generator)
-        for _ in range(calls if bool(searched.any()) else 0):
-            simulate(tree, searched, evaluator, cfg, eos_id=eos_id)
-        probs = root_visit_probs(tree)                                   # [B, K]
-        v = _at(tree.visits, tree.root)
-        root_values[:, m] = torch.where(active, _at(tree.value_sum, tree.root) / v.clamp(min=1), 0.0)
-        dist = torch.zeros(B, vocab_size, device=device)
-        dist.scatter_add_(1, _at(tree.child_token, tree.root), probs)
-        visit_probs[:, m] = torch.where(active[:, None], dist, 0.0)
-        if cfg.policy_target == "completed_q":
-            improved = completed_q_policy(tree, clean_prior, value_scale=cfg.value_scale,
-                                          maxvisit_init=cfg.maxvisit_init)
-            dist = torch.zeros(B, vocab_size, device=device).scatter_add_(1, _at(tree.child_token, tree.root), improved)
-            policy[:, m] = torch.where(active[:, None], dist, 0.0)
-        actions = choose(probs, cfg.temperature, generator)
-        advance(tree, actions, active, evaluator, eos_id=eos_id)
+        tokens = _at(tree.child_token, tree.root)  # [B, K] before the root moves on
+        move = search_move(tree, active, evaluator, cfg, improved=improved, generator=generator, eos_id=eos_id)
+        searched_at[:, m] = move.searched
+        # one table serves both when the improved policy is the visits
+        tables = [(visit_probs, move.visit_probs)] + ([(policy, move.policy)] if policy is not visit_probs else [])
+        for out, dist in tables:
+            full = torch.zeros(B, vocab_size, device=device).scatter_add_(1, tokens, dist)
+            out[:, m] = torch.where(active[:, None], full, 0.0)
         moves += active.long()
     final, made = tree.root, int(moves.max()) if B else 0
     return SearchOutput(
         tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
-        visit_probs=visit_probs[:, :made], policy=policy[:, :made], moves=moves, root_values=root_values[:, :made],
-        searched=searched_at[:, :made],
+        visit_probs=visit_probs[:, :made], policy=policy[:, :made], moves=moves, searched=searched_at[:, :made],
     )
-
-
-# -- text at the boundary ---------------------------------------------------------------
-
-def state_verifier(prompt_lengths: Sequence[int], score: Callable[[np.ndarray, list[str]], np.ndarray]):
-    """Adapt ``score(problem rows, completions) -> [M]`` to ``terminal_value``'s signature:
-    the completion of a state is its tokens after its problem's prompt, EOS dropped."""
-
-    def terminal(rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        r = rows.cpu().numpy()
-        comps = TOKENIZER.decode_spans(tokens.cpu().numpy(), [prompt_lengths[i] for i in r], lengths.tolist())
-        return torch.as_tensor(score(r, comps), dtype=torch.float32, device=tokens.device)
-
-    return terminal
-
-
-def output_completions(out: SearchOutput) -> list[str]:
-    """The completion each search wrote, EOS dropped."""
-    return TOKENIZER.decode_spans(out.tokens.cpu().numpy(), out.prompt_length.tolist(), out.length.tolist())
-
-
-# -- the network evaluator -----------------------------------------------------------------
-
-class PolicyValueEvaluator:
-    """Priors from the policy's top-k tokens, values from the reward-and-objective network.
-
-    Each call is one right-padded forward of each network over the M pending states
-    (causal attention: the padding after a state's last token cannot reach it).
-    ``terminal_value`` scores finished states with ``verifier`` (rows -> problems) or with
-    the network. ``flops`` accumulates what the calls cost.
-    """
-
-    def __init__(self, policy, reward_net, *, top_k: int, terminal: str = "verifier",
-                 verifier: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 prior_temperature: float = 1.0) -> None:
-        if terminal == "verifier" and verifier is None:
-            raise ValueError("terminal_value='verifier' needs a verifier callable")
-        self.policy, self.reward_net, self.top_k = policy, reward_net, top_k
-        self.terminal, self.verifier, self.prior_temperature = terminal, verifier, prior_temperature
-        self.flops = 0.0
-        self.calls = 0
-
-    def _trim(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return tokens[:, : int(lengths.max())]
-
-    @torch.no_grad()
-    def expand(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Expansion:
-        x = self._trim(tokens, lengths)
-        M, T = x.shape
-        logits = self.policy(x)[torch.arange(M, device=x.device), lengths - 1].float()  # [M, V]
-        logp = F.log_softmax(logits / self.prior_temperature, -1)
-        top, idx = logp.topk(self.top_k, -1)
-        prior = torch.softmax(top, -1)
-        self.flops += self.policy.flops_per_token(T, backward=False) * M * T
-        if self.reward_net is None:  # no value network: every state is a coin flip
-            value = torch.full((M,), 0.5, device=x.device)
-        else:
-            value = self.reward_net.value_at(x, lengths)
-            self.flops += self.reward_net.flops_per_token(T, backward=False) * M * T
-        self.calls += 1
-        return Expansion(prior, idx, value)
-
-    @torch.no_grad()
-    def terminal_value(self, rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.terminal == "verifier":
-            return self.verifier(rows, tokens, lengths)
-        x = self._trim(tokens, lengths)
-        if self.reward_net is None:
-            return torch.full((len(x),), 0.5, device=x.device)
-        self.flops += self.reward_net.flops_per_token(x.shape[1], backward=False) * x.numel()
-        return self.reward_net.value_at(x, lengths)

@@ -1,12 +1,25 @@
-"""Supervised maximum likelihood on prompt -> gold trace (or gold answer only)."""
+"""Supervised maximum likelihood on gold demonstrations: the baseline every method is held to.
+
+Its ``collect`` turns the batch's gold traces (or gold answers, ``train.target``) into
+experience: one finished, correct trace per problem. Its ``learn`` is one AdamW step on
+their completion NLL.
+"""
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import TokenBatch
-from .learner import Learner, autocast
+from emergent import tags
+from emergent.envs import TOKENIZER
+
+from .token_batch import TokenBatch, encode_batch
+from .learner import Learner
+from .method import register_method
 from .model import TransformerLM
+from .records import Experience, Prompts, StepResult
 
 
 def completion_nll(model: TransformerLM, batch: TokenBatch, *, exact: bool = False):
@@ -23,29 +36,44 @@ def completion_nll(model: TransformerLM, batch: TokenBatch, *, exact: bool = Fal
     return loss, hit.all(1)
 
 
-class SupervisedLearner(Learner):
-    """One update = one AdamW step on the completion NLL of a batch of gold traces."""
+@register_method
+class Supervised:
+    name = "supervised"
+    reads: ClassVar[tuple[str, ...]] = ("train.batch_size", "train.target", "train.compile")
+    reward_net = None  # no reward-and-objective network, no trainer for one, no replay
+    reward = None
+    replay = None
 
-    def __init__(self, model: TransformerLM, cfg, total_steps: int, device: torch.device, *,
-                 compile: bool = False, mixed_precision: bool | None = None):
-        super().__init__(model, cfg, total_steps, device, mixed_precision=mixed_precision)
-        self.loss_fn = torch.compile(completion_nll) if compile else completion_nll
+    def __init__(self, policy: TransformerLM, cfg: Any, device: torch.device) -> None:
+        self.policy, self.device = policy, device
+        self.demonstrations = cfg.train.target  # "trace" | "answer"
+        self.problems_per_step = cfg.train.batch_size
+        self.learner = Learner(policy, cfg.optim, cfg.train.steps, device)
+        self.loss_fn = torch.compile(completion_nll) if cfg.train.compile else completion_nll
 
-    def update(self, batch: TokenBatch, *, exact: bool = False) -> dict:
-        """One step; ``loss`` and ``grad_norm`` are 0-d tensors (no GPU sync per step).
-        ``exact``: also ``exact`` [B], each row's teacher-forced exact match (on device)."""
-        self.model.train()
-        batch = batch.to(self.device)
-        with autocast(self.device, self.mixed_precision):
-            out = self.loss_fn(self.model, batch, exact=exact)
-        loss, hit = out if exact else (out, None)
-        metrics = self.apply(loss)
-        if hit is not None:
-            metrics["exact"] = hit
+    def networks(self) -> dict[str, torch.nn.Module]:
+        return {}  # collect reads no weights
+
+    def reseed(self, seed: int, stream: int = 0) -> None:
+        """Nothing is drawn: the data stream is the platform's, and updates are deterministic."""
+
+    def collect(self, batch: Prompts) -> Experience:
+        P = len(batch.prompts)
+        done = np.ones(P, dtype=bool)
+        return Experience(list(batch.prompts), np.arange(P), list(batch.gold), finished=done, labels=done * 1.0,
+                          scores=done * 1.0, heldout=~done, heldout_probs=np.zeros(0), flops={})
+
+    def learn(self, experience: Experience) -> StepResult:
+        """One step; the loss, grad norm and per-problem exact match stay on the device."""
+        batch = encode_batch(TOKENIZER, experience.prompts, experience.completions, self.policy.cfg.max_len).to(self.device)
         B, T = batch.inputs.shape
-        metrics.update(
-            loss=loss.detach(),
-            tokens=B * T,
-            flops=self.model.flops_per_token(T, backward=True) * B * T,
-        )
-        return metrics
+        u = self.learner.step(lambda: self.loss_fn(self.policy, batch, exact=True), tokens=B * T,
+                              flops=self.policy.flops_per_token(T, backward=True) * B * T)
+        return StepResult(flops={tags.TRAIN: u.flops}, tokens=u.tokens, loss=u.loss, lr=u.lr, grad_norm=u.grad_norm,
+                          accuracy=u.aux)
+
+    def state_dict(self) -> dict:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state)

@@ -47,7 +47,7 @@ def cmd_train(args: Sequence[str]) -> int:
 def cmd_eval(args: Sequence[str]) -> int:
     from .checkpoint import load_checkpoint
     from .config import load_config
-    from .local import Experiment
+    from .experiment import Experiment
 
     if not args:
         raise UserError("eval needs a checkpoint path: emergent eval CHECKPOINT [key=value ...]")

@@ -17,15 +17,18 @@ from typing import Any, List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from emergent.agents.improve import ImproveConfig, RewardNetConfig
+from emergent.agents import METHODS as METHOD_CLASSES
+from emergent.agents import reads_key
 from emergent.agents.learner import OptimConfig
+from emergent.agents.method import ImproveConfig
 from emergent.agents.model import ModelConfig
+from emergent.agents.reward_net import RewardNetConfig
 from emergent.agents.search import SearchConfig
 from emergent.envs import SPLITS, TASKS, SplitSpec, make_task
 
 from .errors import ConfigError
 
-METHODS = ("supervised", "expert_iteration", "policy_gradient", "alphazero")
+METHODS = tuple(METHOD_CLASSES)  # every registered method (emergent/agents/method.py)
 RUNTIMES = ("local", "ray")
 DEVICES = ("auto", "cpu", "cuda")
 TARGETS = ("trace", "answer")
@@ -193,6 +196,30 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
     return cfg
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"section.key": value}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_method_keys(cfg: Config) -> None:
+    """A key that some method reads, set away from its default for a method that does not
+    read it, is refused: it would be silently ignored. ``search.*`` is also read by an
+    evaluation that decodes by search (``eval.decode=search``)."""
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
+    method = cfg.train.method
+    for key, value in flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items():
+        if value == defaults.get(key) or (key.startswith("search.") and cfg.eval.decode == "search"):
+            continue
+        readers = [m for m in METHODS if reads_key(m, key)]
+        if readers and method not in readers:
+            raise ConfigError(f"{key}={value!r} is not read by train.method={method}, only by {readers}: "
+                              f"remove it (or choose one of those methods)")
+
+
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
@@ -249,6 +276,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"task.format / task.heldout_fraction: {e}") from None
     if cfg.improve.init_from is not None and not Path(cfg.improve.init_from).is_file():
         raise ConfigError(f"improve.init_from: checkpoint not found: {cfg.improve.init_from}")
+    check_method_keys(cfg)
     cfg.task.format = task.format  # resolve null to the task's default: runs record what they ran
     try:
         cfg.splits.validate(task)

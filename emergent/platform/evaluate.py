@@ -13,9 +13,11 @@ import torch
 
 from emergent.agents.learner import autocast
 from emergent.agents.model import TransformerLM
+from emergent.agents.policy_value import PolicyValueEvaluator, output_completions, state_verifier
+from emergent.agents.search import search
 from emergent.envs import SPLITS, TOKENIZER, Problem, Scores, SplitSpec, Task
 
-from . import tags
+from emergent import tags
 
 
 @dataclass
@@ -64,8 +66,6 @@ def search_completions(model: TransformerLM, reward_net, task: Task, problems: S
     """Decode every token by MCTS (``search.*``); leaf values from ``reward_net`` (None: a
     neutral 0.5). With ``search.terminal_value=verifier`` finished states are checked
     by the verifier: test-time verification, which a report must name as such."""
-    from emergent.agents.search import PolicyValueEvaluator, output_completions, search, state_verifier
-
     out: list[str] = []
     was = model.training
     model.eval()

@@ -1,9 +1,9 @@
 """The FLOP ledger: every FLOP a method spends, by part, cumulative over the run."""
 from __future__ import annotations
 
-from . import tags
+from emergent import tags
 
-PARTS = ("train", "generate", "search", "reward")
+PARTS = tags.LEDGER_PARTS
 
 
 class FlopLedger:

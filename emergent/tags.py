@@ -1,9 +1,22 @@
-"""Every TensorBoard tag and metric key, named once. Prefixes group them (cleanrl style)."""
+"""Every TensorBoard tag and FLOP-ledger part, named once. Prefixes group them (cleanrl style).
 
+A module of names only: it imports nothing, so every layer (``agents`` for the scalars a
+method measures, ``platform`` for the rest) reads its names from here.
+"""
+
+# -- train/: the policy update, and what a method measures of its own traces ------------------
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
 TRAIN_GRAD_NORM = "train/grad_norm"
 TRAIN_CURRICULUM = "train/curriculum_difficulty"  # the highest training difficulty drawn
+TRAIN_SAMPLE_ACCURACY = "train/sample_accuracy"    # verifier verdicts on the method's own traces
+TRAIN_VOTE_AGREEMENT = "train/vote_agreement"      # label_source=majority_vote: agreement, not accuracy
+TRAIN_KEPT_FRACTION = "train/kept_fraction"        # expert_iteration: problems with a kept trace
+TRAIN_REWARD_MEAN = "train/reward_mean"            # policy_gradient: mean reward of the group
+TRAIN_KL = "train/kl"                              # policy_gradient: KL(policy || start), k3 estimate
+SEARCH_SEARCHED_FRACTION = "search/searched_fraction"  # alphazero: moves that ran simulations
+
+# -- perf/ -------------------------------------------------------------------------------------
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
 PERF_MFU = "perf/mfu"
 PERF_STEP_S = "perf/step_s"
@@ -14,14 +27,21 @@ PERF_WORKER_UTILISATION = "perf/worker_utilisation"  # ray: busy time / (workers
 PERF_WEIGHT_SYNC_S = "perf/weight_sync_s"            # ray: export + load of one weights version
 PERF_STALENESS = "perf/staleness"                    # ray: learner version - trace version
 DATA_TOO_LONG = "data/too_long_skipped"             # fresh training draws longer than the context
+
+# -- compute/: the FLOP ledger -------------------------------------------------------------------
+LEDGER_PARTS = ("train", "generate", "search", "reward")
+TRAIN, GENERATE, SEARCH, REWARD = LEDGER_PARTS      # ledger part names
 COMPUTE_TOTAL_FLOPS = "compute/total_flops"
 COMPUTE_TRAIN_FLOPS = "compute/train_flops"
 COMPUTE_GENERATE_FLOPS = "compute/generate_flops"
+
+# -- reward_net/ ---------------------------------------------------------------------------------
 REWARD_LOSS = "reward_net/loss"
 REWARD_AUC = "reward_net/auc"
 REWARD_ECE = "reward_net/ece"
 REWARD_DISAGREEMENT = "reward_net/verifier_disagreement"
 
+# -- eval/ and text --------------------------------------------------------------------------------
 EVAL_METRICS = ("exact_match", "token_accuracy", "edit_distance")
 TEXT_CONFIG = "config"
 TEXT_SAMPLES = "samples/{split}"
@@ -34,4 +54,5 @@ def eval_tag(split: str, metric: str, difficulty: int | None = None) -> str:
 
 
 def compute_tag(part: str) -> str:
+    assert part in LEDGER_PARTS, part
     return f"compute/{part}_flops"

@@ -1,0 +1,64 @@
+"""Expert iteration (STaR / ReST): sample N traces per problem, keep the ones judged correct
+by the verifier, the reward-and-objective network or a majority vote, and train on a
+replay of every kept trace by maximum likelihood."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from emergent import tags
+from emergent.envs import TOKENIZER
+
+from .token_batch import encode_batch
+from .learner import Update
+from .method import SelfImprover, register_method
+from .records import Experience, Prompts, Replay, Trace
+from .rollouts import sample_rollouts
+from .supervised import completion_nll
+
+
+@register_method
+class ExpertIteration(SelfImprover):
+    name = "expert_iteration"
+    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, "improve.samples", "improve.temperature",
+                                        "improve.label_source", "improve.replay_size", "improve.train_batch")
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.replay = Replay(self.cfg.replay_size)  # traces judged correct, most recent last
+
+    def collect(self, batch: Prompts) -> Experience:
+        c = self.cfg
+        ro = sample_rollouts(self.policy, batch.prompts, c.samples, temperature=c.temperature,
+                             generator=self.generator, device=self.device)
+        labels, scores, reward_flops = self.judge(ro, batch, vote=c.label_source == "majority_vote",
+                                                  source=c.label_source)
+        good = ro.finished & (scores >= 0.5)
+        # under a vote the labels are agreement with the majority, not correctness
+        label_tag = tags.TRAIN_VOTE_AGREEMENT if c.label_source == "majority_vote" else tags.TRAIN_SAMPLE_ACCURACY
+        scalars = {label_tag: float(np.mean(labels)),
+                   tags.TRAIN_KEPT_FRACTION: len(set(ro.rows[good].tolist())) / len(batch.prompts)}
+        return self.make_experience(batch, ro.rows, ro.completions, ro.finished, labels, scores,
+                               {tags.GENERATE: ro.flops, tags.REWARD: reward_flops}, scalars=scalars)
+
+    def remember(self, experience: Experience) -> None:
+        """Every distinct finished trace judged correct joins the replay (ReST's growing
+        set), so each update sees a full batch."""
+        prompts, seen, kept = experience.prompt_of, set(), []
+        for i in np.flatnonzero(experience.accepted):
+            if (prompts[i], experience.completions[i]) not in seen:
+                seen.add((prompts[i], experience.completions[i]))
+                kept.append(Trace(prompts[i], experience.completions[i]))
+        self.replay.add(kept)
+
+    def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
+        updates = []
+        for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
+            items = self.replay.sample(self.np_rng, self.cfg.train_batch)
+            batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
+                                 self.policy.cfg.max_len).to(self.device)
+            B, T = batch.inputs.shape
+            updates.append(self.learner.step(lambda b=batch: completion_nll(self.policy, b), tokens=B * T,
+                                             flops=self.policy.flops_per_token(T, backward=True) * B * T))
+        return updates, {}

@@ -1,0 +1,102 @@
+"""Policy gradient (AlphaGo's RL stage; GRPO / RLOO): a group of traces per problem, each
+weighted by its reward minus a baseline (the group's mean, or the reward net's value of
+the prompt), with an optional KL penalty to the starting policy.
+
+``improve.updates_per_iter`` clipped steps are taken on each batch (PPO's ratio clip,
+as GRPO): the first step's log-probs are the ratio's reference, so with one update the
+ratio is exactly 1 and the step is REINFORCE with a baseline.
+"""
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from emergent import tags
+from emergent.envs import TOKENIZER
+
+from .token_batch import encode_batch
+from .learner import Update, autocast
+from .method import SelfImprover, register_method
+from .records import Experience, Prompts
+from .rollouts import sample_rollouts
+
+
+def advantages(experience: Experience, samples: int, baseline: str) -> tuple[np.ndarray, np.ndarray]:
+    """(advantage [R], reward [R]): a trace that never ended earns nothing."""
+    reward = np.where(experience.finished, experience.scores, 0.0)
+    if baseline == "group":  # GRPO/RLOO: each trace against its problem's group
+        groups = reward.reshape(len(experience.prompts), samples)
+        mean = groups.mean(1, keepdims=True)
+        std = groups.std(1, keepdims=True)
+        return ((groups - mean) / (std + 1e-4)).reshape(-1), reward
+    return reward - experience.baseline[experience.rows], reward
+
+
+@register_method
+class PolicyGradient(SelfImprover):
+    name = "policy_gradient"
+    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, "improve.samples", "improve.temperature",
+                                        "improve.reward_source", "improve.baseline", "improve.kl_coef",
+                                        "improve.clip_ratio")
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.reference = copy.deepcopy(self.policy).eval() if self.cfg.kl_coef > 0 else None
+        if self.reference is not None:
+            self.reference.requires_grad_(False)
+
+    def collect(self, batch: Prompts) -> Experience:
+        c = self.cfg
+        ro = sample_rollouts(self.policy, batch.prompts, c.samples, temperature=c.temperature,
+                             generator=self.generator, device=self.device)
+        labels, scores, reward_flops = self.judge(ro, batch, vote=False, source=c.reward_source)
+        flops = {tags.GENERATE: ro.flops, tags.REWARD: reward_flops}
+        baseline = None
+        if c.baseline == "value":  # the reward net's value of the prompt state as a learned baseline
+            baseline, f = self.reward.score(list(batch.prompts), [""] * len(batch.prompts), at_prompt=True)
+            flops[tags.REWARD] += f
+        return self.make_experience(batch, ro.rows, ro.completions, ro.finished, labels, scores, flops,
+                               scalars={tags.TRAIN_SAMPLE_ACCURACY: float(np.mean(labels))}, baseline=baseline)
+
+    def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
+        c = self.cfg
+        adv, reward = advantages(experience, c.samples, c.baseline)
+        batch = encode_batch(TOKENIZER, experience.prompt_of, experience.completions, self.policy.cfg.max_len)
+        # a trace cut off by the context had no EOS: do not train the EOS it never wrote
+        cut = torch.as_tensor(~experience.finished)
+        last = batch.loss_mask.cumsum(1).argmax(1)
+        batch.loss_mask[torch.arange(len(last))[cut], last[cut]] = 0
+        batch = batch.to(self.device)
+        A = torch.as_tensor(adv, dtype=torch.float32, device=self.device)[:, None]  # [R, 1]
+        mask = batch.loss_mask
+        denom = mask.sum().clamp(min=1)
+        R, T = batch.inputs.shape
+        ref, ref_flops = None, 0.0
+        if self.reference is not None:  # the KL anchor does not move: one forward for all updates
+            with torch.no_grad(), autocast(self.device, self.learner.mixed_precision):
+                ref = torch.log_softmax(self.reference(batch.inputs).float(), -1)
+                ref = ref.gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
+            ref_flops = self.policy.flops_per_token(T, backward=False) * R * T
+        state = {"old": None, "kl": torch.zeros((), device=self.device)}
+
+        def loss_fn():
+            logits = self.policy(batch.inputs).float()
+            logp = torch.log_softmax(logits, -1).gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
+            if state["old"] is None:  # the log-probs of the weights that take the first step
+                state["old"] = logp.detach()
+            ratio = (logp - state["old"]).exp()
+            clipped = ratio.clamp(1 - c.clip_ratio, 1 + c.clip_ratio)
+            loss = -(torch.minimum(ratio * A, clipped * A) * mask).sum() / denom
+            if ref is not None:
+                delta = ref - logp
+                state["kl"] = ((delta.exp() - delta - 1) * mask).sum() / denom  # k3 estimator, >= 0
+                loss = loss + c.kl_coef * state["kl"]
+            return loss
+
+        flops = self.policy.flops_per_token(T, backward=True) * R * T  # fwd + bwd
+        updates = [self.learner.step(loss_fn, tokens=R * T, flops=flops) for _ in range(c.updates_per_iter)]
+        updates[0] = updates[0]._replace(flops=updates[0].flops + ref_flops)
+        return updates, {tags.TRAIN_REWARD_MEAN: float(np.mean(reward)), tags.TRAIN_KL: float(state["kl"].detach())}

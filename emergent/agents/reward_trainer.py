@@ -1,0 +1,88 @@
+"""Training the reward-and-objective network: BCE on the outcomes of the policy's own traces.
+
+``RewardTrainer`` holds the network's optimiser and a replay of labelled traces. Each
+``learn`` adds a batch's traces (except those held out for diagnostics) and takes
+``reward.updates_per_iter`` steps on draws from the replay. ``score`` reads P(correct) of
+finished traces or of prompt states, for ranking, rewards, baselines and diagnostics.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from emergent import tags
+from emergent.envs import TOKENIZER
+
+from .token_batch import encode_batch
+from .learner import Learner, OptimConfig, autocast
+from .records import Experience, Replay, Trace
+from .reward_net import RewardNet, RewardNetConfig, ValueBatch, value_loss
+
+
+def encode_values(prompts: Sequence[str], completions: Sequence[str], labels: np.ndarray, max_len: int) -> ValueBatch:
+    """Rows ``BOS prompt completion EOS``, right-padded; train every state from the last
+    prompt token (index len(prompt)) to the EOS (index len(prompt) + len(completion) + 1)."""
+    b = encode_batch(TOKENIZER, prompts, completions, max_len)
+    # BOS + the shifted targets = the whole row. A trace that filled the context never
+    # wrote EOS: its final state is its last token, so the appended EOS is cut off.
+    full = torch.cat([b.inputs[:, :1], b.targets], 1)[:, :max_len]
+    lp = torch.tensor([len(p) for p in prompts])
+    eos_at = (lp + torch.tensor([len(c) for c in completions]) + 1).clamp(max=max_len - 1)
+    t = torch.arange(full.shape[1])[None, :]
+    mask = ((t >= lp[:, None]) & (t <= eos_at[:, None])).float()
+    return ValueBatch(full, mask, torch.as_tensor(labels, dtype=torch.float32))
+
+
+def split_heldout(n: int, fraction: float, generator: np.random.Generator) -> np.ndarray:
+    """Boolean mask [n]: True for traces held out of reward-net training."""
+    return generator.random(n) < fraction
+
+
+class RewardTrainer:
+    """The reward net's optimiser (constant lr) and its replay of labelled traces."""
+
+    def __init__(self, net: RewardNet, cfg: RewardNetConfig, total_steps: int, device: torch.device):
+        optim = OptimConfig(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=0, weight_decay=0.1)
+        self.learner = Learner(net, optim, total_steps * cfg.updates_per_iter, device)
+        self.net, self.cfg, self.device = net, cfg, device
+        self.replay = Replay(cfg.replay_size)
+
+    def learn(self, experience: Experience, rng: np.random.Generator) -> tuple[float, dict[str, float]]:
+        """Add the batch's traces that are not held out, then update from the replay.
+        Returns (FLOPs, scalars)."""
+        prompts = experience.prompt_of
+        self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i]))
+                        for i in np.flatnonzero(~experience.heldout))
+        flops, losses = 0.0, []
+        for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
+            items = self.replay.sample(rng, self.cfg.batch_size)
+            batch = encode_values([t.prompt for t in items], [t.completion for t in items],
+                                  np.array([t.label for t in items]), self.net.cfg.max_len).to(self.device)
+            B, T = batch.inputs.shape
+            u = self.learner.step(lambda b=batch: value_loss(self.net, b), tokens=B * T,
+                                  flops=self.net.flops_per_token(T, backward=True) * B * T)
+            flops += u.flops
+            losses.append(u.loss)
+        return flops, ({tags.REWARD_LOSS: float(torch.stack(losses).mean())} if losses else {})
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], completions: Sequence[str], *, at_prompt: bool = False):
+        """P(correct) of finished traces (or, ``at_prompt``, of the prompt states) -> ([R], flops)."""
+        batch = encode_values(prompts, completions, np.zeros(len(prompts)), self.net.cfg.max_len).to(self.device)
+        lp = torch.tensor([len(p) for p in prompts], device=self.device)
+        lengths = lp + 1 if at_prompt else lp + batch.mask.sum(1).long()  # up to the prompt's end, or EOS
+        self.net.eval()
+        with autocast(self.device, self.learner.mixed_precision):
+            v = self.net.value_at(batch.inputs, lengths)
+        B, T = batch.inputs.shape
+        return v.float().cpu().numpy(), self.net.flops_per_token(T, backward=False) * B * T
+
+    def state_dict(self) -> dict:
+        return {"optim": self.learner.state_dict(), "net": self.net.state_dict(), "replay": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state["optim"])
+        self.net.load_state_dict(state["net"])
+        self.replay.load_state_dict(state["replay"])

@@ -1,0 +1,191 @@
+"""``Run``: an ``Experiment`` bound to its run directory, driven by every runtime alike.
+
+It owns resumption, TensorBoard, the evaluation and checkpoint schedule, the wall-clock
+budget and the logging windows: each step's ``Step`` (and, under Ray, the raw timings of
+the batch behind it) is recorded, and when a window closes its scalars are aggregated,
+the perf rates included, with one device sync per window.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from emergent import tags
+
+from .checkpoint import LAST, save_checkpoint
+from .config import Config, flatten, to_yaml
+from .evaluate import SplitResult, scalars
+from .experiment import RESUMABLE_CHANGES, Experiment, Step
+from .metrics import reward_net_diagnostics
+from .tensorboard import TBLogger
+
+# Dense bf16 peak FLOP/s by CUDA device name (no sparsity), for MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def samples_markdown(r: SplitResult) -> str:
+    rows = ["| prompt | completion | gold | correct |", "|---|---|---|---|"]
+    rows += [f"| `{p}` | `{c}` | `{g}` | {'yes' if ok else 'no'} |" for p, c, g, ok in r.samples]
+    return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """Raw timings of the batch behind a step, from a runtime with trace workers."""
+    busy_s: float      # the worker's time on it: weight load + collect
+    sync_s: float      # weight sync: the learner's export + the worker's load
+    staleness: int     # learner version - the version that wrote it
+    workers: int       # trace workers in the run
+
+
+def log_due(cfg: Config, step: int) -> bool:
+    """Whether the training scalars are logged after ``step`` (a window closes there)."""
+    return step % cfg.train.log_every == 0 or step >= cfg.train.steps
+
+
+def window_scalars(window: list[Step], seconds: float, peak: float | None) -> dict[str, float]:
+    """Aggregate the steps since the last log into scalars (the one GPU sync per window)."""
+    results = [s.result for s in window]
+    out: dict[str, float] = {tags.PERF_STEP_S: seconds / len(window)}
+    tokens = sum(r.tokens for r in results)
+    if tokens:
+        out[tags.PERF_TOKENS_PER_S] = tokens / seconds
+    if peak:
+        out[tags.PERF_MFU] = sum(sum(r.flops.values()) for r in results) / seconds / peak
+    stepped = [r for r in results if r.loss is not None]
+    if stepped:
+        loss = float(torch.stack([r.loss for r in stepped]).mean())
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss}")
+        last = stepped[-1]
+        out.update({tags.TRAIN_LOSS: loss, tags.TRAIN_LR: last.lr, tags.TRAIN_GRAD_NORM: float(last.grad_norm)})
+    extra: dict[str, list[float]] = {}
+    for s in window:
+        for k, v in s.scalars.items():
+            extra.setdefault(k, []).append(float(v))
+    out.update({k: float(np.mean(v)) for k, v in extra.items()})
+    held = [r.heldout for r in results if r.heldout is not None]
+    if held:  # reward-net diagnostics over every trace held out in the window
+        out.update(reward_net_diagnostics(np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held])))
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+class Run:
+    """An ``Experiment`` bound to its run directory: resumption, TensorBoard, the eval
+    and checkpoint schedule, the logging windows. Every runtime drives one (Ray: inside
+    its learner actor)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.experiment = ex = Experiment(cfg)
+        for stale in cfg.run_dir.glob(f".{LAST}.*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
+        self.resumed = cfg.resume and ex.try_resume()
+        if cfg.resume and not self.resumed:
+            print(f"emergent: no checkpoint at {cfg.run_dir / LAST}; starting fresh", flush=True)
+        # Events up to the checkpoint's step were flushed before it was saved; later ones
+        # (written by the killed process after it) are hidden by purge_step.
+        self.logger = TBLogger(cfg.run_dir, purge_step=ex.step + 1 if self.resumed else None)
+        if not self.resumed:
+            self.logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
+        self.peak = peak_flops(ex.device)
+        self._clock = time.perf_counter() - ex.elapsed_s  # wall clock of the run, over resumes
+        self._done = self._due()
+        self.last_eval: dict[str, float] = {}
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.window: list[Step] = []
+        self.window_s = 0.0                   # seconds the steps of the window took
+        self.window_t0 = time.perf_counter()  # wall clock at the window's start
+        self.window_busy = 0.0                # trace workers' busy seconds inside the window
+        self.window_workers = 0
+
+    @property
+    def step(self) -> int:
+        return self.experiment.step
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of the run so far (a resumed run carries its earlier ones)."""
+        return time.perf_counter() - self._clock
+
+    def _due(self) -> bool:
+        limit = self.cfg.train.time_limit_s
+        return self.experiment.step >= self.cfg.train.steps or (limit is not None and self.elapsed_s >= limit)
+
+    @property
+    def done(self) -> bool:
+        """Decided once per step, in ``record``: the clock may pass the budget while a step
+        is logged or checkpointed, and the step that passes it must be the one handled as
+        the last (logged, evaluated, checkpointed), not one found done afterwards."""
+        return self._done
+
+    def evaluate(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        results = self.experiment.evaluate()
+        self.last_eval = scalars(results)
+        self.logger.scalars({**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0,
+                             tags.PERF_ELAPSED_S: self.elapsed_s}, self.experiment.step)
+        for split, r in results.items():
+            self.logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), self.experiment.step)
+        return self.last_eval
+
+    def record(self, step: Step, seconds: float, timing: Optional[BatchTiming] = None) -> dict[str, float] | None:
+        """After a step: log the window when due, evaluate and checkpoint when due.
+        ``timing``: the raw timings of the batch (runtimes with trace workers).
+        Returns the logged training scalars, or None when nothing was logged."""
+        now = time.perf_counter()
+        if timing is not None:
+            # a worker writes one batch at a time: only the part of its busy interval inside
+            # this window counts, so utilisation never exceeds 1
+            self.window_busy += min(timing.busy_s, now - self.window_t0)
+            self.window_workers = timing.workers
+            step = Step(step.result, {**step.scalars, tags.PERF_STALENESS: float(timing.staleness),
+                                      tags.PERF_WEIGHT_SYNC_S: timing.sync_s}, step.traces)
+        self.window.append(step)
+        self.window_s += seconds
+        n = self.experiment.step
+        self._done = last = self._due()
+        values = None
+        if log_due(self.cfg, n) or last:
+            values = window_scalars(self.window, self.window_s, self.peak)  # syncs here only
+            if self.window_workers:  # rates over the window's wall clock
+                span = max(now - self.window_t0, 1e-9)
+                values[tags.PERF_TRACES_PER_S] = sum(s.traces for s in self.window) / span
+                values[tags.PERF_WORKER_UTILISATION] = self.window_busy / (span * self.window_workers)
+            if self.experiment.data.too_long:  # cumulative, once any draw was skipped
+                values[tags.DATA_TOO_LONG] = float(self.experiment.data.too_long)
+            self.logger.scalars({**values, **self.experiment.ledger.scalars()}, n)
+            self._reset_window()
+        if n % self.cfg.eval.every == 0 or last:
+            self.evaluate()
+        if n % self.cfg.checkpoint_every == 0 or last:
+            self.checkpoint()
+        return values
+
+    def checkpoint(self) -> None:
+        self.logger.flush()  # first the events, so a checkpoint never points past them
+        self.experiment.elapsed_s = self.elapsed_s
+        save_checkpoint(self.cfg.run_dir / LAST, self.experiment.state_dict())
+
+    def close(self) -> dict[str, float]:
+        hp = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(self.cfg))).items()
+              if k not in RESUMABLE_CHANGES}
+        hp["model.params"] = self.experiment.model.num_params()
+        self.logger.hparams(hp, {k: v for k, v in self.last_eval.items() if "/d" not in k})
+        self.logger.close()
+        return {**self.last_eval, "step": float(self.step)}  # the step it ended at (train.time_limit_s)
