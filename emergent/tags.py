@@ -29,8 +29,9 @@ PERF_STALENESS = "perf/staleness"                    # ray: learner version - tr
 DATA_TOO_LONG = "data/too_long_skipped"             # fresh training draws longer than the context
 
 # -- compute/: the FLOP ledger -------------------------------------------------------------------
-LEDGER_PARTS = ("train", "generate", "search", "reward")
+LEDGER_PARTS = ("train", "generate", "search", "reward")  # what a method spends
 TRAIN, GENERATE, SEARCH, REWARD = LEDGER_PARTS      # ledger part names
+WARM_START = "warm_start"  # everything the improve.init_from checkpoint's ledger held: spent before this run
 COMPUTE_TOTAL_FLOPS = "compute/total_flops"
 COMPUTE_TRAIN_FLOPS = "compute/train_flops"
 COMPUTE_GENERATE_FLOPS = "compute/generate_flops"
@@ -54,5 +55,28 @@ def eval_tag(split: str, metric: str, difficulty: int | None = None) -> str:
 
 
 def compute_tag(part: str) -> str:
-    assert part in LEDGER_PARTS, part
+    assert part in LEDGER_PARTS or part == WARM_START, part
     return f"compute/{part}_flops"
+
+
+def pass_tag(split: str, k: int, difficulty: int | None = None) -> str:
+    """pass@k (eval.pass_k): ``eval/<split>/pass@<k>``, or per difficulty ``eval/<split>/d<d>/pass@<k>``."""
+    return f"eval/{split}/pass@{k}" if difficulty is None else f"eval/{split}/d{difficulty}/pass@{k}"
+
+
+def maj_tag(split: str, k: int, difficulty: int | None = None) -> str:
+    """maj@k: the majority answer of k samples is correct."""
+    return f"eval/{split}/maj@{k}" if difficulty is None else f"eval/{split}/d{difficulty}/maj@{k}"
+
+
+# -- vs_flops/: every eval scalar again, with cumulative FLOPs as the step ---------------------------
+# Written to the run's ``vs_flops/`` subdirectory (its own event file: a resume purges it by
+# FLOPs, not by step). Overlaying runs there is the equal-compute chart.
+VS_FLOPS_DIR = "vs_flops"
+VS_FLOPS_UNIT = 1e6  # the step is compute/total_flops in MFLOPs (10^6 FLOPs), rounded down
+
+
+def vs_flops_tag(eval_tag: str) -> str:
+    """``eval/test/exact_match`` -> ``vs_flops/test/exact_match``."""
+    assert eval_tag.startswith("eval/"), eval_tag
+    return VS_FLOPS_DIR + eval_tag[len("eval"):]

@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from emergent import tags
+
 from .errors import UserError
 
 USAGE_EXAMPLES = """examples:
@@ -69,6 +71,12 @@ def cmd_eval(args: Sequence[str]) -> int:
         for label, count, m in rows:
             print(f"{split:<12} {label:>10} {count:>6} {m['exact_match']:>12.4f} "
                   f"{m['token_accuracy']:>10.4f} {m['edit_distance']:>10.4f}")
+    for split, r in results.items():  # eval.pass_k
+        if r.sampled is not None:
+            n = r.sampled.correct.shape[1]
+            print(f"{split} ({n} samples per problem at temperature {cfg.eval.temperature}): " + ", ".join(
+                f"pass@{k} {r.sampled.scalars[tags.pass_tag(split, k)]:.4f}, maj@{k} "
+                f"{r.sampled.scalars[tags.maj_tag(split, k)]:.4f}" for k in exp.evaluator.pass_k))
     return 0
 
 

@@ -56,6 +56,9 @@ class TrainConfig:
     # a wall-clock budget (seconds, evaluations included, summed over resumes): the step
     # that passes it is the last, evaluated and checkpointed. null: train.steps decides
     time_limit_s: Optional[float] = None
+    # a compute budget (FLOPs, compute/total_flops: a warm start's included): the step that
+    # passes it is the last, evaluated and checkpointed. null: train.steps decides
+    flop_budget: Optional[float] = None
     # difficulty curriculum: training problems start at the lowest training difficulty, and
     # the next one joins once the training accuracy at the highest drawn so far reaches
     # this, over curriculum_window problems of it (self-improvement: the verifier's
@@ -74,6 +77,11 @@ class EvalConfig:
     batch_size: int = 512
     samples: int = 4                      # sample traces logged as text per split
     decode: str = "greedy"                # greedy | search (MCTS with the search.* settings)
+    # pass@k and maj@k: sample pass_samples (null: max k) completions per problem at
+    # temperature; logged as eval/<split>/pass@<k> and maj@<k>. []: off
+    pass_k: List[int] = field(default_factory=list)
+    pass_samples: Optional[int] = None
+    temperature: float = 1.0
 
 
 @dataclass
@@ -264,6 +272,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.curriculum_window must be >= 1, got {cfg.train.curriculum_window}")
     if cfg.train.time_limit_s is not None and not cfg.train.time_limit_s > 0:
         raise ConfigError(f"train.time_limit_s must be > 0 seconds or null, got {cfg.train.time_limit_s}")
+    if cfg.train.flop_budget is not None and not cfg.train.flop_budget > 0:
+        raise ConfigError(f"train.flop_budget must be > 0 FLOPs or null, got {cfg.train.flop_budget}")
+    if cfg.eval.pass_k:
+        if min(cfg.eval.pass_k) < 1:
+            raise ConfigError(f"eval.pass_k must hold k >= 1, got {list(cfg.eval.pass_k)}")
+        n = cfg.eval.pass_samples
+        if n is not None and n < max(cfg.eval.pass_k):
+            raise ConfigError(f"eval.pass_samples={n} is fewer than the largest k in eval.pass_k={list(cfg.eval.pass_k)}")
+        if not cfg.eval.temperature > 0:
+            raise ConfigError(f"eval.temperature must be > 0 to sample for pass@k, got {cfg.eval.temperature}")
     if cfg.task.train_size is not None and cfg.task.train_size < 1:
         raise ConfigError(f"task.train_size must be >= 1 or null, got {cfg.task.train_size}")
     for name in ("experiment", "run_name"):

@@ -15,9 +15,22 @@ from emergent.agents.learner import autocast
 from emergent.agents.model import TransformerLM
 from emergent.agents.policy_value import PolicyValueEvaluator, output_completions, state_verifier
 from emergent.agents.search import search
-from emergent.envs import SPLITS, TOKENIZER, Problem, Scores, SplitSpec, Task
+from emergent.envs import SPLITS, TOKENIZER, Problem, Scores, SplitSpec, Task, extract_answer
 
 from emergent import tags
+
+from .checkpoint import atomic_write
+from .metrics import majority_at_k, pass_at_k
+
+
+@dataclass
+class Sampled:
+    """pass@k / maj@k of one split: n sampled completions per problem, and the raw record
+    a report recomputes any k <= n from (and bootstraps over problems)."""
+    correct: np.ndarray     # [P, n] bool: sample j of problem i is exactly right
+    answers: np.ndarray     # [P, n] int: equal ids within a row = the same final answer
+    difficulty: np.ndarray  # [P]
+    scalars: dict[str, float]  # pass@k / maj@k tags, overall and per difficulty
 
 
 @dataclass
@@ -25,6 +38,7 @@ class SplitResult:
     metrics: dict[str, float]                     # tags.EVAL_METRICS -> mean
     by_difficulty: dict[int, dict[str, float]]    # difficulty -> metric -> mean
     samples: list[tuple[str, str, str, bool]] = field(default_factory=list)  # prompt, completion, gold, exact
+    sampled: Sampled | None = None                # eval.pass_k
 
 
 def summarise(problems: Sequence[Problem], scores: Scores) -> tuple[dict, dict]:
@@ -86,6 +100,26 @@ def search_completions(model: TransformerLM, reward_net, task: Task, problems: S
     return out
 
 
+def sampled_scores(task: Task, problems: Sequence[Problem], completions: Sequence[str], n: int, ks: Sequence[int],
+                   split: str) -> Sampled:
+    """pass@k and maj@k from ``n`` completions per problem, problem-major ([P * n])."""
+    P = len(problems)
+    correct = task.verify_batch([p for p in problems for _ in range(n)], completions).exact.reshape(P, n)
+    _, ids = np.unique(np.array([extract_answer(c) for c in completions], dtype=object).astype(str),
+                       return_inverse=True)
+    answers = ids.reshape(P, n)
+    diff = np.array([p.difficulty for p in problems])
+    out = {}
+    for k in ks:
+        per = {"pass": pass_at_k(np.full(P, n), correct.sum(1), k), "maj": majority_at_k(answers, correct, k)}
+        for kind, v in per.items():
+            tag = tags.pass_tag if kind == "pass" else tags.maj_tag
+            out[tag(split, k)] = float(v.mean())
+            for d in np.unique(diff):
+                out[tag(split, k, int(d))] = float(v[diff == d].mean())
+    return Sampled(correct, answers, diff, out)
+
+
 class Evaluator:
     def __init__(
         self,
@@ -100,8 +134,13 @@ class Evaluator:
         train_set: Sequence[Problem] | None = None,
         decode: str = "greedy",
         search_cfg=None,
+        pass_k: Sequence[int] = (),
+        pass_samples: int | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.task, self.batch_size, self.samples = task, batch_size, samples
+        self.seed, self.pass_k, self.temperature = seed, sorted(set(pass_k)), temperature
+        self.pass_samples = (pass_samples or max(pass_k)) if pass_k else 0
         self.decode, self.search_cfg = decode, search_cfg
         self.sets: dict[str, list[Problem]] = {}
         for k, split in enumerate(SPLITS):
@@ -115,7 +154,7 @@ class Evaluator:
 
     def run(self, model: TransformerLM, device: torch.device, reward_net=None) -> dict[str, SplitResult]:
         results = {}
-        for split, problems in self.sets.items():
+        for k, (split, problems) in enumerate(self.sets.items()):
             if self.decode == "search":
                 completions = search_completions(model, reward_net, self.task, problems, device, self.search_cfg,
                                                  min(self.batch_size, 64))
@@ -125,7 +164,15 @@ class Evaluator:
             overall, by = summarise(problems, scores)
             samples = [(p.prompt, c, p.trace, bool(s)) for p, c, s in
                        zip(problems[: self.samples], completions, scores.exact)]
-            results[split] = SplitResult(overall, by, samples)
+            sampled = None
+            if self.pass_k:  # every problem x sample in length-sorted batches of eval.batch_size rows
+                n = self.pass_samples
+                # its own stream, fixed by eval.seed: every evaluation of every run draws alike
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+                drawn = generate_completions(model, [p.prompt for p in problems for _ in range(n)], device,
+                                             self.batch_size, temperature=self.temperature, generator=gen)
+                sampled = sampled_scores(self.task, problems, drawn, n, self.pass_k, split)
+            results[split] = SplitResult(overall, by, samples, sampled)
         return results
 
 
@@ -137,4 +184,15 @@ def scalars(results: dict[str, SplitResult]) -> dict[str, float]:
             out[tags.eval_tag(split, m)] = r.metrics[m]
             for d, md in r.by_difficulty.items():
                 out[tags.eval_tag(split, m, d)] = md[m]
+        if r.sampled is not None:
+            out.update(r.sampled.scalars)
     return out
+
+
+def save_sampled(path, results: dict[str, SplitResult]) -> None:
+    """The raw pass@k record of one evaluation, atomically: ``<split>/correct`` [P, n],
+    ``<split>/answers`` [P, n], ``<split>/difficulty`` [P]."""
+    arrays = {f"{split}/{name}": getattr(r.sampled, name) for split, r in results.items() if r.sampled is not None
+              for name in ("correct", "answers", "difficulty")}
+    if arrays:
+        atomic_write(path, lambda f: np.savez_compressed(f, **arrays))

@@ -28,8 +28,8 @@ from .ledger import FlopLedger
 from .problem_stream import ProblemStream
 
 # Keys that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"resume", "progress", "device", "train.steps", "train.time_limit_s", "eval.every",
-                     "checkpoint_every", "train.log_every"}
+RESUMABLE_CHANGES = {"resume", "progress", "device", "train.steps", "train.time_limit_s", "train.flop_budget",
+                     "eval.every", "checkpoint_every", "train.log_every"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,10 +88,14 @@ class Experiment:
         torch.manual_seed(cfg.seed)
         self.task = make_task(cfg.task.name, format=cfg.task.format, heldout_fraction=cfg.task.heldout_fraction)
         self.model = TransformerLM(cfg.model, TOKENIZER.vocab_size).to(self.device)
+        warm = None
         if cfg.improve.init_from and not worker:  # before the method: a KL reference copies the start
-            load_model_state(self.model, load_checkpoint(cfg.improve.init_from), cfg.improve.init_from)
+            warm = load_checkpoint(cfg.improve.init_from)
+            load_model_state(self.model, warm, cfg.improve.init_from)
         self.method: Method = build_method(cfg, self.model, self.device)
         self.ledger = FlopLedger()
+        if warm is not None:  # compute counts from random initialisation: the warm start's is part of it
+            self.ledger.add(tags.WARM_START, sum(float(v) for v in warm["ledger"].values()))
         self.step = 0
         self.elapsed_s = 0.0  # wall clock of the run at its last checkpoint (Run keeps the live one)
         if worker:
@@ -103,6 +107,7 @@ class Experiment:
             self.task, cfg.splits, problems_per_split=cfg.eval.problems, seed=cfg.eval.seed,
             split_names=cfg.eval.splits, batch_size=cfg.eval.batch_size, samples=cfg.eval.samples,
             train_set=self.data.fixed, decode=cfg.eval.decode, search_cfg=cfg.search,
+            pass_k=cfg.eval.pass_k, pass_samples=cfg.eval.pass_samples, temperature=cfg.eval.temperature,
         )
         self._check_context()
 

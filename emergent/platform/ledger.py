@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from emergent import tags
 
-PARTS = tags.LEDGER_PARTS
+PARTS = (*tags.LEDGER_PARTS, tags.WARM_START)
 
 
 class FlopLedger:

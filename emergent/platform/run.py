@@ -20,7 +20,7 @@ from emergent import tags
 
 from .checkpoint import LAST, save_checkpoint
 from .config import Config, flatten, to_yaml
-from .evaluate import SplitResult, scalars
+from .evaluate import SplitResult, save_sampled, scalars
 from .experiment import RESUMABLE_CHANGES, Experiment, Step
 from .metrics import reward_net_diagnostics
 from .tensorboard import TBLogger
@@ -99,6 +99,9 @@ class Run:
         # Events up to the checkpoint's step were flushed before it was saved; later ones
         # (written by the killed process after it) are hidden by purge_step.
         self.logger = TBLogger(cfg.run_dir, purge_step=ex.step + 1 if self.resumed else None)
+        # the evaluations again, against cumulative FLOPs: its own event file, purged by FLOPs
+        self.vs_flops = TBLogger(cfg.run_dir / tags.VS_FLOPS_DIR,
+                                 purge_step=self._flop_step() + 1 if self.resumed else None)
         if not self.resumed:
             self.logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
         self.peak = peak_flops(ex.device)
@@ -123,9 +126,14 @@ class Run:
         """Wall-clock seconds of the run so far (a resumed run carries its earlier ones)."""
         return time.perf_counter() - self._clock
 
+    def _flop_step(self) -> int:
+        """compute/total_flops in tags.VS_FLOPS_UNIT: the step of the vs_flops/ scalars."""
+        return int(self.experiment.ledger.total // tags.VS_FLOPS_UNIT)
+
     def _due(self) -> bool:
-        limit = self.cfg.train.time_limit_s
-        return self.experiment.step >= self.cfg.train.steps or (limit is not None and self.elapsed_s >= limit)
+        t = self.cfg.train
+        return (self.experiment.step >= t.steps or (t.time_limit_s is not None and self.elapsed_s >= t.time_limit_s)
+                or (t.flop_budget is not None and self.experiment.ledger.total >= t.flop_budget))
 
     @property
     def done(self) -> bool:
@@ -138,8 +146,11 @@ class Run:
         t0 = time.perf_counter()
         results = self.experiment.evaluate()
         self.last_eval = scalars(results)
+        n = self.experiment.step
         self.logger.scalars({**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0,
-                             tags.PERF_ELAPSED_S: self.elapsed_s}, self.experiment.step)
+                             tags.PERF_ELAPSED_S: self.elapsed_s}, n)
+        self.vs_flops.scalars({tags.vs_flops_tag(k): v for k, v in self.last_eval.items()}, self._flop_step())
+        save_sampled(self.cfg.run_dir / "evals" / f"step_{n:06d}.npz", results)  # with eval.pass_k only
         for split, r in results.items():
             self.logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), self.experiment.step)
         return self.last_eval
@@ -179,6 +190,7 @@ class Run:
 
     def checkpoint(self) -> None:
         self.logger.flush()  # first the events, so a checkpoint never points past them
+        self.vs_flops.flush()
         self.experiment.elapsed_s = self.elapsed_s
         save_checkpoint(self.cfg.run_dir / LAST, self.experiment.state_dict())
 
@@ -188,4 +200,5 @@ class Run:
         hp["model.params"] = self.experiment.model.num_params()
         self.logger.hparams(hp, {k: v for k, v in self.last_eval.items() if "/d" not in k})
         self.logger.close()
+        self.vs_flops.close()
         return {**self.last_eval, "step": float(self.step)}  # the step it ended at (train.time_limit_s)
