@@ -2,6 +2,7 @@
 
   emergent train [CONFIG.yaml] [key=value ...]
   emergent eval CHECKPOINT [key=value ...]
+  emergent sweep SWEEP.yaml [key=value ...]
 
 Bad input of any kind exits with code 2 and one line on stderr naming the problem.
 """
@@ -80,6 +81,12 @@ def cmd_eval(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_sweep(args: Sequence[str]) -> int:
+    from .sweep import run_sweep
+
+    return run_sweep(args[0], list(args[1:]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="emergent", description="Supervised vs self-improving Transformers on verifiable reasoning tasks.",
@@ -91,9 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_train.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value", help="config file and overrides")
     p_eval = sub.add_parser("eval", help="evaluate a checkpoint per split and difficulty")
     p_eval.add_argument("args", nargs="+", metavar="CHECKPOINT [key=value]", help="checkpoint and overrides")
+    p_sweep = sub.add_parser("sweep", help="a grid of runs as Ray tasks (see emergent/platform/sweep.py)")
+    p_sweep.add_argument("args", nargs="+", metavar="SWEEP.yaml [key=value]", help="sweep file and overrides for every run")
     ns = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval}[ns.command](ns.args)
+        return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep}[ns.command](ns.args)
     except UserError as e:
         print(f"emergent: error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -27,7 +27,7 @@ was writing is dropped (its problems are simply not trained on) and the worker g
 one. Nothing reaches the replay buffers or the FLOP ledger except through ``consume``,
 and each batch carries a unique id the learner consumes at most once.
 
-This is the only module that imports ray.
+With platform/sweep.py, the only modules that import ray.
 """
 from __future__ import annotations
 

@@ -1,0 +1,243 @@
+"""``emergent sweep FILE [key=value ...]``: a grid of runs on Ray's own scheduling.
+
+A sweep file names a base config, an experiment and a grid; every combination of the grid's
+values is one run (a *cell*), written to the usual ``<logdir>/<experiment>/<run name>``
+with a run name that spells its cell, so TensorBoard overlays them::
+
+    experiment: countdown_compare
+    base: configs/countdown.yaml          # a config file, or a mapping of keys
+    grid:                                 # key -> values; every combination is a run
+      train.method: [supervised, expert_iteration]
+      model.d_model: [64, 128]
+      seed: [0, 1, 2]
+    per_method:                           # keys only that method reads (others refuse them)
+      supervised: {train.batch_size: 64}
+      expert_iteration: {improve.samples: 4}
+    flop_budget: 2.0e13                   # train.flop_budget of every compared run (optional)
+    warm_start: {train.steps: 3000}       # optional: self-improvement runs start from a
+                                          # supervised run of the same cell (method aside),
+                                          # trained once and shared
+    resources: {cpus: 1, gpus: 0}         # per run
+
+Every cell's config is built and validated before any run starts: one bad cell exits 2,
+naming it. Runs are Ray tasks with the stated resources (a local Ray sized to this
+machine, or the cluster a ``ray job submit`` runs in); a self-improvement run's task takes
+its warm start's task as an argument, so Ray starts it only once that is done. Running
+the same command again skips finished runs (``<run>/done.json``) and resumes unfinished
+ones from their checkpoints. A failed run is recorded (``<run>/failed.txt``) while the
+others go on, and the sweep exits 1 at the end, naming it.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from .checkpoint import LAST, atomic_write
+from .config import Config, ConfigError, flatten, load_config, load_yaml
+
+SWEEP_KEYS = {"experiment", "base", "grid", "per_method", "flop_budget", "warm_start", "resources"}
+DONE, FAILED, STARTED = "done.json", "failed.txt", "started"
+WARM = "supervised"  # the method a shared warm start trains
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str                      # run name: the cell's grid values
+    values: dict                   # grid key -> value
+    overrides: tuple[str, ...]     # on top of the base, in order
+    warm_start: Optional[str] = None  # the warm-start cell this run starts from
+
+
+@dataclass(frozen=True)
+class Sweep:
+    experiment: str
+    base: Optional[str]            # a config file
+    base_keys: tuple[str, ...]     # inline base keys as overrides
+    cells: tuple[Cell, ...]        # warm starts first
+    cpus: float
+    gpus: float
+    logdir: str
+
+
+def _value(v: Any) -> str:
+    """A dotlist value as the command line would write it."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    return "null" if v is None else str(v)
+
+
+def _dotlist(mapping: Any, where: str) -> list[str]:
+    if mapping is None:
+        return []
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"sweep: {where} must be a mapping of config keys")
+    return [f"{k}={_value(v)}" for k, v in flatten(mapping).items()]
+
+
+def _name(values: dict) -> str:
+    """``{train.method: expert_iteration, model.d_model: 64, seed: 1}`` -> ``expert_iteration_d_model64_seed1``."""
+    parts = [str(v) if k == "train.method" else f"{k.split('.')[-1]}{_value(v)}" for k, v in values.items()]
+    return "_".join(parts).replace("/", "-").replace(" ", "") or "run"
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, dict[str, Config]]:
+    """Parse a sweep file and build every cell's config; any problem is a ConfigError
+    naming the cell and the key, raised before anything runs."""
+    spec = OmegaConf.to_container(load_yaml(path), resolve=True)
+    unknown = set(spec) - SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)}; a sweep file holds {sorted(SWEEP_KEYS)}")
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"sweep {path}: grid must map config keys to non-empty lists of values")
+    grid = flatten(grid) if any(isinstance(v, dict) for v in grid.values()) else grid
+    experiment = spec.get("experiment") or Path(path).stem
+    base = spec.get("base")
+    base_file, base_keys = (base, []) if isinstance(base, str) or base is None else (None, _dotlist(base, "base"))
+    per_method = {m: _dotlist(keys, f"per_method.{m}") for m, keys in (spec.get("per_method") or {}).items()}
+    budget = spec.get("flop_budget")
+    warm = spec.get("warm_start")
+    resources = spec.get("resources") or {}
+    shared = [*base_keys, f"experiment={experiment}"]
+    common = [*(["train.flop_budget=" + _value(budget)] if budget is not None else [])]
+
+    def method_of(values: dict) -> str:
+        if "train.method" in values:
+            return str(values["train.method"])
+        return load_config(base_file, [*shared, *overrides]).train.method
+
+    cells, configs, warm_cells = [], {}, {}
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        name = _name(values)
+        cell_over = [f"{k}={_value(v)}" for k, v in values.items()]
+        try:
+            method = method_of(values)
+        except ConfigError as e:
+            raise ConfigError(f"sweep cell {name}: {e}") from None
+        warm_name = None
+        if warm is not None and method != WARM:
+            others = {k: v for k, v in values.items() if k != "train.method"}
+            warm_name = "warm_start_" + _name(others)
+            if warm_name not in warm_cells:
+                warm_over = [*(o for o in cell_over if not o.startswith("train.method=")), f"train.method={WARM}",
+                             *per_method.get(WARM, []), *_dotlist(warm, "warm_start")]
+                warm_cells[warm_name] = Cell(warm_name, others, tuple(warm_over))
+        cells.append(Cell(name, values, tuple([*cell_over, *per_method.get(method, []), *common]), warm_name))
+    for cell in [*warm_cells.values(), *cells]:
+        # a warm start's checkpoint does not exist yet: the cell is checked without it
+        over = [*shared, *cell.overrides, *overrides, f"run_name={cell.name}", "progress=false"]
+        try:
+            configs[cell.name] = load_config(base_file, over)
+        except ConfigError as e:
+            raise ConfigError(f"sweep cell {cell.name}: {e}") from None
+    if len(configs) != len(warm_cells) + len(cells):
+        raise ConfigError(f"sweep {path}: two cells share a run name; grid values must differ in their names")
+    cpus, gpus = float(resources.get("cpus", 1)), float(resources.get("gpus", 0))
+    if cpus <= 0 or gpus < 0:
+        raise ConfigError(f"sweep {path}: resources.cpus must be > 0 and resources.gpus >= 0")
+    logdir = next(iter(configs.values())).logdir
+    sweep = Sweep(experiment, base_file, tuple(base_keys), (*warm_cells.values(), *cells), cpus, gpus, logdir)
+    return sweep, configs
+
+
+def run_cell(cfg_yaml: str, run_dir: str, threads: int, warm_start: Optional[dict] = None) -> dict:
+    """One run, in a Ray worker: resumes from a checkpoint when one exists, records
+    ``done.json`` (or ``failed.txt``) and returns its final scalars (or its error)."""
+    import torch
+
+    from .local import train_local
+
+    run = Path(run_dir)
+    if warm_start is not None and "error" in warm_start:
+        return {"error": f"its warm start failed: {warm_start['error']}"}
+    try:
+        torch.set_num_threads(max(1, threads))
+        over = ["resume=true"] if (run / LAST).exists() else []
+        if warm_start is not None:
+            over.append(f"improve.init_from={warm_start['checkpoint']}")
+        cfg = load_config(base=cfg_yaml, overrides=over)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / STARTED).touch()
+        (run / FAILED).unlink(missing_ok=True)
+        final = train_local(cfg)
+        out = {"final": final, "checkpoint": str(run / LAST)}
+        atomic_write(run / DONE, lambda f: f.write(json.dumps(out, indent=1).encode()))
+        return out
+    except Exception as e:  # recorded; the other runs go on
+        msg = f"{type(e).__name__}: {e}"
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write(run / FAILED, lambda f: f.write((msg + "\n\n" + traceback.format_exc()).encode()))
+        return {"error": msg}
+
+
+def _progress(sweep: Sweep, configs: dict[str, Config], failed: set[str]) -> str:
+    state = {"done": 0, "running": 0, "failed": 0, "pending": 0}
+    for cell in sweep.cells:
+        run = configs[cell.name].run_dir
+        if cell.name in failed:
+            state["failed"] += 1
+        elif (run / DONE).exists():
+            state["done"] += 1
+        elif (run / STARTED).exists():
+            state["running"] += 1
+        else:
+            state["pending"] += 1
+    return f"sweep {sweep.experiment}: " + ", ".join(f"{v} {k}" for k, v in state.items())
+
+
+def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
+    """Validate every cell, then run the unfinished ones as Ray tasks. Returns the exit code."""
+    sweep, configs = load_sweep(path, overrides)
+    import ray  # after validation: a bad sweep costs no Ray start
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    for cell in sweep.cells:  # a run that failed last time is tried again
+        (configs[cell.name].run_dir / STARTED).unlink(missing_ok=True)
+    task = ray.remote(run_cell).options(num_cpus=sweep.cpus, num_gpus=sweep.gpus, max_retries=0)
+    threads = max(1, int(sweep.cpus))
+    refs: dict[str, Any] = {}   # cell name -> ObjectRef, or the done record of a finished run
+    skipped = 0
+    for cell in sweep.cells:  # warm starts come first, so their refs exist for their dependents
+        cfg = configs[cell.name]
+        done = cfg.run_dir / DONE
+        if done.exists():
+            refs[cell.name] = json.loads(done.read_text())
+            skipped += 1
+            continue
+        from .config import to_yaml
+
+        warm = refs.get(cell.warm_start) if cell.warm_start else None
+        refs[cell.name] = task.remote(to_yaml(cfg), str(cfg.run_dir), threads, warm)
+    print(f"sweep {sweep.experiment}: {len(sweep.cells)} runs, {skipped} already finished (skipped), "
+          f"logs under {Path(sweep.logdir) / sweep.experiment}", flush=True)
+    pending = {ref: name for name, ref in refs.items() if isinstance(ref, ray.ObjectRef)}
+    failed: dict[str, str] = {}
+    last = ""
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+        for ref in ready:
+            name = pending.pop(ref)
+            result = ray.get(ref)
+            if "error" in result:
+                failed[name] = result["error"]
+        line = _progress(sweep, configs, set(failed))
+        if line != last or not ready:
+            print(line, time.strftime("%H:%M:%S"), flush=True)
+            last = line
+    for name, error in failed.items():
+        print(f"sweep: run {name} failed: {error} (see {configs[name].run_dir / FAILED})", flush=True)
+    if failed:
+        print(f"sweep {sweep.experiment}: {len(failed)} of {len(sweep.cells)} runs failed: {sorted(failed)}", flush=True)
+        return 1
+    print(f"sweep {sweep.experiment}: all {len(sweep.cells)} runs finished", flush=True)
+    return 0
