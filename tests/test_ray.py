@@ -83,7 +83,7 @@ def test_supervised_under_ray_computes_exactly_what_local_computes(local_ray, tm
     from emergent.platform.local import train_local
     from emergent.platform.ray_runtime import train_ray
 
-    base = [*TINY, "train.steps=10", f"logdir={tmp_path}"]
+    base = [*TINY, "train.steps=10", "ray.workers=1", f"logdir={tmp_path}"]
     train_local(load_config(None, [*base, "run_name=local"]))
     train_ray(load_config(None, [*base, "run_name=ray", "runtime=ray"]))
     local, remote = scalars(tmp_path / "quickstart" / "local"), scalars(tmp_path / "quickstart" / "ray")

@@ -17,7 +17,7 @@ from emergent import tags
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-TINY_JOB = [*TINY, "train.steps=4", "eval.splits=[test]"]
+TINY_JOB = [*TINY, "train.steps=4", "eval.splits=[test]", "ray.workers=1"]
 
 
 def readme_cluster_recipe() -> str:
