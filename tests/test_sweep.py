@@ -78,15 +78,11 @@ def test_a_failed_run_is_recorded_the_others_go_on_and_the_sweep_exits_1(tmp_pat
     # self-improvement runs fail when they load it, the supervised runs finish
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    text = TINY_SWEEP.replace("warm_start: {train.steps: 4}", "").replace(
+    text = TINY_SWEEP.replace("warm_start: {train.steps: 4}", "").replace("seed: [0, 1]", "seed: [0]").replace(
         "expert_iteration: {improve: {", f"expert_iteration: {{improve: {{init_from: '{bad}', ")
     proc = sweep(tmp_path, text)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     root = tmp_path / "runs" / "tiny_sweep"
-    for name in ("expert_iteration_seed0", "expert_iteration_seed1"):
-        assert "not an emergent checkpoint" in (root / name / "failed.txt").read_text() or \
-            "corrupt" in (root / name / "failed.txt").read_text()
-        assert f"run {name} failed" in proc.stdout
-    for name in ("supervised_seed0", "supervised_seed1"):
-        assert (root / name / "done.json").is_file()
-    assert "2 of 4 runs failed" in proc.stdout
+    assert "checkpoint" in (root / "expert_iteration_seed0" / "failed.txt").read_text()
+    assert "run expert_iteration_seed0 failed" in proc.stdout and "1 of 2 runs failed" in proc.stdout
+    assert (root / "supervised_seed0" / "done.json").is_file()
