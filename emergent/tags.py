@@ -76,6 +76,9 @@ VS_FLOPS_DIR = "vs_flops"
 VS_FLOPS_UNIT = 1e6  # the step is compute/total_flops in MFLOPs (10^6 FLOPs), rounded down
 
 
+EVALS_DIR = "evals"  # <run>/evals/step_<N>.npz: the per-problem record of each evaluation
+
+
 def vs_flops_tag(eval_tag: str) -> str:
     """``eval/test/exact_match`` -> ``vs_flops/test/exact_match``."""
     assert eval_tag.startswith("eval/"), eval_tag

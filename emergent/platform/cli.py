@@ -3,6 +3,7 @@
   emergent train [CONFIG.yaml] [key=value ...]
   emergent eval CHECKPOINT [key=value ...]
   emergent sweep SWEEP.yaml [key=value ...]
+  emergent report LOGDIR/EXPERIMENT
 
 Bad input of any kind exits with code 2 and one line on stderr naming the problem.
 """
@@ -87,6 +88,16 @@ def cmd_sweep(args: Sequence[str]) -> int:
     return run_sweep(args[0], list(args[1:]))
 
 
+def cmd_report(args: Sequence[str]) -> int:
+    from .report import write_report
+
+    if len(args) != 1:
+        raise UserError("report needs one directory: emergent report <logdir>/<experiment>")
+    out = write_report(args[0])
+    print(f"emergent: wrote {out} and its figures", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="emergent", description="Supervised vs self-improving Transformers on verifiable reasoning tasks.",
@@ -100,9 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("args", nargs="+", metavar="CHECKPOINT [key=value]", help="checkpoint and overrides")
     p_sweep = sub.add_parser("sweep", help="a grid of runs as Ray tasks (see emergent/platform/sweep.py)")
     p_sweep.add_argument("args", nargs="+", metavar="SWEEP.yaml [key=value]", help="sweep file and overrides for every run")
+    p_report = sub.add_parser("report", help="report.md and figures from an experiment's runs (see emergent/platform/report.py)")
+    p_report.add_argument("args", nargs=1, metavar="LOGDIR/EXPERIMENT", help="the directory holding the runs")
     ns = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep}[ns.command](ns.args)
+        return {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "report": cmd_report}[ns.command](ns.args)
     except UserError as e:
         print(f"emergent: error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -39,6 +39,8 @@ class SplitResult:
     by_difficulty: dict[int, dict[str, float]]    # difficulty -> metric -> mean
     samples: list[tuple[str, str, str, bool]] = field(default_factory=list)  # prompt, completion, gold, exact
     sampled: Sampled | None = None                # eval.pass_k
+    scores: Scores | None = None                  # per problem: what a report bootstraps over
+    difficulty: np.ndarray | None = None          # [P]
 
 
 def summarise(problems: Sequence[Problem], scores: Scores) -> tuple[dict, dict]:
@@ -172,7 +174,8 @@ class Evaluator:
                 drawn = generate_completions(model, [p.prompt for p in problems for _ in range(n)], device,
                                              self.batch_size, temperature=self.temperature, generator=gen)
                 sampled = sampled_scores(self.task, problems, drawn, n, self.pass_k, split)
-            results[split] = SplitResult(overall, by, samples, sampled)
+            results[split] = SplitResult(overall, by, samples, sampled, scores,
+                                         np.array([p.difficulty for p in problems]))
         return results
 
 
@@ -189,10 +192,18 @@ def scalars(results: dict[str, SplitResult]) -> dict[str, float]:
     return out
 
 
-def save_sampled(path, results: dict[str, SplitResult]) -> None:
-    """The raw pass@k record of one evaluation, atomically: ``<split>/correct`` [P, n],
-    ``<split>/answers`` [P, n], ``<split>/difficulty`` [P]."""
-    arrays = {f"{split}/{name}": getattr(r.sampled, name) for split, r in results.items() if r.sampled is not None
-              for name in ("correct", "answers", "difficulty")}
+def save_evaluation(path, results: dict[str, SplitResult]) -> None:
+    """The per-problem record of one evaluation, atomically, for a report to recompute any
+    k and bootstrap over problems: per split ``<split>/exact`` [P] bool,
+    ``<split>/token_accuracy`` [P], ``<split>/difficulty`` [P]; with eval.pass_k also
+    ``<split>/correct`` [P, n] and ``<split>/answers`` [P, n] of the sampled completions."""
+    arrays = {}
+    for split, r in results.items():
+        if r.scores is not None:
+            arrays.update({f"{split}/exact": r.scores.exact, f"{split}/token_accuracy": r.scores.token_accuracy,
+                           f"{split}/difficulty": r.difficulty})
+        if r.sampled is not None:
+            arrays.update({f"{split}/correct": r.sampled.correct, f"{split}/answers": r.sampled.answers,
+                           f"{split}/difficulty": r.sampled.difficulty})
     if arrays:
         atomic_write(path, lambda f: np.savez_compressed(f, **arrays))

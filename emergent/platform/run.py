@@ -20,7 +20,7 @@ from emergent import tags
 
 from .checkpoint import LAST, save_checkpoint
 from .config import Config, flatten, to_yaml
-from .evaluate import SplitResult, save_sampled, scalars
+from .evaluate import SplitResult, save_evaluation, scalars
 from .experiment import RESUMABLE_CHANGES, Experiment, Step
 from .metrics import reward_net_diagnostics
 from .tensorboard import TBLogger
@@ -150,7 +150,7 @@ class Run:
         self.logger.scalars({**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0,
                              tags.PERF_ELAPSED_S: self.elapsed_s}, n)
         self.vs_flops.scalars({tags.vs_flops_tag(k): v for k, v in self.last_eval.items()}, self._flop_step())
-        save_sampled(self.cfg.run_dir / "evals" / f"step_{n:06d}.npz", results)  # with eval.pass_k only
+        save_evaluation(self.cfg.run_dir / tags.EVALS_DIR / f"step_{n:06d}.npz", results)
         for split, r in results.items():
             self.logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), self.experiment.step)
         return self.last_eval

@@ -22,7 +22,11 @@ with a run name that spells its cell, so TensorBoard overlays them::
 Every cell's config is built and validated before any run starts: one bad cell exits 2,
 naming it. Runs are Ray tasks with the stated resources (a local Ray sized to this
 machine, or the cluster a ``ray job submit`` runs in); a self-improvement run's task takes
-its warm start's task as an argument, so Ray starts it only once that is done. Running
+its warm start's task as an argument, so Ray starts it only once that is done. A run with
+``runtime=ray`` (a learner actor and trace workers of its own) gets a placement group with
+one bundle for its task and learner (``resources``) and one per trace worker
+(``ray.worker_cpus/gpus``): Ray reserves its whole footprint before it starts, so runs
+never deadlock holding half of what they need. Running
 the same command again skips finished runs (``<run>/done.json``) and resumes unfinished
 ones from their checkpoints. A failed run is recorded (``<run>/failed.txt``) while the
 others go on, and the sweep exits 1 at the end, naming it.
@@ -41,7 +45,8 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 
 from .checkpoint import LAST, atomic_write
-from .config import Config, ConfigError, flatten, load_config, load_yaml
+from .config import Config, ConfigError, flatten, load_config, load_yaml, to_yaml
+from .report import SWEEP_FILE
 
 SWEEP_KEYS = {"experiment", "base", "grid", "per_method", "flop_budget", "warm_start", "resources"}
 DONE, FAILED, STARTED = "done.json", "failed.txt", "started"
@@ -54,6 +59,7 @@ class Cell:
     values: dict                   # grid key -> value
     overrides: tuple[str, ...]     # on top of the base, in order
     warm_start: Optional[str] = None  # the warm-start cell this run starts from
+    role: str = "run"              # "run", or "warm_start": trained for other runs to start from
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
             if warm_name not in warm_cells:
                 warm_over = [*(o for o in cell_over if not o.startswith("train.method=")), f"train.method={WARM}",
                              *per_method.get(WARM, []), *_dotlist(warm, "warm_start")]
-                warm_cells[warm_name] = Cell(warm_name, others, tuple(warm_over))
+                warm_cells[warm_name] = Cell(warm_name, others, tuple(warm_over), role="warm_start")
         cells.append(Cell(name, values, tuple([*cell_over, *per_method.get(method, []), *common]), warm_name))
     for cell in [*warm_cells.values(), *cells]:
         # a warm start's checkpoint does not exist yet: the cell is checked without it
@@ -144,9 +150,25 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
     cpus, gpus = float(resources.get("cpus", 1)), float(resources.get("gpus", 0))
     if cpus <= 0 or gpus < 0:
         raise ConfigError(f"sweep {path}: resources.cpus must be > 0 and resources.gpus >= 0")
+    for name, cfg in configs.items():
+        if cfg.runtime == "ray":  # the learner shares its task's bundle: it must fit there
+            if cfg.ray.learner_cpus > cpus or (cfg.ray.learner_gpus or 0) > gpus:
+                raise ConfigError(f"sweep cell {name}: ray.learner_cpus/learner_gpus must fit in the run's "
+                                  f"resources (cpus={cpus}, gpus={gpus})")
+            cfg.ray.learner_gpus = gpus if cfg.ray.learner_gpus is None else cfg.ray.learner_gpus
     logdir = next(iter(configs.values())).logdir
     sweep = Sweep(experiment, base_file, tuple(base_keys), (*warm_cells.values(), *cells), cpus, gpus, logdir)
     return sweep, configs
+
+
+def bundles(cfg: Config, cpus: float, gpus: float) -> list[dict[str, float]]:
+    """The placement-group bundles of a ``runtime=ray`` run: its task and learner, then one
+    per trace worker."""
+    def bundle(c: float, g: float) -> dict[str, float]:
+        return {k: v for k, v in (("CPU", c), ("GPU", g)) if v > 0}
+
+    worker = bundle(cfg.ray.worker_cpus, cfg.ray.worker_gpus)
+    return [bundle(cpus, gpus), *([worker] * cfg.ray.workers if worker else [])]
 
 
 def run_cell(cfg_yaml: str, run_dir: str, threads: int, warm_start: Optional[dict] = None) -> dict:
@@ -168,7 +190,12 @@ def run_cell(cfg_yaml: str, run_dir: str, threads: int, warm_start: Optional[dic
         run.mkdir(parents=True, exist_ok=True)
         (run / STARTED).touch()
         (run / FAILED).unlink(missing_ok=True)
-        final = train_local(cfg)
+        if cfg.runtime == "ray":  # inside this run's placement group: its actors land there too
+            from .ray_runtime import train_ray
+
+            final = train_ray(cfg)
+        else:
+            final = train_local(cfg)
         out = {"final": final, "checkpoint": str(run / LAST)}
         atomic_write(run / DONE, lambda f: f.write(json.dumps(out, indent=1).encode()))
         return out
@@ -201,10 +228,30 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
-    for cell in sweep.cells:  # a run that failed last time is tried again
-        (configs[cell.name].run_dir / STARTED).unlink(missing_ok=True)
-    task = ray.remote(run_cell).options(num_cpus=sweep.cpus, num_gpus=sweep.gpus, max_retries=0)
+    root = Path(sweep.logdir) / sweep.experiment
+    listing = {"experiment": sweep.experiment, "cells": [
+        {"name": c.name, "values": c.values, "role": c.role, "warm_start": c.warm_start} for c in sweep.cells]}
+    atomic_write(root / SWEEP_FILE, lambda f: f.write(json.dumps(listing, indent=1).encode()))  # `emergent report` reads it
+    for cell in sweep.cells:  # an unfinished run (failed, or killed) counts as pending until it starts again
+        if not (configs[cell.name].run_dir / DONE).exists():
+            (configs[cell.name].run_dir / STARTED).unlink(missing_ok=True)
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    task = ray.remote(max_retries=0)(run_cell)
     threads = max(1, int(sweep.cpus))
+    groups: dict[str, Any] = {}  # cell name -> its placement group (runtime=ray runs)
+
+    def submit(cfg: Config, warm):
+        if cfg.runtime != "ray":
+            return task.options(num_cpus=sweep.cpus, num_gpus=sweep.gpus).remote(to_yaml(cfg), str(cfg.run_dir),
+                                                                                   threads, warm)
+        pg = groups[cfg.run_name] = placement_group(bundles(cfg, sweep.cpus, sweep.gpus), strategy="PACK")
+        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0,
+                                                    placement_group_capture_child_tasks=True)
+        # the task only drives: its bundle's CPUs and GPUs are the learner actor's
+        return task.options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(
+            to_yaml(cfg), str(cfg.run_dir), threads, warm)
     refs: dict[str, Any] = {}   # cell name -> ObjectRef, or the done record of a finished run
     skipped = 0
     for cell in sweep.cells:  # warm starts come first, so their refs exist for their dependents
@@ -214,10 +261,8 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
             refs[cell.name] = json.loads(done.read_text())
             skipped += 1
             continue
-        from .config import to_yaml
-
         warm = refs.get(cell.warm_start) if cell.warm_start else None
-        refs[cell.name] = task.remote(to_yaml(cfg), str(cfg.run_dir), threads, warm)
+        refs[cell.name] = submit(cfg, warm)
     print(f"sweep {sweep.experiment}: {len(sweep.cells)} runs, {skipped} already finished (skipped), "
           f"logs under {Path(sweep.logdir) / sweep.experiment}", flush=True)
     pending = {ref: name for name, ref in refs.items() if isinstance(ref, ray.ObjectRef)}
@@ -228,6 +273,8 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
         for ref in ready:
             name = pending.pop(ref)
             result = ray.get(ref)
+            if name in groups:
+                remove_placement_group(groups.pop(name))
             if "error" in result:
                 failed[name] = result["error"]
         line = _progress(sweep, configs, set(failed))

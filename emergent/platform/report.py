@@ -1,0 +1,427 @@
+"""``emergent report <logdir>/<experiment>``: the comparison, drawn from what the runs logged.
+
+Nothing is re-run. Each run's TensorBoard events are read with TensorBoard's own reader
+(which also drops the events a resumed run purged), its config from the ``config`` text it
+logged, and the per-problem verdicts of its evaluations from ``<run>/evals/step_N.npz``.
+Runs are grouped into *series* (the method, plus any grid value that is neither the seed
+nor a model size) and model sizes (parameter count); the seeds of a group give the mean and
+a 95 % Student-t interval. Written beside the runs:
+
+- ``compute.png``    (a) test exact match against cumulative FLOPs, warm starts included
+- ``size.png``       (b) final exact match and token accuracy against parameters, log x
+- ``difficulty.png`` (c) exact match per difficulty, training and extrapolation ranges marked
+- ``pass_at_k.png``  (d) pass@k against k (runs with ``eval.pass_k``)
+- ``report.md``      (e) a table per series x size, with each method's difference from
+  supervised at equal FLOPs and a bootstrap interval over seeds and problems
+
+A sweep still running gives a partial report that says so (``sweep.json`` lists its runs).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from emergent import tags
+
+from .checkpoint import atomic_write
+from .errors import UserError
+from .metrics import pass_at_k
+
+SWEEP_FILE = "sweep.json"  # written by `emergent sweep`: every cell, finished or not
+REFERENCE = "supervised"
+SPLIT, EXTRA = "test", "extrapolate"
+# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal's)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+def t_interval(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95 % half-width over axis 0 (the seeds). x: [S, ...]. Half-width nan for S < 2."""
+    x = np.asarray(x, dtype=np.float64)
+    s = x.shape[0]
+    if s < 2:
+        return x.mean(0), np.full(x.shape[1:], np.nan)
+    t = T975[s - 2] if s - 1 <= len(T975) else 1.96
+    return x.mean(0), t * x.std(0, ddof=1) / math.sqrt(s)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    name: str
+    path: Path
+    series: str                  # method (+ grid values that are neither seed nor model size)
+    method: str
+    task: str
+    params: int
+    size: str                    # "0.41M (L2 d128)"
+    seed: int
+    finished: bool
+    steps: np.ndarray            # [E] training step of each evaluation
+    flops: np.ndarray            # [E] cumulative FLOPs at each evaluation, warm start included
+    evals: dict                  # eval tag -> [E] values
+    elapsed_s: float             # wall clock at the last evaluation
+    train_range: tuple[int, int]
+    extrapolate_range: tuple[int, int]
+
+    def final(self, tag: str) -> float:
+        v = self.evals.get(tag)
+        return float(v[-1]) if v is not None and len(v) else float("nan")
+
+    def problem_record(self, step: int) -> Optional[dict]:
+        path = self.path / tags.EVALS_DIR / f"step_{step:06d}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+
+@dataclass(frozen=True)
+class Status:
+    total: int
+    finished: int
+    failed: tuple[str, ...]  # names of the runs that failed
+    running: int
+    pending: int
+
+    @property
+    def partial(self) -> bool:
+        """Some run may still log: the sweep is running, or was stopped before it ended."""
+        return self.running + self.pending > 0
+
+    def line(self) -> str:
+        return (f"{self.finished} of {self.total} runs finished, {self.running} started (running, or stopped unfinished), "
+                f"{self.pending} not started, "
+                f"{len(self.failed)} failed")
+
+
+@functools.lru_cache(maxsize=None)
+def _params(model_json: str) -> int:
+    """Parameter count of a model config (built once per distinct config)."""
+    import torch
+
+    from emergent.agents.model import ModelConfig, TransformerLM
+    from emergent.envs import TOKENIZER
+
+    with torch.no_grad():
+        return TransformerLM(ModelConfig(**json.loads(model_json)), TOKENIZER.vocab_size).num_params()
+
+
+def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
+    """One run's evaluations from its event files; None if it has logged no evaluation yet."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tensors, scalars = set(acc.Tags()["tensors"]), set(acc.Tags()["scalars"])
+    main = tags.eval_tag(SPLIT, "exact_match")
+    config_tag = tags.TEXT_CONFIG + "/text_summary"
+    if main not in scalars or config_tag not in tensors:
+        return None
+    text = acc.Tensors(config_tag)[0].tensor_proto.string_val[0].decode()
+    cfg = yaml.safe_load(text.strip().removeprefix("```yaml").removesuffix("```"))  # the run's resolved config
+    steps = np.array([e.step for e in acc.Scalars(main)])
+    evals = {t: np.array([e.value for e in acc.Scalars(t)]) for t in scalars if t.startswith("eval/")}
+    flops_acc = EventAccumulator(str(path / tags.VS_FLOPS_DIR), size_guidance={"scalars": 0})
+    flops_acc.Reload()
+    vs = [e.step for e in flops_acc.Scalars(tags.vs_flops_tag(main))] if tags.vs_flops_tag(main) in \
+        flops_acc.Tags()["scalars"] else []
+    e = min(len(steps), len(vs))  # an evaluation is logged to both files, in the same order
+    evals = {t: v[:e] for t, v in evals.items() if len(v) >= e}
+    elapsed = [x.value for x in acc.Scalars(tags.PERF_ELAPSED_S)] if tags.PERF_ELAPSED_S in scalars else [np.nan]
+    method = str(cfg["train"]["method"])
+    role = (cell or {}).get("role", "run")
+    extras = [f"{k.split('.')[-1]}={v}" for k, v in (cell or {}).get("values", {}).items()
+              if k not in ("seed", "train.method") and not k.startswith("model.")]
+    series = ", ".join(["warm start" if role == "warm_start" else method, *extras])
+    params = _params(json.dumps(cfg["model"], sort_keys=True))
+    try:  # the hparams summary is written when a run closes
+        done = "_hparams_/session_end_info" in acc.PluginTagToContent("hparams")
+    except KeyError:
+        done = False
+    task, model = cfg["task"], cfg["model"]
+    return RunRecord(path.name, path, series, "warm_start" if role == "warm_start" else method, str(task["name"]),
+                     params, f"{params / 1e6:.2f}M (L{model['n_layer']} d{model['d_model']})", int(cfg["seed"]),
+                     done, steps[:e], np.asarray(vs[:e], dtype=np.float64) * tags.VS_FLOPS_UNIT, evals,
+                     float(elapsed[-1]), tuple(task["difficulty"]), tuple(task["extrapolate"]))
+
+
+def read_experiment(root: Path) -> tuple[list[RunRecord], Status]:
+    """Every run of an experiment directory (the cells of ``sweep.json`` when it exists)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"report: {root} is not a directory (give <logdir>/<experiment>)")
+    sweep = root / SWEEP_FILE
+    if sweep.is_file():
+        cells = json.loads(sweep.read_text())["cells"]
+    else:
+        cells = [{"name": p.name} for p in sorted(root.iterdir()) if p.is_dir() and any(p.glob("events.out.tfevents.*"))]
+    runs, failed, running, pending = [], [], 0, 0
+    for cell in cells:
+        path = root / cell["name"]
+        if (path / "failed.txt").is_file():  # left out: what it logged stops wherever it broke
+            failed.append(cell["name"])
+            continue
+        run = read_run(path, cell) if path.is_dir() else None
+        if run is not None:
+            runs.append(run)
+        if run is None or not run.finished:
+            running, pending = (running + 1, pending) if path.is_dir() else (running, pending + 1)
+    if not runs:
+        raise UserError(f"report: no run under {root} has logged an evaluation yet")
+    return runs, Status(len(cells), sum(r.finished for r in runs), tuple(failed), running, pending)
+
+
+def groups(runs: list[RunRecord]) -> dict[tuple[int, str], list[RunRecord]]:
+    """(params, series) -> its runs (one per seed), sizes ascending, the reference first."""
+    out: dict[tuple[int, str], list[RunRecord]] = {}
+    for r in sorted(runs, key=lambda r: (r.params, r.series != REFERENCE, r.series, r.seed)):
+        out.setdefault((r.params, r.series), []).append(r)
+    return out
+
+
+def bootstrap_difference(a: np.ndarray, b: np.ndarray, *, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of mean(a) - mean(b), resampling seeds of each and problems
+    (paired: every run is scored on the same problems). a: [Sa, P], b: [Sb, P] verdicts."""
+    rng = np.random.default_rng(seed)
+
+    def weights(n: int) -> np.ndarray:  # [rounds, n] resampling weights, rows sum to 1
+        w = np.zeros((rounds, n))
+        np.add.at(w, (np.arange(rounds)[:, None], rng.integers(0, n, (rounds, n))), 1.0 / n)
+        return w
+
+    problems = weights(a.shape[1])
+    diff = (np.einsum("bs,sp,bp->b", weights(len(a)), a, problems)
+            - np.einsum("bs,sp,bp->b", weights(len(b)), b, problems))
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def equal_flops_difference(runs: list[RunRecord], ref: list[RunRecord]) -> Optional[dict]:
+    """Each method's test exact match minus supervised's at the same FLOPs: every run's
+    last evaluation at or before F, the smaller of the two series' final FLOPs."""
+    budget = min(min(r.flops[-1] for r in runs), min(r.flops[-1] for r in ref))
+
+    def verdicts(group):
+        rows = []
+        for r in group:
+            i = np.searchsorted(r.flops, budget, side="right") - 1
+            if i < 0:
+                return None, False
+            rec = r.problem_record(int(r.steps[i]))
+            key = f"{SPLIT}/exact"
+            rows.append(rec[key].astype(float) if rec is not None and key in rec else
+                        np.array([r.evals[tags.eval_tag(SPLIT, "exact_match")][i]]))
+        per_problem = len({len(x) for x in rows}) == 1 and len(rows[0]) > 1
+        return (np.stack(rows) if per_problem else np.array([[x.mean()] for x in rows])), per_problem
+
+    a, pa = verdicts(runs)
+    b, pb = verdicts(ref)
+    if a is None or b is None:
+        return None
+    if a.shape[1] != b.shape[1]:
+        a, b, pa = a.mean(1, keepdims=True), b.mean(1, keepdims=True), False
+    lo, hi = bootstrap_difference(a, b)
+    return {"diff": float(a.mean() - b.mean()), "lo": lo, "hi": hi, "flops": budget, "problems": pa and pb}
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _panels(n: int, title: str):
+    plt = _plt()
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4), squeeze=False)
+    fig.suptitle(title)
+    return fig, axes[0]
+
+
+def _band(ax, x, mean, half, label, **kw):
+    line, = ax.plot(x, mean, label=label, **kw)
+    if np.isfinite(half).any():
+        ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def figure_compute(g, sizes, task: str, path: Path) -> None:
+    """(a) test exact match against cumulative FLOPs, mean and 95 % band over seeds."""
+    fig, axes = _panels(len(sizes), f"{task}: test exact match vs compute (mean, 95% CI over seeds)")
+    tag = tags.eval_tag(SPLIT, "exact_match")
+    for ax, (params, size) in zip(axes, sizes):
+        for (p, series), rs in g.items():
+            if p != params:
+                continue
+            lo, hi = max(r.flops[0] for r in rs), min(r.flops[-1] for r in rs)  # the span every seed covers
+            grid = np.unique(np.concatenate([r.flops[(r.flops >= lo) & (r.flops <= hi)] for r in rs]))
+            curves = np.stack([np.interp(grid, r.flops, r.evals[tag]) for r in rs])
+            _band(ax, grid, *t_interval(curves), f"{series} ({len(rs)} seeds)", marker=".")
+        ax.set(title=size, xlabel="cumulative FLOPs (warm start included)", ylabel="test exact match", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def figure_size(g, task: str, path: Path) -> None:
+    """(b) final exact match and token accuracy against parameter count: exact and graded."""
+    fig, axes = _panels(2, f"{task}: final accuracy vs model size (mean, 95% CI over seeds)")
+    for ax, metric, label in zip(axes, ("exact_match", "token_accuracy"), ("exact match", "token accuracy (graded)")):
+        for series in dict.fromkeys(s for _, s in g):
+            for split, style in ((SPLIT, "-"), (EXTRA, "--")):
+                pts = [(p, t_interval(np.array([r.final(tags.eval_tag(split, metric)) for r in rs])))
+                       for (p, s), rs in g.items() if s == series]
+                pts = [(p, m, h) for p, (m, h) in pts if np.isfinite(m)]
+                if pts:
+                    x, m, h = map(np.array, zip(*pts))
+                    ax.errorbar(x, m, yerr=np.where(np.isfinite(h), h, 0), linestyle=style, marker="o", capsize=3,
+                                label=f"{series}, {split}")
+        ax.set(xscale="log", xlabel="parameters", ylabel=label, title=label, ylim=(-0.02, 1.02))
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def figure_difficulty(g, sizes, task: str, path: Path) -> None:
+    """(c) final exact match per difficulty; the training range shaded."""
+    fig, axes = _panels(len(sizes), f"{task}: exact match per difficulty (mean, 95% CI over seeds)")
+    for ax, (params, size) in zip(axes, sizes):
+        span = None
+        for (p, series), rs in g.items():
+            if p != params:
+                continue
+            span = rs[0].train_range, rs[0].extrapolate_range
+            ds = sorted({int(t.split("/")[2][1:]) for r in rs for t in r.evals
+                         if t.endswith("/exact_match") and t.count("/") == 3 and t.split("/")[1] in (SPLIT, EXTRA)})
+            split_of = {d: SPLIT if span[0][0] <= d <= span[0][1] else EXTRA for d in ds}
+            vals = np.array([[r.final(tags.eval_tag(split_of[d], "exact_match", d)) for d in ds] for r in rs])
+            m, h = t_interval(vals)
+            ax.errorbar(ds, m, yerr=np.where(np.isfinite(h), h, 0), marker="o", capsize=3,
+                        label=f"{series} ({len(rs)} seeds)")
+        if span:
+            ax.axvspan(span[0][0] - 0.5, span[0][1] + 0.5, color="grey", alpha=0.15, label="training range")
+            ax.axvline(span[1][0] - 0.5, color="grey", linestyle=":", label="extrapolation beyond")
+        ax.set(title=size, xlabel="difficulty (operand digits / length)", ylabel="exact match", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def pass_curves(rs: list[RunRecord]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """ks and [S, K] pass@k over the test problems of each run's final evaluation."""
+    rows, n = [], None
+    for r in rs:
+        rec = r.problem_record(int(r.steps[-1]))
+        if rec is None or f"{SPLIT}/correct" not in rec:
+            return None
+        c = rec[f"{SPLIT}/correct"]
+        n = c.shape[1] if n is None else min(n, c.shape[1])
+        rows.append(c)
+    ks = np.unique(np.r_[2 ** np.arange(int(math.log2(n)) + 1), n])
+    return ks, np.array([[pass_at_k(np.full(len(c), c.shape[1]), c.sum(1), int(k)).mean() for k in ks] for c in rows])
+
+
+def figure_pass_k(g, sizes, task: str, path: Path) -> bool:
+    """(d) pass@k against k per series (the warm start among them); False if no run sampled."""
+    fig, axes = _panels(len(sizes), f"{task}: test pass@k at the end of training (mean, 95% CI over seeds)")
+    drawn = False
+    for ax, (params, size) in zip(axes, sizes):
+        for (p, series), rs in g.items():
+            got = pass_curves(rs) if p == params else None
+            if got is not None:
+                _band(ax, got[0], *t_interval(got[1]), f"{series} ({len(rs)} seeds)", marker="o")
+                drawn = True
+        ax.set(title=size, xlabel="k (samples per problem)", ylabel="pass@k", ylim=(-0.02, 1.02))
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=8)
+    if drawn:
+        _save(fig, path)
+    else:
+        _plt().close(fig)
+    return drawn
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+def _pm(m: float, h: float) -> str:
+    return "—" if not np.isfinite(m) else f"{m:.3f}" + (f" ± {h:.3f}" if np.isfinite(h) else "")
+
+
+def table(g) -> list[str]:
+    """(e) series x size: mean ± 95 % t interval over seeds, and the difference from supervised."""
+    rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s "
+            "| Δ exact match vs supervised at equal FLOPs [95% bootstrap] |", "|" + "---|" * 9]
+    for (params, series), rs in g.items():
+        em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
+                        for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match")))
+        ref = g.get((params, REFERENCE))
+        cmp = "reference" if series == REFERENCE else "—"
+        if ref is not None and series != REFERENCE:
+            d = equal_flops_difference(rs, ref)
+            if d is not None:
+                cmp = (f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] at {d['flops']:.2e}"
+                       + ("" if d["problems"] else " (seeds only)"))
+        unfinished = sum(not r.finished for r in rs)
+        rows.append(f"| {series} | {rs[0].size} | {len(rs)}{f' ({unfinished} running)' if unfinished else ''} "
+                    f"| {_pm(*em)} | {_pm(*tok)} | {_pm(*ext)} | {np.mean([r.flops[-1] for r in rs]):.2e} "
+                    f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} |")
+    return rows
+
+
+def write_report(root: str | Path) -> Path:
+    """Read every run under ``root`` and write ``report.md`` and the figures there."""
+    root = Path(root)
+    runs, status = read_experiment(root)
+    g = groups(runs)
+    sizes = list(dict.fromkeys((r.params, r.size) for r in sorted(runs, key=lambda r: r.params)))
+    task = ", ".join(sorted({r.task for r in runs}))
+    figure_compute(g, sizes, task, root / "compute.png")
+    figure_size(g, task, root / "size.png")
+    figure_difficulty(g, sizes, task, root / "difficulty.png")
+    has_pass = figure_pass_k(g, sizes, task, root / "pass_at_k.png")
+    problems = {len(rec[f"{SPLIT}/exact"]) for r in runs if (rec := r.problem_record(int(r.steps[-1]))) is not None
+                and f"{SPLIT}/exact" in rec}
+    lines = [f"# {root.name}: {task}", ""]
+    if status.partial:
+        lines += [f"**Partial report**: {status.line()}. Figures and table use the evaluations logged so far; "
+                  f"run `emergent report {root}` again when the sweep ends.", ""]
+    elif status.failed:
+        lines += [f"The sweep ended: {status.finished} of {status.total} runs finished; {len(status.failed)} failed "
+                  f"({', '.join(status.failed)}: see their `failed.txt`) and are left out.", ""]
+    else:
+        lines += [f"All {status.total} runs finished.", ""]
+    lines += [
+        "Every figure is the mean over seeds with a 95 % Student-t interval; the seeds of each line are in the "
+        "legend and the table. FLOPs count training, generation, search and reward-net compute since random "
+        "initialisation, a warm start's included.",
+        f"Test problems per evaluation: {', '.join(map(str, sorted(problems))) or 'not recorded'}.", "",
+        "## (e) Final accuracy per method and size", "", *table(g), "",
+        "Δ: each method's test exact match minus supervised's, every run taken at its last evaluation at or before "
+        "the FLOPs shown (the smaller of the two methods' final compute); the interval is a percentile bootstrap "
+        "over seeds and over test problems (paired: every run sees the same problems).", "",
+        "## (a) Test exact match vs compute", "", "![compute](compute.png)", "",
+        "## (b) Emergence: exact match and token accuracy vs model size", "", "![size](size.png)", "",
+        "## (c) Exact match per difficulty", "", "![difficulty](difficulty.png)", "",
+        "## (d) pass@k", "",
+        "![pass@k](pass_at_k.png)" if has_pass else "No run sampled completions: set `eval.pass_k` (e.g. [1,4,16,64]).",
+        "",
+    ]
+    out = root / "report.md"
+    atomic_write(out, lambda f: f.write("\n".join(lines).encode()))
+    return out
