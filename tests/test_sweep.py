@@ -104,6 +104,14 @@ def test_a_tiny_sweep_runs_every_cell_from_shared_warm_starts_and_skips_them_whe
     check_report(text, root, ["supervised", "expert_iteration", "warm start"], seeds=2)
 
 
+def test_a_bad_cell_exits_2_before_any_run_starts(tmp_path):
+    proc = sweep(tmp_path, TINY_SWEEP.replace("seed: [0, 1]", "model.pos: [rope, alibi]"))
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("emergent: error: sweep cell ") and "alibi" in err and "model.pos" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_sweep_of_runtime_ray_runs_each_in_its_own_placement_group_and_reports(tmp_path):
     # every run has a learner actor and a trace worker of its own: a run needs 2 CPUs, and
     # Ray reserves both before it starts (a run holding one CPU while its worker waits for

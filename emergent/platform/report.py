@@ -38,6 +38,8 @@ from .metrics import pass_at_k
 SWEEP_FILE = "sweep.json"  # written by `emergent sweep`: every cell, finished or not
 REFERENCE = "supervised"
 SPLIT, EXTRA = "test", "extrapolate"
+DIFFICULTY = {"addition": "digits per operand", "multiplication": "digits of the first operand",
+              "sorting": "list length", "countdown": "numbers given"}  # what each task's knob counts
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal's)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -318,7 +320,8 @@ def figure_difficulty(g, sizes, task: str, path: Path) -> None:
         if span:
             ax.axvspan(span[0][0] - 0.5, span[0][1] + 0.5, color="grey", alpha=0.15, label="training range")
             ax.axvline(span[1][0] - 0.5, color="grey", linestyle=":", label="extrapolation beyond")
-        ax.set(title=size, xlabel="difficulty (operand digits / length)", ylabel="exact match", ylim=(-0.02, 1.02))
+        ax.set(title=size, xlabel=f"difficulty ({DIFFICULTY.get(task, 'the task knob')})", ylabel="exact match",
+               ylim=(-0.02, 1.02))
         ax.legend(fontsize=8)
     _save(fig, path)
 
