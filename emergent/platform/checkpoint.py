@@ -26,12 +26,17 @@ REQUIRED = ("format", "version", "step", "model", "config")
 LAST = "last.pt"
 
 
+_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, and rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600: give it the mode open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

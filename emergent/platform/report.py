@@ -287,15 +287,15 @@ def figure_size(g, task: str, path: Path) -> None:
     """(b) final exact match and token accuracy against parameter count: exact and graded."""
     fig, axes = _panels(2, f"{task}: final accuracy vs model size (mean, 95% CI over seeds)")
     for ax, metric, label in zip(axes, ("exact_match", "token_accuracy"), ("exact match", "token accuracy (graded)")):
-        for series in dict.fromkeys(s for _, s in g):
-            for split, style in ((SPLIT, "-"), (EXTRA, "--")):
+        for i, series in enumerate(dict.fromkeys(s for _, s in g)):
+            for split, style in ((SPLIT, "-"), (EXTRA, "--")):  # one colour per series: test solid
                 pts = [(p, t_interval(np.array([r.final(tags.eval_tag(split, metric)) for r in rs])))
                        for (p, s), rs in g.items() if s == series]
                 pts = [(p, m, h) for p, (m, h) in pts if np.isfinite(m)]
                 if pts:
                     x, m, h = map(np.array, zip(*pts))
                     ax.errorbar(x, m, yerr=np.where(np.isfinite(h), h, 0), linestyle=style, marker="o", capsize=3,
-                                label=f"{series}, {split}")
+                                color=f"C{i % 10}", label=f"{series}, {split}")
         ax.set(xscale="log", xlabel="parameters", ylabel=label, title=label, ylim=(-0.02, 1.02))
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -317,6 +317,7 @@ def figure_difficulty(g, sizes, task: str, path: Path) -> None:
             m, h = t_interval(vals)
             ax.errorbar(ds, m, yerr=np.where(np.isfinite(h), h, 0), marker="o", capsize=3,
                         label=f"{series} ({len(rs)} seeds)")
+            ax.set_xticks(ds)
         if span:
             ax.axvspan(span[0][0] - 0.5, span[0][1] + 0.5, color="grey", alpha=0.15, label="training range")
             ax.axvline(span[1][0] - 0.5, color="grey", linestyle=":", label="extrapolation beyond")
@@ -368,7 +369,7 @@ def _pm(m: float, h: float) -> str:
 
 def table(g) -> list[str]:
     """(e) series x size: mean ± 95 % t interval over seeds, and the difference from supervised."""
-    rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s "
+    rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s (this run) "
             "| Δ exact match vs supervised at equal FLOPs [95% bootstrap] |", "|" + "---|" * 9]
     for (params, series), rs in g.items():
         em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
@@ -417,7 +418,9 @@ def write_report(root: str | Path) -> Path:
         "## (e) Final accuracy per method and size", "", *table(g), "",
         "Δ: each method's test exact match minus supervised's, every run taken at its last evaluation at or before "
         "the FLOPs shown (the smaller of the two methods' final compute); the interval is a percentile bootstrap "
-        "over seeds and over test problems (paired: every run sees the same problems).", "",
+        "over seeds and over test problems (paired: every run sees the same problems). ± is the 95 % t interval "
+        "over seeds. Wall s is the run's own clock (a warm start's is its own row), on whatever the run shared "
+        "its machine with.", "",
         "## (a) Test exact match vs compute", "", "![compute](compute.png)", "",
         "## (b) Emergence: exact match and token accuracy vs model size", "", "![size](size.png)", "",
         "## (c) Exact match per difficulty", "", "![difficulty](difficulty.png)", "",
