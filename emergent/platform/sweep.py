@@ -267,7 +267,7 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
           f"logs under {Path(sweep.logdir) / sweep.experiment}", flush=True)
     pending = {ref: name for name, ref in refs.items() if isinstance(ref, ray.ObjectRef)}
     failed: dict[str, str] = {}
-    last = ""
+    last, printed = "", 0.0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
         for ref in ready:
@@ -278,9 +278,9 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
             if "error" in result:
                 failed[name] = result["error"]
         line = _progress(sweep, configs, set(failed))
-        if line != last or not ready:
+        if line != last or time.time() - printed >= 60:  # a change at once; else once a minute
             print(line, time.strftime("%H:%M:%S"), flush=True)
-            last = line
+            last, printed = line, time.time()
     for name, error in failed.items():
         print(f"sweep: run {name} failed: {error} (see {configs[name].run_dir / FAILED})", flush=True)
     if failed:
