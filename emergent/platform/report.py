@@ -61,6 +61,7 @@ class RunRecord:
     name: str
     path: Path
     series: str                  # method (+ grid values that are neither seed nor model size)
+    reference: str               # the supervised series it is compared with (same other grid values)
     method: str
     task: str
     params: int
@@ -98,6 +99,16 @@ class Status:
     def partial(self) -> bool:
         """Some run may still log: the sweep is running, or was stopped before it ended."""
         return self.running + self.pending > 0
+
+    def headline(self, root: Path) -> str:
+        """The report's first line: partial, ended with failures, or complete."""
+        if self.partial:
+            return (f"**Partial report**: {self.line()}. Figures and table use the evaluations logged so far; "
+                    f"run `emergent report {root}` again when the sweep ends.")
+        if self.failed:
+            return (f"The sweep ended: {self.finished} of {self.total} runs finished; {len(self.failed)} failed "
+                    f"({', '.join(self.failed)}: see their `failed.txt`) and are left out.")
+        return f"All {self.total} runs finished."
 
     def line(self) -> str:
         return (f"{self.finished} of {self.total} runs finished, {self.running} started (running, or stopped unfinished), "
@@ -144,13 +155,15 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
     extras = [f"{k.split('.')[-1]}={v}" for k, v in (cell or {}).get("values", {}).items()
               if k not in ("seed", "train.method") and not k.startswith("model.")]
     series = ", ".join(["warm start" if role == "warm_start" else method, *extras])
+    reference = ", ".join([REFERENCE, *extras])
     params = _params(json.dumps(cfg["model"], sort_keys=True))
     try:  # the hparams summary is written when a run closes
         done = "_hparams_/session_end_info" in acc.PluginTagToContent("hparams")
     except KeyError:
         done = False
     task, model = cfg["task"], cfg["model"]
-    return RunRecord(path.name, path, series, "warm_start" if role == "warm_start" else method, str(task["name"]),
+    return RunRecord(path.name, path, series, reference, "warm_start" if role == "warm_start" else method,
+                     str(task["name"]),
                      params, f"{params / 1e6:.2f}M (L{model['n_layer']} d{model['d_model']})", int(cfg["seed"]),
                      done, steps[:e], np.asarray(vs[:e], dtype=np.float64) * tags.VS_FLOPS_UNIT, evals,
                      float(elapsed[-1]), tuple(task["difficulty"]), tuple(task["extrapolate"]))
@@ -185,7 +198,7 @@ def read_experiment(root: Path) -> tuple[list[RunRecord], Status]:
 def groups(runs: list[RunRecord]) -> dict[tuple[int, str], list[RunRecord]]:
     """(params, series) -> its runs (one per seed), sizes ascending, the reference first."""
     out: dict[tuple[int, str], list[RunRecord]] = {}
-    for r in sorted(runs, key=lambda r: (r.params, r.series != REFERENCE, r.series, r.seed)):
+    for r in sorted(runs, key=lambda r: (r.params, r.series != r.reference, r.series, r.seed)):
         out.setdefault((r.params, r.series), []).append(r)
     return out
 
@@ -374,9 +387,10 @@ def table(g) -> list[str]:
     for (params, series), rs in g.items():
         em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
                         for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match")))
-        ref = g.get((params, REFERENCE))
-        cmp = "reference" if series == REFERENCE else "—"
-        if ref is not None and series != REFERENCE:
+        own = series == rs[0].reference
+        ref = g.get((params, rs[0].reference))
+        cmp = "reference" if own else "—"
+        if ref is not None and not own:
             d = equal_flops_difference(rs, ref)
             if d is not None:
                 cmp = (f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] at {d['flops']:.2e}"
@@ -401,15 +415,7 @@ def write_report(root: str | Path) -> Path:
     has_pass = figure_pass_k(g, sizes, task, root / "pass_at_k.png")
     problems = {len(rec[f"{SPLIT}/exact"]) for r in runs if (rec := r.problem_record(int(r.steps[-1]))) is not None
                 and f"{SPLIT}/exact" in rec}
-    lines = [f"# {root.name}: {task}", ""]
-    if status.partial:
-        lines += [f"**Partial report**: {status.line()}. Figures and table use the evaluations logged so far; "
-                  f"run `emergent report {root}` again when the sweep ends.", ""]
-    elif status.failed:
-        lines += [f"The sweep ended: {status.finished} of {status.total} runs finished; {len(status.failed)} failed "
-                  f"({', '.join(status.failed)}: see their `failed.txt`) and are left out.", ""]
-    else:
-        lines += [f"All {status.total} runs finished.", ""]
+    lines = [f"# {root.name}: {task}", "", status.headline(root), ""]
     lines += [
         "Every figure is the mean over seeds with a 95 % Student-t interval; the seeds of each line are in the "
         "legend and the table. FLOPs count training, generation, search and reward-net compute since random "

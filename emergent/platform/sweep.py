@@ -121,6 +121,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
         return load_config(base_file, [*shared, *overrides]).train.method
 
     cells, configs, warm_cells = [], {}, {}
+    warm_keys = set(flatten(warm)) if isinstance(warm, dict) else set()
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
         name = _name(values)
@@ -131,10 +132,12 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
             raise ConfigError(f"sweep cell {name}: {e}") from None
         warm_name = None
         if warm is not None and method != WARM:
-            others = {k: v for k, v in values.items() if k != "train.method"}
-            warm_name = "warm_start_" + _name(others)
+            # the warm start's own cell: the grid values it does not set itself (cells that
+            # differ only in a key the warm_start block sets share one warm start)
+            others = {k: v for k, v in values.items() if k != "train.method" and k not in warm_keys}
+            warm_name = "warm_start_" + _name(others) if others else "warm_start"
             if warm_name not in warm_cells:
-                warm_over = [*(o for o in cell_over if not o.startswith("train.method=")), f"train.method={WARM}",
+                warm_over = [*(f"{k}={_value(v)}" for k, v in others.items()), f"train.method={WARM}",
                              *per_method.get(WARM, []), *_dotlist(warm, "warm_start")]
                 warm_cells[warm_name] = Cell(warm_name, others, tuple(warm_over), role="warm_start")
         cells.append(Cell(name, values, tuple([*cell_over, *per_method.get(method, []), *common]), warm_name))
