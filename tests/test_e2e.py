@@ -79,12 +79,13 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
     killed_at = int(load_checkpoint(ckpt)["step"])
     assert 20 <= killed_at < steps and len(seen) > 1
 
-    # the resumed run and the one it is compared with run in this process: only the kill needs a child
-    assert main(["train", *args, "run_name=killed", "resume=true", "progress=false"]) == 0
+    resumed = run_cli("train", *args, "run_name=killed", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr
     assert int(load_checkpoint(ckpt)["step"]) == steps
     assert not list(ckpt.parent.glob("*.tmp"))
 
-    assert main(["train", *args, "run_name=whole", "progress=false"]) == 0
+    whole = run_cli("train", *args, "run_name=whole")
+    assert whole.returncode == 0, whole.stderr
     a = scalars(ckpt.parent)
     b = scalars(tmp_path / "quickstart" / "whole")
     # the resumed run is the same run: identical losses and evals, and no step logged twice
