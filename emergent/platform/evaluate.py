@@ -202,8 +202,8 @@ def save_evaluation(path, results: dict[str, SplitResult]) -> None:
         if r.scores is not None:
             arrays.update({f"{split}/exact": r.scores.exact, f"{split}/token_accuracy": r.scores.token_accuracy,
                            f"{split}/difficulty": r.difficulty})
-        if r.sampled is not None:
-            arrays.update({f"{split}/correct": r.sampled.correct, f"{split}/answers": r.sampled.answers,
-                           f"{split}/difficulty": r.sampled.difficulty})
+        if r.sampled is not None:  # its problems are the split's: difficulty is written once, above
+            arrays.update({f"{split}/correct": r.sampled.correct, f"{split}/answers": r.sampled.answers})
+            arrays.setdefault(f"{split}/difficulty", r.sampled.difficulty)
     if arrays:
         atomic_write(path, lambda f: np.savez_compressed(f, **arrays))

@@ -111,9 +111,8 @@ class Status:
         return f"All {self.total} runs finished."
 
     def line(self) -> str:
-        return (f"{self.finished} of {self.total} runs finished, {self.running} started (running, or stopped unfinished), "
-                f"{self.pending} not started, "
-                f"{len(self.failed)} failed")
+        return (f"{self.finished} of {self.total} runs finished, {self.running} started (running, or stopped "
+                f"unfinished), {self.pending} not started, {len(self.failed)} failed")
 
 
 @functools.lru_cache(maxsize=None)
