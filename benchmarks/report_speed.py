@@ -32,7 +32,7 @@ def fake_run(root: Path, method: str, size: tuple[int, int], seed: int, *, steps
              eval_every=100, problems=300, samples=16, pass_k=(1, 4, 16)) -> None:
     n_layer, d_model = size
     name = f"{method}_L{n_layer}_d{d_model}_seed{seed}"
-    extra = {"supervised": ["train.batch_size=64"], "alphazero": []}.get(method, [])
+    extra = ["train.batch_size=64"] if method == "supervised" else []
     cfg = load_config(None, [f"train.method={method}", f"model.n_layer={n_layer}", f"model.d_model={d_model}",
                              f"model.n_head={max(2, d_model // 64)}", f"seed={seed}", f"run_name={name}",
                              f"logdir={root.parent}", f"experiment={root.name}", *extra])

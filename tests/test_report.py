@@ -1,4 +1,4 @@
-"""The report's statistics: the t interval, the paired bootstrap, runs grouped per series and size."""
+"""The report's statistics: the Student-t interval over seeds and the paired bootstrap over seeds and problems."""
 import numpy as np
 import pytest
 

@@ -24,6 +24,9 @@ FORMAT = "emergent/checkpoint"
 VERSION = 1
 REQUIRED = ("format", "version", "step", "model", "config")
 LAST = "last.pt"
+# what `emergent sweep` leaves in a run's directory (and `emergent report` reads), and beside the runs
+DONE, FAILED, STARTED = "done.json", "failed.txt", "started"
+SWEEP_FILE = "sweep.json"  # every cell of a sweep, finished or not
 
 
 _UMASK = os.umask(0)  # read once: os.umask can only be read by setting it

@@ -31,11 +31,10 @@ import yaml
 
 from emergent import tags
 
-from .checkpoint import atomic_write
+from .checkpoint import FAILED, SWEEP_FILE, atomic_write
 from .errors import UserError
 from .metrics import pass_at_k
 
-SWEEP_FILE = "sweep.json"  # written by `emergent sweep`: every cell, finished or not
 REFERENCE = "supervised"
 SPLIT, EXTRA = "test", "extrapolate"
 DIFFICULTY = {"addition": "digits per operand", "multiplication": "digits of the first operand",
@@ -181,7 +180,7 @@ def read_experiment(root: Path) -> tuple[list[RunRecord], Status]:
     runs, failed, running, pending = [], [], 0, 0
     for cell in cells:
         path = root / cell["name"]
-        if (path / "failed.txt").is_file():  # left out: what it logged stops wherever it broke
+        if (path / FAILED).is_file():  # left out: what it logged stops wherever it broke
             failed.append(cell["name"])
             continue
         run = read_run(path, cell) if path.is_dir() else None

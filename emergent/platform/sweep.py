@@ -44,12 +44,10 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from .checkpoint import LAST, atomic_write
+from .checkpoint import DONE, FAILED, LAST, STARTED, SWEEP_FILE, atomic_write
 from .config import Config, ConfigError, flatten, load_config, load_yaml, to_yaml
-from .report import SWEEP_FILE
 
 SWEEP_KEYS = {"experiment", "base", "grid", "per_method", "flop_budget", "warm_start", "resources"}
-DONE, FAILED, STARTED = "done.json", "failed.txt", "started"
 WARM = "supervised"  # the method a shared warm start trains
 
 
