@@ -60,6 +60,9 @@ def test_same_seed_same_metrics_different_seed_different(tmp_path):
 def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
     steps = 60
     args = [*TINY, f"train.steps={steps}", "checkpoint_every=10", "eval.every=30", f"logdir={tmp_path}"]
+    # the uninterrupted reference runs meanwhile, in a process of its own
+    whole = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=whole"], cwd=ROOT,
+                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = tmp_path / "quickstart" / "killed" / "last.pt"
@@ -84,8 +87,7 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
     assert int(load_checkpoint(ckpt)["step"]) == steps
     assert not list(ckpt.parent.glob("*.tmp"))
 
-    whole = run_cli("train", *args, "run_name=whole")
-    assert whole.returncode == 0, whole.stderr
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
     a = scalars(ckpt.parent)
     b = scalars(tmp_path / "quickstart" / "whole")
     # the resumed run is the same run: identical losses and evals, and no step logged twice
@@ -111,18 +113,18 @@ def test_a_time_limit_ends_the_run_with_an_eval_and_a_checkpoint(tmp_path):
     # the step that passes train.time_limit_s is the run's last: logged, evaluated and
     # checkpointed like a final step; a resumed run carries the wall clock it had used
     base = [*TINY, "train.steps=1000000", "eval.every=1000000", f"logdir={tmp_path}", "run_name=t"]
-    train_local(load_config(None, [*base, "train.time_limit_s=2"]))
+    train_local(load_config(None, [*base, "train.time_limit_s=1"]))
     run_dir = tmp_path / "quickstart" / "t"
     first = load_checkpoint(run_dir / "last.pt")
     step = int(first["step"])
-    assert 0 < step < 1000000 and first["elapsed_s"] >= 2
+    assert 0 < step < 1000000 and first["elapsed_s"] >= 1
     logged = scalars(run_dir)
     assert [s for s, _ in logged[tags.eval_tag("test", "exact_match")]] == [0, step]
     assert logged[tags.TRAIN_LOSS][-1][0] == step
-    assert logged[tags.PERF_ELAPSED_S][-1][1] >= 2
+    assert logged[tags.PERF_ELAPSED_S][-1][1] >= 1
 
-    # two more seconds than the first part used (under load its evals alone can take seconds)
-    limit = float(first["elapsed_s"]) + 2
+    # a second more than the first part used: a tiny step takes milliseconds
+    limit = float(first["elapsed_s"]) + 1
     train_local(load_config(None, [*base, f"train.time_limit_s={limit}", "resume=true"]))
     second = load_checkpoint(run_dir / "last.pt")
     assert int(second["step"]) > step and second["elapsed_s"] >= limit

@@ -79,8 +79,17 @@ class Learner:
         cfg.validate()
         self.model, self.cfg, self.total_steps, self.device = model, cfg, total_steps, device
         self.mixed_precision = device.type == "cuda" if mixed_precision is None else mixed_precision
-        self.optimizer = make_optimizer(model, cfg, fused=self.mixed_precision and device.type == "cuda")
+        self._optimizer: torch.optim.AdamW | None = None
         self.step_count = 0
+
+    @property
+    def optimizer(self) -> torch.optim.AdamW:
+        """Made on first use: a trace worker holds a method's learners but never steps them,
+        and torch's first optimiser imports its compiler stack (about a second per process)."""
+        if self._optimizer is None:
+            fused = self.mixed_precision and self.device.type == "cuda"
+            self._optimizer = make_optimizer(self.model, self.cfg, fused=fused)
+        return self._optimizer
 
     def step(self, loss_fn: Callable[[], Any], *, tokens: int, flops: float) -> Update:
         """One update: ``loss_fn()`` (a 0-d loss, or ``(loss, aux)``) under autocast in

@@ -174,11 +174,13 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
         raise UserError("device=cuda but the Ray cluster has no GPU for the learner; use device=auto")
     Learner = ray.remote(LearnerActor).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0)
     learner = Learner.remote(cfg, driver_threads=torch.get_num_threads())
-    state = ray.get(learner.start.remote())  # {"step", "done", "publishes"}: the learner's Run decides when to stop
-    publishes = state["publishes"]
     Worker = ray.remote(TraceWorker).options(num_cpus=r.worker_cpus, num_gpus=r.worker_gpus,
                                               max_restarts=r.max_restarts, max_task_retries=0)
+    # the workers start while the learner builds its run and evaluates step 0: each start
+    # is a process, torch and an Experiment, and none depends on another
     workers = [Worker.remote(cfg, i, threads=max(1, int(r.worker_cpus))) for i in range(r.workers)]
+    state = ray.get(learner.start.remote())  # {"step", "done", "publishes"}: the learner's Run decides when to stop
+    publishes = state["publishes"]
     ray.get([w.pid.remote() for w in workers])  # all started: none falls behind by its start-up
     in_flight_cap = min(r.workers, r.max_staleness + 1)
     weights = learner.weights.remote() if publishes else None  # one object per version, shared by all workers
