@@ -44,13 +44,16 @@ REWARD_DISAGREEMENT = "reward_net/verifier_disagreement"
 
 # -- eval/ and text --------------------------------------------------------------------------------
 EVAL_METRICS = ("exact_match", "token_accuracy", "edit_distance")
+# scratchpad formats with a step checker: the share of right answers whose scratchpad holds a
+# false step (the verifier accepts them unless task.check_steps; 0 when no answer is right)
+EVAL_FALSE_STEPS = "false_steps"
 TEXT_CONFIG = "config"
 TEXT_SAMPLES = "samples/{split}"
 
 
 def eval_tag(split: str, metric: str, difficulty: int | None = None) -> str:
     """``eval/<split>/<metric>`` or, per difficulty, ``eval/<split>/d<k>/<metric>``."""
-    assert metric in EVAL_METRICS, metric
+    assert metric in EVAL_METRICS or metric == EVAL_FALSE_STEPS, metric
     return f"eval/{split}/{metric}" if difficulty is None else f"eval/{split}/d{difficulty}/{metric}"
 
 

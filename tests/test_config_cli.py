@@ -14,6 +14,7 @@ BAD_TRAIN = [
     (["model.pos=alibi"], ["model.pos", "rope"]),
     (["runtime=slurm"], ["runtime='slurm'", "local"]),
     (["task.format=binary"], ["binary", "reversed"]),
+    (["task.check_steps=true"], ["task.check_steps", "no step checker", "'reversed'"]),  # addition's default
     (["task.difficulty=[3,1]"], ["task.difficulty"]),
     (["task.extrapolate=[2,3]"], ["above the training range"]),
     (["model.max_len=8"], ["model.max_len=8 is too short"]),

@@ -211,3 +211,83 @@ def test_curriculum_opens_the_next_difficulty_once_the_top_one_is_learnt(train_s
     t = ProblemStream(task, spec, seed=0, train_size=train_size, curriculum=0.75, window=10)
     t.load_state_dict(state)
     assert t.top == 2
+
+
+# -- the scratchpad step checker -----------------------------------------------------------------
+
+STEP_TASKS = ("addition", "multiplication", "countdown")
+
+
+@pytest.mark.parametrize("name", STEP_TASKS)
+def test_every_gold_step_is_true_and_a_task_without_a_scratchpad_has_no_checker(name):
+    task = make_task(name, format="scratchpad")
+    rng = np.random.default_rng(0)
+    problems = [task.make_problem(rng, d) for d in range(task.min_difficulty, task.min_difficulty + 3) for _ in range(50)]
+    labels = task.step_labels(problems, [p.trace for p in problems])
+    assert all(len(l) == p.trace.split(">")[0].count(",") + 1 and l.all() for p, l in zip(problems, labels))
+    scores = task.verify_batch(problems, [p.trace for p in problems])
+    assert scores.exact.all() and not scores.false_step.any()
+    other = [f for f in task.formats if f != "scratchpad"][0]
+    assert make_task(name, format=other).verify_batch(problems[:1], [problems[0].answer]).false_step is None
+    with pytest.raises(ValueError, match="no step checker"):
+        make_task(name, format=other, check_steps=True)
+
+
+@pytest.mark.parametrize("name,prompt,completion,labels", [
+    # addition: the column digits, the carry out of the step before, the sum
+    ("addition", "57+68=", "7+8+0=15,5+6+1=12>125", [1, 1]),
+    ("addition", "57+68=", "7+8+0=14,5+6+1=12>125", [0, 1]),    # a wrong sum; its carry is still 1
+    ("addition", "57+68=", "7+8+0=15,5+6+0=11>125", [1, 0]),    # the carry dropped
+    ("addition", "57+68=", "7+8+0=5,5+6+0=11>125", [0, 1]),     # consistent with the false step before
+    ("addition", "57+68=", "8+7+0=15,5+6+1=12>125", [0, 1]),    # the operands' digits swapped
+    ("addition", "57+68=", "7+8+0=15,5+6+1=12,0+0+1=1>125", [1, 1, 0]),  # a column that does not exist
+    ("addition", "57+68=", "7+8=15,5+6+1=12>125", [0, 1]),      # malformed
+    ("addition", "57+68=", "125", []),                          # no scratchpad at all
+    # multiplication: the multiplicand times the next non-zero place value, in order
+    ("multiplication", "123*405=", "123*5=615,123*400=49200>49815", [1, 1]),
+    ("multiplication", "123*405=", "123*5=615,123*400=49100>49815", [1, 0]),
+    ("multiplication", "123*405=", "123*400=49200,123*5=615>49815", [0, 0]),  # out of order
+    ("multiplication", "123*405=", "123*5=615,123*0=0,123*400=49200>49815", [1, 0, 0]),  # a zero digit is skipped
+    ("multiplication", "123*405=", "124*5=620,123*400=49200>49815", [0, 1]),
+    # countdown: operands available (each used once), exact arithmetic
+    ("countdown", "3,7,8,25;53=", "7*8=56,56-3=53>(7*8)-3", [1, 1]),
+    ("countdown", "3,7,8,25;53=", "7*8=55,55-3=52,52+1=53>(7*8)-3", [0, 1, 0]),  # 1 was never made
+    ("countdown", "3,7,8,25;53=", "7*7=49,49+3=52>(7*8)-3", [0, 1]),  # 7 used twice
+    ("countdown", "3,7,8,25;53=", "7*8=56,56-3=53,56+3=59>(7*8)-3", [1, 1, 0]),  # 56 and 3 were consumed
+    ("countdown", "4,6;3=", "6/4=1,6-4=2>6-4", [0, 0]),  # 6/4 is not 1; 6 and 4 were consumed by it
+    ("countdown", "2,8;4=", "8/2=4>8/2", [1]),
+    ("countdown", "2,8;4=", "8/0=4>8/2", [0]),
+])
+def test_steps_are_judged_one_by_one_given_the_steps_before(name, prompt, completion, labels):
+    from emergent.envs import Problem
+
+    task = make_task(name, format="scratchpad")
+    problem = Problem(prompt=prompt, answer="", trace="", difficulty=2)
+    assert task.step_labels([problem], [completion])[0].astype(int).tolist() == labels
+
+
+def test_check_steps_rejects_a_right_answer_reached_through_a_false_step():
+    from emergent.envs import Problem
+
+    problem = Problem(prompt="3,7,8,25;53=", answer="(7*8)-3", trace="7*8=56,56-3=53>(7*8)-3", difficulty=4)
+    sound, lucky, wrong = "7*8=56,56-3=53>(7*8)-3", "7*8=55,55-3=53>(7*8)-3", "7*8=56,56-3=53>7*8"
+    for check in (False, True):
+        scores = make_task("countdown", format="scratchpad", check_steps=check).verify_batch([problem] * 3,
+                                                                                           [sound, lucky, wrong])
+        assert scores.exact.tolist() == [True, not check, False]
+        assert scores.false_step.tolist() == [False, True, False]  # flagged either way
+        assert scores.token_accuracy[1] == 1.0  # the graded answer metrics judge the answer alone
+
+
+def test_eval_reports_the_share_of_right_answers_with_a_false_step():
+    from emergent.envs import Problem
+    from emergent.platform.evaluate import summarise
+
+    task = make_task("addition", format="scratchpad")
+    problems = [Problem("57+68=", "125", "", 2)] * 3 + [Problem("5+6=", "11", "", 1)]
+    completions = ["7+8+0=15,5+6+1=12>125", "7+8+0=14,5+6+1=12>125", "7+8+0=15,5+6+1=12>124", "5+6+0=10>11"]
+    overall, by = summarise(problems, task.verify_batch(problems, completions))
+    assert overall["exact_match"] == 0.75 and overall["false_steps"] == pytest.approx(2 / 3)
+    assert by[2]["false_steps"] == 0.5 and by[1]["false_steps"] == 1.0
+    plain = make_task("addition", format="plain")
+    assert "false_steps" not in summarise(problems, plain.verify_batch(problems, ["125"] * 3 + ["11"]))[0]

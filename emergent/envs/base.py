@@ -20,7 +20,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from .tokenizer import ANSWER_SEP
+from .tokenizer import ANSWER_SEP, STEP_SEP
 
 SPLITS = ("train", "test", "extrapolate")
 
@@ -44,9 +44,11 @@ class Score:
 class Scores:
     """Batched verifier output; every field has shape [B]."""
 
-    exact: np.ndarray           # bool
+    exact: np.ndarray           # bool: the verdict (the answer; with check_steps, every step too)
     token_accuracy: np.ndarray  # float64 in [0, 1]
     edit_distance: np.ndarray   # float64 in [0, 1]
+    # scratchpad formats with a step checker: the answer is right but a step is false
+    false_step: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.exact)
@@ -58,6 +60,14 @@ class Scores:
 def extract_answer(completion: str) -> str:
     """The answer is what follows the last ">" (scratchpad formats) or the whole completion."""
     return completion.rsplit(ANSWER_SEP, 1)[-1]
+
+
+def scratchpad_steps(completion: str) -> list[str]:
+    """The steps a scratchpad writes before its answer ("s1,s2>answer" -> ["s1", "s2"]);
+    [] when the completion has no answer separator (no scratchpad at all)."""
+    if ANSWER_SEP not in completion:
+        return []
+    return completion.rsplit(ANSWER_SEP, 1)[0].split(STEP_SEP)
 
 
 def _pad_codes(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +128,7 @@ class Task(ABC):
     min_difficulty: ClassVar[int] = 1
     max_difficulty: ClassVar[int] = 12
 
-    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1) -> None:
+    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1, check_steps: bool = False) -> None:
         format = format or self.formats[0]
         if format not in self.formats:
             raise ValueError(f"task {self.name!r} has no format {format!r}; choose one of {list(self.formats)}")
@@ -126,6 +136,15 @@ class Task(ABC):
             raise ValueError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction}")
         self.format = format
         self.heldout_fraction = heldout_fraction
+        if check_steps and not self.has_step_checker:
+            raise ValueError(f"check_steps: task {self.name!r} format {format!r} has no step checker "
+                             f"(it needs the scratchpad format of a task that judges steps)")
+        self.check_steps = bool(check_steps)
+
+    @property
+    def has_step_checker(self) -> bool:
+        """The format writes a scratchpad and this task can judge its steps."""
+        return self.format == "scratchpad" and type(self).judge_steps is not Task.judge_steps
 
     # -- generation -----------------------------------------------------------------
     @abstractmethod
@@ -168,18 +187,35 @@ class Task(ABC):
         """Task-specific correctness [B] bool, or None when correct means 'equals the gold answer'."""
         return None
 
+    def judge_steps(self, problem: Problem, steps: list[str]) -> list[bool]:
+        """One label per scratchpad step: True iff the step is a well-formed, true equation
+        that does what the task's procedure does at that point, given the problem and the
+        steps written before it (each step is judged on its own: a step that builds on an
+        earlier false result consistently is true). Tasks with a scratchpad override it."""
+        raise NotImplementedError(f"task {self.name!r} has no step checker")
+
+    def step_labels(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[np.ndarray]:
+        """Per completion, [steps] bool: each scratchpad step's label (``judge_steps``).
+        Parsing is per string (regular expressions over a few short steps): microseconds
+        each, next to the milliseconds that writing the trace cost."""
+        if not self.has_step_checker:
+            raise ValueError(f"task {self.name!r} format {self.format!r} has no step checker")
+        return [np.array(self.judge_steps(p, scratchpad_steps(c)), dtype=bool) for p, c in zip(problems, completions)]
+
     def verify_batch(self, problems: Sequence[Problem], completions: Sequence[str]) -> Scores:
         answers = [extract_answer(c) for c in completions]
         scores = score_strings(answers, [p.answer for p in problems])
         correct = self.check_answers(problems, answers)
-        if correct is None:
+        if correct is not None:  # a correct answer other than the gold one earns full graded credit too
+            scores = Scores(exact=correct, token_accuracy=np.where(correct, 1.0, scores.token_accuracy),
+                            edit_distance=np.where(correct, 0.0, scores.edit_distance))
+        if not self.has_step_checker:
             return scores
-        # A correct answer other than the gold one earns full graded credit too.
-        return Scores(
-            exact=correct,
-            token_accuracy=np.where(correct, 1.0, scores.token_accuracy),
-            edit_distance=np.where(correct, 0.0, scores.edit_distance),
-        )
+        # a scratchpad with no steps, or with any false one, is not a sound derivation
+        sound = np.array([len(labels) > 0 and bool(labels.all()) for labels in self.step_labels(problems, completions)],
+                         dtype=bool)
+        exact = scores.exact & sound if self.check_steps else scores.exact
+        return Scores(exact, scores.token_accuracy, scores.edit_distance, false_step=scores.exact & ~sound)
 
     def verify(self, problem: Problem, completion: str) -> Score:
         return self.verify_batch([problem], [completion])[0]

@@ -9,6 +9,11 @@ target is built by combining a random subset of the numbers, then an exact solve
 (iterative deepening over pairs, fewest steps first) writes the gold trace. The
 verifier parses and evaluates the expression with exact rationals — never ``eval``.
 Any expression that reaches the target counts, not only the gold one.
+
+Step checker (scratchpad): a step "a op b=r" is true iff a and b are available (given
+numbers, or results of earlier steps, each used once) and a op b equals r exactly. Every
+well-formed step, true or not, uses up the operands it names and makes r available, so
+each later step is judged on its own.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from .base import Problem, Task, register_task
 
 MAX_EXPRESSION_CHARS = 64
 _TOKEN = re.compile(r"\d+|[-+*/()]")
+_STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
 
 
 class ExpressionError(ValueError):
@@ -168,8 +174,9 @@ class Countdown(Task):
     min_difficulty = 2
     max_difficulty = 6
 
-    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1, max_number: int = 20, max_target: int = 200):
-        super().__init__(format, heldout_fraction)
+    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1, check_steps: bool = False,
+                 max_number: int = 20, max_target: int = 200):
+        super().__init__(format, heldout_fraction, check_steps)
         self.max_number = max_number
         self.max_target = max_target
 
@@ -201,3 +208,21 @@ class Countdown(Task):
     def check_answers(self, problems: Sequence[Problem], answers: Sequence[str]) -> np.ndarray:
         # Parsing is inherently per expression; it is microseconds next to generation.
         return np.array([is_solution(*parse_prompt(p.prompt), a) for p, a in zip(problems, answers)], dtype=bool)
+
+    def judge_steps(self, problem: Problem, steps: list[str]) -> list[bool]:
+        numbers, _ = parse_prompt(problem.prompt)
+        pool = Counter(numbers)
+        labels = []
+        for step in steps:
+            m = _STEP.fullmatch(step)
+            if m is None:
+                labels.append(False)
+                continue
+            a, op, b, r = int(m[1]), m[2], int(m[3]), int(m[4])
+            wanted = Counter([a, b])
+            available = not (wanted - pool)
+            value = {"+": a + b, "-": a - b, "*": a * b, "/": Fraction(a, b) if b else None}[op]
+            labels.append(available and value == r)
+            pool -= wanted  # what it names is used up (as far as it was there)
+            pool[r] += 1
+        return labels

@@ -8,13 +8,26 @@ Formats:
   reversed    "123*45=" -> "5355"
   scratchpad  "123*45=" -> "123*5=615,123*40=4920>5535"  (one partial product per
               digit of the multiplier, then the answer; zero digits are skipped)
+
+Step checker (scratchpad): step i must multiply the multiplicand by the multiplier's i-th
+non-zero digit in place (least significant first) and get the product right.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
 from .addition import draw_operand
 from .base import Problem, Task, register_task
+
+
+_STEP = re.compile(r"(\d+)\*(\d+)=(\d+)")
+
+
+def place_values(b: int) -> list[int]:
+    """The multiplier's non-zero digits in place, least significant first ([0] for 0)."""
+    return [int(d) * 10**i for i, d in enumerate(reversed(str(b))) if d != "0"] or [0]
 
 
 @register_task
@@ -23,8 +36,9 @@ class Multiplication(Task):
     formats = ("scratchpad", "plain", "reversed")
     max_difficulty = 9
 
-    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1, multiplier_digits: int | None = None):
-        super().__init__(format, heldout_fraction)
+    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1, check_steps: bool = False,
+                 multiplier_digits: int | None = None):
+        super().__init__(format, heldout_fraction, check_steps)
         if multiplier_digits is not None and not 1 <= multiplier_digits <= self.max_difficulty:
             raise ValueError(f"multiplier_digits must lie in 1..{self.max_difficulty}, got {multiplier_digits}")
         self.multiplier_digits = multiplier_digits
@@ -39,10 +53,15 @@ class Multiplication(Task):
         answer = product[::-1] if self.format == "reversed" else product
         trace = answer
         if self.format == "scratchpad":
-            parts = []
-            for i, digit in enumerate(reversed(str(b))):
-                if digit != "0" or (i == 0 and b == 0):
-                    shift = int(digit) * 10**i
-                    parts.append(f"{a}*{shift}={a * shift}")
-            trace = ",".join(parts) + ">" + answer
+            trace = ",".join(f"{a}*{shift}={a * shift}" for shift in place_values(b)) + ">" + answer
         return Problem(prompt=f"{a}*{b}=", answer=answer, trace=trace, difficulty=difficulty)
+
+    def judge_steps(self, problem: Problem, steps: list[str]) -> list[bool]:
+        a, b = (int(t) for t in problem.prompt.rstrip("=").split("*"))
+        shifts = place_values(b)
+        labels = []
+        for i, step in enumerate(steps):
+            m = _STEP.fullmatch(step)
+            labels.append(m is not None and i < len(shifts) and int(m[1]) == a and int(m[2]) == shifts[i]
+                          and int(m[3]) == a * shifts[i])
+        return labels

@@ -17,6 +17,7 @@ SPECIALS = "_^$"  # PAD, BOS, EOS as characters
 # digits, arithmetic, separators; ">" announces the final answer after a scratchpad.
 CHARS = "0123456789+-*/=(),;:>|"
 ANSWER_SEP = ">"
+STEP_SEP = ","  # between the steps of a scratchpad
 
 
 class CharTokenizer:

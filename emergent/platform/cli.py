@@ -64,7 +64,9 @@ def cmd_eval(args: Sequence[str]) -> int:
     load_model_state(exp.model, state, path)
     results = exp.evaluate()
     print(f"checkpoint {path} (step {state['step']}, task {cfg.task.name}, format {exp.task.format})")
-    print(f"{'split':<12} {'difficulty':>10} {'n':>6} {'exact_match':>12} {'token_acc':>10} {'edit_dist':>10}")
+    steps = exp.task.has_step_checker  # a column for the right answers whose scratchpad has a false step
+    print(f"{'split':<12} {'difficulty':>10} {'n':>6} {'exact_match':>12} {'token_acc':>10} {'edit_dist':>10}"
+          + (f" {'false_steps':>12}" if steps else ""))
     for split, r in results.items():
         n = len(exp.evaluator.sets[split])
         rows = [("all", n, r.metrics)] + [
@@ -72,7 +74,8 @@ def cmd_eval(args: Sequence[str]) -> int:
         ]
         for label, count, m in rows:
             print(f"{split:<12} {label:>10} {count:>6} {m['exact_match']:>12.4f} "
-                  f"{m['token_accuracy']:>10.4f} {m['edit_distance']:>10.4f}")
+                  f"{m['token_accuracy']:>10.4f} {m['edit_distance']:>10.4f}"
+                  + (f" {m[tags.EVAL_FALSE_STEPS]:>12.4f}" if steps else ""))
     for split, r in results.items():  # eval.pass_k
         if r.sampled is not None:
             n = r.sampled.correct.shape[1]

@@ -24,7 +24,7 @@ from emergent.agents.method import ImproveConfig
 from emergent.agents.model import ModelConfig
 from emergent.agents.reward_net import RewardNetConfig
 from emergent.agents.search import SearchConfig
-from emergent.envs import SPLITS, TASKS, SplitSpec, make_task
+from emergent.envs import SPLITS, TASKS, SplitSpec, Task, make_task
 
 from .errors import ConfigError
 
@@ -43,6 +43,9 @@ class TaskConfig:
     train_size: Optional[int] = None      # a fixed training set of this many problems; None: unlimited
     data_seed: int = 0                    # seed of that fixed set: the same data for every run seed
     heldout_fraction: float = 0.1         # share of the problem space reserved for `test`
+    # scratchpad formats: a trace counts as correct only if every step is true as well as
+    # the answer (off: the answer alone decides; eval logs false_steps either way)
+    check_steps: bool = False
 
 
 @dataclass
@@ -131,6 +134,12 @@ class Config:
     @property
     def splits(self) -> SplitSpec:
         return SplitSpec(train=tuple(self.task.difficulty), extrapolate=tuple(self.task.extrapolate))
+
+
+def build_task(cfg: Config) -> Task:
+    """The task a config names, with its format, held-out share and step checking."""
+    t = cfg.task
+    return make_task(t.name, format=t.format, heldout_fraction=t.heldout_fraction, check_steps=t.check_steps)
 
 
 def _one_line(e: OmegaConfBaseException) -> str:
@@ -289,9 +298,9 @@ def validate(cfg: Config) -> None:
         if value is not None and (not value or "/" in value or value in (".", "..")):
             raise ConfigError(f"{name}={value!r} must be a plain directory name")
     try:
-        task = make_task(cfg.task.name, format=cfg.task.format, heldout_fraction=cfg.task.heldout_fraction)
+        task = build_task(cfg)
     except ValueError as e:
-        raise ConfigError(f"task.format / task.heldout_fraction: {e}") from None
+        raise ConfigError(f"task.format / task.heldout_fraction / task.check_steps: {e}") from None
     if cfg.improve.init_from is not None and not Path(cfg.improve.init_from).is_file():
         raise ConfigError(f"improve.init_from: checkpoint not found: {cfg.improve.init_from}")
     check_method_keys(cfg)

@@ -35,7 +35,7 @@ class Sampled:
 
 @dataclass
 class SplitResult:
-    metrics: dict[str, float]                     # tags.EVAL_METRICS -> mean
+    metrics: dict[str, float]                     # tags.EVAL_METRICS (+ EVAL_FALSE_STEPS) -> mean
     by_difficulty: dict[int, dict[str, float]]    # difficulty -> metric -> mean
     samples: list[tuple[str, str, str, bool]] = field(default_factory=list)  # prompt, completion, gold, exact
     sampled: Sampled | None = None                # eval.pass_k
@@ -44,12 +44,20 @@ class SplitResult:
 
 
 def summarise(problems: Sequence[Problem], scores: Scores) -> tuple[dict, dict]:
+    """Means of each metric over the split and per difficulty (``false_steps`` where the
+    task judges steps: a share of the right answers, not of all problems)."""
     values = {"exact_match": scores.exact.astype(float), "token_accuracy": scores.token_accuracy,
               "edit_distance": scores.edit_distance}
-    overall = {k: float(v.mean()) for k, v in values.items()}
     diff = np.array([p.difficulty for p in problems])
-    by = {int(d): {k: float(v[diff == d].mean()) for k, v in values.items()} for d in np.unique(diff)}
-    return overall, by
+
+    def means(rows) -> dict[str, float]:
+        out = {k: float(v[rows].mean()) for k, v in values.items()}
+        if scores.false_step is not None:
+            right = (scores.exact | scores.false_step)[rows]  # the answer is right
+            out[tags.EVAL_FALSE_STEPS] = float(scores.false_step[rows].sum() / max(1, right.sum()))
+        return out
+
+    return means(slice(None)), {int(d): means(diff == d) for d in np.unique(diff)}
 
 
 def generate_completions(
@@ -183,7 +191,7 @@ def scalars(results: dict[str, SplitResult]) -> dict[str, float]:
     """Flatten eval results into ``{tag: value}`` (overall and per difficulty)."""
     out = {}
     for split, r in results.items():
-        for m in tags.EVAL_METRICS:
+        for m in r.metrics:  # tags.EVAL_METRICS, and false_steps where the task judges steps
             out[tags.eval_tag(split, m)] = r.metrics[m]
             for d, md in r.by_difficulty.items():
                 out[tags.eval_tag(split, m, d)] = md[m]

@@ -19,10 +19,10 @@ from emergent import tags
 from emergent.agents import Method, build_method
 from emergent.agents.model import TransformerLM
 from emergent.agents.records import Experience, Prompts, StepResult
-from emergent.envs import TOKENIZER, Problem, Task, make_task
+from emergent.envs import TOKENIZER, Problem, Task
 
 from .checkpoint import LAST, load_checkpoint, load_model_state
-from .config import Config, ConfigError, flatten, load_config, to_yaml
+from .config import Config, ConfigError, build_task, flatten, load_config, to_yaml
 from .evaluate import Evaluator, SplitResult
 from .ledger import FlopLedger
 from .problem_stream import ProblemStream
@@ -86,7 +86,7 @@ class Experiment:
         self.device = resolve_device(cfg.device)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.task = make_task(cfg.task.name, format=cfg.task.format, heldout_fraction=cfg.task.heldout_fraction)
+        self.task = build_task(cfg)
         self.model = TransformerLM(cfg.model, TOKENIZER.vocab_size).to(self.device)
         warm = None
         if cfg.improve.init_from and not worker:  # before the method: a KL reference copies the start
