@@ -26,7 +26,11 @@ class TableEvaluator:
     def _key(self, tokens, n):
         return tuple(tokens[1:n].tolist())
 
-    def expand(self, tokens, lengths):
+    def begin(self, tree):
+        pass
+
+    def expand(self, states):
+        tokens, lengths = states.tokens, states.lengths
         self.calls += 1
         prior, toks = [], []
         for t, n in zip(tokens, lengths):
@@ -37,8 +41,8 @@ class TableEvaluator:
             prior.append(list(table.values())[: self.k] + [0.0] * (self.k - len(table)))
         return Expansion(torch.tensor(prior), torch.tensor(toks), torch.full((len(tokens),), 0.5))
 
-    def terminal_value(self, rows, tokens, lengths):
-        return torch.tensor([self.values[self._key(t, int(n))] for t, n in zip(tokens, lengths)])
+    def terminal_value(self, states):
+        return torch.tensor([self.values[self._key(t, int(n))] for t, n in zip(states.tokens, states.lengths)])
 
 
 def run(evaluator, *, max_len, sims, leaves=1, k=3, batch=1, **kw):
@@ -162,3 +166,74 @@ def test_completed_q_policy_is_computed_from_the_prior_before_root_noise():
     torch.testing.assert_close(out.policy[0, 0, [3, 4, 5]], torch.tensor([0.6, 0.3, 0.1]))
     # the visits followed the noisy prior: as a target they would teach the noise
     assert (out.visit_probs[0, 0, [3, 4, 5]] - torch.tensor([0.6, 0.3, 0.1])).abs().max() > 0.1
+
+
+# -- leaf evaluation from per-node keys and values ------------------------------------------------
+
+def tiny_networks(pos: str, dtype=torch.float32, device="cpu"):
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, d_model=32, max_len=24, pos=pos)
+    policy, value = TransformerLM(cfg, V), RewardNet(cfg, V)
+    torch.nn.init.normal_(value.head.weight, 0.0, 0.5)  # an opinionated judge: values differ by state
+    return policy.to(device, dtype).eval(), value.to(device, dtype).eval()
+
+
+def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12):
+    from emergent.agents.search import evaluate_leaves, init_tree, search_move, visits_policy
+
+    rng = np.random.default_rng(1)
+    prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 7, 5, 4)]
+    ev = PolicyValueEvaluator(policy, value, top_k=4, terminal="learned", kv_cache=kv_cache)
+    cfg = SearchConfig(num_simulations=sims, leaves_per_call=3, top_k=4, terminal_value="learned",
+                       dirichlet_fraction=0.25)
+    tree = init_tree(prompts, capacity=400, top_k=4, max_len=24, device=device)
+    ev.begin(tree)
+    evaluate_leaves(tree, tree.root[:, None], torch.ones(4, 1, dtype=torch.bool, device=device), ev)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        active = ~tree.terminal[torch.arange(4, device=device), tree.root]
+        search_move(tree, active, ev, cfg, improved=visits_policy, generator=gen, eos_id=EOS)
+    return tree, ev
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_cached_leaf_evaluation_equals_recomputing_every_prefix(pos):
+    """A searched tree's priors and values, each computed from its ancestors' kept keys and
+    values, match the full forward of each state's whole prefix, and cost less."""
+    policy, value = tiny_networks(pos)
+    tree, cached = searched(policy, value, kv_cache=True)
+    b, n = tree.expanded.nonzero(as_tuple=True)
+    assert len(b) > 60 and int(tree.length[b, n].max() - tree.length[:, 0].min()) >= 4  # deep enough to matter
+    from emergent.agents.search import States
+
+    states = States(b, n, tree.tokens[b, n], tree.length[b, n], tree.node_at[b, n])
+    full = PolicyValueEvaluator(policy, value, top_k=4, terminal="learned", kv_cache=False)
+    # the roots so far (node 0 and the nodes each move went to) carry Dirichlet noise in their priors
+    was_root = (n == 0) | (tree.node_at[b, tree.root[b]] == n[:, None]).any(1)
+    live = ~tree.terminal[b, n] & ~was_root
+    ref = full.expand(States(*(t[live] for t in states)))
+    torch.testing.assert_close(tree.prior[b[live], n[live]], ref.prior, atol=1e-5, rtol=1e-5)
+    assert torch.equal(tree.child_token[b[live], n[live]], ref.child_token)
+    torch.testing.assert_close(tree.value[b, n], full.terminal_value(states), atol=1e-5, rtol=1e-5)
+    _, uncached = searched(policy, value, kv_cache=False)
+    assert cached.calls == uncached.calls and cached.flops < uncached.flops / 2
+
+
+def test_cached_and_recomputed_search_make_the_same_tree_in_fp64():
+    policy, value = tiny_networks("learned", torch.float64)
+    a, _ = searched(policy, value, kv_cache=True)
+    b, _ = searched(policy, value, kv_cache=False)
+    for field in ("tokens", "parent", "children", "visits", "num_nodes", "root"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    torch.testing.assert_close(a.value_sum, b.value_sum, atol=1e-12, rtol=0)
+
+
+@pytest.mark.gpu
+def test_search_on_cuda_makes_the_tree_it_makes_on_cpu_in_fp64():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cpu, _ = searched(*tiny_networks("rope", torch.float64), kv_cache=True)
+    gpu, _ = searched(*tiny_networks("rope", torch.float64, "cuda"), kv_cache=True, device="cuda")
+    for field in ("tokens", "parent", "children", "visits", "num_nodes", "root"):
+        assert torch.equal(getattr(cpu, field), getattr(gpu, field).cpu()), field
+    torch.testing.assert_close(cpu.value_sum, gpu.value_sum.cpu(), atol=1e-12, rtol=0)

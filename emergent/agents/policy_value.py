@@ -10,17 +10,19 @@ import torch.nn.functional as F
 
 from emergent.envs.tokenizer import TOKENIZER
 
-from .search import Expansion, SearchOutput
+from .search import Expansion, SearchOutput, States, Tree
+from .tree_kv import TreeKV
 
 
 def state_verifier(prompt_lengths: Sequence[int], score: Callable[[np.ndarray, list[str]], np.ndarray]):
-    """Adapt ``score(problem rows, completions) -> [M]`` to ``terminal_value``'s signature:
+    """Adapt ``score(problem rows, completions) -> [M]`` to ``terminal_value``'s verifier:
     the completion of a state is its tokens after its problem's prompt, EOS dropped."""
 
-    def terminal(rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        r = rows.cpu().numpy()
-        comps = TOKENIZER.decode_spans(tokens.cpu().numpy(), [prompt_lengths[i] for i in r], lengths.tolist())
-        return torch.as_tensor(score(r, comps), dtype=torch.float32, device=tokens.device)
+    def terminal(states: States) -> torch.Tensor:
+        r = states.rows.cpu().numpy()
+        comps = TOKENIZER.decode_spans(states.tokens.cpu().numpy(), [prompt_lengths[i] for i in r],
+                                       states.lengths.tolist())
+        return torch.as_tensor(score(r, comps), dtype=torch.float32, device=states.tokens.device)
 
     return terminal
 
@@ -35,48 +37,98 @@ def output_completions(out: SearchOutput) -> list[str]:
 class PolicyValueEvaluator:
     """Priors from the policy's top-k tokens, values from the reward-and-objective network.
 
-    Each call is one right-padded forward of each network over the M pending states
-    (causal attention: the padding after a state's last token cannot reach it).
-    ``terminal_value`` scores finished states with ``verifier`` (rows -> problems) or with
+    ``kv_cache`` (the default): each network keeps the keys and values of every node it
+    has evaluated (``TreeKV``), so a call runs one token per pending state: the prompts
+    once per search, then each new state's last token attending over its ancestors' keys.
+    Without it each call is one right-padded forward over the M pending states' whole
+    prefixes (causal attention: the padding after a state's last token cannot reach it):
+    the reference the cache is tested against, equal up to float rounding.
+    ``terminal_value`` scores finished states with ``verifier`` (``States`` -> [M]) or with
     the network. ``flops`` accumulates what the calls cost.
     """
 
     def __init__(self, policy, reward_net, *, top_k: int, terminal: str = "verifier",
-                 verifier: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 prior_temperature: float = 1.0) -> None:
+                 verifier: Callable[[States], torch.Tensor] | None = None, prior_temperature: float = 1.0,
+                 kv_cache: bool = True) -> None:
         if terminal == "verifier" and verifier is None:
             raise ValueError("terminal_value='verifier' needs a verifier callable")
         self.policy, self.reward_net, self.top_k = policy, reward_net, top_k
         self.terminal, self.verifier, self.prior_temperature = terminal, verifier, prior_temperature
+        self.kv_cache = kv_cache
+        self.kv: dict[str, TreeKV] = {}
+        self.prompt_hidden: dict[str, torch.Tensor] = {}  # [B, C] per network: node 0's state
         self.flops = 0.0
         self.calls = 0
 
-    def _trim(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return tokens[:, : int(lengths.max())]
+    def _networks(self) -> dict[str, tuple[torch.nn.Module, Callable]]:
+        """name -> (the TransformerLM whose keys are kept, the FLOPs per token of its network)."""
+        out = {"policy": (self.policy, self.policy.flops_per_token)}
+        if self.reward_net is not None:
+            out["reward"] = (self.reward_net.trunk, self.reward_net.flops_per_token)
+        return out
+
+    def begin(self, tree: Tree) -> None:
+        """A search over ``tree``'s prompts starts: with ``kv_cache``, run each prompt once."""
+        self.kv.clear()
+        self.prompt_hidden.clear()
+        if not self.kv_cache:
+            return
+        B, P = tree.batch, int(tree.length[:, 0].max())
+        for name, (net, flops) in self._networks().items():
+            self.kv[name] = TreeKV(net, tree)
+            with torch.no_grad():
+                self.prompt_hidden[name] = self.kv[name].prompts(tree.tokens[:, 0])
+            self.flops += flops(P, backward=False) * B * P
+
+    def _hidden(self, name: str, states: States) -> torch.Tensor:
+        """Final-norm hidden states [M, C] of ``name``'s network after each state's last
+        token: a prompt's from ``begin``, any other state's by one token through the network."""
+        kv, flops = self.kv[name], self._networks()[name][1]
+        root = states.nodes == 0
+        if bool(root.all()):
+            return self.prompt_hidden[name][states.rows]
+        new = States(*(t[~root] for t in states)) if bool(root.any()) else states
+        out = kv.extend(new)                                             # [m, C]
+        self.flops += flops(kv.P + int(new.lengths.max()), backward=False) * len(new.rows)  # keys attended: a bound
+        if new is states:
+            return out
+        h = torch.empty(len(states.rows), out.shape[1], dtype=out.dtype, device=out.device)
+        h[root], h[~root] = self.prompt_hidden[name][states.rows[root]].to(out.dtype), out
+        return h
 
     @torch.no_grad()
-    def expand(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Expansion:
-        x = self._trim(tokens, lengths)
-        M, T = x.shape
-        logits = self.policy(x)[torch.arange(M, device=x.device), lengths - 1].float()  # [M, V]
+    def expand(self, states: States) -> Expansion:
+        M = len(states.rows)
+        if self.kv_cache:
+            logits = self.policy.lm_head(self._hidden("policy", states)).float()  # [M, V]
+        else:
+            x = self._trim(states.tokens, states.lengths)
+            T = x.shape[1]
+            logits = self.policy(x)[torch.arange(M, device=x.device), states.lengths - 1].float()
+            self.flops += self.policy.flops_per_token(T, backward=False) * M * T
         logp = F.log_softmax(logits / self.prior_temperature, -1)
         top, idx = logp.topk(self.top_k, -1)
         prior = torch.softmax(top, -1)
-        self.flops += self.policy.flops_per_token(T, backward=False) * M * T
-        if self.reward_net is None:  # no value network: every state is a coin flip
-            value = torch.full((M,), 0.5, device=x.device)
-        else:
-            value = self.reward_net.value_at(x, lengths)
-            self.flops += self.reward_net.flops_per_token(T, backward=False) * M * T
         self.calls += 1
-        return Expansion(prior, idx, value)
+        return Expansion(prior, idx, self._value(states))
 
     @torch.no_grad()
-    def terminal_value(self, rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def terminal_value(self, states: States) -> torch.Tensor:
         if self.terminal == "verifier":
-            return self.verifier(rows, tokens, lengths)
-        x = self._trim(tokens, lengths)
-        if self.reward_net is None:
-            return torch.full((len(x),), 0.5, device=x.device)
+            return self.verifier(states)
+        return self._value(states)
+
+    def _value(self, states: States) -> torch.Tensor:
+        """The reward net's P(correct) of each state [M] (0.5 everywhere without one)."""
+        if self.reward_net is None:  # no value network: every state is a coin flip
+            return torch.full((len(states.rows),), 0.5, device=states.tokens.device)
+        if self.kv_cache:
+            h = self._hidden("reward", states)
+            return torch.sigmoid(self.reward_net.head(h).squeeze(-1).float())
+        x = self._trim(states.tokens, states.lengths)
         self.flops += self.reward_net.flops_per_token(x.shape[1], backward=False) * x.numel()
-        return self.reward_net.value_at(x, lengths)
+        return self.reward_net.value_at(x, states.lengths)
+
+    @staticmethod
+    def _trim(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return tokens[:, : int(lengths.max())]

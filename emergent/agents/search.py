@@ -11,7 +11,8 @@ keyword-only fields of ``SearchConfig``. The network evaluator and the text boun
 in ``policy_value.py``.
 
 Shapes: B problems (one tree each), N node capacity per tree, K children per node (the
-policy's top-k tokens), L the context length, V the vocabulary.
+policy's top-k tokens), L the context length, V the vocabulary, M states evaluated in
+one call.
 
 One move of search:
   1. ``simulate`` ``num_simulations`` times. Each call selects ``leaves_per_call`` leaves
@@ -81,6 +82,7 @@ class SearchConfig:
 class Tree:
     tokens: torch.Tensor       # [B, N, L] int64  the state's tokens (prompt + path), right-padded
     length: torch.Tensor       # [B, N] int64     valid tokens of each state
+    node_at: torch.Tensor      # [B, N, L] int64  the node that wrote each position (-1: the prompt's)
     parent: torch.Tensor       # [B, N] int64     -1 at node 0
     children: torch.Tensor     # [B, N, K] int64  child node per edge, -1 until created
     child_token: torch.Tensor  # [B, N, K] int64  the token each edge writes
@@ -105,9 +107,20 @@ class Expansion(NamedTuple):
     value: torch.Tensor        # [M] in [0, 1]
 
 
+class States(NamedTuple):
+    """M search states handed to a ``LeafEvaluator``; node 0 of a tree is its prompt."""
+    rows: torch.Tensor         # [M] the tree (problem) of each state
+    nodes: torch.Tensor        # [M] its node
+    tokens: torch.Tensor       # [M, L] prompt + path, right-padded
+    lengths: torch.Tensor      # [M]
+    node_at: torch.Tensor      # [M, L] the node that wrote each position (-1: prompt); an
+                               # evaluator that keeps per-node keys and values reads its path here
+
+
 class LeafEvaluator(Protocol):
-    def expand(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Expansion: ...
-    def terminal_value(self, rows: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
+    def begin(self, tree: "Tree") -> None: ...  # a new search over these trees starts
+    def expand(self, states: States) -> Expansion: ...
+    def terminal_value(self, states: States) -> torch.Tensor: ...
 
 
 class SearchOutput(NamedTuple):
@@ -132,12 +145,13 @@ def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_l
     B = len(prompts)
     tokens = torch.zeros(B, capacity, max_len, dtype=torch.long, device=device)
     length = torch.zeros(B, capacity, dtype=torch.long, device=device)
+    node_at = torch.full((B, capacity, max_len), -1, dtype=torch.long, device=device)
     for b, p in enumerate(prompts):  # once per search, not per simulation
         tokens[b, 0, : len(p)] = torch.as_tensor(p, device=device)
         length[b, 0] = len(p)
     z = lambda *s, **kw: torch.zeros(*s, device=device, **kw)  # noqa: E731
     return Tree(
-        tokens=tokens, length=length,
+        tokens=tokens, length=length, node_at=node_at,
         parent=torch.full((B, capacity), -1, dtype=torch.long, device=device),
         children=torch.full((B, capacity, top_k), -1, dtype=torch.long, device=device),
         child_token=z(B, capacity, top_k, dtype=torch.long), prior=z(B, capacity, top_k),
@@ -190,6 +204,8 @@ def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create:
     n = tree.length[b, parent]
     tree.tokens[b, new] = tree.tokens[b, parent]
     tree.tokens[b, new, n] = tok
+    tree.node_at[b, new] = tree.node_at[b, parent]
+    tree.node_at[b, new, n] = new
     tree.length[b, new] = n + 1
     tree.parent[b, new] = parent
     tree.children[b, parent, a] = new
@@ -264,15 +280,17 @@ def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, eval
     if len(b) == 0:
         return
     term = tree.terminal[b, n]
+    states = lambda rows, nodes: States(rows, nodes, tree.tokens[rows, nodes], tree.length[rows, nodes],  # noqa: E731
+                                        tree.node_at[rows, nodes])
     if bool((~term).any()):
         bb, nn_ = b[~term], n[~term]
-        out = evaluator.expand(tree.tokens[bb, nn_], tree.length[bb, nn_])
+        out = evaluator.expand(states(bb, nn_))
         tree.prior[bb, nn_] = out.prior.to(tree.prior.dtype)
         tree.child_token[bb, nn_] = out.child_token
         tree.value[bb, nn_] = out.value.to(tree.value.dtype)
     if bool(term.any()):
         bb, nn_ = b[term], n[term]
-        tree.value[bb, nn_] = evaluator.terminal_value(bb, tree.tokens[bb, nn_], tree.length[bb, nn_]).to(tree.value.dtype)
+        tree.value[bb, nn_] = evaluator.terminal_value(states(bb, nn_)).to(tree.value.dtype)
     tree.expanded[b, n] = True
 
 
@@ -428,6 +446,7 @@ def search(
     calls = -(-cfg.num_simulations // cfg.leaves_per_call)
     capacity = 1 + max_moves * (calls * cfg.leaves_per_call + 1)  # each simulation adds <= 1 node
     tree = init_tree(prompts, capacity=capacity, top_k=cfg.top_k, max_len=max_len, device=device)
+    evaluator.begin(tree)
     evaluate_leaves(tree, tree.root[:, None], torch.ones(B, 1, dtype=torch.bool, device=device), evaluator)  # the roots
     improved = IMPROVED_POLICIES[cfg.policy_target]
     visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
