@@ -30,7 +30,9 @@ BASE = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_len=
         "optim.warmup_steps=5", "progress=false", "checkpoint_every=1000"]
 SELF = ["improve.problems_per_iter=6", "improve.samples=3", "reward.init=scratch", "reward.n_layer=1",
         "reward.d_model=32", "reward.n_head=2", "train.steps=4"]
-SEARCH = ["search.num_simulations=4", "search.leaves_per_call=2", "search.top_k=4"]
+# search.kv_cache=false: the recorded runs predate the per-node key cache; the cached path is
+# checked against this reference in tests/test_search.py (equal trees in fp64)
+SEARCH = ["search.num_simulations=4", "search.leaves_per_call=2", "search.top_k=4", "search.kv_cache=false"]
 ADDED_SINCE = {"compute/warm_start_flops"}
 VARIANTS = {
     "supervised": ["train.batch_size=16", "train.steps=6"],

@@ -34,7 +34,7 @@ class AlphaZero(SelfImprover):
         s = self.search_cfg
         ids = TOKENIZER.encode_prompts(batch.prompts)
         ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
-                                  verifier=state_verifier([len(i) for i in ids], batch.verify))
+                                  verifier=state_verifier([len(i) for i in ids], batch.verify), kv_cache=s.kv_cache)
         self.policy.eval()
         self.reward_net.eval()
         with autocast(self.device):

@@ -101,7 +101,7 @@ def search_completions(model: TransformerLM, reward_net, task: Task, problems: S
             return task.verify_batch([chunk[r] for r in rows], completions).exact
 
         ev = PolicyValueEvaluator(model, reward_net, top_k=cfg.top_k, terminal=cfg.terminal_value,
-                                  verifier=state_verifier([len(i) for i in ids], exact))
+                                  verifier=state_verifier([len(i) for i in ids], exact), kv_cache=cfg.kv_cache)
         with autocast(device):
             res = search(ids, ev, cfg, max_len=model.cfg.max_len, vocab_size=model.vocab_size,
                          eos_id=TOKENIZER.eos_id, device=device)
