@@ -28,6 +28,7 @@ One move of search:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Protocol, Sequence
 
@@ -165,9 +166,16 @@ def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_l
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _rows(batch: int, device: torch.device) -> torch.Tensor:
+    """0..B-1 [B]: the tree index that every per-tree gather pairs with a node. Made once
+    per batch size and device: selection gathers a few times per tree level."""
+    return torch.arange(batch, device=device)
+
+
 def _at(x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
     """x [B, N, ...] at one node per tree, nodes [B] -> [B, ...]."""
-    return x[torch.arange(x.shape[0], device=x.device), nodes]
+    return x[_rows(x.shape[0], x.device), nodes]
 
 
 # -- selection ------------------------------------------------------------------------------
@@ -180,7 +188,7 @@ def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float) -> torch.Tensor:
     """
     children = _at(tree.children, nodes)                      # [B, K]
     safe = children.clamp(min=0)
-    rows = torch.arange(tree.batch, device=nodes.device)[:, None]
+    rows = _rows(tree.batch, nodes.device)[:, None]
     n = (tree.visits[rows, safe] + tree.vloss[rows, safe]) * (children >= 0)  # [B, K]
     w = tree.value_sum[rows, safe] * (children >= 0)
     fpu = _at(tree.value, nodes)[:, None]
@@ -225,50 +233,50 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int) -> t
 
     Returns leaves [B] (the root itself for inactive trees). A leaf is a node not yet
     expanded (new, or created by an earlier selection of this batch) or a terminal node.
+    A walk that takes an edge not taken before ends there; the new nodes of all trees are
+    created together once every walk has ended.
     """
-    arange = torch.arange(tree.batch, device=active.device)
+    rows = _rows(tree.batch, active.device)
     node = tree.root.clone()
     stop = ~active | ~_at(tree.expanded, node) | _at(tree.terminal, node)
+    new = torch.zeros_like(stop)           # [B] the walk ended on an edge without a node
+    action = torch.zeros_like(node)        # [B] that edge
     while not bool(stop.all()):
         a = puct_scores(tree, node, c_puct).argmax(1)                 # [B]
-        child = tree.children[arange, node, a]
-        child = add_children(tree, node, a, ~stop & (child < 0), eos_id=eos_id)
-        node = torch.where(stop, node, child)
-        stop = stop | ~_at(tree.expanded, node) | _at(tree.terminal, node)
-    return node
+        child = tree.children[rows, node, a]
+        walk = ~stop
+        fresh = walk & (child < 0)
+        new, action = new | fresh, torch.where(fresh, a, action)
+        node = torch.where(walk & ~fresh, child, node)
+        stop = stop | fresh | ~_at(tree.expanded, node) | _at(tree.terminal, node)
+    return torch.where(new, add_children(tree, node, action, new, eos_id=eos_id), node)
 
 
-def _walk_up(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, fn: Callable) -> None:
-    """Call fn(rows, nodes) for every node on each active leaf's path to its tree's root."""
-    arange = torch.arange(tree.batch, device=leaves.device)
-    node = torch.where(active, leaves, -1)
-    while True:
-        live = node >= 0
-        if not bool(live.any()):
-            return
-        fn(arange[live], node[live])
-        at_root = node == tree.root
-        node = torch.where(live & ~at_root, tree.parent[arange, node.clamp(min=0)], -1)
+def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every node on each active leaf's path from its tree's root, as (trees [P], nodes [P]):
+    the root, then the nodes that wrote the positions between the root's state and the
+    leaf's (``node_at``). One gather, however deep the leaves."""
+    rows = _rows(tree.batch, leaves.device)
+    ids = tree.node_at[rows, leaves]                                        # [B, L]
+    at = torch.arange(ids.shape[1], device=ids.device)[None, :]
+    below = (at >= tree.length[rows, tree.root][:, None]) & (at < tree.length[rows, leaves][:, None]) & active[:, None]
+    return (torch.cat([rows[active], rows[:, None].expand_as(ids)[below]]),
+            torch.cat([tree.root[active], ids[below]]))
 
 
 def add_virtual_loss(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, amount: float) -> None:
     """Count a pending simulation as ``amount`` visits of value 0 on each path."""
-
-    def add(b, n):
-        tree.vloss.index_put_((b, n), torch.full(b.shape, amount, device=b.device), accumulate=True)
-
-    _walk_up(tree, leaves, active, add)
+    b, n = _paths(tree, leaves, active)
+    tree.vloss.index_put_((b, n), torch.full(b.shape, amount, device=b.device), accumulate=True)
 
 
 def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
-    """Add each leaf's value to every node on its path (duplicate leaves count twice)."""
+    """Add each leaf's value to every node on its path (duplicate leaves count twice:
+    ``simulate`` backs up its leaves one call each)."""
     values = _at(tree.value, leaves)
-
-    def add(b, n):
-        tree.visits.index_put_((b, n), torch.ones_like(values[b]), accumulate=True)
-        tree.value_sum.index_put_((b, n), values[b], accumulate=True)
-
-    _walk_up(tree, leaves, active, add)
+    b, n = _paths(tree, leaves, active)
+    tree.visits.index_put_((b, n), torch.ones_like(values[b]), accumulate=True)
+    tree.value_sum.index_put_((b, n), values[b], accumulate=True)
 
 
 # -- evaluation --------------------------------------------------------------------------------
