@@ -28,23 +28,31 @@ from .search import States, Tree
 
 
 class TreeKV:
-    """Per-node keys and values of one network over the trees of one search."""
+    """Per-node keys and values of one network over the trees of one search.
+
+    One table per layer holds both a tree's nodes and its prompt, so the keys a state
+    attends over are one gather: slots [0, N) are nodes (node 0, the prompt, stays unused),
+    slots [N, N + P) the prompt's positions.
+    """
 
     def __init__(self, model: TransformerLM, tree: Tree) -> None:
         c = model.cfg
         B, N, _ = tree.tokens.shape
-        self.model, self.H, self.D = model, c.n_head, c.d_model // c.n_head
+        self.model, self.N, self.H, self.D = model, N, c.n_head, c.d_model // c.n_head
         self.prompt_len = tree.length[:, 0].clone()  # [B]: node 0 of each tree is its prompt
         self.P = int(self.prompt_len.max())
-        self.node_shape = (c.n_layer, B, N, self.H, self.D)
-        self.node_k: torch.Tensor | None = None  # allocated on first write, in the dtype the layers compute in
-        self.node_v: torch.Tensor | None = None
-        self.prompt_k: torch.Tensor | None = None  # [L, B, H, P, D], filled by ``prompts``
-        self.prompt_v: torch.Tensor | None = None
+        self.table_shape = (c.n_layer, B, N + self.P, self.H, self.D)
+        self.k: torch.Tensor | None = None  # [L, B, N + P, H, D], in the dtype the layers compute in
+        self.v: torch.Tensor | None = None
+        self.prompt_valid: torch.Tensor | None = None  # [B, P]
         # what ``update`` needs during one forward (set by ``extend``)
-        self._rows = self._nodes = self._path = None
+        self._rows = self._nodes = self._slots = None
         self.length = 0
         self.shape = (c.n_layer, 0, self.H, 0, self.D)
+
+    def _allocate(self, like: torch.Tensor) -> None:
+        self.k = torch.zeros(self.table_shape, dtype=like.dtype, device=like.device)
+        self.v = torch.zeros_like(self.k)
 
     @torch.no_grad()
     def prompts(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -55,7 +63,9 @@ class TreeKV:
         cache = self.model.new_cache(B, self.P)
         valid = torch.arange(self.P, device=x.device)[None, :] < self.prompt_len[:, None]  # [B, P]
         h = self.model.hidden(x, None, valid, cache)                                       # [B, P, C]
-        self.prompt_k, self.prompt_v = cache.k, cache.v
+        self._allocate(cache.k)
+        self.k[:, :, self.N :] = cache.k.transpose(2, 3)  # [L, B, H, P, D] -> [L, B, P, H, D]
+        self.v[:, :, self.N :] = cache.v.transpose(2, 3)
         self.prompt_valid = valid
         return h[torch.arange(B, device=x.device), self.prompt_len - 1]
 
@@ -69,9 +79,10 @@ class TreeKV:
         tok = states.tokens[torch.arange(M, device=last.device), last]          # [M]
         G = int(last.max())                                                     # ancestor slots: positions < last
         path = states.node_at[:, :G]                                            # [M, G] (-1: prompt, or past the state)
-        slot = torch.arange(G, device=last.device)[None, :]
-        has = (path >= 0) & (slot < last[:, None])
-        self._rows, self._nodes, self._path = states.rows, states.nodes, path.clamp(min=0)
+        has = (path >= 0) & (torch.arange(G, device=last.device)[None, :] < last[:, None])
+        prompt = (self.N + torch.arange(self.P, device=last.device)).expand(M, self.P)
+        self._slots = torch.cat([prompt, path.clamp(min=0), states.nodes[:, None]], 1)  # [M, S]
+        self._rows, self._nodes = states.rows, states.nodes
         key_valid = torch.cat([self.prompt_valid[states.rows], has, torch.ones(M, 1, dtype=torch.bool,
                                                                                   device=has.device)], 1)
         S = self.P + G + 1
@@ -81,12 +92,10 @@ class TreeKV:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Called by each attention layer with the new token's k, v [M, H, 1, D]: store them
         at the node, return the keys and values it attends over [M, H, S, D]."""
-        rows, nodes, path = self._rows, self._nodes, self._path
-        if self.node_k is None:
-            self.node_k = torch.zeros(self.node_shape, dtype=k.dtype, device=k.device)
-            self.node_v = torch.zeros_like(self.node_k)
-        self.node_k[layer, rows, nodes] = k[:, :, 0]
-        self.node_v[layer, rows, nodes] = v[:, :, 0]
-        keys = [self.prompt_k[layer, rows], self.node_k[layer, rows[:, None], path].transpose(1, 2), k]
-        values = [self.prompt_v[layer, rows], self.node_v[layer, rows[:, None], path].transpose(1, 2), v]
-        return torch.cat(keys, 2), torch.cat(values, 2)
+        if self.k is None:
+            self._allocate(k)
+        rows, nodes, slots = self._rows, self._nodes, self._slots
+        self.k[layer, rows, nodes] = k[:, :, 0]
+        self.v[layer, rows, nodes] = v[:, :, 0]
+        at = (rows[:, None], slots)
+        return self.k[layer][at].transpose(1, 2), self.v[layer][at].transpose(1, 2)
