@@ -214,8 +214,13 @@ class TransformerLM(nn.Module):
     ) -> torch.Tensor:                          # -> logits [B, T, V]
         return self.lm_head(self.hidden(idx, pos, key_valid, cache))
 
-    def hidden(self, idx, pos=None, key_valid=None, cache: KVCache | None = None) -> torch.Tensor:
-        """The final-norm hidden states [B, T, C]; ``forward`` puts the LM head on them."""
+    def hidden(self, idx, pos=None, key_valid=None, cache: KVCache | None = None,
+               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-norm hidden states [B, T, C]; ``forward`` puts the LM head on them.
+
+        ``attn_mask`` [B, 1, T, S] bool, with a cache whose ``update`` returns S keys: which
+        keys each query sees, when that is not the causal order (a search's tree of states,
+        ``TreeKV``); it replaces the mask built from ``key_valid``."""
         B, T = idx.shape
         t0 = cache.length if cache is not None else 0
         if pos is None:
@@ -226,8 +231,8 @@ class TransformerLM(nn.Module):
         rope = None
         if self.cfg.pos == "rope":
             rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # [B, 1, T, D/2]
-        mask = None
-        if key_valid is not None or cache is not None:
+        mask = attn_mask
+        if mask is None and (key_valid is not None or cache is not None):
             S = cache.shape[3] if cache is not None else T  # keys attended: all cache slots, or the input
             q_at = torch.arange(t0, t0 + T, device=idx.device)[:, None]
             k_at = torch.arange(S, device=idx.device)[None, :]

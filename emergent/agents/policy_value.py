@@ -89,7 +89,7 @@ class PolicyValueEvaluator:
             return self.prompt_hidden[name][states.rows]
         new = States(*(t[~root] for t in states)) if bool(root.any()) else states
         out = kv.extend(new)                                             # [m, C]
-        self.flops += flops(kv.P + int(new.lengths.max()), backward=False) * len(new.rows)  # keys attended: a bound
+        self.flops += flops(kv.context, backward=False) * len(new.rows)  # keys each query row attends over
         if new is states:
             return out
         h = torch.empty(len(states.rows), out.shape[1], dtype=out.dtype, device=out.device)

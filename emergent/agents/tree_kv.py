@@ -1,23 +1,24 @@
 """Keys and values per search-tree node: a leaf is evaluated by one token's forward pass.
 
 A search state is its parent's state plus one token, so a network that has evaluated the
-parent already holds the keys and values of every earlier position. ``TreeKV`` keeps,
-for one ``TransformerLM`` and a batch of trees:
+parent already holds the keys and values of every earlier position. ``TreeKV`` keeps, for
+one ``TransformerLM`` and a batch of trees, one table per layer:
 
-  prompt_k, prompt_v  [L, B, H, P, D]  the prompts' keys and values (right-padded to P)
-  node_k, node_v      [L, B, N, H, D]  the keys and values of the one token each node wrote
+  k, v  [L, B, N + P, H, D]  slots [0, N): the key/value of the one token each node wrote;
+                             slots [N, N + P): the tree's prompt (right-padded to P)
 
-and evaluates M new states (each a child of an evaluated node, or a prompt) by running
-only their last token, attending over the prompt's keys, the keys its ancestors wrote
-(gathered through ``States.node_at``) and its own. That is ``M`` tokens of work per call
-instead of ``M x T``: the leaf evaluation of the search costs what one decode step of
-generation costs.
+and evaluates M new states by running only their last token. The states of one tree form
+one row of queries, attending (tree attention, as in speculative decoding's token trees)
+over keys gathered once per tree: the prompt and the path down to the tree's root, which
+all of its states share, then per state the few nodes from the root down to itself, each
+query masked to its own. That is M tokens of work per call instead of M x T, and
+P + R + W x G keys gathered per tree instead of W x (P + R + G): the search's leaf
+evaluation costs what a decode step of generation costs.
 
-It plugs into ``TransformerLM.hidden`` as a cache (``update`` returns the keys and values a
-layer's queries attend over), so the attention arithmetic is the model's own. Keys are
-laid out [prompt slots | ancestor slots | own slot]; masks hide padding and slots a state
-does not have. Order does not matter to attention: positions were applied (learned
-embeddings to the input, RoPE to each key) when each key was computed.
+It plugs into ``TransformerLM.hidden`` as a cache (``update`` returns the keys and values
+a layer's queries attend over) with an explicit mask, so the arithmetic is the model's
+own. Order does not matter to attention: positions were applied (learned embeddings to
+the input, RoPE to each key) when each key was computed.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class TreeKV:
     def __init__(self, model: TransformerLM, tree: Tree) -> None:
         c = model.cfg
         B, N, _ = tree.tokens.shape
-        self.model, self.N, self.H, self.D = model, N, c.n_head, c.d_model // c.n_head
+        self.model, self.tree, self.N, self.H, self.D = model, tree, N, c.n_head, c.d_model // c.n_head
         self.prompt_len = tree.length[:, 0].clone()  # [B]: node 0 of each tree is its prompt
         self.P = int(self.prompt_len.max())
         self.table_shape = (c.n_layer, B, N + self.P, self.H, self.D)
@@ -46,7 +47,8 @@ class TreeKV:
         self.v: torch.Tensor | None = None
         self.prompt_valid: torch.Tensor | None = None  # [B, P]
         # what ``update`` needs during one forward (set by ``extend``)
-        self._rows = self._nodes = self._slots = None
+        self._trees = self._rows = self._nodes = self._inv = self._slot = self._slots = None
+        self.context = 0
         self.length = 0
         self.shape = (c.n_layer, 0, self.H, 0, self.D)
 
@@ -71,31 +73,64 @@ class TreeKV:
 
     @torch.no_grad()
     def extend(self, states: States) -> torch.Tensor:
-        """The final-norm hidden state [M, C] after each state's last token, a child of an
-        evaluated node: one token per state through the network; its keys and values are
-        kept at its node."""
+        """The final-norm hidden state [M, C] after each state's last token (each state a
+        descendant of its tree's root, not the prompt): one token per state through the
+        network; its keys and values are kept at its node.
+
+        Tree attention: the states of one tree run as one row of queries [W], over one set
+        of keys: the prompt, the path to the tree's root (shared by all its states, so
+        gathered once), and per state the nodes from the root down to it (its own last),
+        each query masked to its own. Keys gathered per tree: P + R + W x G, not W x (P + R + G).
+        """
+        dev = states.rows.device
         M = len(states.rows)
-        last = states.lengths - 1                                               # [M] position of the new token
-        tok = states.tokens[torch.arange(M, device=last.device), last]          # [M]
-        G = int(last.max())                                                     # ancestor slots: positions < last
-        path = states.node_at[:, :G]                                            # [M, G] (-1: prompt, or past the state)
-        has = (path >= 0) & (torch.arange(G, device=last.device)[None, :] < last[:, None])
-        prompt = (self.N + torch.arange(self.P, device=last.device)).expand(M, self.P)
-        self._slots = torch.cat([prompt, path.clamp(min=0), states.nodes[:, None]], 1)  # [M, S]
-        self._rows, self._nodes = states.rows, states.nodes
-        key_valid = torch.cat([self.prompt_valid[states.rows], has, torch.ones(M, 1, dtype=torch.bool,
-                                                                                  device=has.device)], 1)
-        S = self.P + G + 1
-        self.length, self.shape = S - 1, (self.shape[0], M, self.H, S, self.D)  # the query sits at the last slot
-        return self.model.hidden(tok[:, None], last[:, None], key_valid, self)[:, 0]
+        last = states.lengths - 1                                            # [M] position of each new token
+        tok = states.tokens[torch.arange(M, device=dev), last]              # [M]
+        trees, inv, counts = torch.unique(states.rows, return_inverse=True, return_counts=True)  # [T'], [M], [T']
+        order = torch.argsort(inv, stable=True)
+        slot = torch.empty_like(inv)
+        slot[order] = torch.arange(M, device=dev) - (counts.cumsum(0) - counts)[inv[order]]     # [M] rank in its tree
+        T, W = len(trees), int(counts.max())
+        # the shared part of each tree: the prompt, then the root's path up to (not including) the root
+        root = self.tree.root[trees]
+        P_b = self.prompt_len[trees]                                         # [T']
+        start = torch.maximum(P_b, self.tree.length[trees, root] - 1)        # [T'] first position per state
+        R = int((start - P_b).max())
+        r = torch.arange(R, device=dev)[None, :]
+        path = self.tree.node_at[trees, root].gather(1, (P_b[:, None] + r).clamp(max=self.tree.node_at.shape[2] - 1))
+        path_valid = r < (start - P_b)[:, None]                                          # [T', R]
+        # per state: the nodes from its tree's ``start`` down to itself
+        first = start[inv]                                                   # [M]
+        G = int((last - first).max()) + 1
+        j = torch.arange(G, device=dev)[None, :]
+        own = states.node_at.gather(1, (first[:, None] + j).clamp(max=states.node_at.shape[1] - 1))  # [M, G]
+        own_valid = j <= (last - first)[:, None]
+        blocks = torch.zeros(T, W, G, dtype=torch.long, device=dev)
+        blocks_valid = torch.zeros(T, W, G, dtype=torch.bool, device=dev)
+        blocks[inv, slot], blocks_valid[inv, slot] = own.clamp(min=0), own_valid
+        prompt = (self.N + torch.arange(self.P, device=dev)).expand(T, self.P)
+        self._slots = torch.cat([prompt, path.clamp(min=0), blocks.flatten(1)], 1)      # [T', S]
+        S = self._slots.shape[1]
+        shared = torch.cat([self.prompt_valid[trees], path_valid], 1)                   # [T', P + R]
+        mine = torch.eye(W, dtype=torch.bool, device=dev)[None, :, :, None] & blocks_valid[:, None]  # [T', W, W, G]
+        mask = torch.cat([shared[:, None, :].expand(T, W, -1), mine.flatten(2)], 2)     # [T', W, S]
+        mask[:, :, 0] |= ~mask.any(2)  # an empty query slot sees one key: no row of the softmax is empty
+        ids = torch.zeros(T, W, dtype=torch.long, device=dev)
+        pos = torch.zeros(T, W, dtype=torch.long, device=dev)
+        ids[inv, slot], pos[inv, slot] = tok, last
+        self._trees, self._rows, self._nodes, self._inv, self._slot = trees, states.rows, states.nodes, inv, slot
+        self.shape = (self.shape[0], T, self.H, S, self.D)
+        h = self.model.hidden(ids, pos, None, self, attn_mask=mask[:, None])           # [T', W, C]
+        self.context = self.P + R + G  # keys one query attends over, at most (for the FLOP count)
+        return h[inv, slot]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Called by each attention layer with the new token's k, v [M, H, 1, D]: store them
-        at the node, return the keys and values it attends over [M, H, S, D]."""
+        """Called by each attention layer with the states' new k, v [T', H, W, D]: store each
+        at its node, return the keys and values the queries attend over [T', H, S, D]."""
         if self.k is None:
             self._allocate(k)
-        rows, nodes, slots = self._rows, self._nodes, self._slots
-        self.k[layer, rows, nodes] = k[:, :, 0]
-        self.v[layer, rows, nodes] = v[:, :, 0]
-        at = (rows[:, None], slots)
+        inv, slot = self._inv, self._slot
+        self.k[layer, self._rows, self._nodes] = k.transpose(1, 2)[inv, slot]  # [M, H, D]
+        self.v[layer, self._rows, self._nodes] = v.transpose(1, 2)[inv, slot]
+        at = (self._trees[:, None], self._slots)
         return self.k[layer][at].transpose(1, 2), self.v[layer][at].transpose(1, 2)
