@@ -180,16 +180,18 @@ def _at(x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
 
 # -- selection ------------------------------------------------------------------------------
 
-def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float) -> torch.Tensor:
+def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float, visits: torch.Tensor | None = None) -> torch.Tensor:
     """Q + U for every child of one node per tree: nodes [B] -> [B, K].
 
     Q of an unvisited child is its parent's value (first-play urgency at the parent's
-    estimate); virtual visits count as visits with value 0.
+    estimate); virtual visits count as visits with value 0. ``visits`` [B, N]: visits +
+    virtual visits, when the caller has them (a selection walk adds them once, not per level).
     """
     children = _at(tree.children, nodes)                      # [B, K]
     safe = children.clamp(min=0)
     rows = _rows(tree.batch, nodes.device)[:, None]
-    n = (tree.visits[rows, safe] + tree.vloss[rows, safe]) * (children >= 0)  # [B, K]
+    visits = tree.visits + tree.vloss if visits is None else visits
+    n = visits[rows, safe] * (children >= 0)                  # [B, K]
     w = tree.value_sum[rows, safe] * (children >= 0)
     fpu = _at(tree.value, nodes)[:, None]
     q = torch.where(n > 0, w / n.clamp(min=1e-9), fpu)
@@ -237,18 +239,20 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int) -> t
     created together once every walk has ended.
     """
     rows = _rows(tree.batch, active.device)
+    visits = tree.visits + tree.vloss      # [B, N] constant during the walk
+    leaf = ~tree.expanded | tree.terminal  # [B, N] a walk stops there
     node = tree.root.clone()
-    stop = ~active | ~_at(tree.expanded, node) | _at(tree.terminal, node)
+    stop = ~active | _at(leaf, node)
     new = torch.zeros_like(stop)           # [B] the walk ended on an edge without a node
     action = torch.zeros_like(node)        # [B] that edge
     while not bool(stop.all()):
-        a = puct_scores(tree, node, c_puct).argmax(1)                 # [B]
+        a = puct_scores(tree, node, c_puct, visits).argmax(1)         # [B]
         child = tree.children[rows, node, a]
         walk = ~stop
         fresh = walk & (child < 0)
         new, action = new | fresh, torch.where(fresh, a, action)
         node = torch.where(walk & ~fresh, child, node)
-        stop = stop | fresh | ~_at(tree.expanded, node) | _at(tree.terminal, node)
+        stop = stop | fresh | _at(leaf, node)
     return torch.where(new, add_children(tree, node, action, new, eos_id=eos_id), node)
 
 

@@ -78,9 +78,9 @@ class TreeKV:
         network; its keys and values are kept at its node.
 
         Tree attention: the states of one tree run as one row of queries [W], over one set
-        of keys: the prompt, the path to the tree's root (shared by all its states, so
-        gathered once), and per state the nodes from the root down to it (its own last),
-        each query masked to its own. Keys gathered per tree: P + R + W x G, not W x (P + R + G).
+        of keys: the prompt, the path to the tree's root (shared by all its states), and the
+        union of the nodes on its states' paths below the root, each query masked to its own
+        path. Keys gathered per tree: P + R + U (U <= W x G), not W x (P + R + G).
         """
         dev = states.rows.device
         M = len(states.rows)
@@ -99,21 +99,30 @@ class TreeKV:
         r = torch.arange(R, device=dev)[None, :]
         path = self.tree.node_at[trees, root].gather(1, (P_b[:, None] + r).clamp(max=self.tree.node_at.shape[2] - 1))
         path_valid = r < (start - P_b)[:, None]                                          # [T', R]
-        # per state: the nodes from its tree's ``start`` down to itself
+        # below the shared part: the union of the nodes on its states' paths (they overlap: the
+        # states of one tree mostly part ways a few tokens below the root), each query
+        # masked to its own path: node u is on state m's path iff m wrote u's position with u
         first = start[inv]                                                   # [M]
         G = int((last - first).max()) + 1
         j = torch.arange(G, device=dev)[None, :]
-        own = states.node_at.gather(1, (first[:, None] + j).clamp(max=states.node_at.shape[1] - 1))  # [M, G]
-        own_valid = j <= (last - first)[:, None]
-        blocks = torch.zeros(T, W, G, dtype=torch.long, device=dev)
-        blocks_valid = torch.zeros(T, W, G, dtype=torch.bool, device=dev)
-        blocks[inv, slot], blocks_valid[inv, slot] = own.clamp(min=0), own_valid
+        below = states.node_at.gather(1, (first[:, None] + j).clamp(max=states.node_at.shape[1] - 1))  # [M, G]
+        pairs = torch.unique((inv[:, None] * self.N + below.clamp(min=0))[j <= (last - first)[:, None]])  # by tree
+        u_tree, u_node = pairs // self.N, pairs % self.N
+        u_count = torch.bincount(u_tree, minlength=T)
+        U = int(u_count.max())
+        u_slot = torch.arange(len(pairs), device=dev) - (u_count.cumsum(0) - u_count)[u_tree]
+        union = torch.zeros(T, U, dtype=torch.long, device=dev)
+        union_valid = torch.zeros(T, U, dtype=torch.bool, device=dev)
+        union[u_tree, u_slot], union_valid[u_tree, u_slot] = u_node, True
+        paths = torch.full((T, W, states.node_at.shape[1]), -1, dtype=torch.long, device=dev)
+        paths[inv, slot] = states.node_at
+        at = (self.tree.length[trees[:, None], union] - 1).clamp(min=0)                 # [T', U] u's position
+        sees = (paths.gather(2, at[:, None, :].expand(T, W, U)) == union[:, None, :]) & union_valid[:, None, :]
         prompt = (self.N + torch.arange(self.P, device=dev)).expand(T, self.P)
-        self._slots = torch.cat([prompt, path.clamp(min=0), blocks.flatten(1)], 1)      # [T', S]
+        self._slots = torch.cat([prompt, path.clamp(min=0), union], 1)                  # [T', S]
         S = self._slots.shape[1]
         shared = torch.cat([self.prompt_valid[trees], path_valid], 1)                   # [T', P + R]
-        mine = torch.eye(W, dtype=torch.bool, device=dev)[None, :, :, None] & blocks_valid[:, None]  # [T', W, W, G]
-        mask = torch.cat([shared[:, None, :].expand(T, W, -1), mine.flatten(2)], 2)     # [T', W, S]
+        mask = torch.cat([shared[:, None, :].expand(T, W, -1), sees], 2)                # [T', W, S]
         mask[:, :, 0] |= ~mask.any(2)  # an empty query slot sees one key: no row of the softmax is empty
         ids = torch.zeros(T, W, dtype=torch.long, device=dev)
         pos = torch.zeros(T, W, dtype=torch.long, device=dev)

@@ -1,0 +1,173 @@
+"""Search speed, each figure beside its peer in the same run.
+
+  python benchmarks/search_speed.py                          # random countdown-size networks, CPU or CUDA
+  python benchmarks/search_speed.py --checkpoint runs/countdown/<run>/last.pt   # a trained policy
+
+Prints:
+  machinery  simulations/s of one move of search over B trees with a trivial evaluator
+             (fixed priors and values: the tree work alone), leaves_per_call 1 (one leaf
+             per simulation, as mctx) and 8; beside mctx's muzero_policy on the same
+             batch, simulations and branching, when jax and mctx are installed
+  searched   a trace written by search (every move searched, 32 simulations, top-k 4,
+             leaves_per_call 8, the reward net valuing leaves, the verifier terminal
+             states) vs a sampled trace of the same prompts (one KV-cached generate call),
+             per-node key cache on (the default) and off (the full-prefix reference):
+             wall time, the ratio, and simulations/s; at L2 d128 (countdown) and L8 d512
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from emergent.agents.model import ModelConfig, TransformerLM
+from emergent.agents.policy_value import PolicyValueEvaluator, state_verifier
+from emergent.agents.reward_net import RewardNet
+from emergent.agents.rollouts import sample_rollouts
+from emergent.agents.search import (Expansion, SearchConfig, evaluate_leaves, init_tree, search, search_move,
+                                    visits_policy)
+from emergent.envs import TOKENIZER, make_task
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class FixedEvaluator:
+    """Uniform priors over tokens 3..3+K, value 0.5 everywhere: no network, the tree work alone."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def begin(self, tree):
+        pass
+
+    def expand(self, states):
+        M, dev = len(states.rows), states.tokens.device
+        tokens = (3 + torch.arange(self.k, device=dev)).expand(M, self.k)
+        return Expansion(torch.full((M, self.k), 1.0 / self.k, device=dev), tokens, torch.full((M,), 0.5, device=dev))
+
+    def terminal_value(self, states):
+        return torch.full((len(states.rows),), 0.5, device=states.tokens.device)
+
+
+def machinery(batch: int, sims: int, k: int, depth: int, device, leaves: int) -> float:
+    """Simulations/s of one move over ``batch`` trees (states up to ``depth`` tokens deep)."""
+    ev = FixedEvaluator(k)
+    cfg = SearchConfig(num_simulations=sims, leaves_per_call=leaves, top_k=k)
+    best = float("inf")
+    for _ in range(3):
+        tree = init_tree([np.array([1])] * batch, capacity=sims + 2, top_k=k, max_len=depth + 1, device=device)
+        everyone = torch.ones(batch, dtype=torch.bool, device=device)
+        evaluate_leaves(tree, tree.root[:, None], everyone[:, None], ev)
+        sync(device)
+        t0 = time.perf_counter()
+        search_move(tree, everyone, ev, cfg, improved=visits_policy, generator=None, eos_id=TOKENIZER.eos_id)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return batch * sims / best
+
+
+def mctx_machinery(batch: int, sims: int, k: int, depth: int) -> float | None:
+    try:
+        import jax
+        import jax.numpy as jnp
+        import mctx
+    except ImportError:
+        return None
+
+    def recurrent_fn(params, rng, action, embedding):
+        out = mctx.RecurrentFnOutput(reward=jnp.zeros(batch), discount=jnp.ones(batch),
+                                     prior_logits=jnp.zeros((batch, k)), value=jnp.full(batch, 0.5))
+        return out, embedding
+
+    root = mctx.RootFnOutput(prior_logits=jnp.zeros((batch, k)), value=jnp.full(batch, 0.5),
+                             embedding=jnp.zeros(batch))
+    policy = jax.jit(lambda rng: mctx.muzero_policy(params=(), rng_key=rng, root=root, recurrent_fn=recurrent_fn,
+                                                    num_simulations=sims, max_depth=depth).action)
+    rng = jax.random.PRNGKey(0)
+    policy(rng).block_until_ready()  # compile
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        policy(rng).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return batch * sims / best
+
+
+def networks(cfg: ModelConfig, device, checkpoint: str | None):
+    torch.manual_seed(0)
+    policy = TransformerLM(cfg, TOKENIZER.vocab_size)
+    if checkpoint:
+        from emergent.platform.checkpoint import load_checkpoint, load_model_state
+
+        load_model_state(policy, load_checkpoint(checkpoint), checkpoint)
+    value = RewardNet(cfg, TOKENIZER.vocab_size)
+    value.trunk.load_state_dict(policy.state_dict())  # reward.init=policy: the judge starts from the policy
+    return policy.to(device).eval(), value.to(device).eval()
+
+
+def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, checkpoint: str | None) -> dict:
+    policy, value = networks(cfg, device, checkpoint)
+    task = make_task("countdown", format="scratchpad")
+    prompts = [p.prompt for p in problems]
+    ids = TOKENIZER.encode_prompts(prompts)
+    gen = torch.Generator().manual_seed(0)
+    sample_rollouts(policy, prompts[:8], 1, temperature=1.0, generator=gen, device=device)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    sample_rollouts(policy, prompts, 1, temperature=1.0, generator=gen, device=device)
+    sync(device)
+    sampled = time.perf_counter() - t0
+
+    def verify(rows, completions):
+        return task.verify_batch([problems[r] for r in rows], completions).exact
+
+    ev = PolicyValueEvaluator(policy, value, top_k=4, verifier=state_verifier([len(i) for i in ids], verify),
+                              kv_cache=kv_cache)
+    scfg = SearchConfig(num_simulations=32, leaves_per_call=8, top_k=4, confident_prior=1.0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = search(ids, ev, scfg, max_len=cfg.max_len, vocab_size=TOKENIZER.vocab_size, eos_id=TOKENIZER.eos_id,
+                     generator=gen, device=device)
+    sync(device)
+    took = time.perf_counter() - t0
+    sims = int(out.searched.sum()) * scfg.num_simulations
+    return {"sampled_s": sampled, "searched_s": took, "ratio": took / sampled, "sims_per_s": sims / took}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--checkpoint", default=None, help="a countdown policy (L2 d128) to search with")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sizes", default=None, help="default: L2d128,L8d512 on CUDA, L2d128 on CPU")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+
+    print("\nmachinery: one move, 32 simulations, branching 4, trivial evaluator (simulations/s)")
+    for leaves in (1, 8):
+        print(f"  emergent leaves_per_call={leaves}: {machinery(args.batch, 32, 4, 32, device, leaves):>12,.0f}")
+    peer = mctx_machinery(args.batch, 32, 4, 32)
+    print(f"  mctx muzero_policy (jit):     {peer:>12,.0f}" if peer else "  mctx: not installed (pip install mctx)")
+
+    problems = make_task("countdown", format="scratchpad").sample(np.random.default_rng(0), args.batch, "test", [3, 4])
+    print("\nsearched vs sampled trace, countdown prompts: every move searched, 32 simulations, top-k 4, "
+          "8 leaves per call")
+    for size in (args.sizes or ("L2d128,L8d512" if device.type == "cuda" else "L2d128")).split(","):
+        layers, width = (int(x) for x in size[1:].split("d"))
+        cfg = ModelConfig(n_layer=layers, n_head=max(4, width // 64), d_model=width, max_len=64)
+        ckpt = args.checkpoint if (layers, width) == (2, 128) else None
+        for kv in (True, False):
+            r = searched_vs_sampled(cfg, problems, device, kv_cache=kv, checkpoint=ckpt)
+            print(f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}: sampled {r['sampled_s']:.3f} s, "
+                  f"searched {r['searched_s']:.2f} s, ratio {r['ratio']:.0f}x, {r['sims_per_s']:,.0f} simulations/s")
+
+
+if __name__ == "__main__":
+    main()
