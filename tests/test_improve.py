@@ -188,6 +188,31 @@ def test_collect_changes_no_weights_and_learn_consumes_its_experience(method, tm
     assert not all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+@pytest.mark.parametrize("method,vote", [("alphazero", False), ("policy_gradient", False), ("expert_iteration", True)])
+def test_reward_rollouts_are_sampled_for_the_reward_net_alone(method, vote, tmp_path, monkeypatch):
+    # reward.rollouts=3: three sampled traces per problem, labelled as the method labels its
+    # own, join the reward net's replay (not the policy's), their generation in the ledger
+    import emergent.platform.experiment as experiment
+
+    if vote:  # a voting method never calls the verifier, for these traces either
+        monkeypatch.setattr(experiment, "Oracle", RaisingOracle)
+    extra = ["improve.label_source=majority_vote"] if vote else []
+    base = [*small(method), *extra, f"logdir={tmp_path}"]
+    plain, more = (Experiment(load_config(None, [*base, f"run_name={r}", f"reward.rollouts={r}"])) for r in (0, 3))
+    problems = plain.next_problems()
+    a, b = plain.collect(problems).experience, more.collect(problems).experience
+    assert a.reward_traces == () and len(b.reward_traces) == 3 * len(problems)
+    assert {t.prompt for t in b.reward_traces} == set(b.prompts) and {t.label for t in b.reward_traces} <= {0.0, 1.0}
+    assert b.flops[tags.GENERATE] > a.flops.get(tags.GENERATE, 0.0)
+    if not vote:
+        truth = Oracle(more.task, problems)(np.arange(len(problems)).repeat(3), [t.completion for t in b.reward_traces])
+        assert (np.array([t.label for t in b.reward_traces]) <= truth).all()  # the verifier's; 0 when unfinished
+    policy_replay = len(more.method.replay) if more.method.replay is not None else 0
+    more.method.learn(b)
+    assert len(more.method.reward.replay) == int((~b.heldout).sum()) + 3 * len(problems)
+    assert (len(more.method.replay) if more.method.replay is not None else 0) - policy_replay <= b.size
+
+
 @pytest.mark.parametrize("confident,target", [(1.0, "visits"), (1.0, "completed_q"), (0.0, "visits")])
 def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target, tmp_path):
     # confident_prior 1.0 searches every move: each move has an improved policy to learn.

@@ -28,10 +28,10 @@ from emergent import tags
 
 from .learner import Learner, Update
 from .model import TransformerLM
-from .records import Experience, Prompts, Replay, StepResult
+from .records import Experience, Prompts, Replay, StepResult, Trace
 from .reward_net import RewardNet
 from .reward_trainer import RewardTrainer, split_heldout
-from .rollouts import Rollouts, majority_labels
+from .rollouts import Rollouts, majority_labels, sample_rollouts
 
 LABEL_SOURCES = ("verifier", "reward_net", "majority_vote")
 REWARD_SOURCES = ("verifier", "reward_net")
@@ -130,6 +130,7 @@ class SelfImprover:
         self.learner = Learner(policy, cfg.optim, cfg.train.steps * icfg.updates_per_iter, device)
         self.reward = RewardTrainer(self.reward_net, cfg.reward, cfg.train.steps, device)
         self.heldout_fraction = cfg.reward.heldout_fraction
+        self.reward_rollouts = cfg.reward.rollouts
         self.replay: Optional[Replay] = None  # a method that replays its own traces sets one
         self.reseed(cfg.seed)
 
@@ -162,9 +163,20 @@ class SelfImprover:
         if len(held):
             probs, f = self.reward.score([batch.prompts[rows[i]] for i in held], [completions[i] for i in held])
             flops[tags.REWARD] = flops.get(tags.REWARD, 0.0) + f
+        extra = self.reward_traces(batch, flops) if self.reward_rollouts else ()
         return Experience(list(batch.prompts), np.asarray(rows), list(completions), np.asarray(finished, dtype=bool),
                           np.asarray(labels, dtype=float), np.asarray(scores, dtype=float), heldout, probs, flops,
-                          **fields)
+                          reward_traces=extra, **fields)
+
+    def reward_traces(self, batch: Prompts, flops: dict) -> tuple[Trace, ...]:
+        """``reward.rollouts`` sampled traces per problem for the reward net alone, labelled
+        as the method labels its own (by the verifier; by majority vote where the method
+        votes, never calling the verifier). Their generation is counted in ``flops``."""
+        ro = sample_rollouts(self.policy, batch.prompts, self.reward_rollouts, temperature=1.0,
+                             generator=self.generator, device=self.device)
+        flops[tags.GENERATE] = flops.get(tags.GENERATE, 0.0) + ro.flops
+        labels, _, _ = self.judge(ro, batch, vote=self.cfg.label_source == "majority_vote", source="verifier")
+        return tuple(Trace(p, c, float(y)) for p, c, y in zip(ro.prompts, ro.completions, labels * ro.finished))
 
     # -- learning ---------------------------------------------------------------------------------
     def learn(self, experience: Experience) -> StepResult:

@@ -51,6 +51,7 @@ class Experience:
     scalars: Mapping[str, float] = field(default_factory=dict)  # tags measured while collecting
     baseline: Optional[np.ndarray] = None  # [P] policy_gradient's value baseline: P(correct) at the prompt
     targets: Optional[tuple] = None        # alphazero: [R] improved policies [moves, V] (CPU); 0 rows: not searched
+    reward_traces: tuple = ()              # labelled Traces only the reward net learns from (reward.rollouts)
 
     @property
     def size(self) -> int:

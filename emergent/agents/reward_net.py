@@ -44,6 +44,10 @@ class RewardNetConfig:
     batch_size: int = 128            # labelled traces per update, drawn from the replay
     replay_size: int = 4096          # recent labelled traces kept for reward-net updates
     heldout_fraction: float = 0.2    # of each iteration's traces: scored, never trained on
+    # sampled traces per problem, each iteration, that only the reward net learns from (as
+    # AlphaGo's value network learned from its RL policy's games): one KV-cached generate
+    # call, labelled like the method's own traces; far cheaper than a searched trace
+    rollouts: int = 0
 
     def model_config(self, policy: ModelConfig) -> ModelConfig:
         size = {k: getattr(self, k) if getattr(self, k) is not None else getattr(policy, k)
@@ -57,8 +61,9 @@ class RewardNetConfig:
         if self.init == "policy" and (mine.n_layer, mine.n_head, mine.d_model) != (policy.n_layer, policy.n_head, policy.d_model):
             raise ValueError("reward.init=policy needs the policy's size: leave reward.n_layer / n_head / d_model "
                              "unset (null), or set reward.init=scratch")
-        if self.updates_per_iter < 0 or self.batch_size < 1 or self.replay_size < 1:
-            raise ValueError("reward.updates_per_iter must be >= 0, reward.batch_size and reward.replay_size >= 1")
+        if self.updates_per_iter < 0 or self.batch_size < 1 or self.replay_size < 1 or self.rollouts < 0:
+            raise ValueError("reward.updates_per_iter and reward.rollouts must be >= 0, reward.batch_size and "
+                             "reward.replay_size >= 1")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError("reward.heldout_fraction must lie in [0, 1)")
         mine.validate()

@@ -1,7 +1,8 @@
 """Training the reward-and-objective network: BCE on the outcomes of the policy's own traces.
 
 ``RewardTrainer`` holds the network's optimiser and a replay of labelled traces. Each
-``learn`` adds a batch's traces (except those held out for diagnostics) and takes
+``learn`` adds a batch's traces (except those held out for diagnostics, and with the
+``reward.rollouts`` traces sampled for it alone) and takes
 ``reward.updates_per_iter`` steps on draws from the replay. ``score`` reads P(correct) of
 finished traces or of prompt states, for ranking, rewards, baselines and diagnostics.
 """
@@ -55,6 +56,7 @@ class RewardTrainer:
         prompts = experience.prompt_of
         self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i]))
                         for i in np.flatnonzero(~experience.heldout))
+        self.replay.add(experience.reward_traces)  # reward.rollouts: sampled for the reward net alone
         flops, losses = 0.0, []
         for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
             items = self.replay.sample(rng, self.cfg.batch_size)
