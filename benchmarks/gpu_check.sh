@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 echo "== GPU tests"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py 2>&1 | tail -4
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py tests/test_search.py 2>&1 | tail -4
 echo "== quickstart on CUDA (bf16 autocast, fused AdamW)"
 start=$(date +%s.%N)
 timeout 300 python3 -m emergent train device=cuda progress=false logdir="$OUT/runs" 2>&1 | tail -2
@@ -24,3 +24,5 @@ for t in ["eval/test/exact_match", "eval/test/d3/exact_match", "perf/tokens_per_
 PY
 echo "== throughput"
 timeout 300 python3 benchmarks/throughput.py --size quickstart --size medium --size large --steps 20 --batch 128 2>&1 | tail -20
+echo "== search (mctx joins as the peer when its wheel and chex's are in .whl: the image has jax)"
+timeout 300 python3 benchmarks/search_speed.py 2>&1 | tail -12
