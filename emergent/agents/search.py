@@ -64,8 +64,8 @@ class SearchConfig:
     value_scale: float = 0.1
     maxvisit_init: float = 50.0
     # leaves evaluated from each node's kept keys and values (one token per leaf through
-    # each network); false recomputes every leaf's whole prefix: the reference, equal up to
-    # float rounding (tests/test_search.py)
+    # each network; memory grows with the tree, see agents/tree_kv.py); false recomputes
+    # every leaf's whole prefix: the reference, equal up to float rounding (tests/test_search.py)
     kv_cache: bool = True
 
     def validate(self) -> None:
