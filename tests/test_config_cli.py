@@ -3,7 +3,7 @@ import pytest
 
 from conftest import run_cli
 from emergent.platform.cli import main
-from emergent.platform.config import load_config, to_yaml
+from emergent.platform.config import ConfigError, load_config, to_yaml
 
 
 BAD_TRAIN = [
@@ -124,6 +124,15 @@ def test_yaml_and_overrides_compose(tmp_path):
     assert cfg.run_dir.name == "supervised_L2_d64_learned_s3"
     again = load_config(base=to_yaml(cfg))
     assert again == cfg
+
+
+def test_ray_staleness_defaults_to_one_batch_in_flight_per_worker():
+    # at most max_staleness + 1 batches are in flight: the default keeps every worker writing
+    assert load_config(None, ["ray.workers=4"]).ray.max_staleness == 3
+    assert load_config(None, ["ray.workers=4", "ray.max_staleness=1"]).ray.max_staleness == 1
+    assert load_config(None, []).ray.max_staleness == 1  # two workers, as before
+    with pytest.raises(ConfigError, match="ray.max_staleness"):
+        load_config(None, ["ray.max_staleness=-1"])
 
 
 def test_search_keys_are_accepted_where_an_evaluation_searches(tmp_path):

@@ -97,7 +97,9 @@ class RayConfig:
     learner_cpus: float = 0.0             # reserved; it mostly waits for traces (0: one torch thread, or the
                                           # driver's thread count for supervised runs, which have no workers)
     learner_gpus: Optional[float] = None  # None: 1 when the cluster has a GPU, else 0
-    max_staleness: int = 1                # weights versions a consumed batch may lag the learner
+    # weights versions a consumed batch may lag the learner; at most max_staleness + 1 batches
+    # are in flight, so null (workers - 1) is the least that keeps every worker writing
+    max_staleness: Optional[int] = None
     max_restarts: int = 3                 # per trace worker; a batch in flight when it dies is dropped
 
 
@@ -256,8 +258,10 @@ def validate(cfg: Config) -> None:
 
         if importlib.util.find_spec("ray") is None:
             raise ConfigError("runtime=ray needs Ray: pip install 'emergent[ray]' (or pip install 'ray[default]')")
-        if cfg.ray.workers < 1 or cfg.ray.max_staleness < 0 or cfg.ray.max_restarts < 0:
-            raise ConfigError("ray.workers must be >= 1, ray.max_staleness and ray.max_restarts >= 0")
+    if cfg.ray.workers < 1 or (cfg.ray.max_staleness or 0) < 0 or cfg.ray.max_restarts < 0:
+        raise ConfigError("ray.workers must be >= 1, ray.max_staleness and ray.max_restarts >= 0")
+    if cfg.ray.max_staleness is None:  # resolved here, so a run records what it ran with
+        cfg.ray.max_staleness = cfg.ray.workers - 1
     _choice("device", cfg.device, DEVICES)
     _choice("train.target", cfg.train.target, TARGETS)
     _choice("eval.decode", cfg.eval.decode, ("greedy", "search"))

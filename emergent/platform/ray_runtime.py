@@ -18,7 +18,8 @@ thread count, as a local run does.
 
 Batches are consumed in the order they were dispatched, so a run's data order does not
 depend on which worker is faster. Bounded staleness: at most ``ray.max_staleness + 1``
-batches are in flight, so a consumed batch is at most ``max_staleness`` versions old; one
+batches are in flight (by default ``workers - 1``: one per worker), so a consumed batch is
+at most ``max_staleness`` versions old; one
 that is older anyway (a guard) is discarded: the ledger counts its FLOPs, no replay sees
 its traces.
 
@@ -183,6 +184,10 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
     publishes = state["publishes"]
     ray.get([w.pid.remote() for w in workers])  # all started: none falls behind by its start-up
     in_flight_cap = min(r.workers, r.max_staleness + 1)
+    if in_flight_cap < r.workers and publishes:
+        print(f"emergent: ray.max_staleness={r.max_staleness} keeps at most {in_flight_cap} batches in flight: "
+              f"{r.workers - in_flight_cap} of {r.workers} trace workers wait (ray.max_staleness={r.workers - 1} "
+              f"keeps all busy)", flush=True)
     weights = learner.weights.remote() if publishes else None  # one object per version, shared by all workers
     pending: deque = deque()                     # (ref, worker index, batch id), in dispatch order
     idle = deque(range(r.workers))
