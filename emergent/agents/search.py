@@ -189,10 +189,11 @@ def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float, visits: torch.Te
     """
     children = _at(tree.children, nodes)                      # [B, K]
     safe = children.clamp(min=0)
+    exists = children >= 0
     rows = _rows(tree.batch, nodes.device)[:, None]
     visits = tree.visits + tree.vloss if visits is None else visits
-    n = visits[rows, safe] * (children >= 0)                  # [B, K]
-    w = tree.value_sum[rows, safe] * (children >= 0)
+    n = visits[rows, safe] * exists                           # [B, K]
+    w = tree.value_sum[rows, safe] * exists
     fpu = _at(tree.value, nodes)[:, None]
     q = torch.where(n > 0, w / n.clamp(min=1e-9), fpu)
     n_parent = n.sum(1, keepdim=True)
@@ -248,10 +249,9 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int) -> t
     while not bool(stop.all()):
         a = puct_scores(tree, node, c_puct, visits).argmax(1)         # [B]
         child = tree.children[rows, node, a]
-        walk = ~stop
-        fresh = walk & (child < 0)
+        fresh = (child < 0) & ~stop
         new, action = new | fresh, torch.where(fresh, a, action)
-        node = torch.where(walk & ~fresh, child, node)
+        node = torch.where(stop | fresh, node, child)
         stop = stop | fresh | _at(leaf, node)
     return torch.where(new, add_children(tree, node, action, new, eos_id=eos_id), node)
 
