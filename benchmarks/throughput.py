@@ -9,6 +9,9 @@ Prints, per model size:
   generate  new tokens/s: KV cache vs full recompute (baseline), greedy, same prompts
   sample    rows that end at scattered steps (as sampled traces do): a fixed batch
             (baseline) vs dropping finished rows (generate's compact, the CPU default)
+  peer      when transformers is installed: its GPT-2 at the same dimensions, trained on
+            the same batch the same way (AdamW, bf16 autocast + fused on CUDA, compiled in
+            the compiled row) and generating with its KV cache (``generate``, greedy)
 """
 from __future__ import annotations
 
@@ -64,6 +67,79 @@ def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool,
     peak = peak_flops(device)
     return {"tokens_per_s": tokens / dt, "tflops": flops / dt / 1e12, "mfu": flops / dt / peak if peak else None,
             "params": model.num_params(), "seq": data.inputs.shape[1]}
+
+
+def hf_gpt2(cfg: ModelConfig, device):
+    """transformers' GPT-2 at ``cfg``'s dimensions (no dropout, SDPA attention), or None."""
+    try:
+        import transformers
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    conf = GPT2Config(vocab_size=TOKENIZER.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
+                      n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      bos_token_id=TOKENIZER.bos_id, eos_token_id=TOKENIZER.eos_id, pad_token_id=TOKENIZER.pad_id,
+                      attn_implementation="sdpa")
+    return GPT2LMHeadModel(conf).to(device)
+
+
+def bench_hf_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool, compile: bool) -> dict | None:
+    """The peer's training step on the same token batch as ``bench_train``: forward with
+    labels (its own shifted cross-entropy), backward, AdamW."""
+    model = hf_gpt2(cfg, device)
+    if model is None:
+        return None
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=bf16 and device.type == "cuda")
+    fwd = torch.compile(model) if compile else model
+    task = make_task("sorting")
+    length = max(2, (cfg.max_len - 2) // 6)
+    problems = task.sample(np.random.default_rng(0), batch, "train", [length])
+    data = encode_batch(TOKENIZER, [p.prompt for p in problems], [p.trace for p in problems], cfg.max_len).to(device)
+    ac = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
+
+    def step():
+        with ac:
+            loss = fwd(input_ids=data.inputs, attention_mask=torch.ones_like(data.inputs), labels=data.inputs).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    for _ in range(3):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    float(loss.detach())
+    sync(device)
+    return {"tokens_per_s": data.inputs.numel() * steps / (time.perf_counter() - t0)}
+
+
+def bench_hf_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int) -> dict | None:
+    """The peer's greedy ``generate`` with its KV cache, the same 9-token prompts, exactly
+    ``new_tokens`` per row."""
+    model = hf_gpt2(cfg, device)
+    if model is None:
+        return None
+    model.eval()
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(np.concatenate([np.full((batch, 1), TOKENIZER.bos_id),
+                                           rng.integers(3, TOKENIZER.vocab_size, size=(batch, 8))], 1)).to(device)
+    ac = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+              do_sample=False, use_cache=True, pad_token_id=TOKENIZER.pad_id)
+    with torch.no_grad(), ac:
+        model.generate(ids, **kw)
+        sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(ids, **kw)
+        sync(device)
+    return {"new_tokens_per_s": (out.shape[1] - ids.shape[1]) * batch / (time.perf_counter() - t0)}
 
 
 def _timed_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, loud_eos: bool = False,
@@ -129,12 +205,20 @@ def main() -> None:
             mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
             print(f"train    {label:<30} {r['tokens_per_s']:>12,.0f} tok/s  {r['tflops']:8.2f} TFLOP/s{mfu}"
                   f"  x{r['tokens_per_s'] / base:.2f}   ({r['params'] / 1e6:.2f}M params, batch {args.batch}x{r['seq']})")
+            peer = bench_hf_train(cfg, device, batch=args.batch, steps=args.steps, bf16=bf16, compile=comp)
+            if peer:
+                print(f"  peer   transformers GPT-2, same      {peer['tokens_per_s']:>12,.0f} tok/s"
+                      f"  (emergent x{r['tokens_per_s'] / peer['tokens_per_s']:.2f})")
         new = cfg.max_len - 10
         rec = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=False)
         kv = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=True)
         print(f"generate full recompute (baseline)     {rec['new_tokens_per_s']:>12,.0f} new tok/s  ({args.gen_batch} rows x {new})")
         print(f"generate KV cache                      {kv['new_tokens_per_s']:>12,.0f} new tok/s  "
               f"x{kv['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}")
+        hf = bench_hf_generate(cfg, device, batch=args.gen_batch, new_tokens=new)
+        if hf:
+            print(f"  peer   transformers GPT-2 generate   {hf['new_tokens_per_s']:>12,.0f} new tok/s  "
+                  f"(emergent x{kv['new_tokens_per_s'] / hf['new_tokens_per_s']:.2f})")
         fixed = bench_ragged(cfg, device, batch=args.gen_batch, new_tokens=new, compact=False)
         drop = bench_ragged(cfg, device, batch=args.gen_batch, new_tokens=new, compact=True)
         print(f"sample, ragged ends: fixed batch       {fixed['tokens_per_s']:>12,.0f} written tok/s  "
