@@ -23,6 +23,6 @@ for t in ["eval/test/exact_match", "eval/test/d3/exact_match", "perf/tokens_per_
     print(f"{t:28s} last={v[-1]:.4g}  median={sorted(v)[len(v)//2]:.4g}")
 PY
 echo "== throughput"
-timeout 300 python3 benchmarks/throughput.py --size quickstart --size medium --size large --steps 20 --batch 128 2>&1 | tail -20
+timeout 420 python3 benchmarks/throughput.py --size quickstart --size medium --size large --steps 20 --batch 128 2>&1 | tail -20
 echo "== search (mctx joins as the peer when its wheel and chex's are in .whl: the image has jax)"
 timeout 300 python3 benchmarks/search_speed.py 2>&1 | tail -12
