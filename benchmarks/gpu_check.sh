@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU session: GPU tests, the quickstart in bf16, throughput figures.
-# Run on the device machine from the repository root with the wheels in .whl/.
+# Run on the device machine from the repository root with the wheels in .whl/ (for the mctx
+# peer of the search benchmark add: pip download --no-deps -d .whl mctx chex; the image has jax).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
