@@ -11,8 +11,9 @@ Prints:
   searched   a trace written by search (every move searched, 32 simulations, top-k 4,
              leaves_per_call 8, the reward net valuing leaves, the verifier terminal
              states) vs a sampled trace of the same prompts (one KV-cached generate call),
-             per-node key cache on (the default) and off (the full-prefix reference):
-             wall time, the ratio, and simulations/s; at L2 d128 (countdown) and L8 d512
+             per-node key cache on (the default) and off (the full-prefix reference), and
+             with the cache but no value network (priors only): wall time, the ratio, and
+             simulations/s; at L2 d128 (countdown) and L8 d512
 """
 from __future__ import annotations
 
@@ -110,8 +111,10 @@ def networks(cfg: ModelConfig, device, checkpoint: str | None):
     return policy.to(device).eval(), value.to(device).eval()
 
 
-def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, checkpoint: str | None) -> dict:
+def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, checkpoint: str | None,
+                        value_net: bool = True) -> dict:
     policy, value = networks(cfg, device, checkpoint)
+    value = value if value_net else None
     task = make_task("countdown", format="scratchpad")
     prompts = [p.prompt for p in problems]
     ids = TOKENIZER.encode_prompts(prompts)
@@ -163,9 +166,10 @@ def main() -> None:
         layers, width = (int(x) for x in size[1:].split("d"))
         cfg = ModelConfig(n_layer=layers, n_head=max(4, width // 64), d_model=width, max_len=64)
         ckpt = args.checkpoint if (layers, width) == (2, 128) else None
-        for kv in (True, False):
-            r = searched_vs_sampled(cfg, problems, device, kv_cache=kv, checkpoint=ckpt)
-            print(f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}: sampled {r['sampled_s']:.3f} s, "
+        for kv, value_net in ((True, True), (False, True), (True, False)):
+            r = searched_vs_sampled(cfg, problems, device, kv_cache=kv, checkpoint=ckpt, value_net=value_net)
+            print(f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}"
+                  f"{'' if value_net else ' no value net'}: sampled {r['sampled_s']:.3f} s, "
                   f"searched {r['searched_s']:.2f} s, ratio {r['ratio']:.0f}x, {r['sims_per_s']:,.0f} simulations/s")
 
 

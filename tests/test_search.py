@@ -223,7 +223,7 @@ def test_cached_and_recomputed_search_make_the_same_tree_in_fp64():
     policy, value = tiny_networks("learned", torch.float64)
     a, _ = searched(policy, value, kv_cache=True)
     b, _ = searched(policy, value, kv_cache=False)
-    for field in ("tokens", "parent", "children", "visits", "num_nodes", "root"):
+    for field in ("tokens", "node_at", "children", "visits", "num_nodes", "root"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     torch.testing.assert_close(a.value_sum, b.value_sum, atol=1e-12, rtol=0)
 
@@ -234,6 +234,6 @@ def test_search_on_cuda_makes_the_tree_it_makes_on_cpu_in_fp64():
         pytest.skip("needs CUDA")
     cpu, _ = searched(*tiny_networks("rope", torch.float64), kv_cache=True)
     gpu, _ = searched(*tiny_networks("rope", torch.float64, "cuda"), kv_cache=True, device="cuda")
-    for field in ("tokens", "parent", "children", "visits", "num_nodes", "root"):
+    for field in ("tokens", "node_at", "children", "visits", "num_nodes", "root"):
         assert torch.equal(getattr(cpu, field), getattr(gpu, field).cpu()), field
     torch.testing.assert_close(cpu.value_sum, gpu.value_sum.cpu(), atol=1e-12, rtol=0)

@@ -225,10 +225,11 @@ def test_every_gold_step_is_true_and_a_task_without_a_scratchpad_has_no_checker(
     problems = [task.make_problem(rng, d) for d in range(task.min_difficulty, task.min_difficulty + 3) for _ in range(50)]
     labels = task.step_labels(problems, [p.trace for p in problems])
     assert all(len(l) == p.trace.split(">")[0].count(",") + 1 and l.all() for p, l in zip(problems, labels))
-    scores = task.verify_batch(problems, [p.trace for p in problems])
+    scores = task.verify_batch(problems, [p.trace for p in problems], with_steps=True)
     assert scores.exact.all() and not scores.false_step.any()
     other = [f for f in task.formats if f != "scratchpad"][0]
-    assert make_task(name, format=other).verify_batch(problems[:1], [problems[0].answer]).false_step is None
+    assert make_task(name, format=other).verify_batch(problems[:1], [problems[0].answer],
+                                                     with_steps=True).false_step is None
     with pytest.raises(ValueError, match="no step checker"):
         make_task(name, format=other, check_steps=True)
 
@@ -272,8 +273,8 @@ def test_check_steps_rejects_a_right_answer_reached_through_a_false_step():
     problem = Problem(prompt="3,7,8,25;53=", answer="(7*8)-3", trace="7*8=56,56-3=53>(7*8)-3", difficulty=4)
     sound, lucky, wrong = "7*8=56,56-3=53>(7*8)-3", "7*8=55,55-3=53>(7*8)-3", "7*8=56,56-3=53>7*8"
     for check in (False, True):
-        scores = make_task("countdown", format="scratchpad", check_steps=check).verify_batch([problem] * 3,
-                                                                                           [sound, lucky, wrong])
+        task = make_task("countdown", format="scratchpad", check_steps=check)
+        scores = task.verify_batch([problem] * 3, [sound, lucky, wrong], with_steps=True)
         assert scores.exact.tolist() == [True, not check, False]
         assert scores.false_step.tolist() == [False, True, False]  # flagged either way
         assert scores.token_accuracy[1] == 1.0  # the graded answer metrics judge the answer alone
@@ -286,8 +287,8 @@ def test_eval_reports_the_share_of_right_answers_with_a_false_step():
     task = make_task("addition", format="scratchpad")
     problems = [Problem("57+68=", "125", "", 2)] * 3 + [Problem("5+6=", "11", "", 1)]
     completions = ["7+8+0=15,5+6+1=12>125", "7+8+0=14,5+6+1=12>125", "7+8+0=15,5+6+1=12>124", "5+6+0=10>11"]
-    overall, by = summarise(problems, task.verify_batch(problems, completions))
+    overall, by = summarise(problems, task.verify_batch(problems, completions, with_steps=True))
     assert overall["exact_match"] == 0.75 and overall["false_steps"] == pytest.approx(2 / 3)
     assert by[2]["false_steps"] == 0.5 and by[1]["false_steps"] == 1.0
     plain = make_task("addition", format="plain")
-    assert "false_steps" not in summarise(problems, plain.verify_batch(problems, ["125"] * 3 + ["11"]))[0]
+    assert "false_steps" not in summarise(problems, plain.verify_batch(problems, ["125"] * 3 + ["11"], with_steps=True))[0]

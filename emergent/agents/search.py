@@ -88,7 +88,6 @@ class Tree:
     tokens: torch.Tensor       # [B, N, L] int64  the state's tokens (prompt + path), right-padded
     length: torch.Tensor       # [B, N] int64     valid tokens of each state
     node_at: torch.Tensor      # [B, N, L] int64  the node that wrote each position (-1: the prompt's)
-    parent: torch.Tensor       # [B, N] int64     -1 at node 0
     children: torch.Tensor     # [B, N, K] int64  child node per edge, -1 until created
     child_token: torch.Tensor  # [B, N, K] int64  the token each edge writes
     prior: torch.Tensor        # [B, N, K] float  P(s, a)
@@ -157,7 +156,6 @@ def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_l
     z = lambda *s, **kw: torch.zeros(*s, device=device, **kw)  # noqa: E731
     return Tree(
         tokens=tokens, length=length, node_at=node_at,
-        parent=torch.full((B, capacity), -1, dtype=torch.long, device=device),
         children=torch.full((B, capacity, top_k), -1, dtype=torch.long, device=device),
         child_token=z(B, capacity, top_k, dtype=torch.long), prior=z(B, capacity, top_k),
         visits=z(B, capacity), value_sum=z(B, capacity), value=z(B, capacity), vloss=z(B, capacity),
@@ -180,18 +178,17 @@ def _at(x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
 
 # -- selection ------------------------------------------------------------------------------
 
-def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float, visits: torch.Tensor | None = None) -> torch.Tensor:
+def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float, visits: torch.Tensor) -> torch.Tensor:
     """Q + U for every child of one node per tree: nodes [B] -> [B, K].
 
     Q of an unvisited child is its parent's value (first-play urgency at the parent's
     estimate); virtual visits count as visits with value 0. ``visits`` [B, N]: visits +
-    virtual visits, when the caller has them (a selection walk adds them once, not per level).
+    virtual visits (a selection walk adds them once, not per level).
     """
     children = _at(tree.children, nodes)                      # [B, K]
     safe = children.clamp(min=0)
     exists = children >= 0
     rows = _rows(tree.batch, nodes.device)[:, None]
-    visits = tree.visits + tree.vloss if visits is None else visits
     n = visits[rows, safe] * exists                           # [B, K]
     w = tree.value_sum[rows, safe] * exists
     fpu = _at(tree.value, nodes)[:, None]
@@ -206,8 +203,7 @@ def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create:
     """Create the child of ``nodes`` [B] along ``actions`` [B] where ``create`` [B] holds.
 
     Returns the child index per tree [B] (the existing child, or the new node)."""
-    B = tree.batch
-    arange = torch.arange(B, device=nodes.device)
+    arange = _rows(tree.batch, nodes.device)
     child = tree.children[arange, nodes, actions]
     if not bool(create.any()):
         return child
@@ -222,7 +218,6 @@ def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create:
     tree.node_at[b, new] = tree.node_at[b, parent]
     tree.node_at[b, new, n] = new
     tree.length[b, new] = n + 1
-    tree.parent[b, new] = parent
     tree.children[b, parent, a] = new
     tree.terminal[b, new] = (tok == eos_id) | (n + 1 >= tree.tokens.shape[2])
     tree.num_nodes[b] += 1

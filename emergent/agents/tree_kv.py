@@ -34,6 +34,15 @@ from .model import TransformerLM
 from .search import States, Tree
 
 
+def _rank_in_group(group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Each element's rank among the elements of its group (in order of appearance):
+    group [M] in 0..G-1, counts [G] its sizes -> [M]."""
+    order = torch.argsort(group, stable=True)
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(len(group), device=group.device) - (counts.cumsum(0) - counts)[group[order]]
+    return rank
+
+
 class TreeKV:
     """Per-node keys and values of one network over the trees of one search.
 
@@ -55,8 +64,7 @@ class TreeKV:
         # what ``update`` needs during one forward (set by ``extend``)
         self._trees = self._rows = self._nodes = self._inv = self._slot = self._slots = None
         self.context = 0
-        self.length = 0
-        self.shape = (c.n_layer, 0, self.H, 0, self.D)
+        self.length = 0  # read and advanced by TransformerLM.hidden, as for any cache
 
     def _allocate(self, like: torch.Tensor) -> None:
         self.k = torch.zeros(self.table_shape, dtype=like.dtype, device=like.device)
@@ -93,9 +101,7 @@ class TreeKV:
         last = states.lengths - 1                                            # [M] position of each new token
         tok = states.tokens[torch.arange(M, device=dev), last]              # [M]
         trees, inv, counts = torch.unique(states.rows, return_inverse=True, return_counts=True)  # [T'], [M], [T']
-        order = torch.argsort(inv, stable=True)
-        slot = torch.empty_like(inv)
-        slot[order] = torch.arange(M, device=dev) - (counts.cumsum(0) - counts)[inv[order]]     # [M] rank in its tree
+        slot = _rank_in_group(inv, counts)                                   # [M] each state's query slot
         T, W = len(trees), int(counts.max())
         # the shared part of each tree: the prompt, then the root's path up to (not including) the root
         root = self.tree.root[trees]
@@ -116,7 +122,7 @@ class TreeKV:
         u_tree, u_node = pairs // self.N, pairs % self.N
         u_count = torch.bincount(u_tree, minlength=T)
         U = int(u_count.max())
-        u_slot = torch.arange(len(pairs), device=dev) - (u_count.cumsum(0) - u_count)[u_tree]
+        u_slot = _rank_in_group(u_tree, u_count)
         union = torch.zeros(T, U, dtype=torch.long, device=dev)
         union_valid = torch.zeros(T, U, dtype=torch.bool, device=dev)
         union[u_tree, u_slot], union_valid[u_tree, u_slot] = u_node, True
@@ -126,7 +132,6 @@ class TreeKV:
         sees = (paths.gather(2, at[:, None, :].expand(T, W, U)) == union[:, None, :]) & union_valid[:, None, :]
         prompt = (self.N + torch.arange(self.P, device=dev)).expand(T, self.P)
         self._slots = torch.cat([prompt, path.clamp(min=0), union], 1)                  # [T', S]
-        S = self._slots.shape[1]
         shared = torch.cat([self.prompt_valid[trees], path_valid], 1)                   # [T', P + R]
         mask = torch.cat([shared[:, None, :].expand(T, W, -1), sees], 2)                # [T', W, S]
         mask[:, :, 0] |= ~mask.any(2)  # an empty query slot sees one key: no row of the softmax is empty
@@ -134,7 +139,6 @@ class TreeKV:
         pos = torch.zeros(T, W, dtype=torch.long, device=dev)
         ids[inv, slot], pos[inv, slot] = tok, last
         self._trees, self._rows, self._nodes, self._inv, self._slot = trees, states.rows, states.nodes, inv, slot
-        self.shape = (self.shape[0], T, self.H, S, self.D)
         h = self.model.hidden(ids, pos, None, self, attn_mask=mask[:, None])           # [T', W, C]
         self.context = self.P + R + G  # keys one query attends over, at most (for the FLOP count)
         return h[inv, slot]

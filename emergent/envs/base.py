@@ -47,7 +47,7 @@ class Scores:
     exact: np.ndarray           # bool: the verdict (the answer; with check_steps, every step too)
     token_accuracy: np.ndarray  # float64 in [0, 1]
     edit_distance: np.ndarray   # float64 in [0, 1]
-    # scratchpad formats with a step checker: the answer is right but a step is false
+    # the answer is right but a scratchpad step is false (where steps were judged: verify_batch)
     false_step: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -202,14 +202,18 @@ class Task(ABC):
             raise ValueError(f"task {self.name!r} format {self.format!r} has no step checker")
         return [np.array(self.judge_steps(p, scratchpad_steps(c)), dtype=bool) for p, c in zip(problems, completions)]
 
-    def verify_batch(self, problems: Sequence[Problem], completions: Sequence[str]) -> Scores:
+    def verify_batch(self, problems: Sequence[Problem], completions: Sequence[str], *,
+                     with_steps: bool = False) -> Scores:
+        """Verdicts and graded scores. The steps are judged only where they are needed: for
+        the verdict (``check_steps``), or for ``Scores.false_step`` when ``with_steps`` asks
+        (evaluation does; the verifier calls inside training and search do not)."""
         answers = [extract_answer(c) for c in completions]
         scores = score_strings(answers, [p.answer for p in problems])
         correct = self.check_answers(problems, answers)
         if correct is not None:  # a correct answer other than the gold one earns full graded credit too
             scores = Scores(exact=correct, token_accuracy=np.where(correct, 1.0, scores.token_accuracy),
                             edit_distance=np.where(correct, 0.0, scores.edit_distance))
-        if not self.has_step_checker:
+        if not (self.has_step_checker and (self.check_steps or with_steps)):
             return scores
         # a scratchpad with no steps, or with any false one, is not a sound derivation
         sound = np.array([len(labels) > 0 and bool(labels.all()) for labels in self.step_labels(problems, completions)],

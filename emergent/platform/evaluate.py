@@ -170,7 +170,7 @@ class Evaluator:
                                                  min(self.batch_size, 64))
             else:
                 completions = generate_completions(model, [p.prompt for p in problems], device, self.batch_size)
-            scores = self.task.verify_batch(problems, completions)
+            scores = self.task.verify_batch(problems, completions, with_steps=True)
             overall, by = summarise(problems, scores)
             samples = [(p.prompt, c, p.trace, bool(s)) for p, c, s in
                        zip(problems[: self.samples], completions, scores.exact)]
