@@ -178,23 +178,15 @@ def _at(x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
 
 # -- selection ------------------------------------------------------------------------------
 
-def puct_scores(tree: Tree, nodes: torch.Tensor, c_puct: float, visits: torch.Tensor) -> torch.Tensor:
-    """Q + U for every child of one node per tree: nodes [B] -> [B, K].
-
-    Q of an unvisited child is its parent's value (first-play urgency at the parent's
-    estimate); virtual visits count as visits with value 0. ``visits`` [B, N]: visits +
-    virtual visits (a selection walk adds them once, not per level).
-    """
-    children = _at(tree.children, nodes)                      # [B, K]
-    safe = children.clamp(min=0)
-    exists = children >= 0
-    rows = _rows(tree.batch, nodes.device)[:, None]
-    n = visits[rows, safe] * exists                           # [B, K]
-    w = tree.value_sum[rows, safe] * exists
-    fpu = _at(tree.value, nodes)[:, None]
-    q = torch.where(n > 0, w / n.clamp(min=1e-9), fpu)
+def puct_scores(n: torch.Tensor, w: torch.Tensor, prior: torch.Tensor, fpu: torch.Tensor,
+                c_puct: float) -> torch.Tensor:
+    """Q + U for the K children of one node per tree [B, K], from their visits ``n`` (virtual
+    visits included, 0 where a child does not exist), value sums ``w``, priors, and the
+    parent's value ``fpu`` [B]: Q of an unvisited child is its parent's value (first-play
+    urgency at the parent's estimate); virtual visits count as visits with value 0."""
+    q = torch.where(n > 0, w / n.clamp(min=1e-9), fpu[:, None])
     n_parent = n.sum(1, keepdim=True)
-    u = c_puct * _at(tree.prior, nodes) * torch.sqrt(n_parent.clamp(min=1.0)) / (1.0 + n)
+    u = c_puct * prior * torch.sqrt(n_parent.clamp(min=1.0)) / (1.0 + n)
     return q + u
 
 
@@ -233,49 +225,75 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int) -> t
     expanded (new, or created by an earlier selection of this batch) or a terminal node.
     A walk that takes an edge not taken before ends there; the new nodes of all trees are
     created together once every walk has ended.
+
+    A level of the walk is a handful of ops on [B, K] rows: each table is read through a
+    flat view ([B * N] nodes), one ``index_select`` per table per level.
     """
-    rows = _rows(tree.batch, active.device)
-    visits = tree.visits + tree.vloss      # [B, N] constant during the walk
-    leaf = ~tree.expanded | tree.terminal  # [B, N] a walk stops there
-    node = tree.root.clone()
-    stop = ~active | _at(leaf, node)
+    B, N, K = tree.children.shape
+    base = _rows(B, active.device) * N                     # [B] flat index of each tree's node 0
+    visits = (tree.visits + tree.vloss).view(-1)           # [B * N] constant during the walk
+    value_sum, value = tree.value_sum.view(-1), tree.value.view(-1)
+    children, prior = tree.children.view(B * N, K), tree.prior.view(B * N, K)
+    leaf = (~tree.expanded | tree.terminal).view(-1)       # [B * N] a walk stops there
+    at = base + tree.root                  # [B] the walk's node, as a flat index
+    stop = ~active | leaf.index_select(0, at)
     new = torch.zeros_like(stop)           # [B] the walk ended on an edge without a node
-    action = torch.zeros_like(node)        # [B] that edge
+    action = torch.zeros_like(at)          # [B] that edge
     while not bool(stop.all()):
-        a = puct_scores(tree, node, c_puct, visits).argmax(1)         # [B]
-        child = tree.children[rows, node, a]
+        kids = children.index_select(0, at)                               # [B, K] node ids, -1: none yet
+        flat = base[:, None] + kids.clamp(min=0)                          # [B, K]
+        n = visits.take(flat) * (kids >= 0)
+        a = puct_scores(n, value_sum.take(flat), prior.index_select(0, at), value.index_select(0, at),
+                        c_puct).argmax(1)                                 # [B]
+        child = kids.gather(1, a[:, None]).squeeze(1)
         fresh = (child < 0) & ~stop
         new, action = new | fresh, torch.where(fresh, a, action)
-        node = torch.where(stop | fresh, node, child)
-        stop = stop | fresh | _at(leaf, node)
+        done = stop | fresh
+        at = torch.where(done, at, base + child)
+        stop = done | leaf.index_select(0, at)
+    node = at - base
     return torch.where(new, add_children(tree, node, action, new, eos_id=eos_id), node)
 
 
-def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every node on each active leaf's path from its tree's root, as (trees [P], nodes [P]):
-    the root, then the nodes that wrote the positions between the root's state and the
-    leaf's (``node_at``). One gather, however deep the leaves."""
-    rows = _rows(tree.batch, leaves.device)
-    ids = tree.node_at[rows, leaves]                                        # [B, L]
-    at = torch.arange(ids.shape[1], device=ids.device)[None, :]
-    below = (at >= tree.length[rows, tree.root][:, None]) & (at < tree.length[rows, leaves][:, None]) & active[:, None]
-    return (torch.cat([rows[active], rows[:, None].expand_as(ids)[below]]),
-            torch.cat([tree.root[active], ids[below]]))
+def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every node on each leaf's path from its tree's root, for leaves [B] or [B, W], as a
+    fixed-shape scatter: (nodes [E], on [E] bool, leaf [E]) with E = W * B * L, ``nodes``
+    flat indices into [B * N], ``leaf`` which of the leaves (flattened leaf-major [W * B])
+    the entry belongs to. Position t of leaf m's state names the node that wrote it
+    (``node_at``; -1, the prompt's, is node 0); the path is the positions from the root's
+    last one to the leaf's, and ``on`` marks them (and nothing of inactive trees).
+
+    Fixed shape, no boolean indexing (on CPU a masked gather costs more than the scatter):
+    callers add ``value * on``, and adding 0 leaves a float unchanged. Entries run leaf by
+    leaf, so a scatter adds to each node in the order one call per leaf would."""
+    B, N, L = tree.tokens.shape
+    W = 1 if leaves.dim() == 1 else leaves.shape[1]
+    base = _rows(B, leaves.device).repeat(W) * N                              # [W * B]
+    leaf = base + leaves.reshape(B, W).T.reshape(-1)                          # [W * B] flat node index
+    ids = tree.node_at.view(B * N, L).index_select(0, leaf).clamp(min=0)     # [W * B, L]
+    first = tree.length.view(-1).index_select(0, base + tree.root.repeat(W)) - 1
+    end = tree.length.view(-1).index_select(0, leaf)
+    at = torch.arange(L, device=leaves.device)
+    on = (at >= first[:, None]) & (at < end[:, None]) & active.reshape(B, W).T.reshape(-1, 1)
+    which = torch.arange(W * B, device=leaves.device)[:, None].expand(-1, L)
+    return (base[:, None] + ids).view(-1), on.view(-1), which.reshape(-1)
 
 
 def add_virtual_loss(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, amount: float) -> None:
     """Count a pending simulation as ``amount`` visits of value 0 on each path."""
-    b, n = _paths(tree, leaves, active)
-    tree.vloss.index_put_((b, n), torch.full(b.shape, amount, device=b.device), accumulate=True)
+    nodes, on, _ = _paths(tree, leaves, active)
+    tree.vloss.view(-1).index_add_(0, nodes, on * amount)
 
 
 def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
-    """Add each leaf's value to every node on its path (duplicate leaves count twice:
-    ``simulate`` backs up its leaves one call each)."""
-    values = _at(tree.value, leaves)
-    b, n = _paths(tree, leaves, active)
-    tree.visits.index_put_((b, n), torch.ones_like(values[b]), accumulate=True)
-    tree.value_sum.index_put_((b, n), values[b], accumulate=True)
+    """Add each leaf's value to every node on its path, for leaves [B] or [B, W] (a leaf
+    selected twice counts twice), with one scatter."""
+    nodes, on, which = _paths(tree, leaves, active)
+    B, N = tree.visits.shape
+    flat = (_rows(B, leaves.device) * N)[:, None] + leaves.reshape(B, -1)  # [B, W]
+    values = tree.value.view(-1).index_select(0, flat.T.reshape(-1))       # [W * B] leaf-major
+    tree.visits.view(-1).index_add_(0, nodes, on.to(tree.visits.dtype))
+    tree.value_sum.view(-1).index_add_(0, nodes, values.index_select(0, which) * on)
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -315,8 +333,7 @@ def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: Se
     stacked = torch.stack(leaves, 1)  # [B, W]
     evaluate_leaves(tree, stacked, active[:, None].expand_as(stacked), evaluator)
     tree.vloss.zero_()
-    for leaf in leaves:
-        backup(tree, leaf, active)
+    backup(tree, stacked, active[:, None].expand_as(stacked))
 
 
 # -- moves ------------------------------------------------------------------------------------

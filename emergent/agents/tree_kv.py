@@ -145,11 +145,16 @@ class TreeKV:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Called by each attention layer with the states' new k, v [T', H, W, D]: store each
-        at its node, return the keys and values the queries attend over [T', H, S, D]."""
+        at its node, return the keys and values the queries attend over [T', H, S, D].
+        Flat ``index_copy_``/``index_select`` over [B * (N + P)] slots: on CPU a two-index
+        gather of these tables costs several times as much."""
         if self.k is None:
             self._allocate(k)
-        inv, slot = self._inv, self._slot
-        self.k[layer, self._rows, self._nodes] = k.transpose(1, 2)[inv, slot]  # [M, H, D]
-        self.v[layer, self._rows, self._nodes] = v.transpose(1, 2)[inv, slot]
-        at = (self._trees[:, None], self._slots)
-        return self.k[layer][at].transpose(1, 2), self.v[layer][at].transpose(1, 2)
+        T, S = self._slots.shape
+        _, B, NP, H, D = self.k.shape
+        out = []
+        for table, new in ((self.k[layer].view(B * NP, H, D), k), (self.v[layer].view(B * NP, H, D), v)):
+            table.index_copy_(0, self._rows * NP + self._nodes, new.transpose(1, 2)[self._inv, self._slot])  # [M, H, D]
+            out.append(table.index_select(0, (self._trees[:, None] * NP + self._slots).view(-1))
+                       .view(T, S, H, D).transpose(1, 2))
+        return out[0], out[1]
