@@ -1,29 +1,24 @@
 #!/usr/bin/env bash
-# The one prepared GPU session: GPU tests, the quickstart in bf16, throughput figures.
-# Run on the device machine from the repository root with the wheels in .whl/ (for the mctx
-# peer of the search benchmark add: pip download --no-deps -d .whl mctx chex; the image has jax).
+# The one prepared GPU session (about 8 minutes; a session gets 15 minutes of device time,
+# machine start included): GPU tests first, then issue 12's figures in order of what is
+# unmeasured. Run on the device machine from the repository root, with the wheels in .whl/
+# (from ../shared/device-wheels; for mctx, the search machinery's peer, also
+# `pip download --no-deps -d .whl mctx chex`: the image has jax):
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=560)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-echo "== GPU tests"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py tests/test_search.py 2>&1 | tail -4
-echo "== quickstart on CUDA (bf16 autocast, fused AdamW)"
-start=$(date +%s.%N)
-timeout 300 python3 -m emergent train device=cuda progress=false logdir="$OUT/runs" 2>&1 | tail -2
-end=$(date +%s.%N)
-echo "quickstart wall: $(python3 -c "print(round($end-$start,1))") s"
-python3 - "$OUT/runs" <<'PY'
-import sys, glob
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-acc = EventAccumulator(glob.glob(sys.argv[1] + "/quickstart/*")[0]); acc.Reload()
-for t in ["eval/test/exact_match", "eval/test/d3/exact_match", "perf/tokens_per_s", "perf/mfu", "perf/step_s", "perf/eval_s"]:
-    v = [e.value for e in acc.Scalars(t)]
-    print(f"{t:28s} last={v[-1]:.4g}  median={sorted(v)[len(v)//2]:.4g}")
-PY
-echo "== throughput"
-timeout 420 python3 benchmarks/throughput.py --size quickstart --size medium --size large --steps 20 --batch 128 2>&1 | tail -20
-echo "== search (mctx joins as the peer when its wheel and chex's are in .whl: the image has jax)"
-timeout 300 python3 benchmarks/search_speed.py 2>&1 | tail -12
+echo "== GPU tests (CUDA graph decode, search on CUDA == CPU in fp64, bf16 paths)"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -6
+echo "== generation: batch 1024, 9-token prompts, 64 new tokens; HF generate beside (item 3)"
+timeout 150 python3 benchmarks/throughput.py --no-train --size quickstart --size 25m --size 85m \
+  --gen-batch 1024 --new-tokens 64 2>&1 | grep -v "^sample"
+echo "== search: searched vs sampled trace, simulations/s at L2 d128 and L8 d512, mctx beside (items 1, 2)"
+timeout 150 python3 benchmarks/search_speed.py 2>&1 | tail -12
+echo "== learner: 128 x 250 tokens, eager and compiled, GPT-2 beside (item 4)"
+timeout 150 python3 benchmarks/throughput.py --size 25m --size 85m --steps 20 --batch 128 2>&1 | grep -E "^==|train|peer   transformers GPT-2, same"
+echo "== what 25M decoding spends its time in (the 25M anomaly)"
+timeout 60 python3 benchmarks/throughput.py --no-train --size 25m --gen-batch 1024 --new-tokens 64 --profile 2>&1 | tail -40

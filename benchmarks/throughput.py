@@ -6,7 +6,9 @@
 Prints, per model size:
   train     tokens/s and MFU: fp32 eager (baseline) vs bf16 autocast + fused AdamW
             (CUDA) vs that plus torch.compile (CUDA)
-  generate  new tokens/s: KV cache vs full recompute (baseline), greedy, same prompts
+  generate  new tokens/s: KV cache vs full recompute (baseline), greedy, same prompts;
+            and the static decode step (``generate(static=True)``: a fixed-shape step over a
+            static cache, replayed as a CUDA graph on CUDA, eager on CPU)
   sample    rows that end at scattered steps (as sampled traces do): a fixed batch
             (baseline) vs dropping finished rows (generate's compact, the CPU default)
   peer      when transformers is installed: its GPT-2 at the same dimensions, trained on
@@ -33,6 +35,10 @@ SIZES = {
     "quickstart": ModelConfig(n_layer=2, n_head=4, d_model=128, max_len=64),
     "medium": ModelConfig(n_layer=6, n_head=8, d_model=512, max_len=128),
     "large": ModelConfig(n_layer=12, n_head=12, d_model=768, max_len=256),
+    # the sizes of issue 12's learner and generation bars (quickstart is its 0.4M): training
+    # rows of 250 tokens; generation's cache holds prompt + new tokens whatever the context
+    "25m": ModelConfig(n_layer=8, n_head=8, d_model=512, max_len=256),
+    "85m": ModelConfig(n_layer=12, n_head=12, d_model=768, max_len=256),
 }
 
 
@@ -165,10 +171,12 @@ def _timed_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, lo
     return out, time.perf_counter() - t0
 
 
-def bench_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, use_cache: bool) -> dict:
+def bench_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, use_cache: bool,
+                   static: bool = False) -> dict:
     # eos_id=-1: no row stops early, so both paths generate exactly new_tokens per row
     out, dt = _timed_generate(cfg, device, batch=batch, new_tokens=new_tokens, eos_id=-1,
-                              pad_id=TOKENIZER.pad_id, use_cache=use_cache)
+                              pad_id=TOKENIZER.pad_id, use_cache=use_cache, static=static,
+                              compact=False if static else None)
     return {"new_tokens_per_s": out.tokens.numel() / dt, "seconds": dt}
 
 
@@ -181,6 +189,21 @@ def bench_ragged(cfg: ModelConfig, device, *, batch: int, new_tokens: int, compa
     return {"tokens_per_s": written / dt, "seconds": dt, "mean_len": written / batch, "steps": out.tokens.shape[1]}
 
 
+def profile_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int) -> None:
+    """The kernels (CUDA) or ops (CPU) that one eager and one static generate call spend
+    their time in, to say what bounds decoding at this size."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for static in (False, True):
+        with profile(activities=acts) as prof:
+            _timed_generate(cfg, device, batch=batch, new_tokens=new_tokens, eos_id=-1, pad_id=TOKENIZER.pad_id,
+                            static=static, compact=False)
+        print(f"  profile, static={static} (warm-up and timed call):")
+        print(prof.key_averages().table(sort_by=key, row_limit=12))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), action="append")
@@ -188,6 +211,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--gen-batch", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=None, help="default: the context less 10")
+    ap.add_argument("--no-train", action="store_true", help="generation figures only")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print the top kernels of one static and one eager generate call")
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
@@ -199,7 +226,7 @@ def main() -> None:
         if device.type == "cuda":
             variants += [("bf16 + fused AdamW", True, False), ("bf16 + fused AdamW + compile", True, True)]
         base = None
-        for label, bf16, comp in variants:
+        for label, bf16, comp in ([] if args.no_train else variants):
             r = bench_train(cfg, device, batch=args.batch, steps=args.steps, bf16=bf16, compile=comp)
             base = base or r["tokens_per_s"]
             mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
@@ -209,16 +236,22 @@ def main() -> None:
             if peer:
                 print(f"  peer   transformers GPT-2, same      {peer['tokens_per_s']:>12,.0f} tok/s"
                       f"  (emergent x{r['tokens_per_s'] / peer['tokens_per_s']:.2f})")
-        new = cfg.max_len - 10
+        new = args.new_tokens or cfg.max_len - 10
         rec = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=False)
         kv = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=True)
+        st = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=True, static=True)
         print(f"generate full recompute (baseline)     {rec['new_tokens_per_s']:>12,.0f} new tok/s  ({args.gen_batch} rows x {new})")
         print(f"generate KV cache                      {kv['new_tokens_per_s']:>12,.0f} new tok/s  "
               f"x{kv['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}")
+        print(f"generate static step{' (CUDA graph)' if device.type == 'cuda' else ' (eager)     '}      "
+              f"{st['new_tokens_per_s']:>12,.0f} new tok/s  x{st['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}")
         hf = bench_hf_generate(cfg, device, batch=args.gen_batch, new_tokens=new)
         if hf:
             print(f"  peer   transformers GPT-2 generate   {hf['new_tokens_per_s']:>12,.0f} new tok/s  "
-                  f"(emergent x{kv['new_tokens_per_s'] / hf['new_tokens_per_s']:.2f})")
+                  f"(emergent KV cache x{kv['new_tokens_per_s'] / hf['new_tokens_per_s']:.2f}, "
+                  f"static x{st['new_tokens_per_s'] / hf['new_tokens_per_s']:.2f})")
+        if args.profile:
+            profile_generate(cfg, device, batch=args.gen_batch, new_tokens=new)
         fixed = bench_ragged(cfg, device, batch=args.gen_batch, new_tokens=new, compact=False)
         drop = bench_ragged(cfg, device, batch=args.gen_batch, new_tokens=new, compact=True)
         print(f"sample, ragged ends: fixed batch       {fixed['tokens_per_s']:>12,.0f} written tok/s  "

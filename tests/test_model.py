@@ -51,6 +51,50 @@ def test_dropping_finished_rows_changes_no_output(use_cache):
 
 
 @pytest.mark.parametrize("pos", POS_SCHEMES)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_static_decode_writes_what_the_dynamic_cache_writes(pos, temperature):
+    # The fixed-shape step (a static cache written at a device-held position, the step a
+    # CUDA graph captures) runs eagerly on CPU: the same tokens, EOS and lengths, sampled too.
+    model = make(pos)
+    with torch.no_grad():
+        model.wte.weight[TOKENIZER.eos_id] *= 4  # rows end at scattered steps
+    prompts = random_prompts(24, seed=3)
+    kw = dict(eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=temperature, compact=False)
+    a = model.generate(prompts, 30, generator=torch.Generator().manual_seed(1), **kw)
+    b = model.generate(prompts, 30, generator=torch.Generator().manual_seed(1), static=True, **kw)
+    assert 0 < int(a.finished.sum()) < len(prompts) or temperature == 0.0
+    for field in ("tokens", "lengths", "finished"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-6, rtol=0)
+
+
+def test_static_decode_refuses_what_it_cannot_do():
+    model = make()
+    for bad in (dict(compact=True), dict(use_cache=False)):
+        with pytest.raises(ValueError, match="static decoding needs"):
+            model.generate(random_prompts(2), 5, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, static=True, **bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cuda_graph_decode_equals_eager_decode_on_cuda(bf16):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = make("rope").cuda()
+    with torch.no_grad():
+        model.wte.weight[TOKENIZER.eos_id] *= 4
+    prompts = random_prompts(64, seed=4)
+    kw = dict(eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, compact=False)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        for temperature in (0.0, 1.0):
+            g = dict(generator=torch.Generator().manual_seed(2), temperature=temperature)
+            a = model.generate(prompts, 30, **g, **kw)
+            b = model.generate(prompts, 30, static=True, **dict(g, generator=torch.Generator().manual_seed(2)), **kw)
+            assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+            assert torch.equal(a.finished, b.finished)
+
+
+@pytest.mark.parametrize("pos", POS_SCHEMES)
 def test_left_padded_rows_match_unbatched(pos):
     model = make(pos)
     prompts = random_prompts(5, seed=1)

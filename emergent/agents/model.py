@@ -86,6 +86,93 @@ class KVCache:
         self.shape = (self.shape[0], len(rows), *self.shape[2:])
 
 
+    def advance(self, T: int) -> None:
+        """``T`` tokens were written (``TransformerLM.hidden`` calls this after each forward)."""
+        self.length += T
+
+
+class StaticKVCache(KVCache):
+    """A ``KVCache`` written at a position held in a device tensor, not a Python int.
+
+    ``length`` is a 0-d long tensor that the caller sets before each forward (``fill_``),
+    and ``advance`` leaves it alone: a decode step then reads no host value, so it can be
+    captured once as a CUDA graph and replayed for every token (``DecodeStep``).
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device) -> None:
+        super().__init__(n_layer, batch, n_head, max_len, head_dim)
+        self.length = torch.zeros((), dtype=torch.long, device=device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        at = self.length + torch.arange(k.shape[2], device=k.device)  # [T] positions written
+        self.k[layer].index_copy_(2, at, k)
+        self.v[layer].index_copy_(2, at, v)
+        return self.k[layer], self.v[layer]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        raise RuntimeError("a static cache keeps its batch: its buffers are what a captured graph reads")
+
+    def advance(self, T: int) -> None:
+        pass
+
+
+class DecodeStep:
+    """One token of decoding as a function of fixed buffers: ``(tok [B], pos [B], at) ->
+    logits [B, V]`` for a ``StaticKVCache`` and a fixed key mask ``key_valid`` [B, S].
+
+    On CUDA (``graph=True``) the step is captured once as a CUDA graph and replayed: one
+    launch per token instead of a dozen kernels per layer, each waiting on the host, which
+    is what bounds a small model's decode (L2 d128 runs ~30 kernels of microseconds per
+    token). Elsewhere it runs eagerly: the same arithmetic, which is how CPU tests check it.
+    The graph is captured at the first call, after warm-up runs on a side stream (kernel
+    choice and workspace allocation must happen outside the capture); those runs write the
+    first step's own keys at its own position, so they leave nothing behind. Under autocast
+    the capture runs with autocast's weight-cast cache off: a cached cast would be freed
+    when the caller's autocast region ends, while the graph still reads it.
+    """
+
+    def __init__(self, model: "TransformerLM", cache: StaticKVCache, key_valid: torch.Tensor, *, graph: bool) -> None:
+        if graph and not key_valid.is_cuda:
+            raise ValueError("a CUDA graph needs the model on CUDA")
+        self.model, self.cache, self.key_valid, self.use_graph = model, cache, key_valid, graph
+        B = key_valid.shape[0]
+        self.tok = torch.zeros(B, 1, dtype=torch.long, device=key_valid.device)
+        self.pos = torch.zeros(B, 1, dtype=torch.long, device=key_valid.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def _run(self) -> torch.Tensor:
+        return self.model(self.tok, self.pos, self.key_valid, self.cache)[:, -1]
+
+    def _capture(self) -> None:
+        autocast = torch.is_autocast_enabled("cuda")
+        dtype = torch.get_autocast_dtype("cuda")
+        with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._run()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._run()
+
+    def __call__(self, tok: torch.Tensor, pos: torch.Tensor, at: int) -> torch.Tensor:
+        self.tok.copy_(tok.view(-1, 1))
+        self.pos.copy_(pos.view(-1, 1))
+        self.cache.length.fill_(at)
+        if not self.use_graph:
+            return self._run()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.logits
+
+
 def rope_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # [max_len, D/2]
@@ -224,7 +311,7 @@ class TransformerLM(nn.Module):
         B, T = idx.shape
         t0 = cache.length if cache is not None else 0
         if pos is None:
-            pos = torch.arange(t0, t0 + T, device=idx.device).expand(B, T)
+            pos = (torch.arange(T, device=idx.device) + t0).expand(B, T)
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(pos)
@@ -234,7 +321,7 @@ class TransformerLM(nn.Module):
         mask = attn_mask
         if mask is None and (key_valid is not None or cache is not None):
             S = cache.shape[3] if cache is not None else T  # keys attended: all cache slots, or the input
-            q_at = torch.arange(t0, t0 + T, device=idx.device)[:, None]
+            q_at = (torch.arange(T, device=idx.device) + t0)[:, None]  # t0: an int, or a static cache's tensor
             k_at = torch.arange(S, device=idx.device)[None, :]
             causal = k_at <= q_at  # [T, S]; also hides cache slots not written yet
             valid = key_valid[:, None, None, :S] if key_valid is not None else True
@@ -245,12 +332,13 @@ class TransformerLM(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, cache, i)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.ln_f(x)
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, *, static: bool = False) -> KVCache:
         c = self.cfg
-        return KVCache(c.n_layer, batch, c.n_head, max_len or c.max_len, c.d_model // c.n_head)
+        dims = (c.n_layer, batch, c.n_head, max_len or c.max_len, c.d_model // c.n_head)
+        return StaticKVCache(*dims, device=self.wte.weight.device) if static else KVCache(*dims)
 
     # -- generation -------------------------------------------------------------------
     @torch.no_grad()
@@ -266,6 +354,7 @@ class TransformerLM(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         compact: bool | None = None,
+        static: bool = False,
     ) -> Generation:
         """Continue each prompt until it emits EOS or ``max_new_tokens`` tokens (capped by
         the context length). temperature 0 is greedy. ``use_cache=False`` recomputes the
@@ -276,9 +365,16 @@ class TransformerLM(nn.Module):
         its longest row ends (countdown: mean 17 new tokens, 45 steps), so on CPU most of
         a fixed batch's decode work is spent on rows that already wrote EOS. Default: on
         for CPU; off for CUDA, where fixed shapes keep kernel plans (and CUDA graphs) valid.
+
+        ``static``: every decode step is one ``DecodeStep`` over fixed buffers (a
+        ``StaticKVCache`` written at a device-held position), captured as a CUDA graph on
+        CUDA and replayed per token; on CPU it runs eagerly (the same tokens). It needs the
+        cache and a fixed batch (no ``compact``).
         """
         device = self.wte.weight.device
-        compact = device.type == "cpu" if compact is None else compact
+        if static and (compact or not use_cache):
+            raise ValueError("static decoding needs use_cache=True and compact=False")
+        compact = device.type == "cpu" and not static if compact is None else compact
         ids, valid = pad_left(prompts, pad_id, device)  # [B, Tp]
         B, Tp = ids.shape
         N = min(max_new_tokens, self.cfg.max_len - Tp)
@@ -295,8 +391,9 @@ class TransformerLM(nn.Module):
         # the batch's rows still in the computation: a slice (views, no gathers) until the
         # first compaction, then an index tensor [b]
         rows: slice | torch.Tensor = slice(None)
-        cache = self.new_cache(B, Tp + N) if use_cache else None
+        cache = self.new_cache(B, Tp + N, static=static) if use_cache else None
         logits = self(ids, pos, key_valid, cache)[:, -1]  # [b, V]
+        step = DecodeStep(self, cache, key_valid, graph=device.type == "cuda") if static else None
         for n in range(N):
             tok, lp = sample_next(logits.float(), temperature, top_k, generator)  # [b]
             ended = done[rows]
@@ -313,7 +410,9 @@ class TransformerLM(nn.Module):
                 rows, tok = torch.arange(B, device=device)[rows][live], tok[live]
                 if cache is not None:
                     cache.keep(live)
-            if use_cache:
+            if step is not None:
+                logits = step(tok, prompt_len + n, Tp + n)
+            elif use_cache:
                 logits = self(tok[:, None], (prompt_len[rows] + n)[:, None], key_valid[rows], cache)[:, -1]
             else:
                 seq = torch.cat([ids[rows], out[rows, : n + 1]], 1)

@@ -64,7 +64,7 @@ class TreeKV:
         # what ``update`` needs during one forward (set by ``extend``)
         self._trees = self._rows = self._nodes = self._inv = self._slot = self._slots = None
         self.context = 0
-        self.length = 0  # read and advanced by TransformerLM.hidden, as for any cache
+        self.length = 0  # read by TransformerLM.hidden, as for any cache (its explicit mask makes it moot)
 
     def _allocate(self, like: torch.Tensor) -> None:
         self.k = torch.zeros(self.table_shape, dtype=like.dtype, device=like.device)
@@ -142,6 +142,9 @@ class TreeKV:
         h = self.model.hidden(ids, pos, None, self, attn_mask=mask[:, None])           # [T', W, C]
         self.context = self.P + R + G  # keys one query attends over, at most (for the FLOP count)
         return h[inv, slot]
+
+    def advance(self, T: int) -> None:
+        pass  # positions live in the tree, not in a running length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Called by each attention layer with the states' new k, v [T', H, W, D]: store each
