@@ -4,7 +4,9 @@
 # unmeasured. Run on the device machine from the repository root, with the wheels in .whl/
 # (from ../shared/device-wheels; for mctx, the search machinery's peer, also
 # `pip download --no-deps -d .whl mctx chex`: the image has jax):
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=560)
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".whlray"], timeout_s=560)
+# .whlray (optional, for the Ray section): ray 2.60 without its Java jars, as the developers'
+# guide says (pip download ... ray==2.60.0 jsonschema ...; zip -d .whlray/ray-*.whl 'ray/jars/*').
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
@@ -20,5 +22,21 @@ echo "== search: searched vs sampled trace, simulations/s at L2 d128 and L8 d512
 timeout 150 python3 benchmarks/search_speed.py 2>&1 | tail -12
 echo "== learner: 128 x 250 tokens, eager and compiled, GPT-2 beside (item 4)"
 timeout 150 python3 benchmarks/throughput.py --size 25m --size 85m --steps 20 --batch 128 2>&1 | grep -E "^==|train|peer   transformers GPT-2, same"
+if ls .whlray/*.whl >/dev/null 2>&1; then
+  echo "== Ray, learner on the GPU, 4 trace workers, expert iteration, 60 s (item 5)"
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whlray/*.whl
+  export PATH=/tmp/site/bin:$PATH RAY_AUTH_MODE=token
+  timeout 150 python3 -m emergent train configs/countdown_expert_iteration.yaml runtime=ray device=cuda ray.workers=4 \
+    train.time_limit_s=60 improve.init_from=null eval.problems=100 progress=false logdir="$OUT/ray" run_name=ray4 2>&1 | tail -1
+  python3 - "$OUT/ray" <<'PY'
+import sys, glob
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(glob.glob(sys.argv[1] + "/*/ray4")[0]); acc.Reload()
+for t in ["perf/worker_utilisation", "perf/learner_busy", "perf/data_wait_s", "perf/traces_per_s", "perf/step_s",
+          "perf/weight_sync_s", "perf/staleness"]:
+    v = [e.value for e in acc.Scalars(t)] if t in acc.Tags()["scalars"] else [float("nan")]
+    print(f"{t:26s} median={sorted(v)[len(v)//2]:.4g}  last={v[-1]:.4g}  ({len(v)} windows)")
+PY
+fi
 echo "== what 25M decoding spends its time in (the 25M anomaly)"
 timeout 60 python3 benchmarks/throughput.py --no-train --size 25m --gen-batch 1024 --new-tokens 64 --profile 2>&1 | tail -40

@@ -26,6 +26,10 @@ PERF_TRACES_PER_S = "perf/traces_per_s"              # ray: traces consumed per 
 PERF_WORKER_UTILISATION = "perf/worker_utilisation"  # ray: busy time / (workers x wall time)
 PERF_WEIGHT_SYNC_S = "perf/weight_sync_s"            # ray: export + load of one weights version
 PERF_STALENESS = "perf/staleness"                    # ray: learner version - trace version
+# ray: share of the wall clock the learner spends learning, evaluating and checkpointing
+# (not waiting for a batch); near 1 the learner bounds the run, near 0 the trace workers do
+PERF_LEARNER_BUSY = "perf/learner_busy"
+PERF_DATA_WAIT_S = "perf/data_wait_s"                # ray: seconds per step the learner waited for its batch
 DATA_TOO_LONG = "data/too_long_skipped"             # fresh training draws longer than the context
 
 # -- compute/: the FLOP ledger -------------------------------------------------------------------

@@ -35,10 +35,11 @@ def test_tiny_ray_run_logs_what_local_logs_and_more(local_ray, tmp_path):
     s = scalars(cfg.run_dir)
     for tag in (tags.eval_tag("test", "exact_match"), tags.TRAIN_SAMPLE_ACCURACY, tags.COMPUTE_TOTAL_FLOPS,
                 tags.REWARD_LOSS, tags.PERF_TRACES_PER_S, tags.PERF_WORKER_UTILISATION, tags.PERF_WEIGHT_SYNC_S,
-                tags.PERF_STALENESS):
+                tags.PERF_STALENESS, tags.PERF_LEARNER_BUSY, tags.PERF_DATA_WAIT_S):
         assert tag in s, tag
     assert max(s["perf/staleness"]) <= cfg.ray.max_staleness
     assert 0 < s["perf/worker_utilisation"][-1] <= 1.0 and s["perf/traces_per_s"][-1] > 0
+    assert 0 < s["perf/learner_busy"][-1] <= 1.0 and min(s["perf/data_wait_s"]) >= 0
     assert counts["step"] == 10 and len(set(counts["batches"])) == 10 and "eval/test/exact_match" in final
     assert (cfg.run_dir / "last.pt").exists()
 

@@ -127,7 +127,7 @@ class LearnerActor:
         for part, flops in experience.flops.items():
             self.batch_flops[part] = self.batch_flops.get(part, 0.0) + flops
         timing = BatchTiming(busy_s=info["busy_s"], sync_s=info["sync_s"] + self.export_s, staleness=staleness,
-                             workers=self.workers)
+                             workers=self.workers, wait_s=wait_s)
         self.run.record(step, time.perf_counter() - t0 + wait_s, timing)
         return {"step": self.run.step, "staleness": staleness, "done": self.run.done}
 

@@ -49,6 +49,7 @@ class BatchTiming:
     sync_s: float      # weight sync: the learner's export + the worker's load
     staleness: int     # learner version - the version that wrote it
     workers: int       # trace workers in the run
+    wait_s: float = 0.0  # the learner's wait for this batch (part of the step's seconds)
 
 
 def log_due(cfg: Config, step: int) -> bool:
@@ -116,6 +117,8 @@ class Run:
         self.window_t0 = time.perf_counter()  # wall clock at the window's start
         self.window_busy = 0.0                # trace workers' busy seconds inside the window
         self.window_workers = 0
+        self.window_wait = 0.0                # the learner's seconds waiting for batches
+        self.window_other = 0.0               # the learner's evaluations and checkpoints
 
     @property
     def step(self) -> int:
@@ -144,6 +147,12 @@ class Run:
 
     def evaluate(self) -> dict[str, float]:
         t0 = time.perf_counter()
+        try:
+            return self._evaluate(t0)
+        finally:
+            self.window_other += time.perf_counter() - t0
+
+    def _evaluate(self, t0: float) -> dict[str, float]:
         results = self.experiment.evaluate()
         self.last_eval = scalars(results)
         n = self.experiment.step
@@ -165,6 +174,7 @@ class Run:
             # this window counts, so utilisation never exceeds 1
             self.window_busy += min(timing.busy_s, now - self.window_t0)
             self.window_workers = timing.workers
+            self.window_wait += timing.wait_s
             step = Step(step.result, {**step.scalars, tags.PERF_STALENESS: float(timing.staleness),
                                       tags.PERF_WEIGHT_SYNC_S: timing.sync_s}, step.traces)
         self.window.append(step)
@@ -178,6 +188,9 @@ class Run:
                 span = max(now - self.window_t0, 1e-9)
                 values[tags.PERF_TRACES_PER_S] = sum(s.traces for s in self.window) / span
                 values[tags.PERF_WORKER_UTILISATION] = self.window_busy / (span * self.window_workers)
+                learner = self.window_s - self.window_wait + self.window_other
+                values[tags.PERF_LEARNER_BUSY] = min(1.0, learner / span)
+                values[tags.PERF_DATA_WAIT_S] = self.window_wait / len(self.window)
             if self.experiment.data.too_long:  # cumulative, once any draw was skipped
                 values[tags.DATA_TOO_LONG] = float(self.experiment.data.too_long)
             self.logger.scalars({**values, **self.experiment.ledger.scalars()}, n)
@@ -189,6 +202,11 @@ class Run:
         return values
 
     def checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        self._checkpoint()
+        self.window_other += time.perf_counter() - t0
+
+    def _checkpoint(self) -> None:
         self.logger.flush()  # first the events, so a checkpoint never points past them
         self.vs_flops.flush()
         self.experiment.elapsed_s = self.elapsed_s
