@@ -127,7 +127,7 @@ def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, c
     sampled = time.perf_counter() - t0
 
     def verify(rows, completions):
-        return task.verify_batch([problems[r] for r in rows], completions).exact
+        return task.verdicts([problems[r] for r in rows], completions)
 
     ev = PolicyValueEvaluator(policy, value, top_k=4, verifier=state_verifier([len(i) for i in ids], verify),
                               kv_cache=kv_cache)

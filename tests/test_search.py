@@ -237,3 +237,34 @@ def test_search_on_cuda_makes_the_tree_it_makes_on_cpu_in_fp64():
     for field in ("tokens", "node_at", "children", "visits", "num_nodes", "root"):
         assert torch.equal(getattr(cpu, field), getattr(gpu, field).cpu()), field
     torch.testing.assert_close(cpu.value_sum, gpu.value_sum.cpu(), atol=1e-12, rtol=0)
+
+
+def test_selection_walks_the_same_in_torch_and_in_numpy():
+    """On CPU the walk runs on numpy views of the tree (CUDA runs it in torch): from the same
+    mid-search tree, with some walks inactive and virtual loss pending, both pick the same
+    leaves and edges and write the same virtual visits."""
+    from emergent.agents.search import _rows, _walk
+
+    tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=24)
+    B, N, K = tree.children.shape
+    tree.vloss.view(-1)[torch.randperm(B * N, generator=torch.Generator().manual_seed(0))[:200]] = 1.0
+    base = _rows(B, tree.root.device) * N
+    active = torch.tensor([True, False, True, True])
+
+    def walk(numpy: bool):
+        vloss = tree.vloss.clone().view(-1)  # written by the walk
+        tables = [(tree.visits + tree.vloss).view(-1), tree.value_sum.view(-1), tree.value.view(-1),
+                  tree.children.view(B * N, K), tree.prior.view(B * N, K),
+                  (~tree.expanded | tree.terminal).view(-1), vloss, base, base + tree.root, active]
+        if numpy:
+            out = _walk(*(t.numpy() for t in tables), c_puct=1.5, virtual_loss=np.float32(1.0))
+        else:
+            out = _walk(*tables, c_puct=1.5, virtual_loss=1.0)
+        return [torch.as_tensor(x) for x in out], vloss
+
+    (node, new, action), vloss = walk(numpy=False)
+    (node2, new2, action2), vloss2 = walk(numpy=True)
+    assert torch.equal(node, node2) and torch.equal(new, new2) and torch.equal(action, action2)
+    assert torch.equal(vloss, vloss2)
+    assert bool((node != tree.root)[active].any()) and torch.equal(node[~active], tree.root[~active])
+    assert float((vloss - tree.vloss.view(-1)).sum()) >= 6  # each active walk marked its path

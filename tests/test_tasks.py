@@ -35,6 +35,30 @@ def test_gold_traces_verify_and_corruptions_do_not(name, fmt):
     assert ((wrong.token_accuracy < 1) & (wrong.edit_distance > 0)).all()
 
 
+@pytest.mark.parametrize("name,fmt", all_formats())
+@pytest.mark.parametrize("check_steps", [False, True])
+def test_verdicts_are_verify_batch_exact(name, fmt, check_steps):
+    # the verdict-only path (training labels, search terminals) says what verify_batch says:
+    # gold traces, traces with one character changed anywhere, a false step, garbage
+    task = make_task(name, format=fmt)
+    if check_steps and not task.has_step_checker:
+        return
+    task.check_steps = check_steps
+    problems = task.sample(np.random.default_rng(2), 80, "train", [task.min_difficulty, task.min_difficulty + 1])
+    rng = random.Random(0)
+    completions = []
+    for p in problems:
+        t = p.trace
+        i = rng.randrange(len(t))
+        completions += [t, t[:i] + rng.choice("0123456789+-*>,=") + t[i + 1:], t[:i], "", ">" + p.answer, p.answer]
+    rows = [p for p in problems for _ in range(6)]
+    verdicts = task.verdicts(rows, completions)
+    assert verdicts.dtype == bool and verdicts.shape == (len(rows),)
+    assert np.array_equal(verdicts, task.verify_batch(rows, completions).exact)
+    assert verdicts[::6].all() and 0 < verdicts.mean() < 1
+    assert task.verdicts([], []).shape == (0,)
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_generation_is_deterministic_and_difficulty_matters(name):
     task = make_task(name)

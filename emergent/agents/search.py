@@ -178,15 +178,22 @@ def _at(x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
 
 # -- selection ------------------------------------------------------------------------------
 
-def puct_scores(n: torch.Tensor, w: torch.Tensor, prior: torch.Tensor, fpu: torch.Tensor,
-                c_puct: float) -> torch.Tensor:
+def _xp(x):
+    """The array module of ``x``: the selection walk runs on torch tensors, or on CPU on
+    numpy views of the same memory (below)."""
+    return torch if isinstance(x, torch.Tensor) else np
+
+
+def puct_scores(n, w, prior, fpu, c_puct: float):
     """Q + U for the K children of one node per tree [B, K], from their visits ``n`` (virtual
     visits included, 0 where a child does not exist), value sums ``w``, priors, and the
     parent's value ``fpu`` [B]: Q of an unvisited child is its parent's value (first-play
-    urgency at the parent's estimate); virtual visits count as visits with value 0."""
-    q = torch.where(n > 0, w / n.clamp(min=1e-9), fpu[:, None])
-    n_parent = n.sum(1, keepdim=True)
-    u = c_puct * prior * torch.sqrt(n_parent.clamp(min=1.0)) / (1.0 + n)
+    urgency at the parent's estimate); virtual visits count as visits with value 0.
+    Torch tensors or numpy arrays: the same float32 operations, the same results."""
+    xp = _xp(n)
+    q = xp.where(n > 0, w / n.clip(min=1e-9), fpu[:, None])
+    n_parent = n.sum(1)[:, None]
+    u = c_puct * prior * xp.sqrt(n_parent.clip(min=1.0)) / (1.0 + n)
     return q + u
 
 
@@ -194,65 +201,96 @@ def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create:
                  eos_id: int) -> torch.Tensor:
     """Create the child of ``nodes`` [B] along ``actions`` [B] where ``create`` [B] holds.
 
-    Returns the child index per tree [B] (the existing child, or the new node)."""
-    arange = _rows(tree.batch, nodes.device)
-    child = tree.children[arange, nodes, actions]
-    if not bool(create.any()):
+    Returns the child index per tree [B] (the existing child, or the new node). Rows are
+    read and written through flat [B * N] views with index tensors (one ``nonzero``)."""
+    B, N, L = tree.tokens.shape
+    K = tree.children.shape[2]
+    children = tree.children.view(B * N, K)
+    child = children[_rows(B, nodes.device) * N + nodes, actions]
+    b = create.nonzero().squeeze(1)                                   # [c] trees that add a node
+    if len(b) == 0:
         return child
-    b, parent, a = arange[create], nodes[create], actions[create]
-    new = tree.num_nodes[create]
-    if bool((new >= tree.tokens.shape[1]).any()):
+    a, new = actions[b], tree.num_nodes[b]
+    if bool((new >= N).any()):
         raise RuntimeError("search tree is full; raise its capacity")
-    tok = tree.child_token[b, parent, a]
-    n = tree.length[b, parent]
-    tree.tokens[b, new] = tree.tokens[b, parent]
-    tree.tokens[b, new, n] = tok
-    tree.node_at[b, new] = tree.node_at[b, parent]
-    tree.node_at[b, new, n] = new
-    tree.length[b, new] = n + 1
-    tree.children[b, parent, a] = new
-    tree.terminal[b, new] = (tok == eos_id) | (n + 1 >= tree.tokens.shape[2])
+    parent, made = b * N + nodes[b], b * N + new                      # [c] flat indices
+    tok = tree.child_token.view(B * N, K)[parent, a]
+    n = tree.length.view(-1)[parent]                                  # [c] the position the token takes
+    c = torch.arange(len(b), device=b.device)
+    for table, at_n in ((tree.tokens, tok), (tree.node_at, new)):    # the parent's row plus one position
+        rows = table.view(B * N, L).index_select(0, parent)
+        rows[c, n] = at_n
+        table.view(B * N, L).index_copy_(0, made, rows)
+    tree.length.view(-1)[made] = n + 1
+    children[parent, a] = new
+    tree.terminal.view(-1)[made] = (tok == eos_id) | (n + 1 >= L)
     tree.num_nodes[b] += 1
     child = child.clone()
-    child[create] = new
+    child[b] = new
     return child
 
 
-def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int) -> torch.Tensor:
+def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virtual_loss: float = 0.0) -> torch.Tensor:
     """Walk from each root by PUCT to a leaf; create the node if the edge is new.
 
     Returns leaves [B] (the root itself for inactive trees). A leaf is a node not yet
     expanded (new, or created by an earlier selection of this batch) or a terminal node.
     A walk that takes an edge not taken before ends there; the new nodes of all trees are
-    created together once every walk has ended.
-
-    A level of the walk is a handful of ops on [B, K] rows: each table is read through a
-    flat view ([B * N] nodes), one ``index_select`` per table per level.
+    created together once every walk has ended. ``virtual_loss``: each node on an active
+    walk's path (root and leaf included) gets that many virtual visits (``Tree.vloss``),
+    which later walks of the batch see; this walk reads the counts as they were before it.
     """
     B, N, K = tree.children.shape
     base = _rows(B, active.device) * N                     # [B] flat index of each tree's node 0
-    visits = (tree.visits + tree.vloss).view(-1)           # [B * N] constant during the walk
-    value_sum, value = tree.value_sum.view(-1), tree.value.view(-1)
-    children, prior = tree.children.view(B * N, K), tree.prior.view(B * N, K)
-    leaf = (~tree.expanded | tree.terminal).view(-1)       # [B * N] a walk stops there
-    at = base + tree.root                  # [B] the walk's node, as a flat index
-    stop = ~active | leaf.index_select(0, at)
-    new = torch.zeros_like(stop)           # [B] the walk ended on an edge without a node
-    action = torch.zeros_like(at)          # [B] that edge
+    tables = ((tree.visits + tree.vloss).view(-1), tree.value_sum.view(-1), tree.value.view(-1),
+              tree.children.view(B * N, K), tree.prior.view(B * N, K), (~tree.expanded | tree.terminal).view(-1),
+              tree.vloss.view(-1))
+    start = base + tree.root
+    if active.device.type == "cpu":
+        # a level is some 30 ops on [B, K] rows: through torch's dispatcher ~3.5 us each, as
+        # numpy ops on views of the same memory half that (the walk is most of a CPU search)
+        arrays = [t.numpy() for t in (*tables, base, start, active)]
+        amount = arrays[6].dtype.type(virtual_loss)  # vloss's own float type: no float64 detour
+        node, new, action = (torch.from_numpy(x) for x in _walk(*arrays, c_puct=c_puct, virtual_loss=amount))
+    else:
+        node, new, action = _walk(*tables, base, start, active, c_puct=c_puct, virtual_loss=virtual_loss)
+    if not bool(new.any()):
+        return node
+    leaf = torch.where(new, add_children(tree, node, action, new, eos_id=eos_id), node)
+    if virtual_loss:
+        tree.vloss.view(-1)[base + leaf] += new.to(tree.vloss.dtype) * virtual_loss  # the new nodes: their paths' ends
+    return leaf
+
+
+def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, active, *, c_puct: float,
+          virtual_loss: float):
+    """The selection walk over flat tables (torch tensors, or numpy arrays): visits (virtual
+    included), value sums, values [B * N]; children (-1: none yet), priors [B * N, K]; leaf
+    [B * N] (a walk stops there); vloss [B * N] (written: ``virtual_loss`` on each node the
+    walk enters); base [B] (each tree's node 0), at [B] the roots, active [B]. One level per
+    loop over all trees: rows [B, K] of each table; each tree's flat indices are its own, so
+    a level's writes never collide. Returns (node [B], new [B]: the walk ended on an edge
+    without a node, action [B]: that edge)."""
+    xp = _xp(at)
+    if virtual_loss:
+        vloss[at] += virtual_loss * active
+    stop = ~active | leaf[at]
+    new = stop & False
+    action = at * 0
     while not bool(stop.all()):
-        kids = children.index_select(0, at)                               # [B, K] node ids, -1: none yet
-        flat = base[:, None] + kids.clamp(min=0)                          # [B, K]
-        n = visits.take(flat) * (kids >= 0)
-        a = puct_scores(n, value_sum.take(flat), prior.index_select(0, at), value.index_select(0, at),
-                        c_puct).argmax(1)                                 # [B]
-        child = kids.gather(1, a[:, None]).squeeze(1)
+        kids = children[at]                                               # [B, K] node ids, -1: none yet
+        flat = base[:, None] + kids.clip(min=0)                           # [B, K]
+        n = visits[flat] * (kids >= 0)
+        a = puct_scores(n, value_sum[flat], prior[at], value[at], c_puct).argmax(1)  # [B]
+        child = kids[xp.arange(len(a)), a] if xp is np else kids.gather(1, a[:, None]).squeeze(1)
         fresh = (child < 0) & ~stop
-        new, action = new | fresh, torch.where(fresh, a, action)
+        new, action = new | fresh, xp.where(fresh, a, action)
         done = stop | fresh
-        at = torch.where(done, at, base + child)
-        stop = done | leaf.index_select(0, at)
-    node = at - base
-    return torch.where(new, add_children(tree, node, action, new, eos_id=eos_id), node)
+        at = xp.where(done, at, base + child)
+        if virtual_loss:
+            vloss[at] += virtual_loss * ~done
+        stop = done | leaf[at]
+    return at - base, new, action
 
 
 def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -277,12 +315,6 @@ def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torc
     on = (at >= first[:, None]) & (at < end[:, None]) & active.reshape(B, W).T.reshape(-1, 1)
     which = torch.arange(W * B, device=leaves.device)[:, None].expand(-1, L)
     return (base[:, None] + ids).view(-1), on.view(-1), which.reshape(-1)
-
-
-def add_virtual_loss(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, amount: float) -> None:
-    """Count a pending simulation as ``amount`` visits of value 0 on each path."""
-    nodes, on, _ = _paths(tree, leaves, active)
-    tree.vloss.view(-1).index_add_(0, nodes, on * amount)
 
 
 def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
@@ -325,11 +357,8 @@ def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, eval
 
 def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *, eos_id: int) -> None:
     """One batch of ``leaves_per_call`` simulations per active tree."""
-    leaves = []
-    for _ in range(cfg.leaves_per_call):
-        leaf = select(tree, active, c_puct=cfg.c_puct, eos_id=eos_id)
-        add_virtual_loss(tree, leaf, active, cfg.virtual_loss)
-        leaves.append(leaf)
+    leaves = [select(tree, active, c_puct=cfg.c_puct, eos_id=eos_id, virtual_loss=cfg.virtual_loss)
+              for _ in range(cfg.leaves_per_call)]
     stacked = torch.stack(leaves, 1)  # [B, W]
     evaluate_leaves(tree, stacked, active[:, None].expand_as(stacked), evaluator)
     tree.vloss.zero_()

@@ -215,11 +215,28 @@ class Task(ABC):
                             edit_distance=np.where(correct, 0.0, scores.edit_distance))
         if not (self.has_step_checker and (self.check_steps or with_steps)):
             return scores
-        # a scratchpad with no steps, or with any false one, is not a sound derivation
-        sound = np.array([len(labels) > 0 and bool(labels.all()) for labels in self.step_labels(problems, completions)],
-                         dtype=bool)
+        sound = self._sound(problems, completions)
         exact = scores.exact & sound if self.check_steps else scores.exact
         return Scores(exact, scores.token_accuracy, scores.edit_distance, false_step=scores.exact & ~sound)
+
+    def verdicts(self, problems: Sequence[Problem], completions: Sequence[str]) -> np.ndarray:
+        """``verify_batch(...).exact`` [B] bool without the graded scores (their edit
+        distances are most of a verifier call's time): what training labels and the search's
+        terminal states read."""
+        answers = [extract_answer(c) for c in completions]
+        correct = self.check_answers(problems, answers)
+        if correct is None:  # correct means "equals the gold answer"
+            correct = np.array(answers, dtype=object) == np.array([p.answer for p in problems], dtype=object)
+            correct = correct.astype(bool).reshape(len(answers))
+        if self.has_step_checker and self.check_steps:
+            correct = correct & self._sound(problems, completions)
+        return correct
+
+    def _sound(self, problems: Sequence[Problem], completions: Sequence[str]) -> np.ndarray:
+        """[B] bool: a scratchpad with steps, every one of them true."""
+        # a scratchpad with no steps, or with any false one, is not a sound derivation
+        return np.array([len(labels) > 0 and bool(labels.all()) for labels in self.step_labels(problems, completions)],
+                        dtype=bool)
 
     def verify(self, problem: Problem, completion: str) -> Score:
         return self.verify_batch([problem], [completion])[0]

@@ -98,7 +98,7 @@ def search_completions(model: TransformerLM, reward_net, task: Task, problems: S
         ids = TOKENIZER.encode_prompts([p.prompt for p in chunk])
 
         def exact(rows, completions, chunk=chunk):
-            return task.verify_batch([chunk[r] for r in rows], completions).exact
+            return task.verdicts([chunk[r] for r in rows], completions)
 
         ev = PolicyValueEvaluator(model, reward_net, top_k=cfg.top_k, terminal=cfg.terminal_value,
                                   verifier=state_verifier([len(i) for i in ids], exact), kv_cache=cfg.kv_cache)
@@ -114,7 +114,7 @@ def sampled_scores(task: Task, problems: Sequence[Problem], completions: Sequenc
                    split: str) -> Sampled:
     """pass@k and maj@k from ``n`` completions per problem, problem-major ([P * n])."""
     P = len(problems)
-    correct = task.verify_batch([p for p in problems for _ in range(n)], completions).exact.reshape(P, n)
+    correct = task.verdicts([p for p in problems for _ in range(n)], completions).reshape(P, n)
     _, ids = np.unique(np.array([extract_answer(c) for c in completions], dtype=object).astype(str),
                        return_inverse=True)
     answers = ids.reshape(P, n)

@@ -54,7 +54,7 @@ class Oracle:
         self._task, self._problems = task, problems
 
     def __call__(self, rows: np.ndarray, completions) -> np.ndarray:
-        return self._task.verify_batch([self._problems[r] for r in rows], completions).exact.astype(np.float64)
+        return self._task.verdicts([self._problems[r] for r in rows], completions).astype(np.float64)
 
 
 @dataclass(frozen=True)
