@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from emergent.envs.tokenizer import TOKENIZER
 
 from .search import Expansion, SearchOutput, States, Tree
-from .tree_kv import TreeKV
+from .tree_kv import TreeKV, TreePlan
 
 
 def state_verifier(prompt_lengths: Sequence[int], score: Callable[[np.ndarray, list[str]], np.ndarray]):
@@ -57,6 +57,7 @@ class PolicyValueEvaluator:
         self.kv_cache = kv_cache
         self.kv: dict[str, TreeKV] = {}
         self.prompt_hidden: dict[str, torch.Tensor] = {}  # [B, C] per network: node 0's state
+        self._planned: tuple[States, TreePlan] | None = None  # the last states' plan, shared by both networks
         self.flops = 0.0
         self.calls = 0
 
@@ -71,6 +72,7 @@ class PolicyValueEvaluator:
         """A search over ``tree``'s prompts starts: with ``kv_cache``, run each prompt once."""
         self.kv.clear()
         self.prompt_hidden.clear()
+        self._planned = None
         if not self.kv_cache:
             return
         B, P = tree.batch, int(tree.length[:, 0].max())
@@ -88,7 +90,9 @@ class PolicyValueEvaluator:
         if bool(root.all()):
             return self.prompt_hidden[name][states.rows]
         new = States(*(t[~root] for t in states)) if bool(root.any()) else states
-        out = kv.extend(new)                                             # [m, C]
+        if self._planned is None or self._planned[0] is not states:  # expand and _value pass the same states
+            self._planned = (states, kv.plan(new))
+        out = kv.extend(new, self._planned[1])                          # [m, C]
         self.flops += flops(kv.context, backward=False) * len(new.rows)  # keys each query row attends over
         if new is states:
             return out

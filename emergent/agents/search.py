@@ -184,6 +184,12 @@ def _xp(x):
     return torch if isinstance(x, torch.Tensor) else np
 
 
+def _at_least(x, low):
+    """max(x, low) elementwise, in x's dtype (numpy's ``clip`` method is a Python wrapper
+    that costs more than the ufunc; torch has no ``maximum`` with a scalar)."""
+    return x.clamp(min=low) if isinstance(x, torch.Tensor) else np.maximum(x, low)
+
+
 def puct_scores(n, w, prior, fpu, c_puct: float):
     """Q + U for the K children of one node per tree [B, K], from their visits ``n`` (virtual
     visits included, 0 where a child does not exist), value sums ``w``, priors, and the
@@ -191,9 +197,9 @@ def puct_scores(n, w, prior, fpu, c_puct: float):
     urgency at the parent's estimate); virtual visits count as visits with value 0.
     Torch tensors or numpy arrays: the same float32 operations, the same results."""
     xp = _xp(n)
-    q = xp.where(n > 0, w / n.clip(min=1e-9), fpu[:, None])
+    q = xp.where(n > 0, w / _at_least(n, 1e-9), fpu[:, None])
     n_parent = n.sum(1)[:, None]
-    u = c_puct * prior * xp.sqrt(n_parent.clip(min=1.0)) / (1.0 + n)
+    u = c_puct * prior * xp.sqrt(_at_least(n_parent, 1.0)) / (1.0 + n)
     return q + u
 
 
@@ -279,7 +285,7 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     action = at * 0
     while not bool(stop.all()):
         kids = children[at]                                               # [B, K] node ids, -1: none yet
-        flat = base[:, None] + kids.clip(min=0)                           # [B, K]
+        flat = base[:, None] + _at_least(kids, 0)                         # [B, K]
         n = visits[flat] * (kids >= 0)
         a = puct_scores(n, value_sum[flat], prior[at], value[at], c_puct).argmax(1)  # [B]
         child = kids[xp.arange(len(a)), a] if xp is np else kids.gather(1, a[:, None]).squeeze(1)

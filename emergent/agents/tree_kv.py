@@ -28,6 +28,8 @@ the input, RoPE to each key) when each key was computed.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .model import TransformerLM
@@ -41,6 +43,21 @@ def _rank_in_group(group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(group)
     rank[order] = torch.arange(len(group), device=group.device) - (counts.cumsum(0) - counts)[group[order]]
     return rank
+
+
+class TreePlan(NamedTuple):
+    """Where M states' queries sit and which keys each sees: a function of the tree and the
+    states only, so the policy's and the reward net's ``TreeKV`` share one per call."""
+    trees: torch.Tensor   # [T'] the trees with states
+    rows: torch.Tensor    # [M] each state's tree
+    nodes: torch.Tensor   # [M] its node
+    inv: torch.Tensor     # [M] its tree's index in ``trees``
+    slot: torch.Tensor    # [M] its query slot in that tree's row
+    slots: torch.Tensor   # [T', S] the key slots each tree's row attends over
+    mask: torch.Tensor    # [T', W, S] bool: which of them each query sees
+    ids: torch.Tensor     # [T', W] the new token of each query (0 in empty slots)
+    pos: torch.Tensor     # [T', W] its position
+    context: int          # keys one query attends over, at most (for the FLOP count)
 
 
 class TreeKV:
@@ -61,8 +78,7 @@ class TreeKV:
         self.k: torch.Tensor | None = None  # [L, B, N + P, H, D], in the dtype the layers compute in
         self.v: torch.Tensor | None = None
         self.prompt_valid: torch.Tensor | None = None  # [B, P]
-        # what ``update`` needs during one forward (set by ``extend``)
-        self._trees = self._rows = self._nodes = self._inv = self._slot = self._slots = None
+        self._plan: TreePlan | None = None  # what ``update`` needs during one forward (set by ``extend``)
         self.context = 0
         self.length = 0  # read by TransformerLM.hidden, as for any cache (its explicit mask makes it moot)
 
@@ -86,12 +102,20 @@ class TreeKV:
         return h[torch.arange(B, device=x.device), self.prompt_len - 1]
 
     @torch.no_grad()
-    def extend(self, states: States) -> torch.Tensor:
+    def extend(self, states: States, plan: TreePlan | None = None) -> torch.Tensor:
         """The final-norm hidden state [M, C] after each state's last token (each state a
         descendant of its tree's root, not the prompt): one token per state through the
-        network; its keys and values are kept at its node.
+        network; its keys and values are kept at its node. ``plan``: ``self.plan(states)``,
+        when another network's ``TreeKV`` over the same tree has made it already."""
+        p = plan if plan is not None else self.plan(states)
+        self._plan = p
+        h = self.model.hidden(p.ids, p.pos, None, self, attn_mask=p.mask[:, None])  # [T', W, C]
+        self.context = p.context
+        return h[p.inv, p.slot]
 
-        Tree attention: the states of one tree run as one row of queries [W], over one set
+    @torch.no_grad()
+    def plan(self, states: States) -> TreePlan:
+        """Tree attention: the states of one tree run as one row of queries [W], over one set
         of keys: the prompt, the path to the tree's root (shared by all its states), and the
         union of the nodes on its states' paths below the root, each query masked to its own
         path. Keys gathered per tree: P + R + U (U <= W x G), not W x (P + R + G).
@@ -131,17 +155,14 @@ class TreeKV:
         at = (self.tree.length[trees[:, None], union] - 1).clamp(min=0)                 # [T', U] u's position
         sees = (paths.gather(2, at[:, None, :].expand(T, W, U)) == union[:, None, :]) & union_valid[:, None, :]
         prompt = (self.N + torch.arange(self.P, device=dev)).expand(T, self.P)
-        self._slots = torch.cat([prompt, path.clamp(min=0), union], 1)                  # [T', S]
+        slots = torch.cat([prompt, path.clamp(min=0), union], 1)                        # [T', S]
         shared = torch.cat([self.prompt_valid[trees], path_valid], 1)                   # [T', P + R]
         mask = torch.cat([shared[:, None, :].expand(T, W, -1), sees], 2)                # [T', W, S]
         mask[:, :, 0] |= ~mask.any(2)  # an empty query slot sees one key: no row of the softmax is empty
         ids = torch.zeros(T, W, dtype=torch.long, device=dev)
         pos = torch.zeros(T, W, dtype=torch.long, device=dev)
         ids[inv, slot], pos[inv, slot] = tok, last
-        self._trees, self._rows, self._nodes, self._inv, self._slot = trees, states.rows, states.nodes, inv, slot
-        h = self.model.hidden(ids, pos, None, self, attn_mask=mask[:, None])           # [T', W, C]
-        self.context = self.P + R + G  # keys one query attends over, at most (for the FLOP count)
-        return h[inv, slot]
+        return TreePlan(trees, states.rows, states.nodes, inv, slot, slots, mask, ids, pos, self.P + R + G)
 
     def advance(self, T: int) -> None:
         pass  # positions live in the tree, not in a running length
@@ -153,11 +174,12 @@ class TreeKV:
         gather of these tables costs several times as much."""
         if self.k is None:
             self._allocate(k)
-        T, S = self._slots.shape
+        p = self._plan
+        T, S = p.slots.shape
         _, B, NP, H, D = self.k.shape
         out = []
         for table, new in ((self.k[layer].view(B * NP, H, D), k), (self.v[layer].view(B * NP, H, D), v)):
-            table.index_copy_(0, self._rows * NP + self._nodes, new.transpose(1, 2)[self._inv, self._slot])  # [M, H, D]
-            out.append(table.index_select(0, (self._trees[:, None] * NP + self._slots).view(-1))
+            table.index_copy_(0, p.rows * NP + p.nodes, new.transpose(1, 2)[p.inv, p.slot])  # [M, H, D]
+            out.append(table.index_select(0, (p.trees[:, None] * NP + p.slots).view(-1))
                        .view(T, S, H, D).transpose(1, 2))
         return out[0], out[1]
