@@ -195,7 +195,7 @@ def profile_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int) -
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    key = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for static in (False, True):
         with profile(activities=acts) as prof:
             _timed_generate(cfg, device, batch=batch, new_tokens=new_tokens, eos_id=-1, pad_id=TOKENIZER.pad_id,
