@@ -219,7 +219,12 @@ def test_cached_leaf_evaluation_equals_recomputing_every_prefix(pos):
     assert cached.calls == uncached.calls and cached.flops < uncached.flops / 2
 
 
-def test_cached_and_recomputed_search_make_the_same_tree_in_fp64():
+def test_cached_and_recomputed_search_make_the_same_tree_in_fp64(monkeypatch):
+    # the key tables start uninitialised: filled with NaN here, any slot read before it was
+    # written would poison priors and values, and the trees would differ
+    from emergent.agents.tree_kv import TreeKV
+
+    monkeypatch.setattr(TreeKV, "poison", float("nan"))
     policy, value = tiny_networks("learned", torch.float64)
     a, _ = searched(policy, value, kv_cache=True)
     b, _ = searched(policy, value, kv_cache=False)
