@@ -12,9 +12,12 @@ Prints:
              leaves_per_call 8, the reward net valuing leaves, the verifier terminal
              states) vs a sampled trace of the same prompts (one KV-cached generate call,
              the fastest of 5),
-             per-node key cache on (the default) and off (the full-prefix reference), and
-             with the cache but no value network (priors only): wall time, the ratio, and
-             simulations/s; at L2 d128 (countdown) and L8 d512
+             per-node key cache on (the default), with the cache but no value network
+             (priors only), and with --reference the full-prefix path: wall time, the ratio,
+             and simulations/s; at L2 d128 (countdown) and L8 d512
+  where      where one searched batch's time goes (each part timed with a device sync
+             around it): the selection walk, node creation, leaf evaluation (the networks'
+             forwards, the attention plan, the verifier), backups
 """
 from __future__ import annotations
 
@@ -145,12 +148,50 @@ def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, c
     return {"sampled_s": sampled, "searched_s": took, "ratio": took / sampled, "sims_per_s": sims / took}
 
 
+def where_the_time_goes(cfg: ModelConfig, problems, device, *, checkpoint: str | None) -> dict[str, float]:
+    """One searched batch with a timer (and a device sync) around each part of a simulation."""
+    import emergent.agents.policy_value as pv
+    import emergent.agents.search as S
+    import emergent.agents.tree_kv as tkv
+
+    spent: dict[str, float] = {}
+
+    def timed(owner, name, label):
+        f = getattr(owner, name)
+
+        def g(*a, **kw):
+            sync(device)
+            t0 = time.perf_counter()
+            try:
+                return f(*a, **kw)
+            finally:
+                sync(device)
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+        setattr(owner, name, g)
+        return owner, name, f
+
+    labels = ["select (walk + node creation)", "node creation", "leaf evaluation", "network forwards",
+              "attention plan", "terminal values (verifier)", "backup"]
+    saved = [timed(S, "select", "select (walk + node creation)"), timed(S, "add_children", "  node creation"),
+             timed(S, "evaluate_leaves", "leaf evaluation"), timed(tkv.TreeKV, "extend", "  network forwards"),
+             timed(tkv.TreeKV, "plan", "  attention plan"), timed(pv.PolicyValueEvaluator, "terminal_value",
+                                                                     "  terminal values (verifier)"),
+             timed(S, "backup", "backup")]
+    try:
+        r = searched_vs_sampled(cfg, problems, device, kv_cache=True, checkpoint=checkpoint)
+    finally:
+        for owner, name, f in saved:
+            setattr(owner, name, f)
+    return {"total": r["searched_s"], **{k.strip(): spent[k] for k in sorted(spent, key=lambda k: labels.index(k.strip()))}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--checkpoint", default=None, help="a countdown policy (L2 d128) to search with")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes", default=None, help="default: L2d128,L8d512 on CUDA, L2d128 on CPU")
+    ap.add_argument("--reference", action="store_true", help="also time the full-prefix path (search.kv_cache=false)")
     args = ap.parse_args()
     device = torch.device(args.device)
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
@@ -169,11 +210,14 @@ def main() -> None:
         layers, width = (int(x) for x in size[1:].split("d"))
         cfg = ModelConfig(n_layer=layers, n_head=max(4, width // 64), d_model=width, max_len=64)
         ckpt = args.checkpoint if (layers, width) == (2, 128) else None
-        for kv, value_net in ((True, True), (False, True), (True, False)):
+        for kv, value_net in ((True, True), (True, False)) + (((False, True),) if args.reference else ()):
             r = searched_vs_sampled(cfg, problems, device, kv_cache=kv, checkpoint=ckpt, value_net=value_net)
             print(f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}"
                   f"{'' if value_net else ' no value net'}: sampled {r['sampled_s']:.3f} s, "
                   f"searched {r['searched_s']:.2f} s, ratio {r['ratio']:.0f}x, {r['sims_per_s']:,.0f} simulations/s")
+        parts = where_the_time_goes(cfg, problems, device, checkpoint=ckpt)
+        print(f"  {size} where the time goes (timed with syncs: {parts.pop('total'):.2f} s in all): "
+              + ", ".join(f"{k.strip()} {v:.2f} s" for k, v in parts.items()))
 
 
 if __name__ == "__main__":
