@@ -21,7 +21,10 @@ depend on which worker is faster. Bounded staleness: at most ``ray.max_staleness
 batches are in flight (by default ``workers - 1``: one per worker), so a consumed batch is
 at most ``max_staleness`` versions old; one
 that is older anyway (a guard) is discarded: the ledger counts its FLOPs, no replay sees
-its traces.
+its traces. The driver runs one batch ahead of the learner: it submits batch k's consume
+and the freed worker's next batch, then waits for batch k - 1's result, so the learner
+never idles for a driver round trip (a batch submitted after the run is done is not
+learned from, nor counted).
 
 Faults: a trace worker that dies is restarted by Ray (``ray.max_restarts``); the batch it
 was writing is dropped (its problems are simply not trained on) and the worker gets a new
@@ -98,10 +101,12 @@ class LearnerActor:
         self.discarded: list[int] = []           # batch ids too stale to learn from
         self.batch_flops: dict[str, float] = {}  # what the consumed batches cost to collect
         self.export_s = 0.0
+        self.idle_since = time.perf_counter()    # when the learner last finished a consume (or started)
 
     def start(self) -> dict:
         if self.run.step == 0:
             self.run.evaluate()
+        self.idle_since = time.perf_counter()
         return {"step": self.run.step, "done": self.run.done, "publishes": self.publishes}
 
     def next_problems(self) -> list:
@@ -112,12 +117,16 @@ class LearnerActor:
         out = {"version": self.run.step,
                **{name: to_numpy(m.state_dict()) for name, m in self.run.experiment.method.networks().items()}}
         self.export_s = time.perf_counter() - t0
+        self.idle_since = time.perf_counter()  # exporting is the learner's work, not a wait for data
         return out
 
-    def consume(self, collected: Collected, info: dict, wait_s: float) -> dict:
+    def consume(self, collected: Collected, info: dict) -> dict:
         if info["batch_id"] in self.consumed:  # never twice: replay and ledger count each batch once
             return {"step": self.run.step, "duplicate": True, "done": self.run.done}
+        if self.run.done:  # the driver submits one batch ahead; one that arrives after the end is not learned
+            return {"step": self.run.step, "late": True, "done": True}
         t0 = time.perf_counter()
+        wait_s = t0 - self.idle_since  # the learner's idle gap before this batch: its wait for data
         staleness = self.run.step - collected.version
         step = self.run.experiment.consume(collected)
         experience = collected.experience
@@ -129,6 +138,7 @@ class LearnerActor:
         timing = BatchTiming(busy_s=info["busy_s"], sync_s=info["sync_s"] + self.export_s, staleness=staleness,
                              workers=self.workers, wait_s=wait_s)
         self.run.record(step, time.perf_counter() - t0 + wait_s, timing)
+        self.idle_since = time.perf_counter()
         return {"step": self.run.step, "staleness": staleness, "done": self.run.done}
 
     def discard(self, collected: Collected, info: dict) -> None:
@@ -192,19 +202,25 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
     pending: deque = deque()                     # (ref, worker index, batch id), in dispatch order
     idle = deque(range(r.workers))
     next_id, dropped = 0, 0
+    step = state["step"]   # the learner's step once every consume submitted so far has run
+    learning = None        # the consume submitted last, not yet awaited
 
     def dispatch() -> None:
         nonlocal next_id
         while idle and len(pending) < in_flight_cap:
             w = idle.popleft()
             problems = learner.next_problems.remote()  # passed on by reference
-            pending.append((workers[w].collect.remote(weights, problems, next_id, state["step"]), w, next_id))
+            pending.append((workers[w].collect.remote(weights, problems, next_id, step), w, next_id))
             next_id += 1
 
+    # Pipelined: the driver hands the learner batch k and the freed worker its next batch,
+    # then waits for batch k - 1's consume, never for batch k's. The learner's queue (actor
+    # calls run in submission order: consume, then its new weights, then the next problems)
+    # is never empty for a driver round trip, and a worker's batch waits only for the
+    # weights it must read. A consume submitted after the run is done learns nothing.
     dispatch()
     while not state["done"]:
         ref, w, batch_id = pending.popleft()  # the oldest batch: consumed in dispatch order
-        t_wait = time.perf_counter()
         try:
             collected, info = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
@@ -216,14 +232,19 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
             dispatch()
             continue
         idle.append(w)
-        if state["step"] - collected.version > r.max_staleness:  # too old to learn from
+        if step - collected.version > r.max_staleness:  # too old to learn from (a guard)
             learner.discard.remote(collected, info)
             dispatch()
             continue
-        state = ray.get(learner.consume.remote(collected, info, time.perf_counter() - t_wait))
+        previous, learning = learning, learner.consume.remote(collected, info)
+        step += 1
         if publishes:
-            weights = learner.weights.remote()  # a new version after every update
+            weights = learner.weights.remote()  # the version after this consume: a new one per update
         dispatch()
+        if previous is not None:
+            state = ray.get(previous)
+    if learning is not None:
+        ray.get(learning)  # a consume submitted after the run was done: it learned nothing
     for ref, _, _ in pending:  # batches still being written are not needed
         ray.cancel(ref, force=False)
     final = ray.get(learner.close.remote())
