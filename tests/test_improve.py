@@ -229,6 +229,36 @@ def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target
     assert moved == (confident == 1.0) and (out.flops[tags.TRAIN] > 0) == moved
 
 
+def test_alphazero_learn_from_solved_learns_the_accepted_searched_traces_by_maximum_likelihood(tmp_path):
+    # a verifier that accepts every other trace: the replay holds exactly the accepted
+    # (finished) ones, without search targets, and one update is the NLL of a draw of them
+    from emergent.agents.supervised import completion_nll
+    from emergent.agents.token_batch import encode_batch
+    from emergent.envs import TOKENIZER
+
+    exp = Experiment(load_config(None, [*small("alphazero"), "improve.learn_from=solved", "improve.updates_per_iter=1",
+                                        "reward.updates_per_iter=0", f"logdir={tmp_path}"]))
+    with torch.no_grad():
+        exp.model.wte.weight[TOKENIZER.eos_id] *= 8  # an untrained policy: make traces end
+    problems = exp.next_problems()
+    batch = exp.method.collect(Prompts([p.prompt for p in problems], lambda rows, comps: (np.asarray(rows) % 2 == 0)))
+    accepted = batch.accepted
+    assert accepted.any() and not accepted.all()
+    exp.method.remember(batch)
+    kept = exp.method.replay.items
+    assert {(t.prompt, t.completion) for t in kept} == {(batch.prompt_of[i], batch.completions[i])
+                                                         for i in np.flatnonzero(accepted)}
+    assert all(t.target is None for t in kept)
+    rng_state = exp.method.np_rng.bit_generator.state  # the draw improve will make
+    draw = exp.method.replay.sample(exp.method.np_rng, exp.cfg.improve.train_batch)
+    exp.method.np_rng.bit_generator.state = rng_state
+    enc = encode_batch(TOKENIZER, [t.prompt for t in draw], [t.completion for t in draw], exp.model.cfg.max_len)
+    with torch.no_grad():
+        expected = float(completion_nll(exp.model, enc.to(exp.device)))
+    updates, _ = exp.method.improve(batch)
+    assert len(updates) == 1 and abs(float(updates[0].loss) - expected) < 1e-5
+
+
 def test_policy_gradient_takes_updates_per_iter_steps_on_its_schedule(tmp_path):
     """``improve.updates_per_iter`` clipped steps per iteration, and the schedule is
     stretched over exactly the steps taken: the run ends where the schedule does."""

@@ -17,13 +17,15 @@ from .learner import Update, autocast
 from .method import SelfImprover, register_method
 from .policy_value import PolicyValueEvaluator, output_completions, state_verifier
 from .records import Experience, Prompts, Replay, Trace
+from .expert_iteration import replay_nll_updates
 from .search import search
 
 
 @register_method
 class AlphaZero(SelfImprover):
     name = "alphazero"
-    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, "improve.replay_size", "improve.train_batch", "search.*")
+    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, "improve.replay_size", "improve.train_batch",
+                                        "improve.learn_from", "search.*")
 
     def __init__(self, policy, cfg, device) -> None:
         super().__init__(policy, cfg, device)
@@ -58,12 +60,18 @@ class AlphaZero(SelfImprover):
 
     def remember(self, experience: Experience) -> None:
         prompts = experience.prompt_of
+        if self.cfg.learn_from == "solved":  # the accepted traces, learned token by token
+            self.replay.add(Trace(prompts[i], experience.completions[i]) for i in np.flatnonzero(experience.accepted))
+            return
         self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i]), experience.targets[i])
                         for i in range(experience.size))
 
     def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
         """Cross-entropy of the policy's next-token distributions to the improved policy,
-        at the searched moves of a draw from the replay; a draw with none takes no step."""
+        at the searched moves of a draw from the replay; a draw with none takes no step.
+        ``improve.learn_from=solved``: maximum likelihood of accepted searched traces."""
+        if self.cfg.learn_from == "solved":
+            return replay_nll_updates(self), {}
         updates = []
         for _ in range(self.cfg.updates_per_iter):
             items = self.replay.sample(self.np_rng, self.cfg.train_batch)

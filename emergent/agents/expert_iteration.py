@@ -53,12 +53,18 @@ class ExpertIteration(SelfImprover):
         self.replay.add(kept)
 
     def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
-        updates = []
-        for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
-            items = self.replay.sample(self.np_rng, self.cfg.train_batch)
-            batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
-                                 self.policy.cfg.max_len).to(self.device)
-            B, T = batch.inputs.shape
-            updates.append(self.learner.step(lambda b=batch: completion_nll(self.policy, b), tokens=B * T,
-                                             flops=self.policy.flops_per_token(T, backward=True) * B * T))
-        return updates, {}
+        return replay_nll_updates(self), {}
+
+
+def replay_nll_updates(method: SelfImprover) -> list[Update]:
+    """``improve.updates_per_iter`` maximum-likelihood steps on draws from ``method.replay``
+    (none while it is empty)."""
+    updates = []
+    for _ in range(method.cfg.updates_per_iter if len(method.replay) else 0):
+        items = method.replay.sample(method.np_rng, method.cfg.train_batch)
+        batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
+                             method.policy.cfg.max_len).to(method.device)
+        B, T = batch.inputs.shape
+        updates.append(method.learner.step(lambda b=batch: completion_nll(method.policy, b), tokens=B * T,
+                                           flops=method.policy.flops_per_token(T, backward=True) * B * T))
+    return updates

@@ -36,6 +36,7 @@ from .rollouts import Rollouts, majority_labels, sample_rollouts
 LABEL_SOURCES = ("verifier", "reward_net", "majority_vote")
 REWARD_SOURCES = ("verifier", "reward_net")
 BASELINES = ("group", "value")
+LEARN_FROM = ("all", "solved")
 
 
 @dataclass
@@ -54,11 +55,16 @@ class ImproveConfig:
     updates_per_iter: int = 1        # policy steps per iteration (policy_gradient: clipped steps on one batch)
     clip_ratio: float = 0.2          # policy_gradient: PPO/GRPO clip of the probability ratio (acts from the 2nd step)
     init_from: Optional[str] = None  # a checkpoint to start from (e.g. a supervised run)
+    # alphazero: all = cross-entropy to the search's improved policy at the searched moves of
+    # every trace (AlphaZero); solved = maximum likelihood of the traces the verifier accepted,
+    # every move's chosen token the target (expert iteration with the search as the expert)
+    learn_from: str = "all"
 
     def validate(self) -> None:
         for key, value, choices in (("label_source", self.label_source, LABEL_SOURCES),
                                     ("reward_source", self.reward_source, REWARD_SOURCES),
-                                    ("baseline", self.baseline, BASELINES)):
+                                    ("baseline", self.baseline, BASELINES),
+                                    ("learn_from", self.learn_from, LEARN_FROM)):
             if value not in choices:
                 raise ValueError(f"improve.{key}={value!r} is not valid; choose one of {list(choices)}")
         if self.problems_per_iter < 1 or self.samples < 1 or self.updates_per_iter < 1:
