@@ -2,7 +2,9 @@
 # Issue 12 item 6 on one GPU, as one prepared device run (about 7 minutes): from the
 # 4,000-gold countdown warm start, does the committed alphazero config raise greedy test
 # exact match by >= 8 points within 5 minutes? Three seeds run side by side on the one card
-# (small models: they share it), with one expert-iteration run beside them as the reference.
+# (small models: they share it), beside three of improve.learn_from=solved (maximum likelihood
+# of the accepted searched traces, at expert iteration's lr) and one expert-iteration run, the
+# reference.
 #   run(command="bash benchmarks/gpu_alphazero.sh", carry=[".whl"], timeout_s=560)
 # The warm start is trained first (about 40 s on an H100) unless runs/countdown/ is carried.
 set -uo pipefail
@@ -19,6 +21,9 @@ fi
 for s in 0 1 2; do
   timeout 420 python3 -m emergent train configs/countdown_alphazero.yaml device=cuda seed=$s train.time_limit_s=300 \
     train.steps=100000 progress=false logdir="$OUT/runs" run_name=alphazero_s$s > "$OUT/alphazero_s$s.log" 2>&1 &
+  timeout 420 python3 -m emergent train configs/countdown_alphazero.yaml device=cuda seed=$s train.time_limit_s=300 \
+    train.steps=100000 improve.learn_from=solved optim.lr=3e-4 optim.min_lr=3e-4 progress=false logdir="$OUT/runs" \
+    run_name=alphazero_solved_s$s > "$OUT/alphazero_solved_s$s.log" 2>&1 &
 done
 timeout 420 python3 -m emergent train configs/countdown_expert_iteration.yaml device=cuda seed=0 train.time_limit_s=300 \
   train.steps=100000 progress=false logdir="$OUT/runs" run_name=expert_iteration_s0 > "$OUT/expert_iteration_s0.log" 2>&1 &
