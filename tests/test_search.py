@@ -273,3 +273,31 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
     assert torch.equal(vloss, vloss2)
     assert bool((node != tree.root)[active].any()) and torch.equal(node[~active], tree.root[~active])
     assert float((vloss - tree.vloss.view(-1)).sum()) >= 6  # each active walk marked its path
+
+
+def test_node_creation_is_the_same_in_torch_and_in_numpy():
+    """Node creation runs on numpy views on CPU and in torch on CUDA: from the same tree, both
+    add the same children and return the same child indices."""
+    from emergent.agents.search import _add_children
+
+    tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=12)
+    B, N, L = tree.tokens.shape
+    K = tree.children.shape[2]
+    nodes = tree.num_nodes - 1  # each tree's newest node: no children yet
+    actions = torch.tensor([0, 1, 2, 3])
+    create = (tree.children[torch.arange(B), nodes, actions] < 0) & torch.tensor([True, True, False, True])
+    assert create.any()
+
+    def make(numpy: bool):
+        t = {k: v.clone() for k, v in (("tokens", tree.tokens), ("node_at", tree.node_at), ("length", tree.length),
+                                       ("children", tree.children), ("child_token", tree.child_token),
+                                       ("terminal", tree.terminal), ("num_nodes", tree.num_nodes))}
+        flat = [t["tokens"].view(B * N, L), t["node_at"].view(B * N, L), t["length"].view(-1),
+                t["children"].view(B * N, K), t["child_token"].view(B * N, K), t["terminal"].view(-1), t["num_nodes"],
+                nodes, actions, create]
+        child = _add_children(*(x.numpy() for x in flat) if numpy else flat, eos_id=EOS)
+        return torch.as_tensor(child), t
+
+    (c1, t1), (c2, t2) = make(False), make(True)
+    assert torch.equal(c1, c2) and all(torch.equal(t1[k], t2[k]) for k in t1)
+    assert torch.equal(t1["num_nodes"], tree.num_nodes + create.long())

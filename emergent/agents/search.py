@@ -208,30 +208,44 @@ def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create:
     """Create the child of ``nodes`` [B] along ``actions`` [B] where ``create`` [B] holds.
 
     Returns the child index per tree [B] (the existing child, or the new node). Rows are
-    read and written through flat [B * N] views with index tensors (one ``nonzero``)."""
+    read and written through flat [B * N] views; on CPU as numpy views of the same memory,
+    as the selection walk (a call is some 20 small gathers and scatters)."""
     B, N, L = tree.tokens.shape
     K = tree.children.shape[2]
-    children = tree.children.view(B * N, K)
-    child = children[_rows(B, nodes.device) * N + nodes, actions]
-    b = create.nonzero().squeeze(1)                                   # [c] trees that add a node
+    tables = (tree.tokens.view(B * N, L), tree.node_at.view(B * N, L), tree.length.view(-1),
+              tree.children.view(B * N, K), tree.child_token.view(B * N, K), tree.terminal.view(-1), tree.num_nodes)
+    if nodes.device.type == "cpu":
+        return torch.from_numpy(_add_children(*(t.numpy() for t in (*tables, nodes, actions, create)), eos_id=eos_id))
+    return _add_children(*tables, nodes, actions, create, eos_id=eos_id)
+
+
+def _add_children(tokens, node_at, length, children, child_token, terminal, num_nodes, nodes, actions, create, *,
+                  eos_id: int):
+    """``add_children`` over flat tables (torch tensors or numpy arrays): tokens and node_at
+    [B * N, L], length [B * N], children and child_token [B * N, K], terminal [B * N],
+    num_nodes [B]; returns child [B]."""
+    xp = _xp(nodes)
+    N, L = len(length) // len(nodes), tokens.shape[1]
+    child = children[nodes + xp.arange(len(nodes)) * N, actions]
+    b = create.nonzero()[0] if xp is np else create.nonzero().squeeze(1)  # [c] trees that add a node
     if len(b) == 0:
         return child
-    a, new = actions[b], tree.num_nodes[b]
+    a, new = actions[b], num_nodes[b]
     if bool((new >= N).any()):
         raise RuntimeError("search tree is full; raise its capacity")
     parent, made = b * N + nodes[b], b * N + new                      # [c] flat indices
-    tok = tree.child_token.view(B * N, K)[parent, a]
-    n = tree.length.view(-1)[parent]                                  # [c] the position the token takes
-    c = torch.arange(len(b), device=b.device)
-    for table, at_n in ((tree.tokens, tok), (tree.node_at, new)):    # the parent's row plus one position
-        rows = table.view(B * N, L).index_select(0, parent)
+    tok = child_token[parent, a]
+    n = length[parent]                                                # [c] the position the token takes
+    c = xp.arange(len(b))
+    for table, at_n in ((tokens, tok), (node_at, new)):               # the parent's row plus one position
+        rows = table[parent]
         rows[c, n] = at_n
-        table.view(B * N, L).index_copy_(0, made, rows)
-    tree.length.view(-1)[made] = n + 1
+        table[made] = rows
+    length[made] = n + 1
     children[parent, a] = new
-    tree.terminal.view(-1)[made] = (tok == eos_id) | (n + 1 >= L)
-    tree.num_nodes[b] += 1
-    child = child.clone()
+    terminal[made] = (tok == eos_id) | (n + 1 >= L)
+    num_nodes[b] += 1
+    child = child.copy() if xp is np else child.clone()
     child[b] = new
     return child
 
@@ -274,34 +288,42 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     included), value sums, values [B * N]; children (-1: none yet), priors [B * N, K]; leaf
     [B * N] (a walk stops there); vloss [B * N] (written: ``virtual_loss`` on each node the
     walk enters); base [B] (each tree's node 0), at [B] the roots, active [B]. One level per
-    loop over all trees: rows [B, K] of each table; each tree's flat indices are its own, so
-    a level's writes never collide. Returns (node [B], new [B]: the walk ended on an edge
-    without a node, action [B]: that edge)."""
+    loop over all trees: rows [B, K] of each table, read with ``take`` (numpy's fastest
+    gather; flat indices, each tree's its own). Returns (node [B], new [B]: the walk ended
+    on an edge without a node, action [B]: that edge)."""
     xp = _xp(at)
+    rows_of = (lambda t, i: t.take(i, axis=0)) if xp is np else (lambda t, i: t.index_select(0, i))
+    K = children.shape[1]
+    row_start = xp.arange(len(at)) * K                                    # [B] flat index of each row of [B, K]
     if virtual_loss:
         vloss[at] += virtual_loss * active
-    stop = ~active | leaf[at]
+    stop = ~active | leaf.take(at)
     new = stop & False
     action = at * 0
+    entered = []                                                          # per level: the node entered, or -1
     while not bool(stop.all()):
-        kids = children[at]                                               # [B, K] node ids, -1: none yet
+        kids = rows_of(children, at)                                      # [B, K] node ids, -1: none yet
         flat = base[:, None] + _at_least(kids, 0)                         # [B, K]
-        n = visits[flat] * (kids >= 0)
-        a = puct_scores(n, value_sum[flat], prior[at], value[at], c_puct).argmax(1)  # [B]
-        child = kids[xp.arange(len(a)), a] if xp is np else kids.gather(1, a[:, None]).squeeze(1)
+        n = visits.take(flat) * (kids >= 0)
+        a = puct_scores(n, value_sum.take(flat), rows_of(prior, at), value.take(at), c_puct).argmax(1)  # [B]
+        child = kids.take(row_start + a)
         fresh = (child < 0) & ~stop
-        new, action = new | fresh, xp.where(fresh, a, action)
+        new |= fresh
+        action = xp.where(fresh, a, action)
         done = stop | fresh
         at = xp.where(done, at, base + child)
-        if virtual_loss:
-            vloss[at] += virtual_loss * ~done
-        stop = done | leaf[at]
+        entered.append(xp.where(done, -1, at))
+        stop = done | leaf.take(at)
+    if virtual_loss and entered:  # one write for the whole walk: a path enters each node once
+        nodes = xp.concatenate(entered)
+        vloss[nodes[nodes >= 0]] += virtual_loss
     return at - base, new, action
 
 
 def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every node on each leaf's path from its tree's root, for leaves [B] or [B, W], as a
-    fixed-shape scatter: (nodes [E], on [E] bool, leaf [E]) with E = W * B * L, ``nodes``
+    fixed-shape scatter: (nodes [E], on [E] bool, leaf [E]) with E = W * B * L (on CPU, L
+    cut to the positions some path spans), ``nodes``
     flat indices into [B * N], ``leaf`` which of the leaves (flattened leaf-major [W * B])
     the entry belongs to. Position t of leaf m's state names the node that wrote it
     (``node_at``; -1, the prompt's, is node 0); the path is the positions from the root's
@@ -314,13 +336,16 @@ def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torc
     W = 1 if leaves.dim() == 1 else leaves.shape[1]
     base = _rows(B, leaves.device).repeat(W) * N                              # [W * B]
     leaf = base + leaves.reshape(B, W).T.reshape(-1)                          # [W * B] flat node index
-    ids = tree.node_at.view(B * N, L).index_select(0, leaf).clamp(min=0)     # [W * B, L]
     first = tree.length.view(-1).index_select(0, base + tree.root.repeat(W)) - 1
     end = tree.length.view(-1).index_select(0, leaf)
-    at = torch.arange(L, device=leaves.device)
+    lo, hi = 0, L
+    if leaves.device.type == "cpu":  # only the positions some path uses (a host read: free on CPU)
+        lo, hi = int(first.min()), max(int(end.max()), int(first.min()) + 1)
+    ids = tree.node_at.view(B * N, L).index_select(0, leaf)[:, lo:hi].clamp(min=0)  # [W * B, hi - lo]
+    at = torch.arange(lo, hi, device=leaves.device)
     on = (at >= first[:, None]) & (at < end[:, None]) & active.reshape(B, W).T.reshape(-1, 1)
-    which = torch.arange(W * B, device=leaves.device)[:, None].expand(-1, L)
-    return (base[:, None] + ids).view(-1), on.view(-1), which.reshape(-1)
+    which = torch.arange(W * B, device=leaves.device)[:, None].expand(-1, hi - lo)
+    return (base[:, None] + ids).reshape(-1), on.reshape(-1), which.reshape(-1)
 
 
 def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
