@@ -362,28 +362,29 @@ def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
 # -- evaluation --------------------------------------------------------------------------------
 
 def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator) -> None:
-    """Expand new non-terminal leaves and value new terminal ones, each state once."""
-    B = tree.batch
-    rows = torch.arange(B, device=leaves.device)[:, None].expand_as(leaves)
-    pending = torch.zeros_like(tree.expanded)
-    pending[rows[active], leaves[active]] = True
-    pending &= ~tree.expanded
-    b, n = pending.nonzero(as_tuple=True)
-    if len(b) == 0:
+    """Expand new non-terminal leaves and value new terminal ones, each state once (in
+    (tree, node) order)."""
+    B, N, L = tree.tokens.shape
+    flat = torch.unique((_rows(B, leaves.device)[:, None] * N + leaves)[active])  # [m] sorted, distinct
+    flat = flat[~tree.expanded.view(-1)[flat]]
+    if len(flat) == 0:
         return
-    term = tree.terminal[b, n]
-    states = lambda rows, nodes: States(rows, nodes, tree.tokens[rows, nodes], tree.length[rows, nodes],  # noqa: E731
-                                        tree.node_at[rows, nodes])
+    term = tree.terminal.view(-1)[flat]
+
+    def states(at: torch.Tensor) -> States:
+        return States(at // N, at % N, tree.tokens.view(B * N, L).index_select(0, at), tree.length.view(-1)[at],
+                      tree.node_at.view(B * N, L).index_select(0, at))
+
     if bool((~term).any()):
-        bb, nn_ = b[~term], n[~term]
-        out = evaluator.expand(states(bb, nn_))
-        tree.prior[bb, nn_] = out.prior.to(tree.prior.dtype)
-        tree.child_token[bb, nn_] = out.child_token
-        tree.value[bb, nn_] = out.value.to(tree.value.dtype)
+        at = flat[~term]
+        out = evaluator.expand(states(at))
+        tree.prior.view(B * N, -1)[at] = out.prior.to(tree.prior.dtype)
+        tree.child_token.view(B * N, -1)[at] = out.child_token
+        tree.value.view(-1)[at] = out.value.to(tree.value.dtype)
     if bool(term.any()):
-        bb, nn_ = b[term], n[term]
-        tree.value[bb, nn_] = evaluator.terminal_value(states(bb, nn_)).to(tree.value.dtype)
-    tree.expanded[b, n] = True
+        at = flat[term]
+        tree.value.view(-1)[at] = evaluator.terminal_value(states(at)).to(tree.value.dtype)
+    tree.expanded.view(-1)[flat] = True
 
 
 def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *, eos_id: int) -> None:
