@@ -19,7 +19,7 @@ WARM=runs/countdown_compare/warm_start_d_model128_seed0/last.pt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 echo "== GPU tests (CUDA graph decode, search on CUDA == CPU in fp64, bf16 paths)"
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -6
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -25
 echo "== generation: batch 1024, 9-token prompts, 64 new tokens; HF generate beside (item 3)"
 timeout 150 python3 benchmarks/throughput.py --no-train --size quickstart --size 25m --size 85m \
   --gen-batch 1024 --new-tokens 64 2>&1 | grep -v "^sample"
