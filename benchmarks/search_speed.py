@@ -170,19 +170,17 @@ def where_the_time_goes(cfg: ModelConfig, problems, device, *, checkpoint: str |
         setattr(owner, name, g)
         return owner, name, f
 
-    labels = ["select (walk + node creation)", "node creation", "leaf evaluation", "network forwards",
-              "attention plan", "terminal values (verifier)", "backup"]
-    saved = [timed(S, "select", "select (walk + node creation)"), timed(S, "add_children", "  node creation"),
-             timed(S, "evaluate_leaves", "leaf evaluation"), timed(tkv.TreeKV, "extend", "  network forwards"),
-             timed(tkv.TreeKV, "plan", "  attention plan"), timed(pv.PolicyValueEvaluator, "terminal_value",
-                                                                     "  terminal values (verifier)"),
-             timed(S, "backup", "backup")]
+    parts = [(S, "select", "select (walk + node creation)"), (S, "add_children", "node creation"),
+             (S, "evaluate_leaves", "leaf evaluation"), (tkv.TreeKV, "extend", "network forwards"),
+             (tkv.TreeKV, "plan", "attention plan"), (pv.PolicyValueEvaluator, "terminal_value",
+                                                      "terminal values (verifier)"), (S, "backup", "backup")]
+    saved = [timed(*part) for part in parts]
     try:
         r = searched_vs_sampled(cfg, problems, device, kv_cache=True, checkpoint=checkpoint)
     finally:
         for owner, name, f in saved:
             setattr(owner, name, f)
-    return {"total": r["searched_s"], **{k.strip(): spent[k] for k in sorted(spent, key=lambda k: labels.index(k.strip()))}}
+    return {"total": r["searched_s"], **{label: spent[label] for _, _, label in parts if label in spent}}
 
 
 def main() -> None:
@@ -220,7 +218,7 @@ def main() -> None:
             continue  # one breakdown (the countdown size) keeps a GPU run short
         parts = where_the_time_goes(cfg, problems, device, checkpoint=ckpt)
         print(f"  {size} where the time goes (timed with syncs: {parts.pop('total'):.2f} s in all): "
-              + ", ".join(f"{k.strip()} {v:.2f} s" for k, v in parts.items()))
+              + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
 
 
 if __name__ == "__main__":

@@ -69,9 +69,7 @@ class KVCache:
         generate call instead of once per step (cuDNN's SDPA planning costs ~0.1 s per
         new shape), and the step is ready for CUDA graphs.
         """
-        if self.k is None:
-            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        self._allocate(k)
         t0, T = self.length, k.shape[2]
         if t0 + T > self.shape[3]:
             raise ValueError(f"KV cache full: {t0}+{T} > {self.shape[3]}")
@@ -85,6 +83,11 @@ class KVCache:
             self.k, self.v = self.k[:, rows], self.v[:, rows]
         self.shape = (self.shape[0], len(rows), *self.shape[2:])
 
+    def _allocate(self, like: torch.Tensor) -> None:
+        """The buffers, on the first write, in the dtype the layers compute in."""
+        if self.k is None:
+            self.k = torch.zeros(self.shape, dtype=like.dtype, device=like.device)
+            self.v = torch.zeros_like(self.k)
 
     def advance(self, T: int) -> None:
         """``T`` tokens were written (``TransformerLM.hidden`` calls this after each forward)."""
@@ -104,9 +107,7 @@ class StaticKVCache(KVCache):
         self.length = torch.zeros((), dtype=torch.long, device=device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
-            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        self._allocate(k)
         at = self.length + torch.arange(k.shape[2], device=k.device)  # [T] positions written
         self.k[layer].index_copy_(2, at, k)
         self.v[layer].index_copy_(2, at, v)

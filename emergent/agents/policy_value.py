@@ -57,7 +57,6 @@ class PolicyValueEvaluator:
         self.kv_cache = kv_cache
         self.kv: dict[str, TreeKV] = {}
         self.prompt_hidden: dict[str, torch.Tensor] = {}  # [B, C] per network: node 0's state
-        self._planned: tuple[States, TreePlan] | None = None  # the last states' plan, shared by both networks
         self.flops = 0.0
         self.calls = 0
 
@@ -72,7 +71,6 @@ class PolicyValueEvaluator:
         """A search over ``tree``'s prompts starts: with ``kv_cache``, run each prompt once."""
         self.kv.clear()
         self.prompt_hidden.clear()
-        self._planned = None
         if not self.kv_cache:
             return
         B, P = tree.batch, int(tree.length[:, 0].max())
@@ -82,17 +80,25 @@ class PolicyValueEvaluator:
                 self.prompt_hidden[name] = self.kv[name].prompts(tree.tokens[:, 0])
             self.flops += flops(P, backward=False) * B * P
 
-    def _hidden(self, name: str, states: States) -> torch.Tensor:
-        """Final-norm hidden states [M, C] of ``name``'s network after each state's last
-        token: a prompt's from ``begin``, any other state's by one token through the network."""
-        kv, flops = self.kv[name], self._networks()[name][1]
+    def _pending(self, states: States) -> tuple[torch.Tensor, States | None, TreePlan | None]:
+        """(root [M] bool: the states that are a prompt, the others as ``States`` or None,
+        their tree-attention plan): one per call, shared by both networks (the plan depends
+        on the tree and the states only)."""
         root = states.nodes == 0
         if bool(root.all()):
-            return self.prompt_hidden[name][states.rows]
+            return root, None, None
         new = States(*(t[~root] for t in states)) if bool(root.any()) else states
-        if self._planned is None or self._planned[0] is not states:  # expand and _value pass the same states
-            self._planned = (states, kv.plan(new))
-        out = kv.extend(new, self._planned[1])                          # [m, C]
+        return root, new, self.kv["policy"].plan(new)
+
+    def _hidden(self, name: str, states: States, pending) -> torch.Tensor:
+        """Final-norm hidden states [M, C] of ``name``'s network after each state's last
+        token: a prompt's from ``begin``, any other state's by one token through the network
+        (``pending``: ``self._pending(states)``)."""
+        kv, flops = self.kv[name], self._networks()[name][1]
+        root, new, plan = pending
+        if new is None:
+            return self.prompt_hidden[name][states.rows]
+        out = kv.extend(new, plan)                                       # [m, C]
         self.flops += flops(kv.context, backward=False) * len(new.rows)  # keys each query row attends over
         if new is states:
             return out
@@ -103,8 +109,9 @@ class PolicyValueEvaluator:
     @torch.no_grad()
     def expand(self, states: States) -> Expansion:
         M = len(states.rows)
+        pending = self._pending(states) if self.kv_cache else None
         if self.kv_cache:
-            logits = self.policy.lm_head(self._hidden("policy", states)).float()  # [M, V]
+            logits = self.policy.lm_head(self._hidden("policy", states, pending)).float()  # [M, V]
         else:
             x = self._trim(states.tokens, states.lengths)
             T = x.shape[1]
@@ -114,7 +121,7 @@ class PolicyValueEvaluator:
         top, idx = logp.topk(self.top_k, -1)
         prior = torch.softmax(top, -1)
         self.calls += 1
-        return Expansion(prior, idx, self._value(states))
+        return Expansion(prior, idx, self._value(states, pending))
 
     @torch.no_grad()
     def terminal_value(self, states: States) -> torch.Tensor:
@@ -122,12 +129,12 @@ class PolicyValueEvaluator:
             return self.verifier(states)
         return self._value(states)
 
-    def _value(self, states: States) -> torch.Tensor:
+    def _value(self, states: States, pending=None) -> torch.Tensor:
         """The reward net's P(correct) of each state [M] (0.5 everywhere without one)."""
         if self.reward_net is None:  # no value network: every state is a coin flip
             return torch.full((len(states.rows),), 0.5, device=states.tokens.device)
         if self.kv_cache:
-            h = self._hidden("reward", states)
+            h = self._hidden("reward", states, pending or self._pending(states))
             return torch.sigmoid(self.reward_net.head(h).squeeze(-1).float())
         x = self._trim(states.tokens, states.lengths)
         self.flops += self.reward_net.flops_per_token(x.shape[1], backward=False) * x.numel()

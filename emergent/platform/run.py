@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -145,14 +146,21 @@ class Run:
         the last (logged, evaluated, checkpointed), not one found done afterwards."""
         return self._done
 
-    def evaluate(self) -> dict[str, float]:
+    @contextmanager
+    def _learner_work(self):
+        """Time spent inside counts as the learner's evaluations and checkpoints."""
         t0 = time.perf_counter()
         try:
-            return self._evaluate(t0)
+            yield
         finally:
             self.window_other += time.perf_counter() - t0
 
-    def _evaluate(self, t0: float) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
+        with self._learner_work():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
+        t0 = time.perf_counter()
         results = self.experiment.evaluate()
         self.last_eval = scalars(results)
         n = self.experiment.step
@@ -202,15 +210,11 @@ class Run:
         return values
 
     def checkpoint(self) -> None:
-        t0 = time.perf_counter()
-        self._checkpoint()
-        self.window_other += time.perf_counter() - t0
-
-    def _checkpoint(self) -> None:
-        self.logger.flush()  # first the events, so a checkpoint never points past them
-        self.vs_flops.flush()
-        self.experiment.elapsed_s = self.elapsed_s
-        save_checkpoint(self.cfg.run_dir / LAST, self.experiment.state_dict())
+        with self._learner_work():
+            self.logger.flush()  # first the events, so a checkpoint never points past them
+            self.vs_flops.flush()
+            self.experiment.elapsed_s = self.elapsed_s
+            save_checkpoint(self.cfg.run_dir / LAST, self.experiment.state_dict())
 
     def close(self) -> dict[str, float]:
         hp = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(self.cfg))).items()
