@@ -12,8 +12,10 @@ Prints:
              leaves_per_call 8, the reward net valuing leaves, the verifier terminal
              states) vs a sampled trace of the same prompts (one KV-cached generate call,
              the fastest of 5),
-             per-node key cache on (the default), with the cache but no value network
-             (priors only), and with --reference the full-prefix path: wall time, the ratio,
+             per-node key cache on (the default), the same with search.static (fixed
+             shapes, no host sync inside a move: the GPU design) and with its calls
+             replayed from CUDA graphs (search.cuda_graph; on CUDA only), with the cache but no
+             value network (priors only), and with --reference the full-prefix path: wall time, the ratio,
              and simulations/s; at L2 d128 (countdown) and L8 d512
   where      where one searched batch's time goes (each part timed with a device sync
              around it): the selection walk, node creation, leaf evaluation (the networks'
@@ -59,18 +61,19 @@ class FixedEvaluator:
         return torch.full((len(states.rows),), 0.5, device=states.tokens.device)
 
 
-def machinery(batch: int, sims: int, k: int, depth: int, device, leaves: int) -> float:
+def machinery(batch: int, sims: int, k: int, depth: int, device, leaves: int, static: bool = False) -> float:
     """Simulations/s of one move over ``batch`` trees (states up to ``depth`` tokens deep)."""
     ev = FixedEvaluator(k)
-    cfg = SearchConfig(num_simulations=sims, leaves_per_call=leaves, top_k=k)
+    cfg = SearchConfig(num_simulations=sims, leaves_per_call=leaves, top_k=k, static=static)
     best = float("inf")
     for _ in range(3):
         tree = init_tree([np.array([1])] * batch, capacity=sims + 2, top_k=k, max_len=depth + 1, device=device)
         everyone = torch.ones(batch, dtype=torch.bool, device=device)
-        evaluate_leaves(tree, tree.root[:, None], everyone[:, None], ev)
+        evaluate_leaves(tree, tree.root[:, None], everyone[:, None], ev, static=static)
         sync(device)
         t0 = time.perf_counter()
-        search_move(tree, everyone, ev, cfg, improved=visits_policy, generator=None, eos_id=TOKENIZER.eos_id)
+        search_move(tree, everyone, ev, cfg, improved=visits_policy, generator=None, eos_id=TOKENIZER.eos_id,
+                    depth=0)
         sync(device)
         best = min(best, time.perf_counter() - t0)
     return batch * sims / best
@@ -116,7 +119,7 @@ def networks(cfg: ModelConfig, device, checkpoint: str | None):
 
 
 def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, checkpoint: str | None,
-                        value_net: bool = True) -> dict:
+                        value_net: bool = True, static: bool = False, graph: bool = False) -> dict:
     policy, value = networks(cfg, device, checkpoint)
     value = value if value_net else None
     task = make_task("countdown", format="scratchpad")
@@ -137,7 +140,8 @@ def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, c
 
     ev = PolicyValueEvaluator(policy, value, top_k=4, verifier=state_verifier([len(i) for i in ids], verify),
                               kv_cache=kv_cache)
-    scfg = SearchConfig(num_simulations=32, leaves_per_call=8, top_k=4, confident_prior=1.0)
+    scfg = SearchConfig(num_simulations=32, leaves_per_call=8, top_k=4, confident_prior=1.0, static=static,
+                        cuda_graph=graph)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = search(ids, ev, scfg, max_len=cfg.max_len, vocab_size=TOKENIZER.vocab_size, eos_id=TOKENIZER.eos_id,
@@ -196,8 +200,9 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
 
     print("\nmachinery: one move, 32 simulations, branching 4, trivial evaluator (simulations/s)")
-    for leaves in (1, 8):
-        print(f"  emergent leaves_per_call={leaves}: {machinery(args.batch, 32, 4, 32, device, leaves):>12,.0f}")
+    for leaves, static in ((1, False), (8, False), (8, True)):
+        print(f"  emergent leaves_per_call={leaves}{' static' if static else '       '}: "
+              f"{machinery(args.batch, 32, 4, 32, device, leaves, static):>12,.0f}")
     peer = mctx_machinery(args.batch, 32, 4, 32)
     print(f"  mctx muzero_policy (jit):     {peer:>12,.0f}" if peer else "  mctx: not installed (pip install mctx)")
 
@@ -209,10 +214,19 @@ def main() -> None:
         layers, width = (int(x) for x in size[1:].split("d"))
         cfg = ModelConfig(n_layer=layers, n_head=max(4, width // 64), d_model=width, max_len=64)
         ckpt = args.checkpoint if (layers, width) == (2, 128) else None
-        for kv, value_net in ((True, True), (True, False)) + (((False, True),) if args.reference else ()):
-            r = searched_vs_sampled(cfg, problems, device, kv_cache=kv, checkpoint=ckpt, value_net=value_net)
-            print(f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}"
-                  f"{'' if value_net else ' no value net'}: sampled {r['sampled_s']:.3f} s, "
+        rows = [(True, True, False, False), (True, True, True, False), (True, False, False, False)]
+        rows += [(True, True, True, True)] if device.type == "cuda" else []
+        rows += [(False, True, False, False)] if args.reference else []
+        for kv, value_net, static, graph in rows:
+            name = (f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}"
+                    f"{' static' if static else ''}{' cuda_graph' if graph else ''}{'' if value_net else ' no value net'}")
+            try:
+                r = searched_vs_sampled(cfg, problems, device, kv_cache=kv, checkpoint=ckpt, value_net=value_net,
+                                        static=static, graph=graph)
+            except Exception as e:  # one row's failure (a first run on a new card) must not cost the others
+                print(f"{name}: FAILED {type(e).__name__}: {e}")
+                continue
+            print(f"{name}: sampled {r['sampled_s']:.3f} s, "
                   f"searched {r['searched_s']:.2f} s, ratio {r['ratio']:.0f}x, {r['sims_per_s']:,.0f} simulations/s")
         if size != sizes[0]:
             continue  # one breakdown (the countdown size) keeps a GPU run short

@@ -178,21 +178,25 @@ def tiny_networks(pos: str, dtype=torch.float32, device="cpu"):
     return policy.to(device, dtype).eval(), value.to(device, dtype).eval()
 
 
-def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12):
+def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=False, graph=False, confident=1.0):
+    """Five moves of search over four prompts, each walk bounded as ``search`` bounds it."""
+    from emergent.agents.graph_replay import GraphReplay
     from emergent.agents.search import evaluate_leaves, init_tree, search_move, visits_policy
 
     rng = np.random.default_rng(1)
     prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 7, 5, 4)]
     ev = PolicyValueEvaluator(policy, value, top_k=4, terminal="learned", kv_cache=kv_cache)
     cfg = SearchConfig(num_simulations=sims, leaves_per_call=3, top_k=4, terminal_value="learned",
-                       dirichlet_fraction=0.25)
+                       dirichlet_fraction=0.25, static=static, cuda_graph=graph, confident_prior=confident)
     tree = init_tree(prompts, capacity=400, top_k=4, max_len=24, device=device)
     ev.begin(tree)
-    evaluate_leaves(tree, tree.root[:, None], torch.ones(4, 1, dtype=torch.bool, device=device), ev)
+    evaluate_leaves(tree, tree.root[:, None], torch.ones(4, 1, dtype=torch.bool, device=device), ev, static=static)
     gen = torch.Generator().manual_seed(0)
+    graphs, depth = GraphReplay(cuda=tree.tokens.is_cuda) if graph else None, 0
     for _ in range(5):
         active = ~tree.terminal[torch.arange(4, device=device), tree.root]
-        search_move(tree, active, ev, cfg, improved=visits_policy, generator=gen, eos_id=EOS)
+        depth = search_move(tree, active, ev, cfg, improved=visits_policy, generator=gen, eos_id=EOS, depth=depth,
+                            graphs=graphs).depth
     return tree, ev
 
 
@@ -211,7 +215,7 @@ def test_cached_leaf_evaluation_equals_recomputing_every_prefix(pos):
     # the roots so far (node 0 and the nodes each move went to) carry Dirichlet noise in their priors
     was_root = (n == 0) | (tree.node_at[b, tree.root[b]] == n[:, None]).any(1)
     live = ~tree.terminal[b, n] & ~was_root
-    ref = full.expand(States(*(t[live] for t in states)))
+    ref = full.expand(states.subset(live))
     torch.testing.assert_close(tree.prior[b[live], n[live]], ref.prior, atol=1e-5, rtol=1e-5)
     assert torch.equal(tree.child_token[b[live], n[live]], ref.child_token)
     torch.testing.assert_close(tree.value[b, n], full.terminal_value(states), atol=1e-5, rtol=1e-5)
@@ -234,20 +238,50 @@ def test_cached_and_recomputed_search_make_the_same_tree_in_fp64(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_search_on_cuda_makes_the_tree_it_makes_on_cpu_in_fp64():
+@pytest.mark.parametrize("static", [False, True, "graph"])
+def test_search_on_cuda_makes_the_tree_it_makes_on_cpu_in_fp64(static):
+    """The default, ``search.static``, and static calls replayed from CUDA graphs (trees whose
+    active set changes between moves, so a graph reading a stale input would show)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    cpu, _ = searched(*tiny_networks("rope", torch.float64), kv_cache=True)
-    gpu, _ = searched(*tiny_networks("rope", torch.float64, "cuda"), kv_cache=True, device="cuda")
-    for field in ("tokens", "node_at", "children", "visits", "num_nodes", "root"):
-        assert torch.equal(getattr(cpu, field), getattr(gpu, field).cpu()), field
-    torch.testing.assert_close(cpu.value_sum, gpu.value_sum.cpu(), atol=1e-12, rtol=0)
+    kw = dict(kv_cache=True, confident=0.35, sims=24)
+    cpu, _ = searched(*tiny_networks("rope", torch.float64), **kw)
+    gpu, _ = searched(*tiny_networks("rope", torch.float64, "cuda"), device="cuda", static=bool(static),
+                      graph=static == "graph", **kw)
+    assert torch.equal(cpu.num_nodes, gpu.num_nodes.cpu()) and torch.equal(cpu.root, gpu.root.cpu())
+    for field in ("tokens", "node_at", "children", "visits"):  # all but the scratch node
+        assert torch.equal(getattr(cpu, field)[:, :-1], getattr(gpu, field)[:, :-1].cpu()), field
+    torch.testing.assert_close(cpu.value_sum[:, :-1], gpu.value_sum[:, :-1].cpu(), atol=1e-12, rtol=0)
+
+
+@pytest.mark.gpu
+def test_static_simulation_on_cuda_never_synchronises(monkeypatch):
+    """CUDA's own check: with sync debug mode set to error, every ``search.static``
+    simulation call (learned terminal values) runs without one synchronising op."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from emergent.agents import search as S
+
+    real, calls = S.simulate, []
+
+    def strict(*args, **kw):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            real(*args, **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        calls.append(1)
+
+    monkeypatch.setattr(S, "simulate", strict)
+    searched(*tiny_networks("rope", torch.float64, "cuda"), kv_cache=True, device="cuda", static=True)
+    assert len(calls) >= 10
 
 
 def test_selection_walks_the_same_in_torch_and_in_numpy():
-    """On CPU the walk runs on numpy views of the tree (CUDA runs it in torch): from the same
-    mid-search tree, with some walks inactive and virtual loss pending, both pick the same
-    leaves and edges and write the same virtual visits."""
+    """On CPU the walk runs on numpy views of the tree (CUDA runs it in torch, with early
+    exits or, ``search.static``, a fixed number of masked levels): from the same mid-search
+    tree, with some walks inactive and virtual loss pending, all three pick the same leaves
+    and edges and write the same virtual visits; too few levels is an error."""
     from emergent.agents.search import _rows, _walk
 
     tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=24)
@@ -256,29 +290,37 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
     base = _rows(B, tree.root.device) * N
     active = torch.tensor([True, False, True, True])
 
-    def walk(numpy: bool):
+    depth = int((tree.length - tree.length[torch.arange(B), tree.root][:, None])[tree.num_nodes[:, None] >
+                                                                                torch.arange(N)].max())
+
+    def walk(numpy: bool, early_exit: bool = True, levels: int = 24):
         vloss = tree.vloss.clone().view(-1)  # written by the walk
         tables = [(tree.visits + tree.vloss).view(-1), tree.value_sum.view(-1), tree.value.view(-1),
                   tree.children.view(B * N, K), tree.prior.view(B * N, K),
                   (~tree.expanded | tree.terminal).view(-1), vloss, base, base + tree.root, active]
         if numpy:
-            out = _walk(*(t.numpy() for t in tables), c_puct=1.5, virtual_loss=np.float32(1.0))
+            out = _walk(*(t.numpy() for t in tables), c_puct=1.5, virtual_loss=np.float32(1.0), levels=levels)
         else:
-            out = _walk(*tables, c_puct=1.5, virtual_loss=1.0)
+            out = _walk(*tables, c_puct=1.5, virtual_loss=1.0, levels=levels, early_exit=early_exit)
         return [torch.as_tensor(x) for x in out], vloss
 
     (node, new, action), vloss = walk(numpy=False)
-    (node2, new2, action2), vloss2 = walk(numpy=True)
-    assert torch.equal(node, node2) and torch.equal(new, new2) and torch.equal(action, action2)
-    assert torch.equal(vloss, vloss2)
+    for other in (walk(numpy=True), walk(numpy=False, early_exit=False),
+                  walk(numpy=False, early_exit=False, levels=depth + 1)):  # the bound search_move passes
+        (node2, new2, action2), vloss2 = other
+        assert torch.equal(node, node2) and torch.equal(new, new2) and torch.equal(action, action2)
+        assert torch.equal(vloss, vloss2)
+    with pytest.raises(RuntimeError, match="deeper than its bound"):
+        walk(numpy=True, levels=1)
     assert bool((node != tree.root)[active].any()) and torch.equal(node[~active], tree.root[~active])
     assert float((vloss - tree.vloss.view(-1)).sum()) >= 6  # each active walk marked its path
 
 
 def test_node_creation_is_the_same_in_torch_and_in_numpy():
-    """Node creation runs on numpy views on CPU and in torch on CUDA: from the same tree, both
-    add the same children and return the same child indices."""
-    from emergent.agents.search import _add_children
+    """Node creation runs on numpy views on CPU and in torch on CUDA (with ``search.static``
+    in fixed shapes): from the same tree, all three add the same children and return the
+    same child indices; the fixed-shape one also writes the scratch node, and only it."""
+    from emergent.agents.search import _add_children, _add_children_static
 
     tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=12)
     B, N, L = tree.tokens.shape
@@ -288,16 +330,133 @@ def test_node_creation_is_the_same_in_torch_and_in_numpy():
     create = (tree.children[torch.arange(B), nodes, actions] < 0) & torch.tensor([True, True, False, True])
     assert create.any()
 
-    def make(numpy: bool):
+    def make(numpy: bool, static: bool = False):
         t = {k: v.clone() for k, v in (("tokens", tree.tokens), ("node_at", tree.node_at), ("length", tree.length),
                                        ("children", tree.children), ("child_token", tree.child_token),
                                        ("terminal", tree.terminal), ("num_nodes", tree.num_nodes))}
         flat = [t["tokens"].view(B * N, L), t["node_at"].view(B * N, L), t["length"].view(-1),
                 t["children"].view(B * N, K), t["child_token"].view(B * N, K), t["terminal"].view(-1), t["num_nodes"],
                 nodes, actions, create]
+        if static:
+            return _add_children_static(*flat, eos_id=EOS), t
         child = _add_children(*(x.numpy() for x in flat) if numpy else flat, eos_id=EOS)
         return torch.as_tensor(child), t
 
-    (c1, t1), (c2, t2) = make(False), make(True)
+    (c1, t1), (c2, t2), (c3, t3) = make(False), make(True), make(False, static=True)
     assert torch.equal(c1, c2) and all(torch.equal(t1[k], t2[k]) for k in t1)
     assert torch.equal(t1["num_nodes"], tree.num_nodes + create.long())
+    assert torch.equal(c1, c3) and torch.equal(t1["num_nodes"], t3["num_nodes"])
+    for k in ("tokens", "node_at", "length", "children", "child_token", "terminal"):
+        assert torch.equal(t1[k][:, :-1], t3[k][:, :-1]), k  # all but the scratch node
+        assert torch.equal(t1[k][:, -1], tree.__dict__[k][:, -1]), k
+    assert not torch.equal(t3["tokens"][:, -1], tree.tokens[:, -1])  # the trees adding nothing wrote there
+
+
+# -- search.static: the fixed-shape simulation a GPU needs --------------------------------------
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_static_search_makes_the_same_tree_in_fp64(monkeypatch, pos):
+    """``search.static`` (fixed shapes: masked walk levels, node creation in every tree, all
+    selected leaves through the networks over their whole paths) makes the tree the default
+    makes, with and without kept keys, from key tables poisoned with NaN."""
+    from emergent.agents.tree_kv import TreeKV
+
+    monkeypatch.setattr(TreeKV, "poison", float("nan"))
+    policy, value = tiny_networks(pos, torch.float64)
+    ref, _ = searched(policy, value, kv_cache=True)
+    real = ref.expanded[:, :-1] & ~ref.terminal[:, :-1]
+    for kv_cache in (True, False):
+        tree, _ = searched(policy, value, kv_cache=kv_cache, static=True)
+        assert torch.equal(ref.num_nodes, tree.num_nodes) and torch.equal(ref.root, tree.root)
+        for field in ("tokens", "node_at", "children", "visits", "expanded", "terminal"):
+            assert torch.equal(getattr(ref, field)[:, :-1], getattr(tree, field)[:, :-1]), field
+        torch.testing.assert_close(ref.value_sum[:, :-1], tree.value_sum[:, :-1], atol=1e-12, rtol=0)
+        torch.testing.assert_close(ref.value[:, :-1], tree.value[:, :-1], atol=1e-12, rtol=0)
+        torch.testing.assert_close(ref.prior[:, :-1][real], tree.prior[:, :-1][real], atol=1e-12, rtol=0)
+
+
+SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2", "aten::_unique",
+           "aten::unique_dim", "aten::unique_consecutive", "aten::bincount", "aten::repeat_interleave"}
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the ops that make the host wait for a CUDA device: reading a value (``item``,
+    ``bool``, ``int``), and ops whose output shape depends on the data (``nonzero``, boolean
+    indexing, ``unique``). On CPU they cost nothing, so this is how a CPU test sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        masked = name.startswith("aten::index") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
+        if name in SYNCING or masked:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("terminal", ["learned", "verifier"])
+def test_static_simulation_calls_never_wait_on_the_device(monkeypatch, terminal):
+    """Inside a move, a ``search.static`` simulation call (walks, node creation, leaf
+    evaluation through both networks, backups) reads nothing back: with a learned terminal
+    value nothing at all, with the verifier one ``nonzero`` (which leaves are terminal).
+    The default path reads many times per call (which is how it is known the check can
+    fail). Same search either way."""
+    from emergent.agents import search as S
+    from emergent.agents.policy_value import state_verifier
+
+    policy, value = tiny_networks("rope", torch.float64)
+    rng = np.random.default_rng(2)
+    prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 7, 5, 4, 6)]
+    verifier = state_verifier([len(p) for p in prompts], lambda rows, comps: np.array([len(c) % 3 == 0 for c in comps]))
+    real, reads = S.simulate, []
+
+    def watched(*args, **kw):
+        with HostReads() as mode:
+            real(*args, **kw)
+        reads.append(mode.reads)
+
+    monkeypatch.setattr(S, "simulate", watched)
+    outs = {}
+    for static in (True, False):
+        reads.clear()
+        ev = PolicyValueEvaluator(policy, value, top_k=4, terminal=terminal, verifier=verifier)
+        cfg = SearchConfig(num_simulations=12, leaves_per_call=4, top_k=4, terminal_value=terminal, static=static)
+        outs[static] = search(prompts, ev, cfg, max_len=24, vocab_size=V, eos_id=EOS)
+        assert len(reads) >= 20
+        if static:
+            assert all(r == ([] if terminal == "learned" else ["aten::nonzero"]) for r in reads), reads
+        else:
+            assert min(len(r) for r in reads) >= 4
+    for field in ("tokens", "length", "moves"):
+        assert torch.equal(getattr(outs[True], field), getattr(outs[False], field)), field
+    torch.testing.assert_close(outs[True].visit_probs, outs[False].visit_probs, atol=1e-12, rtol=0)
+
+
+def test_graph_replayed_simulations_make_the_same_search():
+    """``search.cuda_graph``: off CUDA its eager twin replays the function each bucket of walk
+    levels kept (as a graph replays what it captured), reading ``active`` from its buffer;
+    the tree, the search, its FLOP count and its call count equal the static search's."""
+    policy, value = tiny_networks("rope", torch.float64)
+    a, ev_a = searched(policy, value, kv_cache=True, static=True, confident=0.35, sims=24)
+    b, ev_b = searched(policy, value, kv_cache=True, static=True, confident=0.35, sims=24, graph=True)
+    for field in ("tokens", "node_at", "children", "visits", "num_nodes", "root", "value_sum"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert ev_a.calls == ev_b.calls and ev_a.flops == ev_b.flops
+    rng = np.random.default_rng(3)
+    prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 7, 5, 4, 6)]
+    outs, evs = {}, {}
+    for graph in (False, True):
+        evs[graph] = PolicyValueEvaluator(policy, value, top_k=4, terminal="learned")
+        cfg = SearchConfig(num_simulations=12, leaves_per_call=4, top_k=4, terminal_value="learned", static=True,
+                           cuda_graph=graph, dirichlet_fraction=0.25, confident_prior=0.9)
+        outs[graph] = search(prompts, evs[graph], cfg, max_len=24, vocab_size=V, eos_id=EOS,
+                             generator=torch.Generator().manual_seed(0))
+    assert bool(outs[True].searched.any()) and not bool(outs[True].searched.all())  # active trees vary by move
+    for field in outs[True]._fields:
+        assert torch.equal(getattr(outs[True], field), getattr(outs[False], field)), field
+    assert evs[True].calls == evs[False].calls and evs[True].flops == evs[False].flops
+    with pytest.raises(ValueError, match="needs search.static"):
+        SearchConfig(cuda_graph=True).validate()

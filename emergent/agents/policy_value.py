@@ -83,11 +83,14 @@ class PolicyValueEvaluator:
     def _pending(self, states: States) -> tuple[torch.Tensor, States | None, TreePlan | None]:
         """(root [M] bool: the states that are a prompt, the others as ``States`` or None,
         their tree-attention plan): one per call, shared by both networks (the plan depends
-        on the tree and the states only)."""
+        on the tree and the states only). ``search.static`` (``states.write`` set): all
+        states, prompts too, with the fixed-shape plan; nothing read on the host."""
         root = states.nodes == 0
+        if states.write is not None:
+            return root, states, self.kv["policy"].static_plan(states)
         if bool(root.all()):
             return root, None, None
-        new = States(*(t[~root] for t in states)) if bool(root.any()) else states
+        new = states.subset(~root) if bool(root.any()) else states
         return root, new, self.kv["policy"].plan(new)
 
     def _hidden(self, name: str, states: States, pending) -> torch.Tensor:
@@ -100,6 +103,8 @@ class PolicyValueEvaluator:
             return self.prompt_hidden[name][states.rows]
         out = kv.extend(new, plan)                                       # [m, C]
         self.flops += flops(kv.context, backward=False) * len(new.rows)  # keys each query row attends over
+        if states.write is not None:  # a prompt's state ran again (its keys went to scratch): keep begin's
+            return torch.where(root[:, None], self.prompt_hidden[name][states.rows].to(out.dtype), out)
         if new is states:
             return out
         h = torch.empty(len(states.rows), out.shape[1], dtype=out.dtype, device=out.device)
@@ -113,7 +118,7 @@ class PolicyValueEvaluator:
         if self.kv_cache:
             logits = self.policy.lm_head(self._hidden("policy", states, pending)).float()  # [M, V]
         else:
-            x = self._trim(states.tokens, states.lengths)
+            x = self._trim(states)
             T = x.shape[1]
             logits = self.policy(x)[torch.arange(M, device=x.device), states.lengths - 1].float()
             self.flops += self.policy.flops_per_token(T, backward=False) * M * T
@@ -122,6 +127,11 @@ class PolicyValueEvaluator:
         prior = torch.softmax(top, -1)
         self.calls += 1
         return Expansion(prior, idx, self._value(states, pending))
+
+    @property
+    def terminal_from_network(self) -> bool:
+        """Terminal states are valued as ``expand`` values any state (``LeafEvaluator``)."""
+        return self.terminal != "verifier"
 
     @torch.no_grad()
     def terminal_value(self, states: States) -> torch.Tensor:
@@ -136,10 +146,12 @@ class PolicyValueEvaluator:
         if self.kv_cache:
             h = self._hidden("reward", states, pending or self._pending(states))
             return torch.sigmoid(self.reward_net.head(h).squeeze(-1).float())
-        x = self._trim(states.tokens, states.lengths)
+        x = self._trim(states)
         self.flops += self.reward_net.flops_per_token(x.shape[1], backward=False) * x.numel()
         return self.reward_net.value_at(x, states.lengths)
 
     @staticmethod
-    def _trim(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return tokens[:, : int(lengths.max())]
+    def _trim(states: States) -> torch.Tensor:
+        """The states' tokens up to the longest (the whole context under ``search.static``:
+        its length is not read on the host)."""
+        return states.tokens if states.write is not None else states.tokens[:, : int(states.lengths.max())]

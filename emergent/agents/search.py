@@ -25,6 +25,12 @@ One move of search:
   3. The value is backed up along each path.
   4. The move's visit distribution is read at the root, a token chosen, and the root
      moves to that child. The child's subtree, with its statistics, is reused.
+
+A simulation call runs one of two ways, to the same trees. By default it reads the host
+when that saves work (walks stop when all have, only new leaves are evaluated, the walk
+and node creation run on numpy views on CPU): cheapest on a CPU. ``search.static`` runs
+it in fixed shapes with nothing read back inside a move, so a GPU's launch queue never
+drains; ``search.cuda_graph`` then replays each call from a CUDA graph.
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
+
+from .graph_replay import GraphReplay
 
 TERMINAL_VALUES = ("verifier", "learned")
 POLICY_TARGETS = ("visits", "completed_q")
@@ -67,6 +75,20 @@ class SearchConfig:
     # each network; memory grows with the tree, see agents/tree_kv.py); false recomputes
     # every leaf's whole prefix: the reference, equal up to float rounding (tests/test_search.py)
     kv_cache: bool = True
+    # every simulation call as fixed-shape tensor ops with no host sync (the design for a
+    # GPU, where each sync stalls the launch queue): the walk runs a host-known bound of
+    # levels with masks instead of stopping when every walk has, node creation writes every
+    # tree (a scratch node takes the writes of trees that add none), and one network call
+    # evaluates all B x leaves_per_call selected leaves (duplicates and ones already
+    # evaluated included, their results discarded), each over its whole path's kept keys.
+    # The only host work left inside a move is the verifier on new terminal leaves (none
+    # with terminal_value=learned). The same trees as the default, up to float rounding
+    # (tests/test_search.py); on CPU it is slower (no early exits, more leaf work).
+    static: bool = False
+    # static simulation calls replayed from CUDA graphs (agents/graph_replay.py), one per
+    # bucket of walk levels: one launch instead of thousands of kernels. Needs static; off
+    # CUDA the same code runs eagerly
+    cuda_graph: bool = False
 
     def validate(self) -> None:
         if self.terminal_value not in TERMINAL_VALUES:
@@ -81,6 +103,8 @@ class SearchConfig:
             raise ValueError("search.value_scale and search.maxvisit_init must be >= 0")
         if not 0.0 <= self.confident_prior <= 1.0:
             raise ValueError("search.confident_prior must lie in [0, 1]")
+        if self.cuda_graph and not self.static:
+            raise ValueError("search.cuda_graph=true needs search.static=true (a graph replays fixed shapes)")
 
 
 @dataclass(frozen=True)
@@ -99,6 +123,8 @@ class Tree:
     terminal: torch.Tensor     # [B, N] bool      EOS written or context full
     num_nodes: torch.Tensor    # [B] int64
     root: torch.Tensor         # [B] int64        the current root (moves forward)
+    # node N - 1 of every tree is scratch, never part of it: fixed-shape writes (``static``)
+    # send there what a tree does not keep
 
     @property
     def batch(self) -> int:
@@ -119,12 +145,24 @@ class States(NamedTuple):
     lengths: torch.Tensor      # [M]
     node_at: torch.Tensor      # [M, L] the node that wrote each position (-1: prompt); an
                                # evaluator that keeps per-node keys and values reads its path here
+    # [M] bool, or None: every state is to be evaluated. ``search.static`` hands over all the
+    # selected leaves at once; only these are new (the others repeat one of them, or were
+    # evaluated before): results for the rest are discarded, and a network that keeps
+    # per-node keys and values must store only these states'
+    write: torch.Tensor | None = None
+
+    def subset(self, at: torch.Tensor) -> "States":
+        """The states at ``at`` (indices, or a mask over the M)."""
+        return States(*(t[at] for t in self[:5]), None if self.write is None else self.write[at])
 
 
 class LeafEvaluator(Protocol):
     def begin(self, tree: "Tree") -> None: ...  # a new search over these trees starts
     def expand(self, states: States) -> Expansion: ...
     def terminal_value(self, states: States) -> torch.Tensor: ...
+    # optional, default False: True when ``terminal_value`` is ``expand``'s value of the same
+    # states (a learned value), so a ``static`` search values terminal leaves without the host
+    terminal_from_network: bool
 
 
 class SearchOutput(NamedTuple):
@@ -141,12 +179,15 @@ class Move(NamedTuple):
     visit_probs: torch.Tensor   # [B, K] visit distribution over the root's children
     policy: torch.Tensor        # [B, K] the improved policy over them
     searched: torch.Tensor      # [B] bool: simulations ran
+    depth: int                  # a bound on any tree's depth below its new root, known on the host
 
 
 # -- records ------------------------------------------------------------------------------
 
 def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_len: int, device) -> Tree:
+    """Trees of ``capacity`` nodes (plus the scratch node), node 0 each prompt."""
     B = len(prompts)
+    capacity += 1  # the scratch node
     tokens = torch.zeros(B, capacity, max_len, dtype=torch.long, device=device)
     length = torch.zeros(B, capacity, dtype=torch.long, device=device)
     node_at = torch.full((B, capacity, max_len), -1, dtype=torch.long, device=device)
@@ -204,16 +245,19 @@ def puct_scores(n, w, prior, fpu, c_puct: float):
 
 
 def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create: torch.Tensor, *,
-                 eos_id: int) -> torch.Tensor:
+                 eos_id: int, static: bool = False) -> torch.Tensor:
     """Create the child of ``nodes`` [B] along ``actions`` [B] where ``create`` [B] holds.
 
     Returns the child index per tree [B] (the existing child, or the new node). Rows are
     read and written through flat [B * N] views; on CPU as numpy views of the same memory,
-    as the selection walk (a call is some 20 small gathers and scatters)."""
+    as the selection walk (a call is some 20 small gathers and scatters). ``static``: in
+    torch, fixed shapes, no host sync."""
     B, N, L = tree.tokens.shape
     K = tree.children.shape[2]
     tables = (tree.tokens.view(B * N, L), tree.node_at.view(B * N, L), tree.length.view(-1),
               tree.children.view(B * N, K), tree.child_token.view(B * N, K), tree.terminal.view(-1), tree.num_nodes)
+    if static:
+        return _add_children_static(*tables, nodes, actions, create, eos_id=eos_id)
     if nodes.device.type == "cpu":
         return torch.from_numpy(_add_children(*(t.numpy() for t in (*tables, nodes, actions, create)), eos_id=eos_id))
     return _add_children(*tables, nodes, actions, create, eos_id=eos_id)
@@ -231,7 +275,7 @@ def _add_children(tokens, node_at, length, children, child_token, terminal, num_
     if len(b) == 0:
         return child
     a, new = actions[b], num_nodes[b]
-    if bool((new >= N).any()):
+    if bool((new >= N - 1).any()):  # N - 1: the scratch node
         raise RuntimeError("search tree is full; raise its capacity")
     parent, made = b * N + nodes[b], b * N + new                      # [c] flat indices
     tok = child_token[parent, a]
@@ -250,7 +294,34 @@ def _add_children(tokens, node_at, length, children, child_token, terminal, num_
     return child
 
 
-def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virtual_loss: float = 0.0) -> torch.Tensor:
+def _add_children_static(tokens, node_at, length, children, child_token, terminal, num_nodes, nodes, actions,
+                         create, *, eos_id: int) -> torch.Tensor:
+    """``_add_children`` in fixed shapes (torch, no host sync): every tree writes one node,
+    its next free one where ``create`` holds and the scratch node (N - 1) where not. The
+    capacity ``search`` allocates cannot run out, and here nothing can check it without a
+    sync: ``search`` checks once, at its end."""
+    B = len(nodes)
+    N, L = len(length) // B, tokens.shape[1]
+    rows = torch.arange(B, device=nodes.device)
+    parent = rows * N + nodes                                   # [B] flat indices
+    new = num_nodes.clone()                                     # [B] each tree's next free node
+    made = rows * N + torch.where(create, new, N - 1)
+    tok = child_token[parent, actions]
+    n = length[parent].clamp(max=L - 1)  # the position the token takes (a tree adding nothing may sit at a full state)
+    for table, at_n in ((tokens, tok), (node_at, new)):          # the parent's row plus one position
+        row = table.index_select(0, parent)
+        row[rows, n] = at_n
+        table[made] = row
+    length[made] = n + 1
+    terminal[made] = (tok == eos_id) | (n + 1 >= L)
+    child = torch.where(create, new, children[parent, actions])
+    children[parent, actions] = child
+    num_nodes += create
+    return child
+
+
+def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virtual_loss: float = 0.0,
+           levels: int | None = None, static: bool = False) -> torch.Tensor:
     """Walk from each root by PUCT to a leaf; create the node if the edge is new.
 
     Returns leaves [B] (the root itself for inactive trees). A leaf is a node not yet
@@ -259,37 +330,45 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
     created together once every walk has ended. ``virtual_loss``: each node on an active
     walk's path (root and leaf included) gets that many virtual visits (``Tree.vloss``),
     which later walks of the batch see; this walk reads the counts as they were before it.
+    ``levels``: a bound on the edges a walk takes (the tree's depth below the root, plus
+    one for the new edge; default the context length, which always holds). ``static``: in
+    torch, exactly ``levels`` masked levels and fixed-shape node creation: no host sync.
     """
     B, N, K = tree.children.shape
+    levels = tree.tokens.shape[2] if levels is None else levels
     base = _rows(B, active.device) * N                     # [B] flat index of each tree's node 0
     tables = ((tree.visits + tree.vloss).view(-1), tree.value_sum.view(-1), tree.value.view(-1),
               tree.children.view(B * N, K), tree.prior.view(B * N, K), (~tree.expanded | tree.terminal).view(-1),
               tree.vloss.view(-1))
     start = base + tree.root
-    if active.device.type == "cpu":
+    if active.device.type == "cpu" and not static:
         # a level is some 30 ops on [B, K] rows: through torch's dispatcher ~3.5 us each, as
         # numpy ops on views of the same memory half that (the walk is most of a CPU search)
         arrays = [t.numpy() for t in (*tables, base, start, active)]
         amount = arrays[6].dtype.type(virtual_loss)  # vloss's own float type: no float64 detour
-        node, new, action = (torch.from_numpy(x) for x in _walk(*arrays, c_puct=c_puct, virtual_loss=amount))
+        node, new, action = (torch.from_numpy(x) for x in _walk(*arrays, c_puct=c_puct, virtual_loss=amount,
+                                                                levels=levels))
     else:
-        node, new, action = _walk(*tables, base, start, active, c_puct=c_puct, virtual_loss=virtual_loss)
-    if not bool(new.any()):
+        node, new, action = _walk(*tables, base, start, active, c_puct=c_puct, virtual_loss=virtual_loss,
+                                  levels=levels, early_exit=not static)
+    if not static and not bool(new.any()):
         return node
-    leaf = torch.where(new, add_children(tree, node, action, new, eos_id=eos_id), node)
+    leaf = torch.where(new, add_children(tree, node, action, new, eos_id=eos_id, static=static), node)
     if virtual_loss:
         tree.vloss.view(-1)[base + leaf] += new.to(tree.vloss.dtype) * virtual_loss  # the new nodes: their paths' ends
     return leaf
 
 
 def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, active, *, c_puct: float,
-          virtual_loss: float):
+          virtual_loss: float, levels: int, early_exit: bool = True):
     """The selection walk over flat tables (torch tensors, or numpy arrays): visits (virtual
     included), value sums, values [B * N]; children (-1: none yet), priors [B * N, K]; leaf
     [B * N] (a walk stops there); vloss [B * N] (written: ``virtual_loss`` on each node the
     walk enters); base [B] (each tree's node 0), at [B] the roots, active [B]. One level per
     loop over all trees: rows [B, K] of each table, read with ``take`` (numpy's fastest
-    gather; flat indices, each tree's its own). Returns (node [B], new [B]: the walk ended
+    gather; flat indices, each tree's its own), at most ``levels`` levels: with
+    ``early_exit`` it stops once every walk has (a host read per level), else it runs them
+    all, a walk that has stopped staying where it is. Returns (node [B], new [B]: the walk ended
     on an edge without a node, action [B]: that edge)."""
     xp = _xp(at)
     rows_of = (lambda t, i: t.take(i, axis=0)) if xp is np else (lambda t, i: t.index_select(0, i))
@@ -301,7 +380,9 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     new = stop & False
     action = at * 0
     entered = []                                                          # per level: the node entered, or -1
-    while not bool(stop.all()):
+    for _ in range(levels):
+        if early_exit and bool(stop.all()):
+            break
         kids = rows_of(children, at)                                      # [B, K] node ids, -1: none yet
         flat = base[:, None] + _at_least(kids, 0)                         # [B, K]
         n = visits.take(flat) * (kids >= 0)
@@ -314,16 +395,23 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
         at = xp.where(done, at, base + child)
         entered.append(xp.where(done, -1, at))
         stop = done | leaf.take(at)
+    else:  # every level ran: with early exits, a walk not ended now would have gone on
+        if early_exit and not bool(stop.all()):
+            raise RuntimeError(f"a selection walk went deeper than its bound of {levels} levels")
     if virtual_loss and entered:  # one write for the whole walk: a path enters each node once
         nodes = xp.concatenate(entered)
-        vloss[nodes[nodes >= 0]] += virtual_loss
+        if early_exit:
+            vloss[nodes[nodes >= 0]] += virtual_loss
+        else:  # fixed shape: the -1s add 0 (to node 0 of tree 0)
+            vloss.index_add_(0, nodes.clamp(min=0), (nodes >= 0).to(vloss.dtype) * virtual_loss)
     return at - base, new, action
 
 
-def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *,
+           static: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every node on each leaf's path from its tree's root, for leaves [B] or [B, W], as a
-    fixed-shape scatter: (nodes [E], on [E] bool, leaf [E]) with E = W * B * L (on CPU, L
-    cut to the positions some path spans), ``nodes``
+    fixed-shape scatter: (nodes [E], on [E] bool, leaf [E]) with E = W * B * L (on CPU and
+    not ``static``, L cut to the positions some path spans), ``nodes``
     flat indices into [B * N], ``leaf`` which of the leaves (flattened leaf-major [W * B])
     the entry belongs to. Position t of leaf m's state names the node that wrote it
     (``node_at``; -1, the prompt's, is node 0); the path is the positions from the root's
@@ -339,7 +427,7 @@ def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torc
     first = tree.length.view(-1).index_select(0, base + tree.root.repeat(W)) - 1
     end = tree.length.view(-1).index_select(0, leaf)
     lo, hi = 0, L
-    if leaves.device.type == "cpu":  # only the positions some path uses (a host read: free on CPU)
+    if leaves.device.type == "cpu" and not static:  # only the positions some path uses (a host read: free on CPU)
         lo, hi = int(first.min()), max(int(end.max()), int(first.min()) + 1)
     ids = tree.node_at.view(B * N, L).index_select(0, leaf)[:, lo:hi].clamp(min=0)  # [W * B, hi - lo]
     at = torch.arange(lo, hi, device=leaves.device)
@@ -348,10 +436,10 @@ def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> tuple[torc
     return (base[:, None] + ids).reshape(-1), on.reshape(-1), which.reshape(-1)
 
 
-def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
+def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, static: bool = False) -> None:
     """Add each leaf's value to every node on its path, for leaves [B] or [B, W] (a leaf
     selected twice counts twice), with one scatter."""
-    nodes, on, which = _paths(tree, leaves, active)
+    nodes, on, which = _paths(tree, leaves, active, static=static)
     B, N = tree.visits.shape
     flat = (_rows(B, leaves.device) * N)[:, None] + leaves.reshape(B, -1)  # [B, W]
     values = tree.value.view(-1).index_select(0, flat.T.reshape(-1))       # [W * B] leaf-major
@@ -361,9 +449,12 @@ def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor) -> None:
 
 # -- evaluation --------------------------------------------------------------------------------
 
-def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator) -> None:
+def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator, *,
+                    static: bool = False) -> None:
     """Expand new non-terminal leaves and value new terminal ones, each state once (in
-    (tree, node) order)."""
+    (tree, node) order). ``static``: all B x W leaves in one call, fixed shapes."""
+    if static:
+        return _evaluate_leaves_static(tree, leaves, active, evaluator)
     B, N, L = tree.tokens.shape
     flat = torch.unique((_rows(B, leaves.device)[:, None] * N + leaves)[active])  # [m] sorted, distinct
     flat = flat[~tree.expanded.view(-1)[flat]]
@@ -387,14 +478,87 @@ def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, eval
     tree.expanded.view(-1)[flat] = True
 
 
-def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *, eos_id: int) -> None:
-    """One batch of ``leaves_per_call`` simulations per active tree."""
-    leaves = [select(tree, active, c_puct=cfg.c_puct, eos_id=eos_id, virtual_loss=cfg.virtual_loss)
-              for _ in range(cfg.leaves_per_call)]
-    stacked = torch.stack(leaves, 1)  # [B, W]
-    evaluate_leaves(tree, stacked, active[:, None].expand_as(stacked), evaluator)
+def _evaluate_leaves_static(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator) -> None:
+    """``evaluate_leaves`` over all leaves [B, W] at once, host sync only for new terminal
+    leaves valued by the host (``terminal_from_network`` false)."""
+    _host_terminal_values(tree, _expand_static(tree, leaves, active, evaluator), evaluator)
+
+
+class _Evaluated(NamedTuple):
+    flat: torch.Tensor    # [M] the leaves' flat node indices, tree-major
+    states: States        # their states, ``write`` marking the new ones
+
+
+def _expand_static(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator) -> _Evaluated:
+    """The fixed-shape part: one ``expand`` of all leaves [B, W], priors and values written
+    for the new ones (terminal leaves get the network's value). A leaf is new where it is
+    active, not expanded, and not an earlier column's leaf of the same tree (``write``);
+    what the others get is written to the scratch node."""
+    B, N, L = tree.tokens.shape
+    W = leaves.shape[1]
+    flat = _rows(B, leaves.device)[:, None] * N + leaves                     # [B, W]
+    earlier = torch.ones(W, W, dtype=torch.bool, device=leaves.device).tril(-1)  # [w, w']: w' < w
+    seen = ((flat[:, :, None] == flat[:, None, :]) & earlier).any(2)         # [B, W]
+    flat = flat.reshape(-1)                                                  # [M] tree-major
+    write = (active & ~seen).reshape(-1) & ~tree.expanded.view(-1)[flat]
+    term = tree.terminal.view(-1)[flat]
+    states = States(flat // N, flat % N, tree.tokens.view(B * N, L).index_select(0, flat), tree.length.view(-1)[flat],
+                    tree.node_at.view(B * N, L).index_select(0, flat), write)
+    out = evaluator.expand(states)
+    scratch = states.rows * N + N - 1
+    to = torch.where(write & ~term, flat, scratch)                           # expansions: non-terminal leaves
+    tree.prior.view(B * N, -1)[to] = out.prior.to(tree.prior.dtype)
+    tree.child_token.view(B * N, -1)[to] = out.child_token
+    to = torch.where(write, flat, scratch)
+    tree.value.view(-1)[to] = out.value.to(tree.value.dtype)
+    tree.expanded.view(-1)[to] = True
+    return _Evaluated(flat, states)
+
+
+def _host_terminal_values(tree: Tree, done: _Evaluated, evaluator: LeafEvaluator) -> None:
+    """New terminal leaves valued on the host (the verifier), unless ``terminal_from_network``:
+    the one sync of a static simulation call."""
+    if getattr(evaluator, "terminal_from_network", False):
+        return
+    at = (done.states.write & tree.terminal.view(-1)[done.flat]).nonzero().squeeze(1)
+    if len(at):
+        tree.value.view(-1)[done.flat[at]] = evaluator.terminal_value(done.states.subset(at)).to(tree.value.dtype)
+
+
+_LEVEL_BUCKET = 8  # walk levels round up to a multiple of this under search.cuda_graph: a few graphs per search
+
+
+def _select_leaves(tree: Tree, active: torch.Tensor, cfg: SearchConfig, *, eos_id: int,
+                   levels: int | None) -> torch.Tensor:
+    """``leaves_per_call`` selections per tree -> leaves [B, W]."""
+    leaves = [select(tree, active, c_puct=cfg.c_puct, eos_id=eos_id, virtual_loss=cfg.virtual_loss, levels=levels,
+                     static=cfg.static) for _ in range(cfg.leaves_per_call)]
+    return torch.stack(leaves, 1)
+
+
+def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *, eos_id: int,
+             levels: int | None = None, graphs: GraphReplay | None = None) -> None:
+    """One batch of ``leaves_per_call`` simulations per active tree; ``levels``: a bound on
+    the edges a walk takes (``select``). ``graphs`` (``search.cuda_graph``): the selections
+    and the leaves' expansion replayed from a CUDA graph, one per bucket of ``levels``
+    (extra levels are masked no-ops), with ``active`` copied into the buffer it reads."""
+    if graphs is not None:
+        L = tree.tokens.shape[2]
+        bucket = min(-(-(L if levels is None else levels) // _LEVEL_BUCKET) * _LEVEL_BUCKET, L)
+        buffer = graphs.buffer("active", active)
+
+        def step():  # a function of fixed buffers: the tree, the evaluator's tables, ``buffer``
+            stacked = _select_leaves(tree, buffer, cfg, eos_id=eos_id, levels=bucket)
+            done = _expand_static(tree, stacked, buffer[:, None].expand_as(stacked), evaluator)
+            return stacked, done
+
+        stacked, done = graphs(bucket, step, counters=evaluator)
+        _host_terminal_values(tree, done, evaluator)
+    else:
+        stacked = _select_leaves(tree, active, cfg, eos_id=eos_id, levels=levels)  # [B, W]
+        evaluate_leaves(tree, stacked, active[:, None].expand_as(stacked), evaluator, static=cfg.static)
     tree.vloss.zero_()
-    backup(tree, stacked, active[:, None].expand_as(stacked))
+    backup(tree, stacked, active[:, None].expand_as(stacked), static=cfg.static)
 
 
 # -- moves ------------------------------------------------------------------------------------
@@ -489,31 +653,41 @@ def choose(probs: torch.Tensor, temperature: float, generator: torch.Generator |
     return torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
 
 
-def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator, *, eos_id: int) -> None:
+def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator, *, eos_id: int,
+            static: bool = False) -> None:
     """Move each active root to the chosen child, creating and evaluating it if new."""
     arange = torch.arange(tree.batch, device=actions.device)
     child = tree.children[arange, tree.root, actions]
-    child = add_children(tree, tree.root, actions, active & (child < 0), eos_id=eos_id)
+    child = add_children(tree, tree.root, actions, active & (child < 0), eos_id=eos_id, static=static)
     tree.root.copy_(torch.where(active, child, tree.root))
-    evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)
+    evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator, static=static)
 
 
 def search_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *,
-                improved: Callable[..., torch.Tensor], generator: torch.Generator | None, eos_id: int) -> Move:
+                improved: Callable[..., torch.Tensor], generator: torch.Generator | None, eos_id: int,
+                depth: int | None = None, graphs: GraphReplay | None = None) -> Move:
     """One move of every active tree: simulate (unless the root's top prior exceeds
     ``confident_prior``), read the visit distribution and the improved policy at the root,
-    choose a child and move the root there."""
+    choose a child and move the root there. ``depth``: a bound on any tree's depth below
+    its root (None: unknown, the context length bounds it). Each simulation call deepens
+    a tree by at most one level (a walk ends at the first node it creates), and the move
+    takes one level away: that is the bound returned, so a caller knows how many levels a
+    walk may take without reading the tree. ``graphs``: ``simulate``'s."""
     unsure = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
     prior = _at(tree.prior, tree.root).clone()  # before root noise: the improved policy's base
     add_root_noise(tree, unsure, cfg, generator)
     calls = -(-cfg.num_simulations // cfg.leaves_per_call)  # ceil: network calls per move
-    for _ in range(calls if bool(unsure.any()) else 0):
-        simulate(tree, unsure, evaluator, cfg, eos_id=eos_id)
+    calls = calls if bool(unsure.any()) else 0
+    depth = tree.tokens.shape[2] - 1 if depth is None else depth
+    for c in range(calls):
+        simulate(tree, unsure, evaluator, cfg, eos_id=eos_id, levels=depth + c + 1, graphs=graphs)
     visit_probs = root_visit_probs(tree)                                     # [B, K]
     policy = improved(tree, prior, visit_probs=visit_probs, value_scale=cfg.value_scale,
                       maxvisit_init=cfg.maxvisit_init)                       # [B, K]
-    advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id)
-    return Move(visit_probs, policy, unsure & (cfg.num_simulations > 0))
+    advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id,
+            static=cfg.static)
+    return Move(visit_probs, policy, unsure & (cfg.num_simulations > 0),
+                depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1))
 
 
 def search(
@@ -536,19 +710,24 @@ def search(
     capacity = 1 + max_moves * (calls * cfg.leaves_per_call + 1)  # each simulation adds <= 1 node
     tree = init_tree(prompts, capacity=capacity, top_k=cfg.top_k, max_len=max_len, device=device)
     evaluator.begin(tree)
-    evaluate_leaves(tree, tree.root[:, None], torch.ones(B, 1, dtype=torch.bool, device=device), evaluator)  # the roots
+    evaluate_leaves(tree, tree.root[:, None], torch.ones(B, 1, dtype=torch.bool, device=device), evaluator,
+                    static=cfg.static)  # the roots
     improved = IMPROVED_POLICIES[cfg.policy_target]
     visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
     policy = visit_probs if cfg.policy_target == "visits" else torch.zeros(B, max_moves, vocab_size, device=device)
     searched_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     moves = torch.zeros(B, dtype=torch.long, device=device)
     arange = torch.arange(B, device=device)
+    depth = 0  # below the roots: nothing yet
+    graphs = GraphReplay(cuda=tree.tokens.is_cuda) if cfg.cuda_graph else None
     for m in range(max_moves):
         active = ~_at(tree.terminal, tree.root)
         if not bool(active.any()):
             break
         tokens = _at(tree.child_token, tree.root)  # [B, K] before the root moves on
-        move = search_move(tree, active, evaluator, cfg, improved=improved, generator=generator, eos_id=eos_id)
+        move = search_move(tree, active, evaluator, cfg, improved=improved, generator=generator, eos_id=eos_id,
+                           depth=depth, graphs=graphs)
+        depth = move.depth
         searched_at[:, m] = move.searched
         # one table serves both when the improved policy is the visits
         tables = [(visit_probs, move.visit_probs)] + ([(policy, move.policy)] if policy is not visit_probs else [])
@@ -557,6 +736,8 @@ def search(
             out[:, m] = torch.where(active[:, None], full, 0.0)
         moves += active.long()
     final, made = tree.root, int(moves.max()) if B else 0
+    if cfg.static and bool((tree.num_nodes > capacity).any()):  # static node creation cannot check as it goes
+        raise RuntimeError("search tree is full; raise its capacity")
     return SearchOutput(
         tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
         visit_probs=visit_probs[:, :made], policy=policy[:, :made], moves=moves, searched=searched_at[:, :made],

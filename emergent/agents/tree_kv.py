@@ -175,6 +175,27 @@ class TreeKV:
         ids[inv, slot], pos[inv, slot] = tok, last
         return TreePlan(trees, states.rows, states.nodes, inv, slot, slots, mask, ids, pos, self.P + R + G)
 
+    def static_plan(self, states: States) -> TreePlan:
+        """The plan of ``search.static``: fixed shapes, no host sync. Each of the M states is
+        its own row with one query, over the L keys of its whole path (the prompt's slots,
+        then its nodes'; positions past its length masked): M x L keys gathered instead of
+        the tree plan's shared prefixes, but no ``unique`` and no shape read from the data.
+        Only the states marked ``write`` store their keys and values; the others' go to the
+        scratch node, which no path contains."""
+        dev = states.rows.device
+        M, L = states.tokens.shape
+        arange = torch.arange(M, device=dev)
+        last = states.lengths - 1                                            # [M]
+        t = torch.arange(L, device=dev)[None, :]                             # [1, L]
+        prompt = torch.where(t < self.P, self.N + t, 0)                      # a prompt position's slot
+        slots = torch.where(states.node_at >= 0, states.node_at, prompt)     # [M, L]
+        mask = (t <= last[:, None])[:, None, :]                              # [M, 1, L]
+        write = states.write if states.write is not None else torch.ones_like(states.nodes, dtype=torch.bool)
+        nodes = torch.where(write & (states.nodes > 0), states.nodes, self.N - 1)  # node 0 is the prompt's
+        zero = torch.zeros_like(arange)
+        return TreePlan(states.rows, states.rows, nodes, arange, zero, slots, mask,
+                        states.tokens[arange, last][:, None], last[:, None], L)
+
     def advance(self, T: int) -> None:
         pass  # positions live in the tree, not in a running length
 
