@@ -1,13 +1,18 @@
 """How well the reward net ranks a policy's countdown traces, by the labels it learns from.
 
   python benchmarks/reward_labels.py CHECKPOINT --labels answer|process|sound [--steps 1500 --problems 4000]
+      [--n-layer L --n-head H --d-model C --init scratch --lr LR] [--perturb K]
 
 Samples 8 traces per training-split problem from CHECKPOINT's policy (temperature 1), trains
-a reward net started from that policy (``reward.init=policy``; batch 128, lr 3e-4) on them,
+a reward net started from that policy (``reward.init=policy``; batch 128, lr 3e-4; or sized by
+--n-layer/--n-head/--d-model and started from scratch) on them,
 and prints its AUC and ECE at EOS on 4 traces of each of 500 test problems. Labels:
   answer   the verifier's verdict on the answer (``task.check_steps=false``)
   process  the answer verdict, but 0 at every state from the end of the first false step
   sound    the answer is right and every step is true (``task.check_steps=true``)
+--perturb K adds, for each training trace, K copies with one digit of the completion changed
+at random, labelled by the verifier: near misses that differ from a real trace in one
+number (answer and sound labels only).
 One seed; the figures in benchmarks/RESULTS.md came from this script.
 """
 from __future__ import annotations
@@ -44,6 +49,21 @@ def traces(policy, task, problems, samples: int, seed: int):
     return ro, {k: v.astype(float) for k, v in labels.items()}, first_false
 
 
+def perturbed(task, problems, prompts, completions, finished, k: int, rng: np.random.Generator):
+    """K copies of each trace with one digit of its completion replaced by another, and their
+    labels of each kind (the verifier's, as for the originals)."""
+    P, C, F_, probs = [], [], [], []
+    for prob, p, c, f in zip(problems, prompts, completions, finished):
+        digits = [j for j, ch in enumerate(c) if ch.isdigit()]
+        for _ in range(k if digits else 0):
+            j = digits[rng.integers(len(digits))]
+            new = str((int(c[j]) + rng.integers(1, 10)) % 10)
+            P.append(p), C.append(c[:j] + new + c[j + 1 :]), F_.append(f), probs.append(prob)
+    s = task.verify_batch(probs, C, with_steps=True)
+    answer = s.exact * np.array(F_, dtype=bool)
+    return P, C, {"answer": answer.astype(float), "sound": (answer & ~s.false_step).astype(float)}
+
+
 def false_step_end(prompt: str, completion: str, step: int) -> int:
     """Row index (BOS + prompt + completion) of the last character of scratchpad step ``step``."""
     return len(prompt) + sum(len(x) + 1 for x in scratchpad_steps(completion)[: step + 1])
@@ -55,7 +75,16 @@ def main() -> None:
     ap.add_argument("--labels", choices=("answer", "process", "sound"), default="answer")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--problems", type=int, default=4000)
+    ap.add_argument("--n-layer", type=int, default=None)
+    ap.add_argument("--n-head", type=int, default=None)
+    ap.add_argument("--d-model", type=int, default=None)
+    ap.add_argument("--init", choices=("policy", "scratch"), default="policy")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--perturb", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="of the training draws and the perturbations")
     args = ap.parse_args()
+    if args.perturb and args.labels == "process":
+        ap.error("--perturb takes --labels answer or sound")
     state = load_checkpoint(args.checkpoint)
     cfg = load_config(base=state["config"], overrides=["logdir=/tmp/reward_labels", "eval.pass_k=[]"])
     exp = Experiment(cfg)
@@ -66,14 +95,21 @@ def main() -> None:
     train_p, test_p = task.sample(rng, args.problems, "train", [3, 4]), task.sample(rng, 500, "test", [3, 4])
     (tr, tr_labels, tr_false), (te, te_labels, _) = traces(policy, task, train_p, 8, 1), traces(policy, task, test_p, 4, 2)
     y = tr_labels[args.labels]
+    prompts, completions = list(tr.prompts), list(tr.completions)
+    if args.perturb:
+        P, C, lab = perturbed(task, [train_p[r] for r in tr.rows], tr.prompts, tr.completions, tr.finished,
+                              args.perturb, np.random.default_rng([3, args.seed]))
+        prompts, completions, y = prompts + P, completions + C, np.concatenate([y, lab[args.labels]])
 
-    net = RewardNet.for_policy(policy, RewardNetConfig())
-    learner = Learner(net, OptimConfig(lr=3e-4, min_lr=3e-4, warmup_steps=0, weight_decay=0.1), args.steps,
+    rcfg = RewardNetConfig(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model, init=args.init)
+    rcfg.validate(policy.cfg)
+    net = RewardNet.for_policy(policy, rcfg)
+    learner = Learner(net, OptimConfig(lr=args.lr, min_lr=args.lr, warmup_steps=0, weight_decay=0.1), args.steps,
                       torch.device("cpu"))
-    draw = np.random.default_rng(0)
+    draw = np.random.default_rng(args.seed)
     for _ in range(args.steps):
         idx = draw.integers(0, len(y), 128)
-        b = encode_values([tr.prompts[i] for i in idx], [tr.completions[i] for i in idx], y[idx], net.cfg.max_len)
+        b = encode_values([prompts[i] for i in idx], [completions[i] for i in idx], y[idx], net.cfg.max_len)
         target = b.labels[:, None].expand(b.inputs.shape).clone()
         if args.labels == "process":
             for row, i in enumerate(idx):
@@ -93,6 +129,8 @@ def main() -> None:
     with torch.no_grad():
         v = net.value_at(b.inputs, lp + b.mask.sum(1).long()).numpy()
     print(json.dumps({"labels": args.labels, "steps": args.steps, "problems": args.problems, "traces": len(y),
+                      "perturb": args.perturb, "seed": args.seed, "train_positives": round(float(y.mean()), 4),
+                      "judge": f"L{net.cfg.n_layer} d{net.cfg.d_model} {args.init} lr {args.lr}",
                       "auc": round(auc(v, held), 4), "ece": round(expected_calibration_error(v, held), 4),
                       "positives": round(float(held.mean()), 4)}))
 

@@ -213,6 +213,45 @@ def test_reward_rollouts_are_sampled_for_the_reward_net_alone(method, vote, tmp_
     assert (len(more.method.replay) if more.method.replay is not None else 0) - policy_replay <= b.size
 
 
+def test_near_misses_change_one_digit_each():
+    from emergent.agents.reward_trainer import near_misses
+
+    comps = ["12+3=15>12+3", "no digits", "", "7"]
+    src, copies = near_misses(comps, 3, np.random.default_rng(0))
+    assert src.tolist() == [0, 0, 0, 3, 3, 3]
+    for i, c in zip(src, copies):
+        diff = [j for j, (x, y) in enumerate(zip(comps[i], c)) if x != y]
+        assert len(c) == len(comps[i]) and len(diff) == 1 and comps[i][diff[0]].isdigit() and c[diff[0]].isdigit()
+
+
+@pytest.mark.parametrize("method", ["expert_iteration", "policy_gradient"])  # (one make_experience for all)
+def test_reward_near_misses_copy_the_trained_traces_and_the_verifier_labels_them(method, tmp_path):
+    # reward.near_misses=2: two one-digit copies of each trace the reward net trains on (none
+    # of a held-out one), labelled by the verifier, for the reward net's replay alone
+    base = [*small(method), f"logdir={tmp_path}", "reward.heldout_fraction=0.5"]
+    exp = Experiment(load_config(None, [*base, "reward.near_misses=2"]))
+    problems = exp.next_problems()
+    b = exp.collect(problems).experience
+    assert 0 < int((~b.heldout).sum()) < b.size
+    trained = np.array([i for i in np.flatnonzero(~b.heldout) if any(ch.isdigit() for ch in b.completions[i])])
+    assert len(trained) and len(b.reward_traces) == 2 * len(trained)  # a completion without digits has no copies
+    rows = b.rows[trained].repeat(2)
+    assert [t.prompt for t in b.reward_traces] == [b.prompts[r] for r in rows]
+    truth = Oracle(exp.task, problems)(rows, [t.completion for t in b.reward_traces]).astype(bool) & b.finished[trained].repeat(2)
+    assert np.array_equal([t.label for t in b.reward_traces], truth.astype(float))
+    for t, i in zip(b.reward_traces, trained.repeat(2)):
+        assert sum(x != y for x, y in zip(t.completion, b.completions[i])) == 1
+    exp.method.learn(b)
+    assert len(exp.method.reward.replay) == int((~b.heldout).sum()) + 2 * len(trained)
+
+
+def test_near_misses_need_the_verifier():
+    from emergent.platform.config import ConfigError
+
+    with pytest.raises(ConfigError, match="near_misses"):
+        load_config(None, [*small("expert_iteration"), "improve.label_source=majority_vote", "reward.near_misses=1"])
+
+
 @pytest.mark.parametrize("confident,target", [(1.0, "visits"), (1.0, "completed_q"), (0.0, "visits")])
 def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target, tmp_path):
     # confident_prior 1.0 searches every move: each move has an improved policy to learn.

@@ -30,7 +30,7 @@ from .learner import Learner, Update
 from .model import TransformerLM
 from .records import Experience, Prompts, Replay, StepResult, Trace
 from .reward_net import RewardNet
-from .reward_trainer import RewardTrainer, split_heldout
+from .reward_trainer import RewardTrainer, near_misses, split_heldout
 from .rollouts import Rollouts, majority_labels, sample_rollouts
 
 LABEL_SOURCES = ("verifier", "reward_net", "majority_vote")
@@ -137,6 +137,7 @@ class SelfImprover:
         self.reward = RewardTrainer(self.reward_net, cfg.reward, cfg.train.steps, device)
         self.heldout_fraction = cfg.reward.heldout_fraction
         self.reward_rollouts = cfg.reward.rollouts
+        self.reward_near_misses = cfg.reward.near_misses
         self.replay: Optional[Replay] = None  # a method that replays its own traces sets one
         self.reseed(cfg.seed)
 
@@ -170,6 +171,9 @@ class SelfImprover:
             probs, f = self.reward.score([batch.prompts[rows[i]] for i in held], [completions[i] for i in held])
             flops[tags.REWARD] = flops.get(tags.REWARD, 0.0) + f
         extra = self.reward_traces(batch, flops) if self.reward_rollouts else ()
+        if self.reward_near_misses:
+            extra += self.near_miss_traces(batch, np.asarray(rows), completions, np.asarray(finished, dtype=bool),
+                                           ~heldout)
         return Experience(list(batch.prompts), np.asarray(rows), list(completions), np.asarray(finished, dtype=bool),
                           np.asarray(labels, dtype=float), np.asarray(scores, dtype=float), heldout, probs, flops,
                           reward_traces=extra, **fields)
@@ -183,6 +187,19 @@ class SelfImprover:
         flops[tags.GENERATE] = flops.get(tags.GENERATE, 0.0) + ro.flops
         labels, _, _ = self.judge(ro, batch, vote=self.cfg.label_source == "majority_vote", source="verifier")
         return tuple(Trace(p, c, float(y)) for p, c, y in zip(ro.prompts, ro.completions, labels * ro.finished))
+
+    def near_miss_traces(self, batch: Prompts, rows: np.ndarray, completions: Sequence[str], finished: np.ndarray,
+                         train: np.ndarray) -> tuple[Trace, ...]:
+        """``reward.near_misses`` copies of each trace the reward net trains on (``train`` [R]
+        bool), one digit changed, labelled by the verifier (a copy of an unfinished trace
+        stays unfinished: label 0)."""
+        keep = np.flatnonzero(train)
+        src, copies = near_misses([completions[i] for i in keep], self.reward_near_misses, self.np_rng)
+        if not copies:
+            return ()
+        at = keep[src]
+        labels = batch.verify(rows[at], copies).astype(float) * finished[at]
+        return tuple(Trace(batch.prompts[r], c, float(y)) for r, c, y in zip(rows[at], copies, labels))
 
     # -- learning ---------------------------------------------------------------------------------
     def learn(self, experience: Experience) -> StepResult:

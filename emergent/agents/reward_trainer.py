@@ -36,6 +36,24 @@ def encode_values(prompts: Sequence[str], completions: Sequence[str], labels: np
     return ValueBatch(full, mask, torch.as_tensor(labels, dtype=torch.float32))
 
 
+def near_misses(completions: Sequence[str], k: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """``k`` copies of each completion with one digit, drawn at random, replaced by another
+    digit -> (the completion each copy comes from [C], the copies). A completion without
+    digits has none. Host string work, as the verifier's."""
+    src, out = [], []
+    for i, c in enumerate(completions):
+        digits = np.flatnonzero(np.frombuffer(c.encode(), dtype=np.uint8) - ord("0") < 10) if c.isascii() else \
+            np.array([j for j, ch in enumerate(c) if ch.isdigit()])
+        if len(digits) == 0:
+            continue
+        at = digits[rng.integers(0, len(digits), k)]
+        shift = rng.integers(1, 10, k)  # a different digit
+        for j, d in zip(at.tolist(), shift.tolist()):
+            src.append(i)
+            out.append(c[:j] + str((int(c[j]) + d) % 10) + c[j + 1 :])
+    return np.asarray(src, dtype=np.int64), out
+
+
 def split_heldout(n: int, fraction: float, generator: np.random.Generator) -> np.ndarray:
     """Boolean mask [n]: True for traces held out of reward-net training."""
     return generator.random(n) < fraction

@@ -318,3 +318,6 @@ def validate(cfg: Config) -> None:
         cfg.reward.validate(cfg.model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if cfg.reward.near_misses and cfg.train.method == "expert_iteration" and cfg.improve.label_source == "majority_vote":
+        raise ConfigError("reward.near_misses are labelled by the verifier, which improve.label_source=majority_vote "
+                          "never calls: set reward.near_misses=0")
