@@ -53,7 +53,9 @@ class RewardNetConfig:
     # labelled by the verifier. Near misses differ from a real trace in one number (a step's
     # operand or result, the answer), so telling them apart takes checking the arithmetic, which
     # the policy's own traces alone teach slowly. Offline, on an expert-iteration policy's
-    # countdown traces, 1 raised held-out AUC from 0.71 to 0.76 (benchmarks/RESULTS.md)
+    # countdown traces, 1 raised held-out AUC from 0.71 to 0.76 (three seeds); online, inside
+    # expert iteration, it has not moved the AUC yet and dilutes the positives, which costs
+    # calibration (benchmarks/RESULTS.md)
     near_misses: int = 0
 
     def model_config(self, policy: ModelConfig) -> ModelConfig:
