@@ -24,7 +24,7 @@ echo "== generation: batch 1024, 9-token prompts, 64 new tokens; HF generate bes
 timeout 150 python3 benchmarks/throughput.py --no-train --size quickstart --size 25m --size 85m \
   --gen-batch 1024 --new-tokens 64 2>&1 | grep -v "^sample"
 echo "== search: searched vs sampled trace (default, static, static + CUDA graphs), simulations/s at L2 d128 and L8 d512, mctx beside (items 1, 2)"
-timeout 240 python3 benchmarks/search_speed.py ${WARM:+--checkpoint "$WARM"} 2>&1 | tail -18
+timeout 300 python3 benchmarks/search_speed.py ${WARM:+--checkpoint "$WARM"} 2>&1 | tail -22
 echo "== learner: 128 x 250 tokens, eager and compiled, GPT-2 beside (item 4)"
 timeout 120 python3 benchmarks/throughput.py --size 25m --size 85m --steps 20 --batch 128 2>&1 | grep -E "^==|train|peer   transformers GPT-2, same"
 if ls .whlray/*.whl >/dev/null 2>&1; then

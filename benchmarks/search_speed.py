@@ -13,8 +13,9 @@ Prints:
              states) vs a sampled trace of the same prompts (one KV-cached generate call,
              the fastest of 5),
              per-node key cache on (the default), the same with search.static (fixed
-             shapes, no host sync inside a move: the GPU design) and with its calls
-             replayed from CUDA graphs (search.cuda_graph; on CUDA only), with the cache but no
+             shapes, no host sync inside a move: the GPU design), and on CUDA also with its
+             calls replayed from CUDA graphs (search.cuda_graph), with each walk level
+             compiled (search.compile), and with both, with the cache but no
              value network (priors only), and with --reference the full-prefix path: wall time, the ratio,
              and simulations/s; at L2 d128 (countdown) and L8 d512
   where      where one searched batch's time goes (each part timed with a device sync
@@ -119,7 +120,8 @@ def networks(cfg: ModelConfig, device, checkpoint: str | None):
 
 
 def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, checkpoint: str | None,
-                        value_net: bool = True, static: bool = False, graph: bool = False) -> dict:
+                        value_net: bool = True, static: bool = False, graph: bool = False,
+                        compiled: bool = False) -> dict:
     policy, value = networks(cfg, device, checkpoint)
     value = value if value_net else None
     task = make_task("countdown", format="scratchpad")
@@ -141,7 +143,7 @@ def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, c
     ev = PolicyValueEvaluator(policy, value, top_k=4, verifier=state_verifier([len(i) for i in ids], verify),
                               kv_cache=kv_cache)
     scfg = SearchConfig(num_simulations=32, leaves_per_call=8, top_k=4, confident_prior=1.0, static=static,
-                        cuda_graph=graph)
+                        cuda_graph=graph, compile=compiled)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = search(ids, ev, scfg, max_len=cfg.max_len, vocab_size=TOKENIZER.vocab_size, eos_id=TOKENIZER.eos_id,
@@ -214,15 +216,18 @@ def main() -> None:
         layers, width = (int(x) for x in size[1:].split("d"))
         cfg = ModelConfig(n_layer=layers, n_head=max(4, width // 64), d_model=width, max_len=64)
         ckpt = args.checkpoint if (layers, width) == (2, 128) else None
-        rows = [(True, True, False, False), (True, True, True, False), (True, False, False, False)]
-        rows += [(True, True, True, True)] if device.type == "cuda" else []
-        rows += [(False, True, False, False)] if args.reference else []
-        for kv, value_net, static, graph in rows:
+        # (kv_cache, value net, static, cuda_graph, compile)
+        rows = [(True, True, False, False, False), (True, True, True, False, False), (True, False, False, False, False)]
+        if device.type == "cuda":
+            rows += [(True, True, True, True, False), (True, True, True, False, True), (True, True, True, True, True)]
+        rows += [(False, True, False, False, False)] if args.reference else []
+        for kv, value_net, static, graph, compiled in rows:
             name = (f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}"
-                    f"{' static' if static else ''}{' cuda_graph' if graph else ''}{'' if value_net else ' no value net'}")
+                    f"{' static' if static else ''}{' cuda_graph' if graph else ''}{' compile' if compiled else ''}"
+                    f"{'' if value_net else ' no value net'}")
             try:
                 r = searched_vs_sampled(cfg, problems, device, kv_cache=kv, checkpoint=ckpt, value_net=value_net,
-                                        static=static, graph=graph)
+                                        static=static, graph=graph, compiled=compiled)
             except Exception as e:  # one row's failure (a first run on a new card) must not cost the others
                 print(f"{name}: FAILED {type(e).__name__}: {e}")
                 continue

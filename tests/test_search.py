@@ -1,4 +1,6 @@
 """Batched MCTS: known answers on hand-built trees, and the zero-simulation limit."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -178,7 +180,8 @@ def tiny_networks(pos: str, dtype=torch.float32, device="cpu"):
     return policy.to(device, dtype).eval(), value.to(device, dtype).eval()
 
 
-def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=False, graph=False, confident=1.0):
+def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=False, graph=False, confident=1.0,
+             compiled=False):
     """Five moves of search over four prompts, each walk bounded as ``search`` bounds it."""
     from emergent.agents.graph_replay import GraphReplay
     from emergent.agents.search import evaluate_leaves, init_tree, search_move, visits_policy
@@ -187,7 +190,8 @@ def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=Fal
     prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 7, 5, 4)]
     ev = PolicyValueEvaluator(policy, value, top_k=4, terminal="learned", kv_cache=kv_cache)
     cfg = SearchConfig(num_simulations=sims, leaves_per_call=3, top_k=4, terminal_value="learned",
-                       dirichlet_fraction=0.25, static=static, cuda_graph=graph, confident_prior=confident)
+                       dirichlet_fraction=0.25, static=static, cuda_graph=graph, confident_prior=confident,
+                       compile=compiled)
     tree = init_tree(prompts, capacity=400, top_k=4, max_len=24, device=device)
     ev.begin(tree)
     evaluate_leaves(tree, tree.root[:, None], torch.ones(4, 1, dtype=torch.bool, device=device), ev, static=static)
@@ -458,5 +462,19 @@ def test_graph_replayed_simulations_make_the_same_search():
     for field in outs[True]._fields:
         assert torch.equal(getattr(outs[True], field), getattr(outs[False], field)), field
     assert evs[True].calls == evs[False].calls and evs[True].flops == evs[False].flops
-    with pytest.raises(ValueError, match="needs search.static"):
+    with pytest.raises(ValueError, match="need search.static"):
         SearchConfig(cuda_graph=True).validate()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_walk_levels_make_the_same_tree():
+    """``search.compile``: the static walk's levels through torch.compile (one fused function
+    a level) make the static search's tree in fp64. A CPU compiles C++ here; a GPU, Triton."""
+    policy, value = tiny_networks("rope", torch.float64)
+    a, _ = searched(policy, value, kv_cache=True, static=True, sims=12)
+    b, _ = searched(policy, value, kv_cache=True, static=True, sims=12, compiled=True)
+    for field in ("tokens", "node_at", "children", "visits", "num_nodes", "root", "value_sum"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    with pytest.raises(ValueError, match="need search.static"):
+        SearchConfig(compile=True).validate()

@@ -89,6 +89,9 @@ class SearchConfig:
     # bucket of walk levels: one launch instead of thousands of kernels. Needs static; off
     # CUDA the same code runs eagerly
     cuda_graph: bool = False
+    # each walk level of the static path as one torch.compile'd function (Triton kernels on a
+    # GPU, C++ on a CPU, where the default path does not use it). Needs static
+    compile: bool = False
 
     def validate(self) -> None:
         if self.terminal_value not in TERMINAL_VALUES:
@@ -103,8 +106,8 @@ class SearchConfig:
             raise ValueError("search.value_scale and search.maxvisit_init must be >= 0")
         if not 0.0 <= self.confident_prior <= 1.0:
             raise ValueError("search.confident_prior must lie in [0, 1]")
-        if self.cuda_graph and not self.static:
-            raise ValueError("search.cuda_graph=true needs search.static=true (a graph replays fixed shapes)")
+        if (self.cuda_graph or self.compile) and not self.static:
+            raise ValueError("search.cuda_graph=true and search.compile=true need search.static=true (fixed shapes)")
 
 
 @dataclass(frozen=True)
@@ -321,7 +324,7 @@ def _add_children_static(tokens, node_at, length, children, child_token, termina
 
 
 def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virtual_loss: float = 0.0,
-           levels: int | None = None, static: bool = False) -> torch.Tensor:
+           levels: int | None = None, static: bool = False, compiled: bool = False) -> torch.Tensor:
     """Walk from each root by PUCT to a leaf; create the node if the edge is new.
 
     Returns leaves [B] (the root itself for inactive trees). A leaf is a node not yet
@@ -333,6 +336,7 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
     ``levels``: a bound on the edges a walk takes (the tree's depth below the root, plus
     one for the new edge; default the context length, which always holds). ``static``: in
     torch, exactly ``levels`` masked levels and fixed-shape node creation: no host sync.
+    ``compiled``: each torch walk level through ``torch.compile``.
     """
     B, N, K = tree.children.shape
     levels = tree.tokens.shape[2] if levels is None else levels
@@ -350,7 +354,8 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
                                                                 levels=levels))
     else:
         node, new, action = _walk(*tables, base, start, active, c_puct=c_puct, virtual_loss=virtual_loss,
-                                  levels=levels, early_exit=not static)
+                                  levels=levels, early_exit=not static,
+                                  level=_compiled_level() if compiled else _walk_level)
     if not static and not bool(new.any()):
         return node
     leaf = torch.where(new, add_children(tree, node, action, new, eos_id=eos_id, static=static), node)
@@ -359,8 +364,33 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
     return leaf
 
 
+def _walk_level(at, stop, new, action, visits, value_sum, value, children, prior, leaf, base, row_start, c_puct: float):
+    """One level of every walk (``_walk``'s tables; at, stop, new, action [B] its state):
+    a pure function, so ``search.compile`` can fuse it. Returns the new state and the node
+    each walk entered (-1: none)."""
+    xp = _xp(at)
+    rows_of = (lambda t, i: t.take(i, axis=0)) if xp is np else (lambda t, i: t.index_select(0, i))
+    kids = rows_of(children, at)                                          # [B, K] node ids, -1: none yet
+    flat = base[:, None] + _at_least(kids, 0)                             # [B, K]
+    n = visits.take(flat) * (kids >= 0)
+    a = puct_scores(n, value_sum.take(flat), rows_of(prior, at), value.take(at), c_puct).argmax(1)  # [B]
+    child = kids.take(row_start + a)
+    fresh = (child < 0) & ~stop
+    action = xp.where(fresh, a, action)
+    done = stop | fresh
+    at = xp.where(done, at, base + child)
+    return at, done | leaf.take(at), new | fresh, action, xp.where(done, -1, at)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_level() -> Callable:
+    """``_walk_level`` through ``torch.compile`` (fixed shapes): one or two fused kernels a
+    level instead of some 35."""
+    return torch.compile(_walk_level, fullgraph=True, dynamic=False)
+
+
 def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, active, *, c_puct: float,
-          virtual_loss: float, levels: int, early_exit: bool = True):
+          virtual_loss: float, levels: int, early_exit: bool = True, level: Callable = _walk_level):
     """The selection walk over flat tables (torch tensors, or numpy arrays): visits (virtual
     included), value sums, values [B * N]; children (-1: none yet), priors [B * N, K]; leaf
     [B * N] (a walk stops there); vloss [B * N] (written: ``virtual_loss`` on each node the
@@ -368,10 +398,10 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     loop over all trees: rows [B, K] of each table, read with ``take`` (numpy's fastest
     gather; flat indices, each tree's its own), at most ``levels`` levels: with
     ``early_exit`` it stops once every walk has (a host read per level), else it runs them
-    all, a walk that has stopped staying where it is. Returns (node [B], new [B]: the walk ended
-    on an edge without a node, action [B]: that edge)."""
+    all, a walk that has stopped staying where it is (``level``: ``_walk_level``, or its
+    compiled form). Returns (node [B], new [B]: the walk ended on an edge without a node,
+    action [B]: that edge)."""
     xp = _xp(at)
-    rows_of = (lambda t, i: t.take(i, axis=0)) if xp is np else (lambda t, i: t.index_select(0, i))
     K = children.shape[1]
     row_start = xp.arange(len(at)) * K                                    # [B] flat index of each row of [B, K]
     if virtual_loss:
@@ -383,18 +413,9 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     for _ in range(levels):
         if early_exit and bool(stop.all()):
             break
-        kids = rows_of(children, at)                                      # [B, K] node ids, -1: none yet
-        flat = base[:, None] + _at_least(kids, 0)                         # [B, K]
-        n = visits.take(flat) * (kids >= 0)
-        a = puct_scores(n, value_sum.take(flat), rows_of(prior, at), value.take(at), c_puct).argmax(1)  # [B]
-        child = kids.take(row_start + a)
-        fresh = (child < 0) & ~stop
-        new |= fresh
-        action = xp.where(fresh, a, action)
-        done = stop | fresh
-        at = xp.where(done, at, base + child)
-        entered.append(xp.where(done, -1, at))
-        stop = done | leaf.take(at)
+        at, stop, new, action, entered_now = level(at, stop, new, action, visits, value_sum, value, children, prior,
+                                                   leaf, base, row_start, c_puct)
+        entered.append(entered_now)
     else:  # every level ran: with early exits, a walk not ended now would have gone on
         if early_exit and not bool(stop.all()):
             raise RuntimeError(f"a selection walk went deeper than its bound of {levels} levels")
@@ -532,7 +553,7 @@ def _select_leaves(tree: Tree, active: torch.Tensor, cfg: SearchConfig, *, eos_i
                    levels: int | None) -> torch.Tensor:
     """``leaves_per_call`` selections per tree -> leaves [B, W]."""
     leaves = [select(tree, active, c_puct=cfg.c_puct, eos_id=eos_id, virtual_loss=cfg.virtual_loss, levels=levels,
-                     static=cfg.static) for _ in range(cfg.leaves_per_call)]
+                     static=cfg.static, compiled=cfg.compile) for _ in range(cfg.leaves_per_call)]
     return torch.stack(leaves, 1)
 
 
