@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The one prepared GPU session (about 8 minutes; a session gets 15 minutes of device time,
-# machine start included): GPU tests first, then issue 12's figures in order of what is
-# unmeasured. Run on the device machine from the repository root, with the wheels in .whl/
+# The one prepared GPU session (about 9 minutes; a session gets 15 minutes of device time,
+# machine start included; what runs past timeout_s is cut, so the sections run in order of
+# need): GPU tests first, then the search (its static, graph-replayed and compiled paths have
+# never run on a GPU), then issue 12's other figures in order of what is unmeasured.
+# Run on the device machine from the repository root, with the wheels in .whl/
 # (from ../shared/device-wheels; for mctx, the search machinery's peer, also
 # `pip download --no-deps -d .whl mctx chex`: the image has jax):
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".whlray",
@@ -20,11 +22,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 echo "== GPU tests (CUDA graph decode, search on CUDA == CPU in fp64, bf16 paths)"
 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -25
+echo "== search: searched vs sampled trace (default; static; static with CUDA graphs, compiled levels, both), simulations/s at L2 d128 and L8 d512, mctx beside (items 1, 2)"
+timeout 300 python3 benchmarks/search_speed.py ${WARM:+--checkpoint "$WARM"} 2>&1 | tail -22
 echo "== generation: batch 1024, 9-token prompts, 64 new tokens; HF generate beside (item 3)"
 timeout 150 python3 benchmarks/throughput.py --no-train --size quickstart --size 25m --size 85m \
   --gen-batch 1024 --new-tokens 64 2>&1 | grep -v "^sample"
-echo "== search: searched vs sampled trace (default, static, static + CUDA graphs), simulations/s at L2 d128 and L8 d512, mctx beside (items 1, 2)"
-timeout 300 python3 benchmarks/search_speed.py ${WARM:+--checkpoint "$WARM"} 2>&1 | tail -22
 echo "== learner: 128 x 250 tokens, eager and compiled, GPT-2 beside (item 4)"
 timeout 120 python3 benchmarks/throughput.py --size 25m --size 85m --steps 20 --batch 128 2>&1 | grep -E "^==|train|peer   transformers GPT-2, same"
 if ls .whlray/*.whl >/dev/null 2>&1; then
