@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from emergent.agents.learner import Learner, OptimConfig
 from emergent.agents.reward_net import RewardNet, RewardNetConfig
-from emergent.agents.reward_trainer import encode_values
+from emergent.agents.reward_trainer import encode_values, near_misses
 from emergent.agents.rollouts import sample_rollouts
 from emergent.envs import make_task
 from emergent.envs.base import scratchpad_steps
@@ -50,18 +50,12 @@ def traces(policy, task, problems, samples: int, seed: int):
 
 
 def perturbed(task, problems, prompts, completions, finished, k: int, rng: np.random.Generator):
-    """K copies of each trace with one digit of its completion replaced by another, and their
-    labels of each kind (the verifier's, as for the originals)."""
-    P, C, F_, probs = [], [], [], []
-    for prob, p, c, f in zip(problems, prompts, completions, finished):
-        digits = [j for j, ch in enumerate(c) if ch.isdigit()]
-        for _ in range(k if digits else 0):
-            j = digits[rng.integers(len(digits))]
-            new = str((int(c[j]) + rng.integers(1, 10)) % 10)
-            P.append(p), C.append(c[:j] + new + c[j + 1 :]), F_.append(f), probs.append(prob)
-    s = task.verify_batch(probs, C, with_steps=True)
-    answer = s.exact * np.array(F_, dtype=bool)
-    return P, C, {"answer": answer.astype(float), "sound": (answer & ~s.false_step).astype(float)}
+    """``reward.near_misses``' copies (K per trace, one digit changed) and their labels of each
+    kind (the verifier's, as for the originals)."""
+    src, C = near_misses(completions, k, rng)
+    s = task.verify_batch([problems[i] for i in src], C, with_steps=True)
+    answer = s.exact * np.asarray(finished, dtype=bool)[src]
+    return [prompts[i] for i in src], C, {"answer": answer.astype(float), "sound": (answer & ~s.false_step).astype(float)}
 
 
 def false_step_end(prompt: str, completion: str, step: int) -> int:

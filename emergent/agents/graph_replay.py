@@ -1,10 +1,11 @@
 """CUDA-graph replay of a function of fixed buffers, one graph per key, with an eager twin
 off CUDA (which is how CPU tests check the wiring around it).
 
-A search's simulation call (``search.static``) is a few thousand small kernels: some 20 per
-walk level, a few dozen levels per selection, eight selections, then two networks'
-forwards. Launched one by one from Python, the host's launch rate bounds it on a GPU; a
-graph replays them all with one launch.
+Two users: a static decode step (``model.DecodeStep``: a dozen kernels per layer per token)
+and a search's static simulation call (``search.cuda_graph``: some 35 small ops per walk
+level, a few dozen levels per selection, eight selections, then two networks' forwards).
+Launched one by one from Python, the host's launch rate bounds both on a GPU; a graph
+replays them with one launch.
 """
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .graph_replay import GraphReplay
+
 POS_SCHEMES = ("learned", "rope", "none")
 
 
@@ -124,54 +126,30 @@ class DecodeStep:
     """One token of decoding as a function of fixed buffers: ``(tok [B], pos [B], at) ->
     logits [B, V]`` for a ``StaticKVCache`` and a fixed key mask ``key_valid`` [B, S].
 
-    On CUDA (``graph=True``) the step is captured once as a CUDA graph and replayed: one
-    launch per token instead of a dozen kernels per layer, each waiting on the host, which
-    is what bounds a small model's decode (L2 d128 runs ~30 kernels of microseconds per
-    token). Elsewhere it runs eagerly: the same arithmetic, which is how CPU tests check it.
-    The graph is captured at the first call, after warm-up runs on a side stream (kernel
-    choice and workspace allocation must happen outside the capture); those runs write the
-    first step's own keys at its own position, so they leave nothing behind. Under autocast
-    the capture runs with autocast's weight-cast cache off: a cached cast would be freed
-    when the caller's autocast region ends, while the graph still reads it.
+    On CUDA (``graph=True``) the step is replayed from a CUDA graph (``GraphReplay``: the first
+    step runs eagerly on a side stream as the warm-up, the second is captured): one launch per
+    token instead of a dozen kernels per layer, each waiting on the host, which is what bounds
+    a small model's decode (L2 d128 runs ~30 kernels of microseconds per token). Elsewhere
+    ``GraphReplay``'s eager twin runs the same arithmetic, which is how CPU tests check it.
     """
 
     def __init__(self, model: "TransformerLM", cache: StaticKVCache, key_valid: torch.Tensor, *, graph: bool) -> None:
         if graph and not key_valid.is_cuda:
             raise ValueError("a CUDA graph needs the model on CUDA")
-        self.model, self.cache, self.key_valid, self.use_graph = model, cache, key_valid, graph
+        self.model, self.cache, self.key_valid = model, cache, key_valid
         B = key_valid.shape[0]
         self.tok = torch.zeros(B, 1, dtype=torch.long, device=key_valid.device)
         self.pos = torch.zeros(B, 1, dtype=torch.long, device=key_valid.device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
+        self.graphs = GraphReplay(cuda=graph)
 
     def _run(self) -> torch.Tensor:
         return self.model(self.tok, self.pos, self.key_valid, self.cache)[:, -1]
-
-    def _capture(self) -> None:
-        autocast = torch.is_autocast_enabled("cuda")
-        dtype = torch.get_autocast_dtype("cuda")
-        with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._run()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self._run()
 
     def __call__(self, tok: torch.Tensor, pos: torch.Tensor, at: int) -> torch.Tensor:
         self.tok.copy_(tok.view(-1, 1))
         self.pos.copy_(pos.view(-1, 1))
         self.cache.length.fill_(at)
-        if not self.use_graph:
-            return self._run()
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
-        return self.logits
+        return self.graphs("step", self._run)
 
 
 def rope_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:

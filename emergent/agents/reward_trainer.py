@@ -42,8 +42,7 @@ def near_misses(completions: Sequence[str], k: int, rng: np.random.Generator) ->
     digits has none. Host string work, as the verifier's."""
     src, out = [], []
     for i, c in enumerate(completions):
-        digits = np.flatnonzero(np.frombuffer(c.encode(), dtype=np.uint8) - ord("0") < 10) if c.isascii() else \
-            np.array([j for j, ch in enumerate(c) if ch.isdigit()])
+        digits = np.array([j for j, ch in enumerate(c) if ch in "0123456789"])
         if len(digits) == 0:
             continue
         at = digits[rng.integers(0, len(digits), k)]
