@@ -15,6 +15,7 @@ from emergent.envs import TOKENIZER
 from .token_batch import encode_batch
 from .learner import Update, autocast
 from .method import SelfImprover, register_method
+from .model import upcast
 from .policy_value import PolicyValueEvaluator, output_completions, state_verifier
 from .records import Experience, Prompts, Replay, Trace
 from .expert_iteration import replay_nll_updates
@@ -89,7 +90,7 @@ class AlphaZero(SelfImprover):
             target, weight, inputs = target.to(self.device), weight.to(self.device), batch.inputs.to(self.device)
 
             def loss_fn(target=target, weight=weight, inputs=inputs):
-                logp = torch.log_softmax(self.policy(inputs).float(), -1)
+                logp = torch.log_softmax(upcast(self.policy(inputs)), -1)
                 return -(target * logp).sum(-1).mul(weight).sum() / weight.sum().clamp(min=1)
 
             updates.append(self.learner.step(loss_fn, tokens=B * T,

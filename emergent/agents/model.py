@@ -362,7 +362,7 @@ class TransformerLM(nn.Module):
         prompt_len = valid.sum(1)                     # [B]
         pos = (valid.cumsum(1) - 1).clamp(min=0)      # [B, Tp]
         out = torch.full((B, N), pad_id, dtype=torch.long, device=device)
-        logprobs = torch.zeros(B, N, device=device)
+        logprobs = torch.zeros(B, N, dtype=upcast(self.wte.weight).dtype, device=device)
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         key_valid = torch.cat([valid, torch.ones(B, N, dtype=torch.bool, device=device)], 1)  # [B, Tp+N]
@@ -374,7 +374,7 @@ class TransformerLM(nn.Module):
         logits = self(ids, pos, key_valid, cache)[:, -1]  # [b, V]
         step = DecodeStep(self, cache, key_valid, graph=device.type == "cuda") if static else None
         for n in range(N):
-            tok, lp = sample_next(logits.float(), temperature, top_k, generator)  # [b]
+            tok, lp = sample_next(upcast(logits), temperature, top_k, generator)  # [b]
             ended = done[rows]
             tok = torch.where(ended, pad_id, tok)
             out[rows, n] = tok
@@ -398,6 +398,12 @@ class TransformerLM(nn.Module):
                 seq_pos = torch.cat([pos[rows], prompt_len[rows, None] + torch.arange(n + 1, device=device)], 1)
                 logits = self(seq, seq_pos, key_valid[rows, : Tp + n + 1])[:, -1]
         return Generation(out[:, : n + 1], lengths, done, logprobs[:, : n + 1])  # trim unused columns
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision activations (bf16 autocast) in fp32 for losses, sampling and values;
+    fp32 and fp64 as they are, so a run in fp64 (the golden tests) stays in fp64 throughout."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None):

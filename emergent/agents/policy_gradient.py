@@ -20,6 +20,7 @@ from emergent.envs import TOKENIZER
 from .token_batch import encode_batch
 from .learner import Update, autocast
 from .method import SelfImprover, register_method
+from .model import upcast
 from .records import Experience, Prompts
 from .rollouts import sample_rollouts
 
@@ -77,13 +78,13 @@ class PolicyGradient(SelfImprover):
         ref, ref_flops = None, 0.0
         if self.reference is not None:  # the KL anchor does not move: one forward for all updates
             with torch.no_grad(), autocast(self.device, self.learner.mixed_precision):
-                ref = torch.log_softmax(self.reference(batch.inputs).float(), -1)
+                ref = torch.log_softmax(upcast(self.reference(batch.inputs)), -1)
                 ref = ref.gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
             ref_flops = self.policy.flops_per_token(T, backward=False) * R * T
         state = {"old": None, "kl": torch.zeros((), device=self.device)}
 
         def loss_fn():
-            logits = self.policy(batch.inputs).float()
+            logits = upcast(self.policy(batch.inputs))
             logp = torch.log_softmax(logits, -1).gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
             if state["old"] is None:  # the log-probs of the weights that take the first step
                 state["old"] = logp.detach()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from emergent.envs.tokenizer import TOKENIZER
 
+from .model import upcast
 from .search import Expansion, SearchOutput, States, Tree
 from .tree_kv import TreeKV, TreePlan
 
@@ -116,11 +117,11 @@ class PolicyValueEvaluator:
         M = len(states.rows)
         pending = self._pending(states) if self.kv_cache else None
         if self.kv_cache:
-            logits = self.policy.lm_head(self._hidden("policy", states, pending)).float()  # [M, V]
+            logits = upcast(self.policy.lm_head(self._hidden("policy", states, pending)))  # [M, V]
         else:
             x = self._trim(states)
             T = x.shape[1]
-            logits = self.policy(x)[torch.arange(M, device=x.device), states.lengths - 1].float()
+            logits = upcast(self.policy(x)[torch.arange(M, device=x.device), states.lengths - 1])
             self.flops += self.policy.flops_per_token(T, backward=False) * M * T
         logp = F.log_softmax(logits / self.prior_temperature, -1)
         top, idx = logp.topk(self.top_k, -1)
@@ -145,7 +146,7 @@ class PolicyValueEvaluator:
             return torch.full((len(states.rows),), 0.5, device=states.tokens.device)
         if self.kv_cache:
             h = self._hidden("reward", states, pending or self._pending(states))
-            return torch.sigmoid(self.reward_net.head(h).squeeze(-1).float())
+            return torch.sigmoid(upcast(self.reward_net.head(h).squeeze(-1)))
         x = self._trim(states)
         self.flops += self.reward_net.flops_per_token(x.shape[1], backward=False) * x.numel()
         return self.reward_net.value_at(x, states.lengths)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import ModelConfig, TransformerLM
+from .model import ModelConfig, TransformerLM, upcast
 
 
 REWARD_INITS = ("policy", "scratch")
@@ -111,7 +111,7 @@ class RewardNet(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx [B, T] (right-padded) -> logits [B, T] of P(correct | tokens[:t+1])."""
-        return self.head(self.trunk.hidden(idx)).squeeze(-1).float()
+        return upcast(self.head(self.trunk.hidden(idx)).squeeze(-1))
 
     def value_at(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """P(correct) of each row's state after its last real token: idx [B, T], lengths [B] -> [B]."""

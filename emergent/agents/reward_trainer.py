@@ -19,6 +19,7 @@ from emergent.envs import TOKENIZER
 from .token_batch import encode_batch
 from .learner import Learner, OptimConfig, autocast
 from .records import Experience, Replay, Trace
+from .model import upcast
 from .reward_net import RewardNet, RewardNetConfig, ValueBatch, value_loss
 
 
@@ -96,7 +97,7 @@ class RewardTrainer:
         with autocast(self.device, self.learner.mixed_precision):
             v = self.net.value_at(batch.inputs, lengths)
         B, T = batch.inputs.shape
-        return v.float().cpu().numpy(), self.net.flops_per_token(T, backward=False) * B * T
+        return upcast(v).cpu().numpy(), self.net.flops_per_token(T, backward=False) * B * T
 
     def state_dict(self) -> dict:
         return {"optim": self.learner.state_dict(), "net": self.net.state_dict(), "replay": self.replay.state_dict()}

@@ -18,7 +18,7 @@ from emergent.envs import TOKENIZER
 from .token_batch import TokenBatch, encode_batch
 from .learner import Learner
 from .method import register_method
-from .model import TransformerLM
+from .model import TransformerLM, upcast
 from .records import Experience, Prompts, StepResult
 
 
@@ -28,7 +28,7 @@ def completion_nll(model: TransformerLM, batch: TokenBatch, *, exact: bool = Fal
     ``exact``: also return [B] bool, teacher-forced exact match (every completion token,
     EOS included, is the argmax): the training accuracy a curriculum reads."""
     logits = model(batch.inputs)  # [B, T, V]
-    nll = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
+    nll = F.cross_entropy(upcast(logits).flatten(0, 1), batch.targets.flatten(), reduction="none")
     loss = (nll * batch.loss_mask.flatten()).sum() / batch.loss_mask.sum().clamp(min=1)
     if not exact:
         return loss
