@@ -33,6 +33,18 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
                           timeout=timeout, cwd=ROOT, env=cli_env(), **kwargs)
 
 
+def wait_until(condition, proc: subprocess.Popen | None = None, *, timeout: float = 300.0) -> None:
+    """Wait for an event (a file written, a run held): ``condition()`` true. Fails if
+    ``proc`` exits first. ``timeout`` only catches a hang; no outcome depends on it."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the process exited ({proc.returncode}) before the event"
+        assert time.monotonic() < end, f"no event after {timeout} s: hung"
+        time.sleep(0.02)
+
+
 def scalars(run_dir, *, perf: bool = True) -> dict[str, list[tuple[int, float]]]:
     """Every scalar a run logged, read back from its TensorBoard events: tag -> [(step, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -43,6 +55,11 @@ def scalars(run_dir, *, perf: bool = True) -> dict[str, list[tuple[int, float]]]
             if perf or not t.startswith("perf/")}
 
 
+# The only reason a test may skip: it needs CUDA (marker ``gpu``). Any other skip fails, so
+# a test that cannot run on CI's machine says so in red instead of passing by skipping.
+SKIP_MARKERS = ("gpu",)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -50,6 +67,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not any(m in item.keywords for m in SKIP_MARKERS):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped without a skip marker ({', '.join(SKIP_MARKERS)}): {reason}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} skipped, all marked gpu (no CUDA on this machine)")
 
 
 @pytest.fixture(autouse=True)

@@ -2,15 +2,15 @@
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import ROOT, SHARED, TINY, cli_env, run_cli, scalars
+from conftest import ROOT, SHARED, TINY, cli_env, run_cli, scalars, wait_until
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.cli import main
 from emergent.platform.config import load_config
+from emergent.platform.faults import HELD, HOLD_ENV
 from emergent.platform.local import train_local
 
 
@@ -63,24 +63,25 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
     # the uninterrupted reference runs meanwhile, in a process of its own
     whole = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=whole"], cwd=ROOT,
                              env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the killed run holds after its step-30 checkpoint (EMERGENT_HOLD): killed there, not when a clock says
+    proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT,
+                            env={**cli_env(), HOLD_ENV: "killed:30"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     ckpt = tmp_path / "quickstart" / "killed" / "last.pt"
-    seen, deadline = [], time.time() + 120
+    seen = []
+
+    def held() -> bool:  # meanwhile, every read of a checkpoint the live process is rewriting is complete
+        if ckpt.exists():
+            seen.append(int(load_checkpoint(ckpt)["step"]))
+        return (ckpt.parent / HELD).exists()
+
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if ckpt.exists():
-                # every read of a checkpoint that a live process is rewriting is complete
-                seen.append(int(load_checkpoint(ckpt)["step"]))
-                if seen[-1] >= 20:
-                    break
-            time.sleep(0.02)
+        wait_until(held, proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = int(load_checkpoint(ckpt)["step"])
-    assert 20 <= killed_at < steps and len(seen) > 1
+    assert proc.returncode == -signal.SIGKILL
+    assert int(load_checkpoint(ckpt)["step"]) == 30 and seen == sorted(seen) and set(seen) <= {10, 20, 30}
 
     resumed = run_cli("train", *args, "run_name=killed", "resume=true")
     assert resumed.returncode == 0, resumed.stderr

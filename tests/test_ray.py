@@ -2,23 +2,33 @@
 import os
 import signal
 import threading
-import time
 
 import pytest
+import ray
 
-from conftest import SMALL as TINY_SELF, TINY, scalars as read_scalars
+from conftest import SMALL as TINY_SELF, TINY, scalars as read_scalars, wait_until
 from emergent import tags
 from emergent.platform.config import load_config
+from emergent.platform.faults import HELD, HOLD_ENV
 
-ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 SMALL = [*TINY_SELF, "train.method=expert_iteration", "runtime=ray"]
 
 
+KILLED = "worker_killed"  # the run whose trace worker is killed: its learner holds at step 5
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Ray's processes inherit this environment: the learner actor of the run named KILLED
+    # holds after its step-5 checkpoint until the test has killed a worker (EMERGENT_HOLD)
+    before = os.environ.get(HOLD_ENV)
+    os.environ[HOLD_ENV] = f"{KILLED}:5"
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.environ.pop(HOLD_ENV) if before is None else os.environ.__setitem__(HOLD_ENV, before)
     yield
     ray.shutdown()
 
@@ -50,27 +60,26 @@ def test_a_killed_trace_worker_is_restarted_and_nothing_counts_twice(local_ray, 
     from emergent.platform.ray_runtime import train_ray
 
     steps = 40
-    cfg = load_config(None, [*SMALL, f"train.steps={steps}", "eval.every=1000", f"logdir={tmp_path}"])
+    cfg = load_config(None, [*SMALL, f"train.steps={steps}", "eval.every=1000", "checkpoint_every=5",
+                             f"logdir={tmp_path}", f"run_name={KILLED}"])
     killed = []
 
-    def kill_one():  # SIGKILL a trace worker's process once the run is under way
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            # Ray titles an actor's process "ray::TraceWorker..."
-            alive = [p for p in psutil.process_iter(["cmdline"]) if "ray::TraceWorker" in " ".join(p.info["cmdline"] or [])]
-            if len(alive) == cfg.ray.workers:
-                time.sleep(0.5)  # let it write a batch or two (on a fast machine the run lasts ~4 s)
-                try:
-                    os.kill(alive[0].pid, signal.SIGKILL)
-                    killed.append(alive[0].pid)
-                except ProcessLookupError:  # it was replaced meanwhile: look again
-                    pass
-            time.sleep(0.1)
+    def kill_one():  # SIGKILL a trace worker's process while the learner holds at step 5, then release it
+        held = cfg.run_dir / HELD
+        wait_until(held.exists)
+        try:  # Ray titles an actor's process "ray::TraceWorker..."
+            alive = [p for p in psutil.process_iter(["cmdline"])
+                     if "ray::TraceWorker" in " ".join(p.info["cmdline"] or [])]
+            assert len(alive) == cfg.ray.workers, alive
+            os.kill(alive[0].pid, signal.SIGKILL)
+            killed.append(alive[0].pid)
+        finally:
+            held.unlink()  # the run goes on (a failed kill fails the test below, never hangs it)
 
     t = threading.Thread(target=kill_one, daemon=True)
     t.start()
     final, counts = train_ray(cfg, with_counts=True)
-    t.join(timeout=1)
+    t.join()
     assert killed, "no worker was killed"
     # every consumed batch once; the replay and the ledger hold exactly what was consumed
     assert counts["step"] == steps and len(counts["batches"]) == len(set(counts["batches"])) == steps

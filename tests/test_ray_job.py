@@ -14,7 +14,6 @@ import pytest
 from conftest import ROOT, TINY, scalars
 from emergent import tags
 
-pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 TINY_JOB = [*TINY, "train.steps=4", "eval.splits=[test]", "ray.workers=1"]

@@ -5,17 +5,17 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env, scalars
+from conftest import ROOT, cli_env, scalars, wait_until
 from emergent import tags
+from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.cli import main
+from emergent.platform.faults import HELD, HOLD_ENV
 from emergent.platform.report import read_experiment
 
-ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 TINY_SWEEP = """
@@ -25,8 +25,9 @@ base:
   task: {difficulty: [1, 2], extrapolate: [3, 3]}
   eval: {problems: 12, every: 2, batch_size: 64, splits: [test, extrapolate], pass_k: [1, 2]}
   train: {steps: 3, log_every: 1}
+  checkpoint_every: 1
   optim: {warmup_steps: 2}
-  ray: {workers: 1, worker_cpus: 0.5}
+  ray: {workers: 1, worker_cpus: 0.25}
 grid:
   train.method: [supervised, expert_iteration]
   runtime: [local, ray]
@@ -35,7 +36,7 @@ per_method:
   supervised: {train.batch_size: 16}
   expert_iteration: {improve: {problems_per_iter: 6, samples: 3}, reward: {init: scratch, n_layer: 1, d_model: 32, n_head: 2}}
 warm_start: {train.steps: 2, runtime: local}
-resources: {cpus: 0.5}
+resources: {cpus: 0.25}
 """
 RUNS = [f"{m}_runtime{r}_seed{s}" for m in ("supervised", "expert_iteration") for r in ("local", "ray") for s in (0, 1)]
 WARM = ["warm_start_seed0", "warm_start_seed1"]  # the warm_start block sets runtime: one per seed, shared
@@ -91,40 +92,45 @@ def descendants(pid: int) -> list[int]:
 def test_a_tiny_sweep_killed_with_sigkill_and_run_again_skips_what_finished_records_a_failure_and_reports(tmp_path):
     # 2 methods x 2 seeds, each both as a local run and as a runtime=ray run, from one shared
     # warm start per seed. A runtime=ray run has a learner actor and a trace worker of its own:
-    # half a CPU for its task and learner, half for its worker, and Ray reserves both before
-    # the run starts (runs' tasks taking every CPU while their workers wait would deadlock).
+    # a quarter CPU for its task and learner, a quarter for its worker, and Ray reserves both
+    # before the run starts (runs' tasks taking every CPU while their workers wait would
+    # deadlock).
+    # Two runs are held after their step-2 checkpoint (EMERGENT_HOLD: the ray run's hold is
+    # in its learner actor), so the sweep is killed in a known state: 8 runs finished, those
+    # two half done. No clock decides anything.
     root = tmp_path / "runs" / "tiny_sweep"
-    proc = subprocess.Popen(sweep_cmd(tmp_path, TINY_SWEEP), cwd=ROOT, env=env(tmp_path), start_new_session=True,
+    broken, resumed = "supervised_runtimelocal_seed1", "expert_iteration_runtimeray_seed0"
+    held = {n: root / n / HELD for n in (broken, resumed)}
+    proc = subprocess.Popen(sweep_cmd(tmp_path, TINY_SWEEP), cwd=ROOT, start_new_session=True,
+                            env={**env(tmp_path), HOLD_ENV: f"{broken}:2,{resumed}:2"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = lambda: {n for n in RUNS + WARM if (root / n / "done.json").is_file()}  # noqa: E731
-    try:  # SIGKILL the whole tree (Ray's workers sit in process groups of their own) mid-sweep
-        deadline = time.time() + 300
-        while len(done()) < 6:
-            assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be killed"
-            time.sleep(0.1)
+    try:  # SIGKILL the whole tree (Ray's workers sit in process groups of their own) once it is there
+        wait_until(lambda: len(done()) == 8 and all(p.is_file() for p in held.values()), proc, timeout=400)
     finally:
         for pid in [proc.pid, *descendants(proc.pid)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
     finished = done()
-    unfinished = sorted(set(RUNS) - finished)
-    assert unfinished, "every run finished before the kill"
+    assert finished == set(RUNS + WARM) - set(held)
+    assert all(int(load_checkpoint(root / n / "last.pt")["step"]) == 2 for n in held)
     headline = read_experiment(root)[1].headline(root)  # what `emergent report` heads its page with
-    assert headline.startswith(f"**Partial report**: {len(finished)} of 10 runs finished, "), headline
+    assert headline.startswith("**Partial report**: 8 of 10 runs finished, 2 started"), headline
     untouched = {p: p.stat().st_mtime_ns for n in finished for p in (root / n).rglob("*")}
     # one unfinished run's checkpoint is damaged: run again, it fails and the others go on
-    broken = unfinished[0]
-    (root / broken).mkdir(parents=True, exist_ok=True)
     (root / broken / "last.pt").write_bytes(b"not a checkpoint")
 
     again = sweep(tmp_path)
     assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"{len(finished)} already finished (skipped)" in again.stdout
+    assert "8 already finished (skipped)" in again.stdout
     assert {p: p.stat().st_mtime_ns for n in finished for p in (root / n).rglob("*")} == untouched  # not re-run
     assert "checkpoint" in (root / broken / "failed.txt").read_text() and f"run {broken} failed" in again.stdout
     assert "1 of 10 runs failed" in again.stdout
     assert runs_in(root) == sorted(RUNS + WARM) and done() == set(RUNS + WARM) - {broken}
+    # the held run resumed from its step-2 checkpoint: each step's scalars once
+    steps = [s for s, _ in scalars(root / resumed)[tags.COMPUTE_TOTAL_FLOPS]]
+    assert steps == [1, 2, 3]
     for name in done():
         logged = scalars(root / name)
         assert tags.eval_tag("test", "exact_match") in logged, name
@@ -142,8 +148,11 @@ def test_a_tiny_sweep_killed_with_sigkill_and_run_again_skips_what_finished_reco
             seeds = 2 - broken.startswith(f"{method}_runtime{runtime}_")
             assert rows[f"{method}, runtime={runtime}"][3].strip() == str(seeds), rows
         assert rows[f"supervised, runtime={runtime}"][9].strip() == "reference"
-        assert re.search(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] at \d",
-                         rows[f"expert_iteration, runtime={runtime}"][9]), rows
+    # two seeds from shared warm starts against two: a paired t(1) interval; against one
+    # supervised seed (the broken run's series): a difference and no interval over seeds
+    assert re.fullmatch(r" [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] t\(1\) paired ",
+                        rows["expert_iteration, runtime=ray"][9]), rows
+    assert rows["expert_iteration, runtime=local"][9].strip().endswith("(1 seed: no interval over seeds)"), rows
     assert rows["warm start"][3].strip() == "2"  # one warm start per seed, shared by both runtimes
     for fig in ("compute.png", "size.png", "difficulty.png", "pass_at_k.png"):
         assert f"]({fig})" in text and (root / fig).stat().st_size > 10_000, fig

@@ -35,14 +35,16 @@ def test_gold_traces_verify_and_corruptions_do_not(name, fmt):
     assert ((wrong.token_accuracy < 1) & (wrong.edit_distance > 0)).all()
 
 
-@pytest.mark.parametrize("name,fmt", all_formats())
-@pytest.mark.parametrize("check_steps", [False, True])
+def verdict_cases():
+    """(task, format, check_steps): step checking only where the format has a step checker."""
+    return [(n, f, c) for n, f in all_formats() for c in (False, True) if not c or make_task(n, format=f).has_step_checker]
+
+
+@pytest.mark.parametrize("name,fmt,check_steps", verdict_cases())
 def test_verdicts_are_verify_batch_exact(name, fmt, check_steps):
     # the verdict-only path (training labels, search terminals) says what verify_batch says:
     # gold traces, traces with one character changed anywhere, a false step, garbage
     task = make_task(name, format=fmt)
-    if check_steps and not task.has_step_checker:
-        return
     task.check_steps = check_steps
     problems = task.sample(np.random.default_rng(2), 80, "train", [task.min_difficulty, task.min_difficulty + 1])
     rng = random.Random(0)

@@ -12,7 +12,7 @@ a 95 % Student-t interval. Written beside the runs:
 - ``difficulty.png`` (c) exact match per difficulty, training and extrapolation ranges marked
 - ``pass_at_k.png``  (d) pass@k against k (runs with ``eval.pass_k``)
 - ``report.md``      (e) a table per series x size, with each method's difference from
-  supervised at equal FLOPs and a bootstrap interval over seeds and problems
+  supervised at equal FLOPs and a 95 % interval over seeds and problems (``stats.py``)
 
 A sweep still running gives a partial report that says so (``sweep.json`` lists its runs).
 """
@@ -34,27 +34,12 @@ from emergent import tags
 from .checkpoint import FAILED, SWEEP_FILE, atomic_write
 from .errors import UserError
 from .metrics import pass_at_k
+from .stats import Interval, difference_interval, t_interval
 
 REFERENCE = "supervised"
 SPLIT, EXTRA = "test", "extrapolate"
 DIFFICULTY = {"addition": "digits per operand", "multiplication": "digits of the first operand",
               "sorting": "list length", "countdown": "numbers given"}  # what each task's knob counts
-# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal's)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
-
-
-def t_interval(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and 95 % half-width over axis 0 (the seeds). x: [S, ...]. Half-width nan for S < 2."""
-    x = np.asarray(x, dtype=np.float64)
-    s = x.shape[0]
-    if s < 2:
-        return x.mean(0), np.full(x.shape[1:], np.nan)
-    t = T975[s - 2] if s - 1 <= len(T975) else 1.96
-    return x.mean(0), t * x.std(0, ddof=1) / math.sqrt(s)
-
-
 @dataclass(frozen=True)
 class RunRecord:
     name: str
@@ -73,6 +58,8 @@ class RunRecord:
     elapsed_s: float             # wall clock at the last evaluation
     train_range: tuple[int, int]
     extrapolate_range: tuple[int, int]
+    budget: Optional[float] = None  # train.flop_budget: the run ends at the step that passes it
+    shares_start: bool = False   # started from its seed's shared warm start (or is one)
 
     def final(self, tag: str) -> float:
         v = self.evals.get(tag)
@@ -164,7 +151,8 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
                      str(task["name"]),
                      params, f"{params / 1e6:.2f}M (L{model['n_layer']} d{model['d_model']})", int(cfg["seed"]),
                      done, steps[:e], np.asarray(vs[:e], dtype=np.float64) * tags.VS_FLOPS_UNIT, evals,
-                     float(elapsed[-1]), tuple(task["difficulty"]), tuple(task["extrapolate"]))
+                     float(elapsed[-1]), tuple(task["difficulty"]), tuple(task["extrapolate"]),
+                     cfg["train"].get("flop_budget"), role == "warm_start" or bool((cell or {}).get("warm_start")))
 
 
 def read_experiment(root: Path) -> tuple[list[RunRecord], Status]:
@@ -201,49 +189,73 @@ def groups(runs: list[RunRecord]) -> dict[tuple[int, str], list[RunRecord]]:
     return out
 
 
-def bootstrap_difference(a: np.ndarray, b: np.ndarray, *, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of mean(a) - mean(b), resampling seeds of each and problems
-    (paired: every run is scored on the same problems). a: [Sa, P], b: [Sb, P] verdicts."""
-    rng = np.random.default_rng(seed)
-
-    def weights(n: int) -> np.ndarray:  # [rounds, n] resampling weights, rows sum to 1
-        w = np.zeros((rounds, n))
-        np.add.at(w, (np.arange(rounds)[:, None], rng.integers(0, n, (rounds, n))), 1.0 / n)
-        return w
-
-    problems = weights(a.shape[1])
-    diff = (np.einsum("bs,sp,bp->b", weights(len(a)), a, problems)
-            - np.einsum("bs,sp,bp->b", weights(len(b)), b, problems))
-    lo, hi = np.percentile(diff, [2.5, 97.5])
-    return float(lo), float(hi)
+@dataclass(frozen=True)
+class Reading:
+    """One run read at a common FLOP count."""
+    verdicts: np.ndarray   # [P] per-problem test verdicts (fractional when interpolated), or [1] the mean
+    flops: float           # FLOPs of what was read: the evaluation's own, or F when interpolated
+    interpolated: bool
 
 
-def equal_flops_difference(runs: list[RunRecord], ref: list[RunRecord]) -> Optional[dict]:
-    """Each method's test exact match minus supervised's at the same FLOPs: every run's
-    last evaluation at or before F, the smaller of the two series' final FLOPs."""
-    budget = min(min(r.flops[-1] for r in runs), min(r.flops[-1] for r in ref))
+def read_flops(r: RunRecord) -> np.ndarray:
+    """[E] the FLOPs each evaluation counts as for comparison: a run that reached its
+    ``train.flop_budget`` evaluated the step that passed it, and that evaluation counts as
+    at the budget (it overshoots by less than one step)."""
+    return np.minimum(r.flops, r.budget) if r.budget else r.flops
 
-    def verdicts(group):
-        rows = []
-        for r in group:
-            i = np.searchsorted(r.flops, budget, side="right") - 1
-            if i < 0:
-                return None, False
-            rec = r.problem_record(int(r.steps[i]))
-            key = f"{SPLIT}/exact"
-            rows.append(rec[key].astype(float) if rec is not None and key in rec else
-                        np.array([r.evals[tags.eval_tag(SPLIT, "exact_match")][i]]))
-        per_problem = len({len(x) for x in rows}) == 1 and len(rows[0]) > 1
-        return (np.stack(rows) if per_problem else np.array([[x.mean()] for x in rows])), per_problem
 
-    a, pa = verdicts(runs)
-    b, pb = verdicts(ref)
-    if a is None or b is None:
+def read_at(r: RunRecord, flops: float) -> Optional[Reading]:
+    """Run ``r``'s test verdicts at ``flops``: its evaluation there, else the linear
+    interpolation of the two around it; None before its first evaluation or past its last."""
+    x = read_flops(r)
+    if not x[0] <= flops <= x[-1] * (1 + 1e-12):
         return None
-    if a.shape[1] != b.shape[1]:
-        a, b, pa = a.mean(1, keepdims=True), b.mean(1, keepdims=True), False
-    lo, hi = bootstrap_difference(a, b)
-    return {"diff": float(a.mean() - b.mean()), "lo": lo, "hi": hi, "flops": budget, "problems": pa and pb}
+    i = min(int(np.searchsorted(x, flops, side="left")), len(x) - 1)
+
+    def verdicts(j: int) -> np.ndarray:
+        rec = r.problem_record(int(r.steps[j]))
+        key = f"{SPLIT}/exact"
+        if rec is not None and key in rec:
+            return rec[key].astype(np.float64)
+        return np.array([r.evals[tags.eval_tag(SPLIT, "exact_match")][j]], dtype=np.float64)
+
+    if math.isclose(x[i], flops, rel_tol=1e-12) or i == 0:
+        return Reading(verdicts(i), float(r.flops[i]), False)
+    w = (flops - x[i - 1]) / (x[i] - x[i - 1])
+    lo, hi = verdicts(i - 1), verdicts(i)
+    if lo.shape != hi.shape:  # one of the two has no per-problem record: means only
+        lo, hi = lo.mean(keepdims=True), hi.mean(keepdims=True)
+    return Reading((1 - w) * lo + w * hi, float(flops), True)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A series against its reference at equal FLOPs."""
+    interval: Interval
+    flops: float                 # F: where both were read
+    read: tuple[float, float]    # mean FLOPs each side's readings stand at (series, reference)
+    interpolated: tuple[bool, bool]
+
+
+def equal_flops_difference(runs: list[RunRecord], ref: list[RunRecord]) -> Optional[Comparison]:
+    """Each method's test exact match minus supervised's at the same FLOPs F, the smallest
+    final (budget-clipped, ``read_flops``) FLOPs of any run of either: when every run
+    reached the budget, every run is read at its budget evaluation; otherwise at F, between
+    its evaluations by linear interpolation. Seeds pair when the series started from its
+    seeds' shared warm starts (seed s of both sides then share their first F_warm FLOPs)."""
+    flops = min(read_flops(r)[-1] for r in [*runs, *ref])
+    runs, ref = sorted(runs, key=lambda r: r.seed), sorted(ref, key=lambda r: r.seed)
+    a, b = [read_at(r, flops) for r in runs], [read_at(r, flops) for r in ref]
+    if any(x is None for x in a + b):
+        return None
+    rows = [x.verdicts for x in a + b]
+    if len({len(v) for v in rows}) != 1 or len(rows[0]) == 1:  # per-problem verdicts for every run, or means
+        rows = [v.mean(keepdims=True) for v in rows]
+    va, vb = np.stack(rows[:len(a)]), np.stack(rows[len(a):])
+    paired = all(r.shares_start for r in runs) and [r.seed for r in runs] == [r.seed for r in ref]
+    return Comparison(difference_interval(va, vb, paired=paired), float(flops),
+                      (float(np.mean([x.flops for x in a])), float(np.mean([x.flops for x in b]))),
+                      (any(x.interpolated for x in a), any(x.interpolated for x in b)))
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -378,25 +390,42 @@ def _pm(m: float, h: float) -> str:
     return "—" if not np.isfinite(m) else f"{m:.3f}" + (f" ± {h:.3f}" if np.isfinite(h) else "")
 
 
+def delta_cell(c: Comparison) -> str:
+    """The Δ column: the difference, its interval and what the interval covers."""
+    iv = c.interval
+    if not np.isfinite(iv.lo):
+        n = min(iv.seeds)
+        return f"{iv.diff:+.3f} ({n} seed{'s' if n != 1 else ''}: no interval over seeds)"
+    kind = f"t({iv.df:.0f}) paired" if iv.paired else f"t({iv.df:.1f}) Welch"
+    return (f"{iv.diff:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {kind}"
+            + ("" if iv.problems else ", seeds only"))
+
+
+def read_cell(c: Comparison) -> str:
+    """The FLOPs each side was read at (this series / its reference)."""
+    return " / ".join(f"{f:.3e}" + (" interp." if i else "") for f, i in zip(c.read, c.interpolated))
+
+
 def table(g) -> list[str]:
-    """(e) series x size: mean ± 95 % t interval over seeds, and the difference from supervised."""
-    rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s (this run) "
-            "| Δ exact match vs supervised at equal FLOPs [95% bootstrap] |", "|" + "---|" * 9]
+    """(e) series x size: mean ± 95 % t interval over seeds, and the difference from
+    supervised at equal FLOPs (``equal_flops_difference``) with the FLOPs each side was read at."""
+    rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s "
+            "(this run) | Δ exact match vs supervised at equal FLOPs [95 % interval] | read at FLOPs (this / "
+            "supervised) |", "|" + "---|" * 10]
     for (params, series), rs in g.items():
         em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
                         for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match")))
         own = series == rs[0].reference
         ref = g.get((params, rs[0].reference))
-        cmp = "reference" if own else "—"
+        cmp, at = ("reference", "") if own else ("—", "")
         if ref is not None and not own:
-            d = equal_flops_difference(rs, ref)
-            if d is not None:
-                cmp = (f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] at {d['flops']:.2e}"
-                       + ("" if d["problems"] else " (seeds only)"))
+            c = equal_flops_difference(rs, ref)
+            if c is not None:
+                cmp, at = delta_cell(c), read_cell(c)
         unfinished = sum(not r.finished for r in rs)
         rows.append(f"| {series} | {rs[0].size} | {len(rs)}{f' ({unfinished} running)' if unfinished else ''} "
                     f"| {_pm(*em)} | {_pm(*tok)} | {_pm(*ext)} | {np.mean([r.flops[-1] for r in rs]):.2e} "
-                    f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} |")
+                    f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} | {at} |")
     return rows
 
 
@@ -420,11 +449,17 @@ def write_report(root: str | Path) -> Path:
         "initialisation, a warm start's included.",
         f"Test problems per evaluation: {', '.join(map(str, sorted(problems))) or 'not recorded'}.", "",
         "## (e) Final accuracy per method and size", "", *table(g), "",
-        "Δ: each method's test exact match minus supervised's, every run taken at its last evaluation at or before "
-        "the FLOPs shown (the smaller of the two methods' final compute); the interval is a percentile bootstrap "
-        "over seeds and over test problems (paired: every run sees the same problems). ± is the 95 % t interval "
-        "over seeds. Wall s is the run's own clock (a warm start's is its own row), on whatever the run shared "
-        "its machine with.", "",
+        "Δ: each method's test exact match minus supervised's at equal FLOPs F, the smallest final compute of "
+        "any run of the two (a run that reached `train.flop_budget` counts its budget evaluation as at the "
+        "budget). When every run reached the budget, each is read at its budget evaluation, and Δ is the "
+        "difference of the finals; otherwise each run is read at F, interpolated linearly between the "
+        "evaluations around it (`interp.`). The last column gives the FLOPs each side's readings stand at "
+        "(mean over seeds). The interval is Student's t over seeds and test problems (`emergent/platform/"
+        "stats.py`): the variance of the per-seed differences plus the problem effect, on the seeds' degrees "
+        "of freedom: `paired` when seed s of the method started from seed s's shared warm start (t(S-1) on "
+        "per-seed differences), `Welch` otherwise; `seeds only` where per-problem verdicts were not recorded. "
+        "A row with one seed has no interval over seeds. ± is the 95 % t interval over seeds. Wall s is the "
+        "run's own clock (a warm start's is its own row), on whatever the run shared its machine with.", "",
         "## (a) Test exact match vs compute", "", "![compute](compute.png)", "",
         "## (b) Emergence: exact match and token accuracy vs model size", "", "![size](size.png)", "",
         "## (c) Exact match per difficulty", "", "![difficulty](difficulty.png)", "",

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from emergent import tags
 
+from . import faults
 from .checkpoint import LAST, save_checkpoint
 from .config import Config, flatten, to_yaml
 from .evaluate import SplitResult, save_evaluation, scalars
@@ -215,6 +216,7 @@ class Run:
             self.vs_flops.flush()
             self.experiment.elapsed_s = self.elapsed_s
             save_checkpoint(self.cfg.run_dir / LAST, self.experiment.state_dict())
+        faults.after_checkpoint(self.cfg.run_dir, self.experiment.step)  # a test's hold point, when set
 
     def close(self) -> dict[str, float]:
         hp = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(self.cfg))).items()
