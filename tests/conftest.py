@@ -1,4 +1,6 @@
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +29,10 @@ def cli_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run the real entry point, ``python -m emergent``, in a subprocess."""
     return subprocess.run([sys.executable, "-m", "emergent", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=cli_env(), **kwargs)
+                          timeout=timeout, cwd=ROOT, env=env or cli_env(), **kwargs)
 
 
 def wait_until(condition, proc: subprocess.Popen | None = None, *, timeout: float = 300.0) -> None:
@@ -43,6 +45,29 @@ def wait_until(condition, proc: subprocess.Popen | None = None, *, timeout: floa
         assert proc is None or proc.poll() is None, f"the process exited ({proc.returncode}) before the event"
         assert time.monotonic() < end, f"no event after {timeout} s: hung"
         time.sleep(0.02)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (children before their parents die)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+    out, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier]
+        out += kids
+        frontier = kids
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and everything below it (Ray's workers sit in process groups of their own)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
 
 
 def scalars(run_dir, *, perf: bool = True) -> dict[str, list[tuple[int, float]]]:

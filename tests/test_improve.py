@@ -288,9 +288,9 @@ def test_alphazero_learn_from_solved_learns_the_accepted_searched_traces_by_maxi
     assert {(t.prompt, t.completion) for t in kept} == {(batch.prompt_of[i], batch.completions[i])
                                                          for i in np.flatnonzero(accepted)}
     assert all(t.target is None for t in kept)
-    rng_state = exp.method.np_rng.bit_generator.state  # the draw improve will make
-    draw = exp.method.replay.sample(exp.method.np_rng, exp.cfg.improve.train_batch)
-    exp.method.np_rng.bit_generator.state = rng_state
+    rng_state = exp.method.learn_rng.bit_generator.state  # the draw improve will make
+    draw = exp.method.replay.sample(exp.method.learn_rng, exp.cfg.improve.train_batch)
+    exp.method.learn_rng.bit_generator.state = rng_state
     enc = encode_batch(TOKENIZER, [t.prompt for t in draw], [t.completion for t in draw], exp.model.cfg.max_len)
     with torch.no_grad():
         expected = float(completion_nll(exp.model, enc.to(exp.device)))

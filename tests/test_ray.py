@@ -5,8 +5,9 @@ import threading
 
 import pytest
 import ray
+import torch
 
-from conftest import SMALL as TINY_SELF, TINY, scalars as read_scalars, wait_until
+from conftest import SEARCH, SMALL as TINY_SELF, TINY, scalars as read_scalars, wait_until
 from emergent import tags
 from emergent.platform.config import load_config
 from emergent.platform.faults import HELD, HOLD_ENV
@@ -102,3 +103,26 @@ def test_supervised_under_ray_computes_exactly_what_local_computes(local_ray, tm
     local, remote = scalars(tmp_path / "quickstart" / "local"), scalars(tmp_path / "quickstart" / "ray")
     for tag in ("train/loss", "eval/test/exact_match", "eval/test/token_accuracy", "compute/total_flops"):
         assert remote[tag] == local[tag], tag
+
+
+@pytest.mark.parametrize("method", ["expert_iteration", "policy_gradient", "alphazero"])
+def test_self_improvement_under_ray_with_one_synchronous_worker_computes_exactly_what_local_computes(
+        local_ray, tmp_path, method):
+    # one trace worker (collect's draws on stream 0, as local), no batch in flight beyond the
+    # one being learned (ray.max_staleness=0): the same draws, weights and updates as local
+    from emergent.platform.local import train_local
+    from emergent.platform.ray_runtime import train_ray
+
+    own = {"alphazero": [*SEARCH, "improve.problems_per_iter=6"]}.get(method, ["improve.samples=3"])
+    shared = [a for a in TINY_SELF if not a.startswith(("improve.samples", "improve.problems_per_iter"))]
+    base = [*shared, *own, f"train.method={method}", "train.steps=4", "eval.every=2", "ray.workers=1",
+            "ray.max_staleness=0", f"logdir={tmp_path}"]
+    torch.set_num_threads(1)  # as the learner actor and the worker compute (a thread count changes reductions)
+    train_local(load_config(None, [*base, "run_name=local"]))
+    train_ray(load_config(None, [*base, "run_name=ray", "runtime=ray"]))
+    local = read_scalars(tmp_path / "quickstart" / "local", perf=False)
+    remote = read_scalars(tmp_path / "quickstart" / "ray", perf=False)
+    assert set(remote) == set(local) and len(local) > 20
+    for tag in local:
+        assert remote[tag] == local[tag], tag
+

@@ -1,15 +1,12 @@
 """``emergent sweep``: a grid validated before anything runs, run as Ray tasks, re-runnable."""
-import contextlib
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env, scalars, wait_until
+from conftest import ROOT, cli_env, kill_tree, scalars, wait_until
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.cli import main
@@ -72,22 +69,6 @@ def runs_in(root) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, read from /proc (children before their parents die)."""
-    parent = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parent[int(stat.parent.name)] = int(fields[1])
-    out, frontier = [], [pid]
-    while frontier:
-        kids = [p for p, pp in parent.items() if pp in frontier]
-        out += kids
-        frontier = kids
-    return out
-
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
 def test_a_tiny_sweep_killed_with_sigkill_and_run_again_skips_what_finished_records_a_failure_and_reports(tmp_path):
     # 2 methods x 2 seeds, each both as a local run and as a runtime=ray run, from one shared
@@ -105,13 +86,10 @@ def test_a_tiny_sweep_killed_with_sigkill_and_run_again_skips_what_finished_reco
                             env={**env(tmp_path), HOLD_ENV: f"{broken}:2,{resumed}:2"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = lambda: {n for n in RUNS + WARM if (root / n / "done.json").is_file()}  # noqa: E731
-    try:  # SIGKILL the whole tree (Ray's workers sit in process groups of their own) once it is there
+    try:  # SIGKILL the whole tree once it is there
         wait_until(lambda: len(done()) == 8 and all(p.is_file() for p in held.values()), proc, timeout=400)
     finally:
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)
     finished = done()
     assert finished == set(RUNS + WARM) - set(held)
     assert all(int(load_checkpoint(root / n / "last.pt")["step"]) == 2 for n in held)

@@ -75,7 +75,7 @@ class AlphaZero(SelfImprover):
             return replay_nll_updates(self), {}
         updates = []
         for _ in range(self.cfg.updates_per_iter):
-            items = self.replay.sample(self.np_rng, self.cfg.train_batch)
+            items = self.replay.sample(self.learn_rng, self.cfg.train_batch)
             batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
                                  self.policy.cfg.max_len)
             B, T = batch.inputs.shape

@@ -61,7 +61,7 @@ def replay_nll_updates(method: SelfImprover) -> list[Update]:
     (none while it is empty)."""
     updates = []
     for _ in range(method.cfg.updates_per_iter if len(method.replay) else 0):
-        items = method.replay.sample(method.np_rng, method.cfg.train_batch)
+        items = method.replay.sample(method.learn_rng, method.cfg.train_batch)
         batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
                              method.policy.cfg.max_len).to(method.device)
         B, T = batch.inputs.shape

@@ -142,9 +142,14 @@ class SelfImprover:
         self.reseed(cfg.seed)
 
     def reseed(self, seed: int, stream: int = 0) -> None:
-        """Sampling and replay draws from ``seed``; ``stream`` separates trace workers."""
+        """Draws from ``seed``. ``collect`` draws from its own streams (``generator`` for
+        sampling, ``collect_rng`` for held-out splits and near misses), which ``stream``
+        separates between trace workers; ``learn`` from ``learn_rng`` (replay draws, reward-
+        net batches). Kept apart, a run's draws do not depend on which process collects: a
+        Ray run with one trace worker (stream 0) draws what the local run draws."""
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + stream)  # CPU: reproducible
-        self.np_rng = np.random.default_rng([seed, 7, stream])
+        self.collect_rng = np.random.default_rng([seed, 7, stream])
+        self.learn_rng = np.random.default_rng([seed, 11])
 
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.policy, "reward_net": self.reward_net}
@@ -164,7 +169,7 @@ class SelfImprover:
                    **fields) -> Experience:
         """The batch's Experience: a random share of its traces is held out of reward-net
         training and scored now, for the diagnostics."""
-        heldout = split_heldout(len(rows), self.heldout_fraction, self.np_rng)
+        heldout = split_heldout(len(rows), self.heldout_fraction, self.collect_rng)
         held = np.flatnonzero(heldout)
         probs = np.zeros(0)
         if len(held):
@@ -194,7 +199,7 @@ class SelfImprover:
         bool), one digit changed, labelled by the verifier (a copy of an unfinished trace
         stays unfinished: label 0)."""
         keep = np.flatnonzero(train)
-        src, copies = near_misses([completions[i] for i in keep], self.reward_near_misses, self.np_rng)
+        src, copies = near_misses([completions[i] for i in keep], self.reward_near_misses, self.collect_rng)
         if not copies:
             return ()
         at = keep[src]
@@ -205,7 +210,7 @@ class SelfImprover:
     def learn(self, experience: Experience) -> StepResult:
         """remember -> reward-net updates -> the method's policy updates."""
         self.remember(experience)
-        reward_flops, reward_scalars = self.reward.learn(experience, self.np_rng)
+        reward_flops, reward_scalars = self.reward.learn(experience, self.learn_rng)
         updates, scalars = self.improve(experience)
         return StepResult(
             flops={tags.REWARD: reward_flops, tags.TRAIN: sum(u.flops for u in updates)},
@@ -223,7 +228,8 @@ class SelfImprover:
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {"learner": self.learner.state_dict(), "reward": self.reward.state_dict(),
-                 "generator": self.generator.get_state(), "np_rng": self.np_rng.bit_generator.state}
+                 "generator": self.generator.get_state(), "collect_rng": self.collect_rng.bit_generator.state,
+                 "learn_rng": self.learn_rng.bit_generator.state}
         if self.replay is not None:
             state["replay"] = self.replay.state_dict()
         return state
@@ -232,6 +238,7 @@ class SelfImprover:
         self.learner.load_state_dict(state["learner"])
         self.reward.load_state_dict(state["reward"])
         self.generator.set_state(state["generator"])
-        self.np_rng.bit_generator.state = state["np_rng"]
+        self.collect_rng.bit_generator.state = state["collect_rng"]
+        self.learn_rng.bit_generator.state = state["learn_rng"]
         if self.replay is not None:
             self.replay.load_state_dict(state["replay"])

@@ -100,6 +100,7 @@ class Experiment:
         self.elapsed_s = 0.0  # wall clock of the run at its last checkpoint (Run keeps the live one)
         if worker:
             return
+        self._in_flight: dict[int, dict] = {}  # batch id -> the stream's draw state before it (Ray)
         self.data = ProblemStream(self.task, cfg.splits, seed=cfg.seed, train_size=cfg.task.train_size,
                                   data_seed=cfg.task.data_seed, curriculum=cfg.train.curriculum,
                                   window=cfg.train.curriculum_window)
@@ -136,11 +137,24 @@ class Experiment:
                               f"task.difficulty={self.cfg.task.difficulty}: {shown!r} needs {need} tokens")
 
     # -- one step ----------------------------------------------------------------------------------
-    def next_problems(self) -> list[Problem]:
+    def next_problems(self, batch: int | None = None) -> list[Problem]:
         """The next batch of training problems. An unlimited stream can, rarely, draw one
         longer than every draw the startup check saw: it is skipped (and counted), not a
-        crash mid-run."""
+        crash mid-run.
+
+        ``batch``: its id, when problems are handed out ahead of learning (Ray). Until that
+        batch (or a later one) is settled, a checkpoint records the stream as it was before
+        the draw, so a resumed run draws the same problems again rather than skipping
+        those that were in flight when the run was killed."""
+        if batch is not None:
+            self._in_flight[batch] = self.data.draw_state()
         return self.data.next(self.method.problems_per_step, fits=self._fits)
+
+    def settle(self, batch: int) -> None:
+        """Batch ``batch`` was learned from (or dropped): it and every batch drawn before it
+        are no longer in flight."""
+        for b in [b for b in self._in_flight if b <= batch]:
+            del self._in_flight[b]
 
     def collect(self, problems: list[Problem], version: int = 0) -> Collected:
         """The method's experience of ``problems`` with the current weights. It sees their
@@ -179,7 +193,8 @@ class Experiment:
             "method": self.cfg.train.method,
             "model": self.model.state_dict(),
             "learner": self.method.state_dict(),
-            "data": self.data.state_dict(),
+            # problems drawn for batches still in flight are drawn again on resume
+            "data": {**self.data.state_dict(), **(self._in_flight[min(self._in_flight)] if self._in_flight else {})},
             "ledger": self.ledger.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),

@@ -64,9 +64,12 @@ class ProblemStream:
                 self.open += 1
             self._seen, self._correct = 0, 0.0
 
+    def draw_state(self) -> dict:
+        """What ``next`` changes: restoring it draws the same problems again."""
+        return {"rng": self.rng.bit_generator.state, "too_long": self.too_long}
+
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "too_long": self.too_long, "open": self.open,
-                "seen": self._seen, "correct": self._correct}
+        return {**self.draw_state(), "open": self.open, "seen": self._seen, "correct": self._correct}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]

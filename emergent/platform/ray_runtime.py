@@ -62,7 +62,8 @@ class TraceWorker:
     def __init__(self, cfg: Config, index: int, threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))
         self.experiment = Experiment(cfg, worker=True)
-        self.experiment.method.reseed(cfg.seed, stream=index + 1)  # workers sample different traces
+        # workers sample different traces; worker 0 draws what a local run's collect draws
+        self.experiment.method.reseed(cfg.seed, stream=index)
         self.index, self.loaded = index, -1
 
     def collect(self, weights: dict | None, problems: list, batch_id: int, version: int) -> tuple[Collected, dict]:
@@ -109,8 +110,8 @@ class LearnerActor:
         self.idle_since = time.perf_counter()
         return {"step": self.run.step, "done": self.run.done, "publishes": self.publishes}
 
-    def next_problems(self) -> list:
-        return self.run.experiment.next_problems()
+    def next_problems(self, batch_id: int) -> list:
+        return self.run.experiment.next_problems(batch_id)
 
     def weights(self) -> dict:
         t0 = time.perf_counter()
@@ -127,6 +128,7 @@ class LearnerActor:
             return {"step": self.run.step, "late": True, "done": True}
         t0 = time.perf_counter()
         wait_s = t0 - self.idle_since  # the learner's idle gap before this batch: its wait for data
+        self.run.experiment.settle(info["batch_id"])  # before this step's checkpoint
         staleness = self.run.step - collected.version
         step = self.run.experiment.consume(collected)
         experience = collected.experience
@@ -146,6 +148,7 @@ class LearnerActor:
         nothing of it reaches a replay buffer."""
         if info["batch_id"] in self.discarded or info["batch_id"] in self.consumed:
             return
+        self.run.experiment.settle(info["batch_id"])
         for part, flops in collected.experience.flops.items():
             self.run.experiment.ledger.add(part, flops)
             self.batch_flops[part] = self.batch_flops.get(part, 0.0) + flops
@@ -209,7 +212,7 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
         nonlocal next_id
         while idle and len(pending) < in_flight_cap:
             w = idle.popleft()
-            problems = learner.next_problems.remote()  # passed on by reference
+            problems = learner.next_problems.remote(next_id)  # passed on by reference
             pending.append((workers[w].collect.remote(weights, problems, next_id, step), w, next_id))
             next_id += 1
 
@@ -224,6 +227,9 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
         try:
             collected, info = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            # a batch is lost when its worker dies, or when the learner that handed it its
+            # problems did: that one ends the run (resume=true continues from its checkpoint)
+            ray.get(learner.__ray_ready__.remote())  # raises RayActorError if the learner is gone
             dropped += 1  # the worker died mid-batch: drop it; Ray restarts the worker
             if dropped > r.workers * (r.max_restarts + 1):
                 raise RuntimeError(f"trace workers died {dropped} times (ray.max_restarts={r.max_restarts}); giving up")

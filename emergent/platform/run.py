@@ -55,7 +55,8 @@ class BatchTiming:
 
 
 def log_due(cfg: Config, step: int) -> bool:
-    """Whether the training scalars are logged after ``step`` (a window closes there)."""
+    """Whether the training scalars are logged after ``step`` (a window closes there; it
+    also closes at every checkpoint)."""
     return step % cfg.train.log_every == 0 or step >= cfg.train.steps
 
 
@@ -190,8 +191,11 @@ class Run:
         self.window_s += seconds
         n = self.experiment.step
         self._done = last = self._due()
+        checkpoint = n % self.cfg.checkpoint_every == 0 or last
         values = None
-        if log_due(self.cfg, n) or last:
+        # a checkpoint closes the window too: a resumed run cannot log steps it did not take
+        # (a window half before and half after a kill would average other steps)
+        if log_due(self.cfg, n) or checkpoint:
             values = window_scalars(self.window, self.window_s, self.peak)  # syncs here only
             if self.window_workers:  # rates over the window's wall clock
                 span = max(now - self.window_t0, 1e-9)
@@ -206,7 +210,7 @@ class Run:
             self._reset_window()
         if n % self.cfg.eval.every == 0 or last:
             self.evaluate()
-        if n % self.cfg.checkpoint_every == 0 or last:
+        if checkpoint:
             self.checkpoint()
         return values
 
