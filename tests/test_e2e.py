@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED, TINY, cli_env, run_cli, scalars, wait_until
+from conftest import ROOT, SEARCH, SHARED, SMALL, TINY, cli_env, run_cli, scalars, wait_until
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.cli import main
@@ -93,6 +93,35 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
     b = scalars(tmp_path / "quickstart" / "whole")
     # the resumed run is the same run: identical losses and evals, and no step logged twice
     for tag in (tags.TRAIN_LOSS, tags.eval_tag("test", "exact_match"), tags.COMPUTE_TRAIN_FLOPS):
+        assert a[tag] == b[tag], tag
+
+
+@pytest.mark.parametrize("method", ["expert_iteration", "alphazero"])
+def test_a_self_improvement_run_killed_and_resumed_is_the_run_that_was_never_killed(tmp_path, method):
+    # its replay, reward net, both optimisers, every RNG stream and the problem stream come
+    # back from the checkpoint: every scalar it logs is the uninterrupted run's, each once
+    own = [*SEARCH, "improve.problems_per_iter=6"] if method == "alphazero" else ["improve.samples=3"]
+    shared = [a for a in SMALL if not a.startswith(("improve.samples", "improve.problems_per_iter"))]
+    args = [*shared, *own, f"train.method={method}", "train.steps=8", "eval.every=4", "checkpoint_every=2",
+            f"logdir={tmp_path}"]
+    whole = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=whole"], cwd=ROOT,
+                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT,
+                            env={**cli_env(), HOLD_ENV: "killed:4"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "quickstart" / "killed"
+    try:
+        wait_until((run_dir / HELD).exists, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert int(load_checkpoint(run_dir / "last.pt")["step"]) == 4
+    resumed = run_cli("train", *args, "run_name=killed", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
+    a, b = scalars(run_dir, perf=False), scalars(tmp_path / "quickstart" / "whole", perf=False)
+    assert set(a) == set(b) and len(a) > 20
+    for tag in b:
         assert a[tag] == b[tag], tag
 
 

@@ -1,4 +1,5 @@
 """``emergent sweep``: a grid validated before anything runs, run as Ray tasks, re-runnable."""
+import math
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 from conftest import ROOT, cli_env, kill_tree, scalars, wait_until
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
+from emergent.platform.config import load_yaml
 from emergent.platform.cli import main
 from emergent.platform.faults import HELD, HOLD_ENV
 from emergent.platform.report import read_experiment
@@ -142,3 +144,60 @@ def test_a_bad_cell_exits_2_before_any_run_starts(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("emergent: error: sweep cell ") and "alibi" in err and "model.pos" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+BAD_SWEEPS = [  # (what is wrong, the change to TINY_SWEEP, words the one-line error must contain)
+    ("an unknown top-level key", ("resources:", "retries: 3\nresources:"), ["unknown key", "retries"]),
+    ("a grid value that is not a list", ("seed: [0, 1]", "seed: 0"), ["grid", "non-empty lists"]),
+    ("an empty grid", ("seed: [0, 1]", "seed: []"), ["grid", "non-empty lists"]),
+    ("per_method keys that are not a mapping", ("supervised: {train.batch_size: 16}", "supervised: [16]"),
+     ["per_method.supervised", "mapping"]),
+    ("a key the method does not read", ("supervised: {train.batch_size: 16}",
+                                        "supervised: {train.batch_size: 16, improve.samples: 4}"),
+     ["sweep cell", "improve.samples"]),
+    ("no CPUs per run", ("resources: {cpus: 0.25}", "resources: {cpus: 0}"), ["resources.cpus"]),
+    ("a learner larger than its run", ("ray: {workers: 1, worker_cpus: 0.25}",
+                                       "ray: {workers: 1, worker_cpus: 0.25, learner_cpus: 1}"),
+     ["sweep cell", "learner_cpus"]),
+    ("two cells with one run name", ("seed: [0, 1]", "seed: [0, 1]\n  task.data_seed: ['1', 1]"),
+     ["share a run name"]),
+    ("a warm_start that is not a mapping", ("warm_start: {train.steps: 2, runtime: local}", "warm_start: [2]"),
+     ["warm_start"]),
+]
+
+
+@pytest.mark.parametrize("what,change,words", BAD_SWEEPS, ids=[b[0] for b in BAD_SWEEPS])
+def test_a_bad_sweep_file_exits_2_with_one_line_naming_the_problem(tmp_path, capsys, what, change, words):
+    old, new = change
+    assert old in TINY_SWEEP
+    cmd = sweep_cmd(tmp_path, TINY_SWEEP.replace(old, new, 1))
+    assert main(cmd[3:]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("emergent: error: "), err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_file_that_is_not_yaml_or_missing_or_names_a_missing_base_exits_2(tmp_path, capsys):
+    for text, word in (("grid: [unclosed", "s.yaml"), (None, "s.yaml"),
+                       ("base: configs/nope.yaml\ngrid: {seed: [0]}\n", "nope.yaml")):
+        path = tmp_path / "s.yaml"
+        path.unlink(missing_ok=True)
+        if text is not None:
+            path.write_text(text)
+        assert main(["sweep", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and word in err, err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_committed_sweep_files_load_and_every_cell_validates(path):
+    from emergent.platform.sweep import load_sweep
+
+    sweep, configs = load_sweep(path)
+    runs = [c for c in sweep.cells if c.role == "run"]
+    assert len(runs) == math.prod(len(v) for v in load_yaml(path)["grid"].values())
+    assert set(configs) == {c.name for c in sweep.cells}
+    for cell in runs:  # every compared run ends at the sweep's budget, from its seed's warm start
+        assert configs[cell.name].train.flop_budget == load_yaml(path)["flop_budget"]
+        assert (cell.warm_start is None) == (configs[cell.name].train.method == "supervised")
