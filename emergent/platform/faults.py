@@ -2,7 +2,7 @@
 
 ``EMERGENT_HOLD="<run name>:<step>"`` (comma-separated for several runs): the run of that
 name, right after it checkpoints a step at or past ``<step>``, writes ``<run dir>/held``
-(holding that step) and waits until the file is removed, or until it is killed; once per
+(``"<step> <pid>"``) and waits until the file is removed, or until it is killed; once per
 process. A test
 waits for the file (an event, not a deadline), then kills the process, its worker or its
 node, or removes the file to let the run go on. Unset, this costs one dictionary lookup
@@ -35,7 +35,7 @@ def after_checkpoint(run_dir: Path, step: int) -> None:
         return
     marker = run_dir / HELD
     tmp = run_dir / f".{HELD}.tmp"
-    tmp.write_text(str(step))
+    tmp.write_text(f"{step} {os.getpid()}")  # the step held, and the process holding it
     os.replace(tmp, marker)  # whole when seen
     while marker.exists():
         time.sleep(0.02)

@@ -28,8 +28,11 @@ one bundle for its task and learner (``resources``) and one per trace worker
 (``ray.worker_cpus/gpus``): Ray reserves its whole footprint before it starts, so runs
 never deadlock holding half of what they need. Running
 the same command again skips finished runs (``<run>/done.json``) and resumes unfinished
-ones from their checkpoints. A failed run is recorded (``<run>/failed.txt``) while the
-others go on, and the sweep exits 1 at the end, naming it.
+ones from their checkpoints. A run lost with its worker or node (a killed raylet, a
+preempted machine) is run again elsewhere, up to ``SYSTEM_RETRIES`` times, resuming from its
+last checkpoint, so ``logdir`` must be storage every node sees. A run that fails in its own
+code is recorded (``<run>/failed.txt``), not retried, while the others go on, and the sweep
+exits 1 at the end, naming it.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from .config import Config, ConfigError, flatten, load_config, load_yaml, to_yam
 
 SWEEP_KEYS = {"experiment", "base", "grid", "per_method", "flop_budget", "warm_start", "resources"}
 WARM = "supervised"  # the method a shared warm start trains
+SYSTEM_RETRIES = 3   # times a run lost with its worker or node is run again (from its checkpoint)
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,10 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    task = ray.remote(max_retries=0)(run_cell)
+    # A run whose worker or node is lost is run again (Ray retries a task on a system
+    # failure, never on an exception: run_cell records those as failures) and resumes from
+    # its last checkpoint; the resumed run hides the events the lost one wrote past it.
+    task = ray.remote(max_retries=SYSTEM_RETRIES)(run_cell)
     threads = max(1, int(sweep.cpus))
     groups: dict[str, Any] = {}  # cell name -> its placement group (runtime=ray runs)
 
@@ -273,7 +280,13 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
         for ref in ready:
             name = pending.pop(ref)
-            result = ray.get(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as e:  # lost more often than Ray retries it (or its warm start was)
+                result = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"}
+                lost = configs[name].run_dir
+                lost.mkdir(parents=True, exist_ok=True)
+                atomic_write(lost / FAILED, lambda f: f.write(result["error"].encode()))
             if name in groups:
                 remove_placement_group(groups.pop(name))
             if "error" in result:

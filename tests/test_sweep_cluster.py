@@ -1,0 +1,99 @@
+"""A sweep on a two-node Ray cluster (``ray.cluster_utils.Cluster``: two raylets on this
+machine) survives the loss of a node: the run on it is run again on the other node and
+resumes from its checkpoint, the sweep command ends normally, and nothing counts twice.
+
+Its own module: the cluster lives in this process, and no other Ray may run beside it.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, cli_env, kill_tree, scalars, wait_until
+from emergent import tags
+from emergent.platform.faults import HELD, HOLD_ENV
+
+pytestmark = pytest.mark.slow
+
+SWEEP = """
+experiment: lost_node
+base:
+  model: {n_layer: 1, n_head: 2, d_model: 32, max_len: 24}
+  task: {difficulty: [1, 2], extrapolate: [3, 3]}
+  eval: {problems: 12, every: 3, batch_size: 64, splits: [test]}
+  train: {steps: 6, log_every: 1, batch_size: 16}
+  optim: {warmup_steps: 2}
+  checkpoint_every: 1
+grid:
+  seed: [0, 1, 2, 3]
+resources: {cpus: 1}
+"""
+RUNS = [f"seed{s}" for s in range(4)]
+
+
+def ancestors(pid: int) -> list[int]:
+    out = []
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        out.append(pid)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_a_sweep_survives_the_loss_of_a_node_and_counts_nothing_twice(tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    from emergent.platform.local import train_local
+    from emergent.platform.sweep import load_sweep
+
+    home = tmp_path / "home"  # the cluster's token and state, and the sweep's, live here
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # every run holds after its step-2 checkpoint (the cluster's workers inherit this): the
+    # first two, one on each node, are held there when the worker node is killed
+    monkeypatch.setenv(HOLD_ENV, ",".join(f"{n}:2" for n in RUNS))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP)
+    root = tmp_path / "runs" / "lost_node"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    proc = None
+    try:
+        cluster.wait_for_nodes()
+        env = {**cli_env(), "HOME": str(home), "RAY_ADDRESS": cluster.address}
+        proc = subprocess.Popen([sys.executable, "-m", "emergent", "sweep", str(path), f"logdir={tmp_path / 'runs'}"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        held = lambda: {n: int((root / n / HELD).read_text().split()[1])  # noqa: E731
+                        for n in RUNS if (root / n / HELD).is_file()}
+        wait_until(lambda: len(held()) == 2, proc)
+        raylet = worker.all_processes["raylet"][0].process.pid
+        lost = [n for n, pid in held().items() if raylet in ancestors(pid)]
+        assert len(lost) == 1, (held(), raylet)
+        cluster.remove_node(worker, allow_graceful=False)  # SIGKILL: the node and the run on it are gone
+        # from now on every hold is released as it appears (a retried run holds again once)
+        while proc.poll() is None:
+            for n in held():
+                (root / n / HELD).unlink(missing_ok=True)
+        out = proc.stdout.read()
+        assert proc.returncode == 0, out[-3000:]
+        assert "all 4 runs finished" in out
+    finally:
+        if proc is not None and proc.poll() is None:
+            kill_tree(proc)
+        cluster.shutdown()
+    assert all((root / n / "done.json").is_file() for n in RUNS)
+    # the lost run, resumed elsewhere from its step-2 checkpoint, logged what a run that was
+    # never interrupted logs: each step's scalars once, the same FLOPs
+    monkeypatch.delenv(HOLD_ENV)
+    _, configs = load_sweep(path, [f"logdir={tmp_path / 'reference'}"])
+    torch.set_num_threads(1)  # as the sweep's runs (one CPU each)
+    train_local(configs[lost[0]])
+    got, want = scalars(root / lost[0], perf=False), scalars(configs[lost[0]].run_dir, perf=False)
+    assert [s for s, _ in got[tags.COMPUTE_TOTAL_FLOPS]] == [1, 2, 3, 4, 5, 6]
+    assert got == want
+    report = subprocess.run([sys.executable, "-m", "emergent", "report", str(root)], cwd=ROOT, env=cli_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and "All 4 runs finished." in (root / "report.md").read_text(), report.stderr
