@@ -58,14 +58,14 @@ def test_same_seed_same_metrics_different_seed_different(tmp_path):
 
 
 def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
-    steps = 60
-    args = [*TINY, f"train.steps={steps}", "checkpoint_every=10", "eval.every=30", f"logdir={tmp_path}"]
+    steps = 40
+    args = [*TINY, f"train.steps={steps}", "checkpoint_every=10", "eval.every=20", f"logdir={tmp_path}"]
     # the uninterrupted reference runs meanwhile, in a process of its own
     whole = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=whole"], cwd=ROOT,
                              env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # the killed run holds after its step-30 checkpoint (EMERGENT_HOLD): killed there, not when a clock says
+    # the killed run holds after its step-20 checkpoint (EMERGENT_HOLD): killed there, not when a clock says
     proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT,
-                            env={**cli_env(), HOLD_ENV: "killed:30"}, stdout=subprocess.DEVNULL,
+                            env={**cli_env(), HOLD_ENV: "killed:20"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     ckpt = tmp_path / "quickstart" / "killed" / "last.pt"
     seen = []
@@ -81,7 +81,7 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert int(load_checkpoint(ckpt)["step"]) == 30 and seen == sorted(seen) and set(seen) <= {10, 20, 30}
+    assert int(load_checkpoint(ckpt)["step"]) == 20 and seen == sorted(seen) and set(seen) <= {10, 20}
 
     resumed = run_cli("train", *args, "run_name=killed", "resume=true")
     assert resumed.returncode == 0, resumed.stderr
@@ -96,10 +96,11 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
         assert a[tag] == b[tag], tag
 
 
-@pytest.mark.parametrize("method", ["expert_iteration", "alphazero"])
+@pytest.mark.parametrize("method", ["alphazero"])
 def test_a_self_improvement_run_killed_and_resumed_is_the_run_that_was_never_killed(tmp_path, method):
-    # its replay, reward net, both optimisers, every RNG stream and the problem stream come
-    # back from the checkpoint: every scalar it logs is the uninterrupted run's, each once
+    # its replay, reward net, both optimisers, every RNG stream (search's root noise and
+    # sampled moves included) and the problem stream come back from the checkpoint: every
+    # scalar it logs is the uninterrupted run's, each once
     own = [*SEARCH, "improve.problems_per_iter=6"] if method == "alphazero" else ["improve.samples=3"]
     shared = [a for a in SMALL if not a.startswith(("improve.samples", "improve.problems_per_iter"))]
     args = [*shared, *own, f"train.method={method}", "train.steps=8", "eval.every=4", "checkpoint_every=2",
