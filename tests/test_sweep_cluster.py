@@ -55,6 +55,9 @@ def test_a_sweep_survives_the_loss_of_a_node_and_counts_nothing_twice(tmp_path, 
     # every run holds after its step-2 checkpoint (the cluster's workers inherit this): the
     # first two, one on each node, are held there when the worker node is killed
     monkeypatch.setenv(HOLD_ENV, ",".join(f"{n}:2" for n in RUNS))
+    # Ray 2.60 authenticates with a token: make one in this home before the cluster starts
+    ray_cli = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_cli), "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
     path = tmp_path / "sweep.yaml"
     path.write_text(SWEEP)
     root = tmp_path / "runs" / "lost_node"
