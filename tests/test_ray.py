@@ -1,7 +1,9 @@
 """runtime=ray: a tiny run on a 2-CPU local Ray, a worker killed mid-run, job submission."""
 import os
+import shutil
 import signal
 import threading
+import time
 
 import pytest
 import ray
@@ -9,6 +11,7 @@ import torch
 
 from conftest import SEARCH, SMALL as TINY_SELF, TINY, scalars as read_scalars, wait_until
 from emergent import tags
+from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.config import load_config
 from emergent.platform.faults import HELD, HOLD_ENV
 
@@ -18,6 +21,7 @@ SMALL = [*TINY_SELF, "train.method=expert_iteration", "runtime=ray"]
 
 
 KILLED = "worker_killed"  # the run whose trace worker is killed: its learner holds at step 5
+COPIED = "copied"  # the run whose directory is copied while its learner holds after step 6
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,7 @@ def local_ray():
     # Ray's processes inherit this environment: the learner actor of the run named KILLED
     # holds after its step-5 checkpoint until the test has killed a worker (EMERGENT_HOLD)
     before = os.environ.get(HOLD_ENV)
-    os.environ[HOLD_ENV] = f"{KILLED}:5"
+    os.environ[HOLD_ENV] = f"{KILLED}:5,{COPIED}:6"
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     finally:
@@ -127,3 +131,48 @@ def test_self_improvement_under_ray_with_one_synchronous_worker_computes_exactly
     for tag in local:
         assert remote[tag] == local[tag], tag
 
+
+
+def test_a_ray_run_resumed_from_what_a_kill_leaves_is_the_run_that_was_never_killed(local_ray, tmp_path):
+    # While the learner holds right after its step-6 checkpoint, the run directory is exactly
+    # what a SIGKILL of the whole job there would leave (events flushed, checkpoint whole,
+    # nothing later written): it is copied, and the original goes on to be the uninterrupted
+    # reference. The copy, resumed under Ray with resume=true, must log the same values, each
+    # step once. Two workers keep batches in flight at the checkpoint (their problems must
+    # be drawn again), and the window of log_every=5 spans it. Supervised computes under Ray
+    # what it computes locally whatever the staleness (its batches are gold traces).
+    from emergent.platform.ray_runtime import train_ray
+
+    base = [*TINY, "train.steps=12", "eval.every=4", "checkpoint_every=3", "ray.workers=2", "train.log_every=5",
+            f"logdir={tmp_path}"]
+    cfg = load_config(None, [*base, f"run_name={COPIED}", "runtime=ray"])
+    snapshot, whole = tmp_path / "snapshot", tmp_path / "whole"
+
+    running = threading.Event()
+    running.set()
+
+    def copy_then_release():  # the first hold is copied; every hold is released (a resumed run holds once too)
+        held = cfg.run_dir / HELD
+        while running.is_set():
+            if held.exists():
+                if not snapshot.exists():
+                    shutil.copytree(cfg.run_dir, snapshot, ignore=shutil.ignore_patterns(HELD))
+                held.unlink()
+            time.sleep(0.02)
+
+    t = threading.Thread(target=copy_then_release, daemon=True)
+    t.start()
+    try:
+        train_ray(cfg)
+        cfg.run_dir.rename(whole)      # the uninterrupted run, kept as the reference
+        snapshot.rename(cfg.run_dir)   # the run as the kill left it, where it ran
+        assert load_checkpoint(cfg.run_dir / "last.pt")["step"] == 6
+        final = train_ray(load_config(None, [*base, f"run_name={COPIED}", "runtime=ray", "resume=true"]))
+    finally:
+        running.clear()
+        t.join()
+    assert final["step"] == 12
+    reference, resumed = read_scalars(whole, perf=False), read_scalars(cfg.run_dir, perf=False)
+    assert set(resumed) == set(reference)
+    for tag in reference:
+        assert resumed[tag] == reference[tag], tag

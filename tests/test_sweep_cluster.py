@@ -48,14 +48,12 @@ def test_a_sweep_survives_the_loss_of_a_node_and_counts_nothing_twice(tmp_path, 
     from emergent.platform.local import train_local
     from emergent.platform.sweep import load_sweep
 
-    home = tmp_path / "home"  # the cluster's token and state, and the sweep's, live here
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     # every run holds after its step-2 checkpoint (the cluster's workers inherit this): the
     # first two, one on each node, are held there when the worker node is killed
     monkeypatch.setenv(HOLD_ENV, ",".join(f"{n}:2" for n in RUNS))
-    # Ray 2.60 authenticates with a token: make one in this home before the cluster starts
+    # Ray 2.60 authenticates with a token: one in this home (made if missing, as the README's
+    # recipe does; CI's home is empty), the one a Ray started earlier in this process read
     ray_cli = Path(sys.executable).with_name("ray")
     subprocess.run([str(ray_cli), "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
     path = tmp_path / "sweep.yaml"
@@ -66,7 +64,7 @@ def test_a_sweep_survives_the_loss_of_a_node_and_counts_nothing_twice(tmp_path, 
     proc = None
     try:
         cluster.wait_for_nodes()
-        env = {**cli_env(), "HOME": str(home), "RAY_ADDRESS": cluster.address}
+        env = {**cli_env(), "RAY_ADDRESS": cluster.address}
         proc = subprocess.Popen([sys.executable, "-m", "emergent", "sweep", str(path), f"logdir={tmp_path / 'runs'}"],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         held = lambda: {n: int((root / n / HELD).read_text().split()[1])  # noqa: E731
