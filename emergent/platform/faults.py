@@ -30,7 +30,7 @@ def hold_step(run_name: str) -> int | None:
 
 def after_checkpoint(run_dir: Path, step: int) -> None:
     """Called by ``Run.checkpoint`` once the checkpoint of ``step`` is on disk."""
-    at = hold_step(run_dir.name) if HOLD_ENV in os.environ else None
+    at = hold_step(run_dir.name)
     if at is None or step < at or str(run_dir) in _released:
         return
     marker = run_dir / HELD
