@@ -35,14 +35,18 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None, **kwargs)
                           timeout=timeout, cwd=ROOT, env=env or cli_env(), **kwargs)
 
 
-def wait_until(condition, proc: subprocess.Popen | None = None, *, timeout: float = 300.0) -> None:
+def wait_until(condition, proc: subprocess.Popen | None = None, *, timeout: float = 300.0,
+               log: Path | None = None) -> None:
     """Wait for an event (a file written, a run held): ``condition()`` true. Fails if
-    ``proc`` exits first. ``timeout`` only catches a hang; no outcome depends on it."""
+    ``proc`` exits first (with the tail of ``log``, where its output went). ``timeout``
+    only catches a hang; no outcome depends on it."""
     import time
 
     end = time.monotonic() + timeout
     while not condition():
-        assert proc is None or proc.poll() is None, f"the process exited ({proc.returncode}) before the event"
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log is not None and log.is_file() else ""
+            raise AssertionError(f"the process exited ({proc.returncode}) before the event\n{tail}")
         assert time.monotonic() < end, f"no event after {timeout} s: hung"
         time.sleep(0.02)
 
@@ -85,7 +89,15 @@ def scalars(run_dir, *, perf: bool = True) -> dict[str, list[tuple[int, float]]]
 SKIP_MARKERS = ("gpu",)
 
 
+def _group(item) -> str:
+    mark = item.get_closest_marker("xdist_group")
+    return mark.args[0] if mark is not None and mark.args else ""
+
+
 def pytest_collection_modifyitems(config, items):
+    # the two long chains start first, one on each worker (xdist hands out the largest group
+    # first, then in this order): the Ray group, then the quickstart; the rest fill in
+    items.sort(key=lambda item: {"ray": 0, "quickstart": 1}.get(_group(item), 2))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
@@ -110,6 +122,32 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{len(skipped)} skipped, all marked gpu (no CUDA on this machine)")
 
 
+# The suite runs on pytest-xdist workers (pyproject's addopts: -n 2 --dist loadgroup). The
+# modules that start Ray carry xdist_group("ray") and so run one after another on one worker:
+# test_ray_job's `ray stop` ends every Ray on the machine, and test_sweep_cluster's cluster
+# lives in its worker's process. The quickstart (two training processes of its own) is a
+# group of its own. Each worker's in-process torch gets its share of the cores.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+# Ray lowers its workers' priority (nice 15) by default: beside the quickstart's two training
+# processes its actors would wait on them for minutes. Every Ray a test starts, in this
+# process or in a child, reads this.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
+
+_NICED = []
+
+
+@pytest.fixture(autouse=True)
+def _priority(request):
+    """Under xdist the quickstart (CPU-bound: two training processes for two minutes) is the
+    suite's longest chain, the Ray tests mostly wait on process starts: every worker lowers
+    its own priority (and its children's) before its first other test, so the quickstart's
+    processes, started from a worker that had not, take the cores when both want them."""
+    if WORKERS > 1 and not _NICED and _group(request.node) != "quickstart":
+        os.nice(5)
+        _NICED.append(True)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))

@@ -17,6 +17,7 @@ SEEDS = (0, 1)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("quickstart")  # two processes of its own: on one xdist worker, alone
 def test_quickstart_learns_3_digit_addition_on_two_seeds(tmp_path):
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
     procs = {s: subprocess.Popen([sys.executable, "-m", "emergent", "train", f"seed={s}", f"logdir={tmp_path}",

@@ -15,7 +15,7 @@ from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.config import load_config
 from emergent.platform.faults import HELD, HOLD_ENV
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time: see conftest
 
 SMALL = [*TINY_SELF, "train.method=expert_iteration", "runtime=ray"]
 

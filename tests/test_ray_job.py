@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, TINY, scalars
 from emergent import tags
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time: see conftest
 
 TINY_JOB = [*TINY, "train.steps=4", "eval.splits=[test]", "ray.workers=1"]
 
@@ -36,7 +36,9 @@ def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
         f"'{a}'" for a in [*TINY_JOB, f"logdir={tmp_path}/runs"]))
     home = tmp_path / "home"
     home.mkdir()  # no ~/.ray/auth_token: the recipe must make its own
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # no Ray setting from outside, but the workers' priority (conftest: beside the quickstart's
+    # training processes, Ray's default nice 15 starves the job's workers for minutes)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_worker_niceness"}
     env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0",
                PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]))
     ok = False

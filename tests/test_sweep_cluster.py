@@ -15,7 +15,7 @@ from conftest import ROOT, cli_env, kill_tree, scalars, wait_until
 from emergent import tags
 from emergent.platform.faults import HELD, HOLD_ENV
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time: see conftest
 
 SWEEP = """
 experiment: lost_node
