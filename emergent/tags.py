@@ -14,7 +14,20 @@ TRAIN_VOTE_AGREEMENT = "train/vote_agreement"      # label_source=majority_vote:
 TRAIN_KEPT_FRACTION = "train/kept_fraction"        # expert_iteration: problems with a kept trace
 TRAIN_REWARD_MEAN = "train/reward_mean"            # policy_gradient: mean reward of the group
 TRAIN_KL = "train/kl"                              # policy_gradient: KL(policy || start), k3 estimate
+# self-improvement: the iteration's FLOPs (collecting and learning) per problem of its batch
+# that the verifier says it solved (a trace accepted); not logged for a batch with none
+TRAIN_FLOPS_PER_SOLVED = "train/flops_per_solved"
 SEARCH_SEARCHED_FRACTION = "search/searched_fraction"  # alphazero: moves that ran simulations
+SEARCH_INFORMATIVE_FRACTION = "search/informative_fraction"  # alphazero: searched moves with a verdict below a root child
+# alphazero (search.diagnostics): at informative moves where the improved policy's argmax and the
+# policy's differ, both completed greedily and judged: the share of decided pairs the improved
+# policy's choice wins (agents/improvement.py), and how many pairs were decided
+SEARCH_IMPROVEMENT_WIN_RATE = "search/improvement_win_rate"
+SEARCH_IMPROVEMENT_DECIDED = "search/improvement_decided_pairs"
+SEARCH_IMPROVEMENT_WINS = "search/improvement_wins"
+# alphazero: the share of searched problems the search solved (with improve.sample_first: of the
+# problems every sampled attempt failed)
+SEARCH_SOLVED = "search/solved_fraction"
 
 # -- perf/ -------------------------------------------------------------------------------------
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
@@ -51,13 +64,15 @@ EVAL_METRICS = ("exact_match", "token_accuracy", "edit_distance")
 # scratchpad formats with a step checker: the share of right answers whose scratchpad holds a
 # false step (the verifier accepts them unless task.check_steps; 0 when no answer is right)
 EVAL_FALSE_STEPS = "false_steps"
+# the same formats: the share of problems whose answer is right and every step true
+EVAL_SOUND_EXACT = "sound_exact_match"
 TEXT_CONFIG = "config"
 TEXT_SAMPLES = "samples/{split}"
 
 
 def eval_tag(split: str, metric: str, difficulty: int | None = None) -> str:
     """``eval/<split>/<metric>`` or, per difficulty, ``eval/<split>/d<k>/<metric>``."""
-    assert metric in EVAL_METRICS or metric == EVAL_FALSE_STEPS, metric
+    assert metric in EVAL_METRICS or metric in (EVAL_FALSE_STEPS, EVAL_SOUND_EXACT), metric
     return f"eval/{split}/{metric}" if difficulty is None else f"eval/{split}/d{difficulty}/{metric}"
 
 

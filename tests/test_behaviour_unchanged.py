@@ -50,11 +50,17 @@ VARIANTS = {
     "policy_gradient_value_kl": ["train.method=policy_gradient", *SELF, "improve.baseline=value",
                                  "improve.kl_coef=0.05", "improve.updates_per_iter=2"],
     "alphazero": ["train.method=alphazero", "improve.problems_per_iter=6", "reward.init=scratch", "reward.n_layer=1",
-                  "reward.d_model=32", "reward.n_head=2", "train.steps=4", *SEARCH, "improve.updates_per_iter=2"],
+                  "reward.d_model=32", "reward.n_head=2", "train.steps=4", *SEARCH, "improve.updates_per_iter=2",
+                  "improve.learn_from=all"],
     "alphazero_completed_q": ["train.method=alphazero", "improve.problems_per_iter=6", "reward.init=scratch",
                               "reward.n_layer=1", "reward.d_model=32", "reward.n_head=2", "train.steps=4", *SEARCH,
                               "search.policy_target=completed_q", "search.dirichlet_fraction=0.25",
-                              "search.confident_prior=0.9"],
+                              "search.confident_prior=0.9", "improve.learn_from=all"],
+    # the search as the expert: a Gumbel root, rollout-valued leaves, expert targets, sampling first
+    "alphazero_expert": ["train.method=alphazero", "improve.problems_per_iter=6", "reward.init=scratch",
+                         "reward.n_layer=1", "reward.d_model=32", "reward.n_head=2", "train.steps=4", *SEARCH,
+                         "search.root=gumbel", "search.leaf_value=mix", "improve.sample_first=2",
+                         "search.tree_traces=8", "improve.updates_per_iter=2"],
 }
 
 

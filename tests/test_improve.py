@@ -197,6 +197,7 @@ def test_reward_rollouts_are_sampled_for_the_reward_net_alone(method, vote, tmp_
     if vote:  # a voting method never calls the verifier, for these traces either
         monkeypatch.setattr(experiment, "Oracle", RaisingOracle)
     extra = ["improve.label_source=majority_vote"] if vote else []
+    extra += ["search.tree_traces=0"] if method == "alphazero" else []  # the tree's own: their test below
     base = [*small(method), *extra, f"logdir={tmp_path}"]
     plain, more = (Experiment(load_config(None, [*base, f"run_name={r}", f"reward.rollouts={r}"])) for r in (0, 3))
     problems = plain.next_problems()
@@ -254,10 +255,12 @@ def test_near_misses_need_the_verifier():
 
 @pytest.mark.parametrize("confident,target", [(1.0, "visits"), (1.0, "completed_q"), (0.0, "visits")])
 def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target, tmp_path):
-    # confident_prior 1.0 searches every move: each move has an improved policy to learn.
-    # 0.0 searches none: no targets, so the policy takes no step (not even weight decay).
+    # learn_from=all (AlphaZero as first built): confident_prior 1.0 searches every move, and
+    # each move has an improved policy to learn. 0.0 searches none: no targets, so the policy
+    # takes no step (not even weight decay).
     exp = Experiment(load_config(None, [*small("alphazero"), f"search.confident_prior={confident}",
-                                        f"search.policy_target={target}", f"logdir={tmp_path}"]))
+                                        f"search.policy_target={target}", "improve.learn_from=all",
+                                        f"logdir={tmp_path}"]))
     batch = exp.collect(exp.next_problems()).experience
     mass = torch.cat([v.sum(-1) for v in batch.targets])  # [all moves]
     assert batch.scalars[tags.SEARCH_SEARCHED_FRACTION] == confident
@@ -358,3 +361,89 @@ def test_one_policy_gradient_update_is_reinforce_with_the_group_baseline(tmp_pat
     assert A.abs().sum() > 0  # the check below is not vacuous
     for n, p in exp.model.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_alphazero_expert_targets_sit_at_informative_moves_only_and_its_loss_is_nll_plus_restricted_kl(tmp_path):
+    from emergent.agents.alphazero import expert_loss
+    from emergent.agents.token_batch import encode_batch
+    from emergent.envs import TOKENIZER
+
+    exp = Experiment(load_config(None, [*small("alphazero"), "search.num_simulations=8", "search.leaves_per_call=1",
+                                        "search.root=gumbel", "search.dirichlet_fraction=0",
+                                        "search.leaf_value=rollout", f"logdir={tmp_path}"]))
+    batch = exp.collect(exp.next_problems()).experience
+    # rollouts judge every leaf: every searched move has a verdict below it, and a target
+    assert batch.scalars[tags.SEARCH_INFORMATIVE_FRACTION] == 1.0
+    assert all(torch.allclose(t.sum(-1), torch.ones(len(t)), atol=1e-5) for t in batch.targets)
+    # the loss by hand on two rows: one accepted (NLL of its tokens), both with a target at move 1
+    prompts, comps = [batch.prompts[0], batch.prompts[1]], ["12", "3"]
+    enc = encode_batch(TOKENIZER, prompts, comps, exp.model.cfg.max_len)
+    B, T = enc.inputs.shape
+    target = torch.zeros(B, T, exp.model.vocab_size)
+    a, b = TOKENIZER.encode("4")[0], TOKENIZER.encode("5")[0]
+    for row, p in enumerate(prompts):
+        target[row, len(p) + 1, [a, b]] = torch.tensor([0.75, 0.25])  # the position predicting move 1
+    accepted = torch.tensor([1.0, 0.0])
+    with torch.no_grad():
+        got = float(expert_loss(exp.model, enc, accepted, target))
+        logp = torch.log_softmax(exp.model(enc.inputs).double(), -1)
+        nll = -(logp[0].gather(1, enc.targets[0, :, None]).squeeze(1) * enc.loss_mask[0]).sum() / enc.loss_mask[0].sum()
+        kl = 0.0
+        for row, p in enumerate(prompts):
+            pair = logp[row, len(p) + 1, [a, b]]
+            q = torch.softmax(pair, 0)  # the policy restricted to the target's support
+            kl += float((torch.tensor([0.75, 0.25], dtype=torch.float64) * (torch.log(torch.tensor([0.75, 0.25], dtype=torch.float64)) - q.log())).sum())
+    assert got == pytest.approx(float(nll) + kl / 2, rel=1e-5)
+    # where the target is the restricted policy itself, the KL term is 0 and so is its gradient
+    with torch.no_grad():
+        own = torch.softmax(exp.model(enc.inputs)[:, :, [a, b]], -1)
+    same = torch.zeros_like(target)
+    for row, p in enumerate(prompts):
+        same[row, len(p) + 1, [a, b]] = own[row, len(p) + 1]
+    exp.model.zero_grad()
+    expert_loss(exp.model, enc, torch.zeros(2), same).backward()
+    assert max(float(p.grad.abs().max()) for p in exp.model.parameters() if p.grad is not None) < 1e-6
+
+
+def test_alphazero_with_nothing_informative_and_nothing_solved_takes_no_step(tmp_path):
+    # net-valued leaves and a verifier that accepts nothing: one simulation reaches no
+    # terminal state, so no move is informative and no trace accepted: nothing to learn
+    exp = Experiment(load_config(None, [*small("alphazero"), "search.num_simulations=1", "search.leaves_per_call=1",
+                                        "search.terminal_value=learned", f"logdir={tmp_path}"]))
+    problems = exp.next_problems()
+    batch = exp.method.collect(Prompts([p.prompt for p in problems], lambda rows, comps: np.zeros(len(rows))))
+    assert batch.scalars[tags.SEARCH_INFORMATIVE_FRACTION] == 0.0 and not batch.accepted.any()
+    assert not any(bool(t.any()) for t in batch.targets)
+    before = {k: v.clone() for k, v in exp.model.state_dict().items()}
+    exp.method.remember(batch)
+    assert len(exp.method.replay) == 0
+    updates, _ = exp.method.improve(batch)
+    assert updates == [] and all(torch.equal(before[k], v) for k, v in exp.model.state_dict().items())
+
+
+def test_alphazero_sample_first_searches_only_the_problems_sampling_failed(tmp_path):
+    exp = Experiment(load_config(None, [*small("alphazero"), "improve.sample_first=2", f"logdir={tmp_path}"]))
+    problems = exp.next_problems()
+    P = len(problems)
+    # a verifier that accepts every completion of even problems: sampling solves those
+    batch = exp.method.collect(Prompts([p.prompt for p in problems],
+                                       lambda rows, comps: (np.asarray(rows) % 2 == 0).astype(float)))
+    sampled, searched = batch.rows[: 2 * P], batch.rows[2 * P:]
+    assert sampled.tolist() == np.repeat(np.arange(P), 2).tolist()
+    solved = set(sampled[batch.labels[: 2 * P] > 0].tolist())
+    assert set(searched.tolist()) == set(range(P)) - solved  # the search took only the failures
+    assert all(len(t) == 0 for t in batch.targets[: 2 * P])  # sampled traces carry no improved policy
+    assert batch.flops[tags.GENERATE] > 0 and batch.flops[tags.SEARCH] > 0
+
+
+def test_alphazero_tree_traces_are_judged_states_labelled_by_the_verifier(tmp_path):
+    exp = Experiment(load_config(None, [*small("alphazero"), "search.tree_traces=5", "search.leaf_value=rollout",
+                                        f"logdir={tmp_path}"]))
+    problems = exp.next_problems()
+    batch = exp.collect(problems).experience
+    tree = batch.reward_traces
+    assert 0 < len(tree) <= 5 and len({(t.prompt, t.completion) for t in tree}) == len(tree)
+    rows = np.array([batch.prompts.index(t.prompt) for t in tree])
+    truth = Oracle(exp.task, problems)(rows, [t.completion for t in tree])
+    labels = np.array([t.label for t in tree])
+    assert (labels <= truth).all() and set(labels) <= {0.0, 1.0}  # the verifier's; 0 when unfinished

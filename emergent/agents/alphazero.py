@@ -1,32 +1,66 @@
-"""AlphaZero-style self-play: every move chosen by a tree search whose leaves the
-reward-and-objective network values; the policy learns the search's improved policy
-(visit distributions, or Gumbel MuZero's completed-Q policy) at the moves the search
-ran, from a replay of recent searched traces."""
+"""AlphaZero-style self-play with the search as the expert: every move of a trace is chosen
+by a tree search (a PUCT or Gumbel MuZero root; leaves valued by the reward-and-objective
+network, by the verdict of a policy rollout, or a mix), and the policy learns what the
+search found.
+
+``improve.learn_from``:
+  expert  maximum likelihood of the searched traces the verifier accepted, plus
+          KL(improved policy || policy restricted to the improved policy's support) at the
+          *informative* moves only: those where a verifier's verdict lies below some root
+          child. A move whose target is the prior renormalised (nothing below it was ever
+          judged) teaches nothing but a pull back to the policy that wrote it; the
+          restriction keeps the mass outside the search's top-k from adding a steady
+          sharpening gradient as large as the signal.
+  all     cross-entropy to the improved policy at every searched move (AlphaZero as first
+          built: the baseline the expert mode is measured against)
+  solved  the maximum-likelihood half of ``expert`` alone
+"""
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from emergent import tags
 from emergent.envs import TOKENIZER
 
-from .token_batch import encode_batch
+from .token_batch import TokenBatch, encode_batch
 from .learner import Update, autocast
 from .method import SelfImprover, register_method
-from .model import upcast
+from .model import TransformerLM, upcast
 from .policy_value import PolicyValueEvaluator, output_completions, state_verifier
 from .records import Experience, Prompts, Replay, Trace
+from .rollouts import sample_rollouts
 from .expert_iteration import replay_nll_updates
+from .improvement import improvement_outcomes
 from .search import search
+
+
+def expert_loss(policy: TransformerLM, batch: TokenBatch, accepted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """NLL of the accepted rows' completion tokens (mean over those tokens) plus the KL of
+    ``target`` [B, T, V] to the policy restricted to the target's support, at the positions
+    where the target has mass (mean over them). ``accepted`` [B] float."""
+    logits = upcast(policy(batch.inputs))                                            # [B, T, V]
+    nll = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="none").view_as(batch.targets)
+    keep = batch.loss_mask * accepted[:, None]                                       # [B, T]
+    loss = (nll * keep).sum() / keep.sum().clamp(min=1)
+    support = target > 0                                                             # [B, T, V]
+    moves = support.any(-1)                                                          # [B, T]
+    restricted = logits.masked_fill(~support, -torch.inf)
+    logp = restricted - restricted.logsumexp(-1, keepdim=True).nan_to_num(0.0)       # log p on the support
+    kl = torch.where(support, target * (target.clamp(min=1e-30).log() - logp), 0.0).sum(-1)  # [B, T]
+    return loss + (kl * moves).sum() / moves.sum().clamp(min=1)
 
 
 @register_method
 class AlphaZero(SelfImprover):
     name = "alphazero"
     reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, "improve.replay_size", "improve.train_batch",
-                                        "improve.learn_from", "search.*")
+                                        "improve.learn_from", "improve.sample_first", "improve.temperature",
+                                        "search.*")
 
     def __init__(self, policy, cfg, device) -> None:
         super().__init__(policy, cfg, device)
@@ -34,47 +68,106 @@ class AlphaZero(SelfImprover):
         self.replay = Replay(self.cfg.replay_size)  # recent searched traces with their targets
 
     def collect(self, batch: Prompts) -> Experience:
-        s = self.search_cfg
-        ids = TOKENIZER.encode_prompts(batch.prompts)
-        ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
-                                  verifier=state_verifier([len(i) for i in ids], batch.verify), kv_cache=s.kv_cache)
+        """``improve.sample_first`` k > 0: k sampled traces per problem first (as expert
+        iteration's), and the search only for the problems none of them solved; else the
+        search for every problem. Sampled traces carry no improved policy (no target)."""
+        s, c = self.search_cfg, self.cfg
+        P, V = len(batch.prompts), self.policy.vocab_size
+        flops = {tags.SEARCH: 0.0, tags.REWARD: 0.0}
+        rows, completions, finished, labels, targets = [], [], [], [], []
+        todo = np.arange(P)
         self.policy.eval()
         self.reward_net.eval()
-        with autocast(self.device):
-            out = search(ids, ev, s, max_len=self.policy.cfg.max_len, vocab_size=self.policy.vocab_size,
-                         eos_id=TOKENIZER.eos_id, generator=self.generator, device=self.device)
-        completions = output_completions(out)
-        last = out.tokens.gather(1, (out.length - 1).clamp(min=0)[:, None]).squeeze(1)
-        finished = (last == TOKENIZER.eos_id).cpu().numpy()
-        rows = np.arange(len(batch.prompts))
-        outcome = batch.verify(rows, completions).astype(float) * finished
-        # targets only where the search ran: a confident move's distribution is the policy's
-        # own prior (or what an earlier search of that subtree left), and cross-entropy to it
-        # would teach nothing but a pull back to the policy that wrote it
-        targets = out.policy * out.searched[..., None]
-        moves = out.moves.sum().clamp(min=1)
-        scalars = {tags.TRAIN_SAMPLE_ACCURACY: float(outcome.mean()),
-                   tags.SEARCH_SEARCHED_FRACTION: float(out.searched.sum() / moves)}
-        return self.make_experience(batch, rows, completions, finished, outcome, outcome,
-                               {tags.SEARCH: ev.flops, tags.REWARD: 0.0}, scalars=scalars,
-                               targets=tuple(targets[b, : int(out.moves[b])].cpu() for b in rows))
+        if c.sample_first:
+            ro = sample_rollouts(self.policy, batch.prompts, c.sample_first, temperature=c.temperature,
+                                 generator=self.generator, device=self.device)
+            flops[tags.GENERATE] = ro.flops
+            right = batch.verify(ro.rows, ro.completions).astype(float) * ro.finished
+            todo = np.setdiff1d(todo, ro.rows[right > 0])
+            rows.append(ro.rows), completions.extend(ro.completions), finished.append(ro.finished)
+            labels.append(right)
+            targets.extend(torch.zeros(0, V) for _ in ro.rows)
+        scalars = {}
+        reward_extra: tuple[Trace, ...] = ()
+        if len(todo):
+            def verify(r, comps, todo=todo):  # rows of the searched subset -> the batch's problems
+                return batch.verify(todo[np.asarray(r)], comps)
+
+            ids = TOKENIZER.encode_prompts([batch.prompts[i] for i in todo])
+            ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
+                                      verifier=state_verifier([len(i) for i in ids], verify), kv_cache=s.kv_cache,
+                                      leaf_value=s.leaf_value, rollout_weight=s.rollout_weight)
+            with autocast(self.device):
+                out = search(ids, ev, s, max_len=self.policy.cfg.max_len, vocab_size=V,
+                             eos_id=TOKENIZER.eos_id, generator=self.generator, device=self.device)
+            flops[tags.SEARCH] = ev.flops
+            done = output_completions(out)
+            last = out.tokens.gather(1, (out.length - 1).clamp(min=0)[:, None]).squeeze(1)
+            ended = (last == TOKENIZER.eos_id).cpu().numpy()
+            outcome = verify(np.arange(len(todo)), done).astype(float) * ended
+            # targets only where they can teach: under ``expert`` the informative moves; else every
+            # searched move (a confident move's distribution is the policy's own prior, and
+            # cross-entropy to it would teach nothing but a pull back to the policy that wrote it)
+            where = out.informative if c.learn_from == "expert" else out.searched
+            policy = out.policy * where[..., None]
+            rows.append(todo), completions.extend(done), finished.append(ended), labels.append(outcome)
+            targets.extend(policy[b, : int(out.moves[b])].cpu() for b in range(len(todo)))
+            searched = out.searched.sum()
+            scalars = {tags.SEARCH_SEARCHED_FRACTION: float(searched / out.moves.sum().clamp(min=1)),
+                       tags.SEARCH_INFORMATIVE_FRACTION: float(out.informative.sum() / searched.clamp(min=1)),
+                       tags.SEARCH_SOLVED: float(outcome.mean())}
+            if s.diagnostics:  # on this batch's problems, new to the policy (fresh prompts); not in the ledger
+                with autocast(self.device):
+                    imp = improvement_outcomes(self.policy, out, verify)
+                if imp.wins + imp.losses:
+                    scalars[tags.SEARCH_IMPROVEMENT_WIN_RATE] = imp.win_rate
+                scalars[tags.SEARCH_IMPROVEMENT_DECIDED] = float(imp.wins + imp.losses)
+                scalars[tags.SEARCH_IMPROVEMENT_WINS] = float(imp.wins)  # a window's rate: mean wins / mean decided
+            reward_extra = self.tree_traces(batch, todo, ids, ev)
+        rows, labels = np.concatenate(rows), np.concatenate(labels)
+        scalars[tags.TRAIN_SAMPLE_ACCURACY] = float(labels.mean())
+        exp = self.make_experience(batch, rows, completions, np.concatenate(finished), labels, labels, flops,
+                                   scalars=scalars, targets=tuple(targets))
+        return dataclasses.replace(exp, reward_traces=exp.reward_traces + reward_extra)
+
+    def tree_traces(self, batch: Prompts, todo: np.ndarray, ids, ev: PolicyValueEvaluator) -> tuple[Trace, ...]:
+        """Up to ``search.tree_traces`` distinct states the verifier judged in the trees (of
+        the batch's problems ``todo``), as labelled traces for the reward net (drawn with
+        ``collect_rng``)."""
+        if not self.search_cfg.tree_traces:
+            return ()
+        rows, tokens, lengths, verdicts = ev.judged()
+        if not len(rows):
+            return ()
+        texts = TOKENIZER.decode_spans(tokens, [len(ids[r]) for r in rows], lengths.tolist())
+        seen = {}
+        for r, text, v in zip(rows.tolist(), texts, verdicts.tolist()):
+            seen.setdefault((r, text), v)
+        keys = list(seen)
+        pick = self.collect_rng.permutation(len(keys))[: self.search_cfg.tree_traces]
+        return tuple(Trace(batch.prompts[todo[keys[i][0]]], keys[i][1], float(seen[keys[i]])) for i in sorted(pick))
 
     def remember(self, experience: Experience) -> None:
         prompts = experience.prompt_of
         if self.cfg.learn_from == "solved":  # the accepted traces, learned token by token
             self.replay.add(Trace(prompts[i], experience.completions[i]) for i in np.flatnonzero(experience.accepted))
             return
+        if self.cfg.learn_from == "expert":  # what carries a signal: an accepted trace, or an informative move
+            keep = [i for i in range(experience.size)
+                    if experience.accepted[i] or bool(experience.targets[i].any())]
+            self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.accepted[i]),
+                                  experience.targets[i]) for i in keep)
+            return
         self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i]), experience.targets[i])
                         for i in range(experience.size))
 
     def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
-        """Cross-entropy of the policy's next-token distributions to the improved policy,
-        at the searched moves of a draw from the replay; a draw with none takes no step.
-        ``improve.learn_from=solved``: maximum likelihood of accepted searched traces."""
+        """``improve.updates_per_iter`` steps on draws from the replay (a draw with nothing to
+        learn takes no step, not even weight decay): see the module's docstring."""
         if self.cfg.learn_from == "solved":
             return replay_nll_updates(self), {}
         updates = []
-        for _ in range(self.cfg.updates_per_iter):
+        for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
             items = self.replay.sample(self.learn_rng, self.cfg.train_batch)
             batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
                                  self.policy.cfg.max_len)
@@ -84,13 +177,17 @@ class AlphaZero(SelfImprover):
                 start = len(t.prompt)  # BOS + prompt: the last prompt token is at index len(prompt)
                 v = t.target[: T - start]
                 target[row, start: start + len(v)] = v
-            weight = (target.sum(-1) > 0).float()  # moves the search ran at
-            if not bool(weight.any()):  # nothing searched in this draw: no target, no step (not even decay)
+            accepted = torch.tensor([t.label for t in items], dtype=torch.float32)
+            expert = self.cfg.learn_from == "expert"
+            if not bool((target.sum(-1) > 0).any()) and not (expert and bool(accepted.any())):
                 continue
-            target, weight, inputs = target.to(self.device), weight.to(self.device), batch.inputs.to(self.device)
+            batch, target, accepted = batch.to(self.device), target.to(self.device), accepted.to(self.device)
 
-            def loss_fn(target=target, weight=weight, inputs=inputs):
-                logp = torch.log_softmax(upcast(self.policy(inputs)), -1)
+            def loss_fn(batch=batch, target=target, accepted=accepted):
+                if expert:
+                    return expert_loss(self.policy, batch, accepted, target)
+                logp = torch.log_softmax(upcast(self.policy(batch.inputs)), -1)
+                weight = (target.sum(-1) > 0).float()  # the searched moves
                 return -(target * logp).sum(-1).mul(weight).sum() / weight.sum().clamp(min=1)
 
             updates.append(self.learner.step(loss_fn, tokens=B * T,

@@ -36,7 +36,7 @@ from .rollouts import Rollouts, majority_labels, sample_rollouts
 LABEL_SOURCES = ("verifier", "reward_net", "majority_vote")
 REWARD_SOURCES = ("verifier", "reward_net")
 BASELINES = ("group", "value")
-LEARN_FROM = ("all", "solved")
+LEARN_FROM = ("expert", "all", "solved")
 
 
 @dataclass
@@ -55,10 +55,15 @@ class ImproveConfig:
     updates_per_iter: int = 1        # policy steps per iteration (policy_gradient: clipped steps on one batch)
     clip_ratio: float = 0.2          # policy_gradient: PPO/GRPO clip of the probability ratio (acts from the 2nd step)
     init_from: Optional[str] = None  # a checkpoint to start from (e.g. a supervised run)
-    # alphazero: all = cross-entropy to the search's improved policy at the searched moves of
-    # every trace (AlphaZero); solved = maximum likelihood of the traces the verifier accepted,
-    # every move's chosen token the target (expert iteration with the search as the expert)
-    learn_from: str = "all"
+    # alphazero: expert = the search as the expert (Anthony et al. 2017): maximum likelihood of
+    # the searched traces the verifier accepted, plus KL(improved policy || policy on its
+    # support) at the informative moves only (a verdict lies below some root child); all =
+    # cross-entropy to the improved policy at every searched move of every trace (AlphaZero
+    # as first built); solved = the maximum-likelihood half of expert alone
+    learn_from: str = "expert"
+    # alphazero: k sampled traces per problem first (expert iteration's), the search only for
+    # the problems none of them solved; 0 searches every problem
+    sample_first: int = 0
 
     def validate(self) -> None:
         for key, value, choices in (("label_source", self.label_source, LABEL_SOURCES),
@@ -67,6 +72,8 @@ class ImproveConfig:
                                     ("learn_from", self.learn_from, LEARN_FROM)):
             if value not in choices:
                 raise ValueError(f"improve.{key}={value!r} is not valid; choose one of {list(choices)}")
+        if self.sample_first < 0:
+            raise ValueError("improve.sample_first must be >= 0")
         if self.problems_per_iter < 1 or self.samples < 1 or self.updates_per_iter < 1:
             raise ValueError("improve.problems_per_iter, improve.samples and improve.updates_per_iter must be >= 1")
         if self.temperature <= 0:
@@ -212,8 +219,13 @@ class SelfImprover:
         self.remember(experience)
         reward_flops, reward_scalars = self.reward.learn(experience, self.learn_rng)
         updates, scalars = self.improve(experience)
+        flops = {tags.REWARD: reward_flops, tags.TRAIN: sum(u.flops for u in updates)}
+        solved = len(np.unique(experience.rows[experience.finished & (experience.labels >= 0.5)]))
+        if solved:  # by the verifier's labels (under a vote, by agreement: what the method can see)
+            scalars = {**scalars, tags.TRAIN_FLOPS_PER_SOLVED:
+                       (sum(experience.flops.values()) + sum(flops.values())) / solved}
         return StepResult(
-            flops={tags.REWARD: reward_flops, tags.TRAIN: sum(u.flops for u in updates)},
+            flops=flops,
             tokens=sum(u.tokens for u in updates), **last_update(updates),
             scalars={**scalars, **reward_scalars},
             heldout=(experience.heldout_probs, experience.labels[experience.heldout]), accuracy=experience.problem_accuracy())

@@ -45,17 +45,25 @@ class PolicyValueEvaluator:
     prefixes (causal attention: the padding after a state's last token cannot reach it):
     the reference the cache is tested against, equal up to float rounding.
     ``terminal_value`` scores finished states with ``verifier`` (``States`` -> [M]) or with
-    the network. ``flops`` accumulates what the calls cost.
+    the network. ``leaf_value`` values a new non-terminal leaf by the reward net (``net``),
+    by the verifier's verdict on the policy's greedy completion of it (``rollout``: one
+    batched, KV-cached ``generate`` over the call's leaves; a completion that runs out of
+    context scores 0), or by ``(1 - rollout_weight) * net + rollout_weight * rollout``
+    (``mix``, AlphaGo's lambda). ``flops`` accumulates what the calls cost.
     """
 
     def __init__(self, policy, reward_net, *, top_k: int, terminal: str = "verifier",
                  verifier: Callable[[States], torch.Tensor] | None = None, prior_temperature: float = 1.0,
-                 kv_cache: bool = True) -> None:
-        if terminal == "verifier" and verifier is None:
-            raise ValueError("terminal_value='verifier' needs a verifier callable")
+                 kv_cache: bool = True, leaf_value: str = "net", rollout_weight: float = 0.5) -> None:
+        if (terminal == "verifier" or leaf_value != "net") and verifier is None:
+            raise ValueError("terminal_value='verifier' and leaf_value='rollout'/'mix' need a verifier callable")
         self.policy, self.reward_net, self.top_k = policy, reward_net, top_k
         self.terminal, self.verifier, self.prior_temperature = terminal, verifier, prior_temperature
         self.kv_cache = kv_cache
+        self.leaf_value, self.rollout_weight = leaf_value, rollout_weight
+        # every verdict the search met, as (problem rows [m], full states [m, L'], lengths [m],
+        # verdicts [m]): terminal states and rollouts, on and off the path played (``judged``)
+        self._judged: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.kv: dict[str, TreeKV] = {}
         self.prompt_hidden: dict[str, torch.Tensor] = {}  # [B, C] per network: node 0's state
         self.flops = 0.0
@@ -127,7 +135,34 @@ class PolicyValueEvaluator:
         top, idx = logp.topk(self.top_k, -1)
         prior = torch.softmax(top, -1)
         self.calls += 1
-        return Expansion(prior, idx, self._value(states, pending))
+        if self.leaf_value == "net":
+            return Expansion(prior, idx, self._value(states, pending))
+        verdict = self.rollout_value(states)
+        value = verdict if self.leaf_value == "rollout" else (
+            (1 - self.rollout_weight) * self._value(states, pending) + self.rollout_weight * verdict)
+        return Expansion(prior, idx, value, verdict=torch.ones_like(verdict, dtype=torch.bool))
+
+    @torch.no_grad()
+    def rollout_value(self, states: States) -> torch.Tensor:
+        """The verifier's verdict [M] on the policy's greedy completion of each state: the
+        leaf's value on the verifier's own scale (0 where the completion runs out of context).
+        One ``generate`` call for all M states; its cost is counted as sampling's is."""
+        M, L = states.tokens.shape
+        lengths = states.lengths
+        rows = states.tokens.cpu().numpy()
+        gen = self.policy.generate([rows[i, :n] for i, n in enumerate(lengths.tolist())], L,
+                                   eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=0.0)
+        n = gen.tokens.shape[1]
+        tokens = torch.cat([states.tokens, states.tokens.new_zeros(M, n)], 1)                 # [M, L + n]
+        at = lengths[:, None] + torch.arange(n, device=tokens.device)                          # [M, n]
+        tokens.scatter_(1, at, gen.tokens.to(tokens.device))
+        done = States(states.rows, states.nodes, tokens, lengths + gen.lengths.to(lengths.device), states.node_at)
+        Tp = int(lengths.max())
+        self.flops += (self.policy.flops_per_token(Tp, backward=False) * M * Tp
+                       + self.policy.flops_per_token(Tp + n, backward=False) * M * n)
+        verdict = self.verifier(done).float() * gen.finished.to(tokens.device)
+        self._judged.append((done.rows, done.tokens, done.lengths, verdict))
+        return verdict
 
     @property
     def terminal_from_network(self) -> bool:
@@ -137,8 +172,21 @@ class PolicyValueEvaluator:
     @torch.no_grad()
     def terminal_value(self, states: States) -> torch.Tensor:
         if self.terminal == "verifier":
-            return self.verifier(states)
+            verdict = self.verifier(states)
+            self._judged.append((states.rows, states.tokens, states.lengths, verdict))
+            return verdict
         return self._value(states)
+
+    def judged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every state the verifier judged during the search (terminal states, and completed
+        rollouts), duplicates included: (rows [J], tokens [J, L'], lengths [J], verdicts [J])."""
+        if not self._judged:
+            return np.zeros(0, np.int64), np.zeros((0, 1), np.int64), np.zeros(0, np.int64), np.zeros(0)
+        width = max(t.shape[1] for _, t, _, _ in self._judged)
+        pad = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for _, t, _, _ in self._judged]
+        return tuple(torch.cat(x).cpu().numpy() for x in ([r for r, *_ in self._judged], pad,
+                                                           [n for _, _, n, _ in self._judged],
+                                                           [v.float() for *_, v in self._judged]))
 
     def _value(self, states: States, pending=None) -> torch.Tensor:
         """The reward net's P(correct) of each state [M] (0.5 everywhere without one)."""

@@ -72,8 +72,11 @@ class RewardTrainer:
         """Add the batch's traces that are not held out, then update from the replay.
         Returns (FLOPs, scalars)."""
         prompts = experience.prompt_of
+        train = np.flatnonzero(~experience.heldout)
+        if not len(self.replay) and len(train):
+            self.calibrate(float(np.mean(experience.labels[train])))
         self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i]))
-                        for i in np.flatnonzero(~experience.heldout))
+                        for i in train)
         self.replay.add(experience.reward_traces)  # reward.rollouts: sampled for the reward net alone
         flops, losses = 0.0, []
         for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
@@ -86,6 +89,15 @@ class RewardTrainer:
             flops += u.flops
             losses.append(u.loss)
         return flops, ({tags.REWARD_LOSS: float(torch.stack(losses).mean())} if losses else {})
+
+    @torch.no_grad()
+    def calibrate(self, rate: float) -> None:
+        """Start the head at the logit of the first batch's success rate (clipped to [0.02,
+        0.98]): a net that has learned nothing then values every state at the base rate of
+        the verdicts it stands in for, not at 0.5, which next to verdicts of ~0.2 would make
+        a search prefer whatever it has not yet explored."""
+        p = min(max(rate, 0.02), 0.98)
+        self.net.head.bias.fill_(float(np.log(p / (1 - p))))
 
     @torch.no_grad()
     def score(self, prompts: Sequence[str], completions: Sequence[str], *, at_prompt: bool = False):

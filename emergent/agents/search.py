@@ -41,10 +41,13 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import numpy as np
 import torch
 
+from . import gumbel
 from .graph_replay import GraphReplay
 
 TERMINAL_VALUES = ("verifier", "learned")
 POLICY_TARGETS = ("visits", "completed_q")
+ROOTS = ("puct", "gumbel")
+LEAF_VALUES = ("net", "rollout", "mix")
 
 
 @dataclass(kw_only=True)
@@ -71,6 +74,29 @@ class SearchConfig:
     policy_target: str = "visits"
     value_scale: float = 0.1
     maxvisit_init: float = 50.0
+    # how the root spends a move's simulations and picks the move: PUCT from the root (with
+    # Dirichlet noise for exploration, the move by ``temperature`` over visits), or Gumbel
+    # MuZero's root (``agents/gumbel.py``): Gumbel-top-k over ``max_considered`` actions,
+    # sequential halving, the survivor played; its improved policy is the completed-Q one
+    # with min-max rescaled values, and ``gumbel_scale`` (0: none) is its only exploration.
+    # Below the root both select by PUCT.
+    root: str = "puct"
+    max_considered: int = 16
+    gumbel_scale: float = 1.0
+    # a new non-terminal leaf's value: the reward net's P(correct) (net), the verifier's
+    # verdict on the policy's greedy completion of it (rollout: on the verifier's scale, and
+    # a verdict below the move, at the cost of a completion per leaf), or
+    # (1 - rollout_weight) * net + rollout_weight * rollout (mix)
+    leaf_value: str = "net"
+    rollout_weight: float = 0.5
+    # alphazero: measure the improvement win rate on each batch (agents/improvement.py): a
+    # greedy completion of both choices at each informative move where they differ (its
+    # compute is a measurement's, outside the ledger, like evaluation's)
+    diagnostics: bool = True
+    # alphazero: up to this many states the verifier judged in the tree per iteration
+    # (terminal states and rollouts, off the path played too), each completed trace with its
+    # verdict, join the reward net's training data: the siblings the search compares
+    tree_traces: int = 256
     # leaves evaluated from each node's kept keys and values (one token per leaf through
     # each network; memory grows with the tree, see agents/tree_kv.py); false recomputes
     # every leaf's whole prefix: the reference, equal up to float rounding (tests/test_search.py)
@@ -106,6 +132,21 @@ class SearchConfig:
             raise ValueError("search.value_scale and search.maxvisit_init must be >= 0")
         if not 0.0 <= self.confident_prior <= 1.0:
             raise ValueError("search.confident_prior must lie in [0, 1]")
+        if self.leaf_value not in LEAF_VALUES:
+            raise ValueError(f"search.leaf_value={self.leaf_value!r}; choose one of {list(LEAF_VALUES)}")
+        if not 0.0 <= self.rollout_weight <= 1.0:
+            raise ValueError("search.rollout_weight must lie in [0, 1]")
+        if self.leaf_value != "net" and self.static:
+            raise ValueError("search.leaf_value=rollout/mix runs a completion per leaf on the host: search.static=false")
+        if self.root not in ROOTS:
+            raise ValueError(f"search.root={self.root!r}; choose one of {list(ROOTS)}")
+        if self.tree_traces < 0:
+            raise ValueError("search.tree_traces must be >= 0")
+        if self.max_considered < 1 or self.gumbel_scale < 0:
+            raise ValueError("search.max_considered must be >= 1 and search.gumbel_scale >= 0")
+        if self.root == "gumbel" and (self.static or self.dirichlet_fraction > 0):
+            raise ValueError("search.root=gumbel runs on the default path with no Dirichlet noise: set "
+                             "search.static=false and search.dirichlet_fraction=0 (the Gumbel draw explores)")
         if (self.cuda_graph or self.compile) and not self.static:
             raise ValueError("search.cuda_graph=true and search.compile=true need search.static=true (fixed shapes)")
 
@@ -124,6 +165,8 @@ class Tree:
     vloss: torch.Tensor        # [B, N] float     virtual visits of pending simulations
     expanded: torch.Tensor     # [B, N] bool      priors and value are set
     terminal: torch.Tensor     # [B, N] bool      EOS written or context full
+    verdict: torch.Tensor      # [B, N] bool      ``value`` is a verifier's verdict (a terminal state's, or a rollout's)
+    verdicts: torch.Tensor     # [B, N] float     simulations through this node that ended at a verdict
     num_nodes: torch.Tensor    # [B] int64
     root: torch.Tensor         # [B] int64        the current root (moves forward)
     # node N - 1 of every tree is scratch, never part of it: fixed-shape writes (``static``)
@@ -138,6 +181,7 @@ class Expansion(NamedTuple):
     prior: torch.Tensor        # [M, K] renormalised over the top-k
     child_token: torch.Tensor  # [M, K]
     value: torch.Tensor        # [M] in [0, 1]
+    verdict: torch.Tensor | None = None  # [M] bool: the value holds a verifier's verdict (a rollout's); None: none does
 
 
 class States(NamedTuple):
@@ -176,6 +220,9 @@ class SearchOutput(NamedTuple):
     policy: torch.Tensor        # [B, M, V] the improved policy of each move (search.policy_target)
     moves: torch.Tensor         # [B] moves made
     searched: torch.Tensor      # [B, M] bool: simulations ran at this move (else it was confident)
+    # [B, M] bool: searched, and some root child's subtree held a verifier's verdict (a
+    # terminal state's or a rollout's): where the improved policy carries evidence
+    informative: torch.Tensor | None = None
 
 
 class Move(NamedTuple):
@@ -183,6 +230,7 @@ class Move(NamedTuple):
     policy: torch.Tensor        # [B, K] the improved policy over them
     searched: torch.Tensor      # [B] bool: simulations ran
     depth: int                  # a bound on any tree's depth below its new root, known on the host
+    informative: torch.Tensor   # [B] bool: searched, and a verdict lies below some root child
 
 
 # -- records ------------------------------------------------------------------------------
@@ -204,6 +252,7 @@ def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_l
         child_token=z(B, capacity, top_k, dtype=torch.long), prior=z(B, capacity, top_k),
         visits=z(B, capacity), value_sum=z(B, capacity), value=z(B, capacity), vloss=z(B, capacity),
         expanded=z(B, capacity, dtype=torch.bool), terminal=z(B, capacity, dtype=torch.bool),
+        verdict=z(B, capacity, dtype=torch.bool), verdicts=z(B, capacity),
         num_nodes=torch.ones(B, dtype=torch.long, device=device), root=z(B, dtype=torch.long),
     )
 
@@ -324,7 +373,8 @@ def _add_children_static(tokens, node_at, length, children, child_token, termina
 
 
 def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virtual_loss: float = 0.0,
-           levels: int | None = None, static: bool = False, compiled: bool = False) -> torch.Tensor:
+           levels: int | None = None, static: bool = False, compiled: bool = False,
+           first: torch.Tensor | None = None) -> torch.Tensor:
     """Walk from each root by PUCT to a leaf; create the node if the edge is new.
 
     Returns leaves [B] (the root itself for inactive trees). A leaf is a node not yet
@@ -336,7 +386,8 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
     ``levels``: a bound on the edges a walk takes (the tree's depth below the root, plus
     one for the new edge; default the context length, which always holds). ``static``: in
     torch, exactly ``levels`` masked levels and fixed-shape node creation: no host sync.
-    ``compiled``: each torch walk level through ``torch.compile``.
+    ``compiled``: each torch walk level through ``torch.compile``. ``first`` [B]: the edge
+    each walk takes from its root (a Gumbel root's choice), instead of PUCT's.
     """
     B, N, K = tree.children.shape
     levels = tree.tokens.shape[2] if levels is None else levels
@@ -350,12 +401,13 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
         # numpy ops on views of the same memory half that (the walk is most of a CPU search)
         arrays = [t.numpy() for t in (*tables, base, start, active)]
         amount = arrays[6].dtype.type(virtual_loss)  # vloss's own float type: no float64 detour
-        node, new, action = (torch.from_numpy(x) for x in _walk(*arrays, c_puct=c_puct, virtual_loss=amount,
-                                                                levels=levels))
+        node, new, action = (torch.from_numpy(x) for x in _walk(
+            *arrays, c_puct=c_puct, virtual_loss=amount, levels=levels,
+            first=None if first is None else first.numpy()))
     else:
         node, new, action = _walk(*tables, base, start, active, c_puct=c_puct, virtual_loss=virtual_loss,
                                   levels=levels, early_exit=not static,
-                                  level=_compiled_level() if compiled else _walk_level)
+                                  level=_compiled_level() if compiled else _walk_level, first=first)
     if not static and not bool(new.any()):
         return node
     leaf = torch.where(new, add_children(tree, node, action, new, eos_id=eos_id, static=static), node)
@@ -364,16 +416,20 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
     return leaf
 
 
-def _walk_level(at, stop, new, action, visits, value_sum, value, children, prior, leaf, base, row_start, c_puct: float):
+def _walk_level(at, stop, new, action, visits, value_sum, value, children, prior, leaf, base, row_start, c_puct: float,
+                forced=None):
     """One level of every walk (``_walk``'s tables; at, stop, new, action [B] its state):
-    a pure function, so ``search.compile`` can fuse it. Returns the new state and the node
-    each walk entered (-1: none)."""
+    a pure function, so ``search.compile`` can fuse it. ``forced`` [B]: the edge to take
+    instead of PUCT's. Returns the new state and the node each walk entered (-1: none)."""
     xp = _xp(at)
     rows_of = (lambda t, i: t.take(i, axis=0)) if xp is np else (lambda t, i: t.index_select(0, i))
     kids = rows_of(children, at)                                          # [B, K] node ids, -1: none yet
-    flat = base[:, None] + _at_least(kids, 0)                             # [B, K]
-    n = visits.take(flat) * (kids >= 0)
-    a = puct_scores(n, value_sum.take(flat), rows_of(prior, at), value.take(at), c_puct).argmax(1)  # [B]
+    if forced is None:
+        flat = base[:, None] + _at_least(kids, 0)                         # [B, K]
+        n = visits.take(flat) * (kids >= 0)
+        a = puct_scores(n, value_sum.take(flat), rows_of(prior, at), value.take(at), c_puct).argmax(1)  # [B]
+    else:
+        a = forced
     child = kids.take(row_start + a)
     fresh = (child < 0) & ~stop
     action = xp.where(fresh, a, action)
@@ -390,7 +446,7 @@ def _compiled_level() -> Callable:
 
 
 def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, active, *, c_puct: float,
-          virtual_loss: float, levels: int, early_exit: bool = True, level: Callable = _walk_level):
+          virtual_loss: float, levels: int, early_exit: bool = True, level: Callable = _walk_level, first=None):
     """The selection walk over flat tables (torch tensors, or numpy arrays): visits (virtual
     included), value sums, values [B * N]; children (-1: none yet), priors [B * N, K]; leaf
     [B * N] (a walk stops there); vloss [B * N] (written: ``virtual_loss`` on each node the
@@ -399,8 +455,8 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     gather; flat indices, each tree's its own), at most ``levels`` levels: with
     ``early_exit`` it stops once every walk has (a host read per level), else it runs them
     all, a walk that has stopped staying where it is (``level``: ``_walk_level``, or its
-    compiled form). Returns (node [B], new [B]: the walk ended on an edge without a node,
-    action [B]: that edge)."""
+    compiled form; ``first`` [B]: the first level's edges, given). Returns (node [B], new
+    [B]: the walk ended on an edge without a node, action [B]: that edge)."""
     xp = _xp(at)
     K = children.shape[1]
     row_start = xp.arange(len(at)) * K                                    # [B] flat index of each row of [B, K]
@@ -410,11 +466,12 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     new = stop & False
     action = at * 0
     entered = []                                                          # per level: the node entered, or -1
-    for _ in range(levels):
+    for depth in range(levels):
         if early_exit and bool(stop.all()):
             break
+        forced = {"forced": first} if depth == 0 and first is not None else {}
         at, stop, new, action, entered_now = level(at, stop, new, action, visits, value_sum, value, children, prior,
-                                                   leaf, base, row_start, c_puct)
+                                                   leaf, base, row_start, c_puct, **forced)
         entered.append(entered_now)
     else:  # every level ran: with early exits, a walk not ended now would have gone on
         if early_exit and not bool(stop.all()):
@@ -464,8 +521,10 @@ def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, static: bo
     B, N = tree.visits.shape
     flat = (_rows(B, leaves.device) * N)[:, None] + leaves.reshape(B, -1)  # [B, W]
     values = tree.value.view(-1).index_select(0, flat.T.reshape(-1))       # [W * B] leaf-major
+    verdict = tree.verdict.view(-1).index_select(0, flat.T.reshape(-1))    # [W * B]
     tree.visits.view(-1).index_add_(0, nodes, on.to(tree.visits.dtype))
     tree.value_sum.view(-1).index_add_(0, nodes, values.index_select(0, which) * on)
+    tree.verdicts.view(-1).index_add_(0, nodes, (verdict.index_select(0, which) & on).to(tree.verdicts.dtype))
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -493,9 +552,12 @@ def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, eval
         tree.prior.view(B * N, -1)[at] = out.prior.to(tree.prior.dtype)
         tree.child_token.view(B * N, -1)[at] = out.child_token
         tree.value.view(-1)[at] = out.value.to(tree.value.dtype)
+        if out.verdict is not None:
+            tree.verdict.view(-1)[at] = out.verdict
     if bool(term.any()):
         at = flat[term]
         tree.value.view(-1)[at] = evaluator.terminal_value(states(at)).to(tree.value.dtype)
+        tree.verdict.view(-1)[at] = not getattr(evaluator, "terminal_from_network", False)
     tree.expanded.view(-1)[flat] = True
 
 
@@ -533,6 +595,8 @@ def _expand_static(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evalu
     to = torch.where(write, flat, scratch)
     tree.value.view(-1)[to] = out.value.to(tree.value.dtype)
     tree.expanded.view(-1)[to] = True
+    if out.verdict is not None:
+        tree.verdict.view(-1)[to] = out.verdict & ~term
     return _Evaluated(flat, states)
 
 
@@ -544,25 +608,31 @@ def _host_terminal_values(tree: Tree, done: _Evaluated, evaluator: LeafEvaluator
     at = (done.states.write & tree.terminal.view(-1)[done.flat]).nonzero().squeeze(1)
     if len(at):
         tree.value.view(-1)[done.flat[at]] = evaluator.terminal_value(done.states.subset(at)).to(tree.value.dtype)
+        tree.verdict.view(-1)[done.flat[at]] = True
 
 
 _LEVEL_BUCKET = 8  # walk levels round up to a multiple of this under search.cuda_graph: a few graphs per search
 
 
 def _select_leaves(tree: Tree, active: torch.Tensor, cfg: SearchConfig, *, eos_id: int,
-                   levels: int | None) -> torch.Tensor:
-    """``leaves_per_call`` selections per tree -> leaves [B, W]."""
+                   levels: int | None, root_policy: Callable[[Tree], torch.Tensor] | None = None) -> torch.Tensor:
+    """``leaves_per_call`` selections per tree -> leaves [B, W]. ``root_policy``: the root
+    edge each walk takes [B], asked before each selection (it sees the earlier ones'
+    virtual visits)."""
     leaves = [select(tree, active, c_puct=cfg.c_puct, eos_id=eos_id, virtual_loss=cfg.virtual_loss, levels=levels,
-                     static=cfg.static, compiled=cfg.compile) for _ in range(cfg.leaves_per_call)]
+                     static=cfg.static, compiled=cfg.compile, first=None if root_policy is None else root_policy(tree))
+              for _ in range(cfg.leaves_per_call)]
     return torch.stack(leaves, 1)
 
 
 def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *, eos_id: int,
-             levels: int | None = None, graphs: GraphReplay | None = None) -> None:
+             levels: int | None = None, graphs: GraphReplay | None = None,
+             root_policy: Callable[[Tree], torch.Tensor] | None = None) -> None:
     """One batch of ``leaves_per_call`` simulations per active tree; ``levels``: a bound on
     the edges a walk takes (``select``). ``graphs`` (``search.cuda_graph``): the selections
     and the leaves' expansion replayed from a CUDA graph, one per bucket of ``levels``
-    (extra levels are masked no-ops), with ``active`` copied into the buffer it reads."""
+    (extra levels are masked no-ops), with ``active`` copied into the buffer it reads.
+    ``root_policy``: ``_select_leaves``' (a Gumbel root; not with ``graphs``)."""
     if graphs is not None:
         L = tree.tokens.shape[2]
         bucket = min(-(-(L if levels is None else levels) // _LEVEL_BUCKET) * _LEVEL_BUCKET, L)
@@ -576,7 +646,7 @@ def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: Se
         stacked, done = graphs(bucket, step, counters=evaluator)
         _host_terminal_values(tree, done, evaluator)
     else:
-        stacked = _select_leaves(tree, active, cfg, eos_id=eos_id, levels=levels)  # [B, W]
+        stacked = _select_leaves(tree, active, cfg, eos_id=eos_id, levels=levels, root_policy=root_policy)  # [B, W]
         evaluate_leaves(tree, stacked, active[:, None].expand_as(stacked), evaluator, static=cfg.static)
     tree.vloss.zero_()
     backup(tree, stacked, active[:, None].expand_as(stacked), static=cfg.static)
@@ -622,6 +692,13 @@ def root_children(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.arange(tree.batch, device=children.device)[:, None]
     safe = children.clamp(min=0)
     return safe, tree.visits[rows, safe] * (children >= 0)
+
+
+def root_evidence(tree: Tree) -> torch.Tensor:
+    """[B] bool: a verifier's verdict was backed up through some child of the root."""
+    children = _at(tree.children, tree.root)
+    rows = torch.arange(tree.batch, device=children.device)[:, None]
+    return ((tree.verdicts[rows, children.clamp(min=0)] * (children >= 0)).sum(1) > 0)
 
 
 def root_visit_probs(tree: Tree, prior: torch.Tensor | None = None, **_) -> torch.Tensor:
@@ -694,6 +771,8 @@ def search_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
     a tree by at most one level (a walk ends at the first node it creates), and the move
     takes one level away: that is the bound returned, so a caller knows how many levels a
     walk may take without reading the tree. ``graphs``: ``simulate``'s."""
+    if cfg.root == "gumbel":
+        return gumbel_move(tree, active, evaluator, cfg, generator=generator, eos_id=eos_id, depth=depth)
     unsure = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
     prior = _at(tree.prior, tree.root).clone()  # before root noise: the improved policy's base
     add_root_noise(tree, unsure, cfg, generator)
@@ -705,10 +784,66 @@ def search_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
     visit_probs = root_visit_probs(tree)                                     # [B, K]
     policy = improved(tree, prior, visit_probs=visit_probs, value_scale=cfg.value_scale,
                       maxvisit_init=cfg.maxvisit_init)                       # [B, K]
+    searched = unsure & (cfg.num_simulations > 0)
+    informative = searched & root_evidence(tree)
     advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id,
             static=cfg.static)
-    return Move(visit_probs, policy, unsure & (cfg.num_simulations > 0),
-                depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1))
+    return Move(visit_probs, policy, searched, depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
+                informative=informative)
+
+
+def root_q(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q of each root child [B, K] (0 where unvisited) and its visits [B, K]."""
+    children, n = root_children(tree)
+    rows = torch.arange(tree.batch, device=children.device)[:, None]
+    return tree.value_sum[rows, children] / n.clamp(min=1), n
+
+
+def gumbel_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *,
+                generator: torch.Generator | None, eos_id: int, depth: int | None = None) -> Move:
+    """``search_move`` with Gumbel MuZero's root (``agents/gumbel.py``): one Gumbel draw per
+    root, sequential halving over the top ``max_considered`` of g + log prior with this
+    move's simulations (visits a reused subtree brought count for the values, not for the
+    halving schedule), the survivor with the best g + log prior + sigma(q) played. A
+    confident move (top prior above ``confident_prior``) runs no simulation: the draw then
+    samples it from the prior (argmax at ``gumbel_scale=0``)."""
+    B, K = tree.batch, tree.prior.shape[2]
+    unsure = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
+    prior = _at(tree.prior, tree.root).clone()                               # [B, K]
+    logits = torch.where(prior > 0, prior.clamp(min=1e-30).log(), -torch.inf)
+    g = gumbel.sample_gumbel((B, K), generator, cfg.gumbel_scale).to(prior.device)
+    valid = (prior > 0).sum(1)
+    considered = torch.minimum(valid, torch.full_like(valid, cfg.max_considered))
+    table = torch.as_tensor(gumbel.considered_visit_table(min(cfg.max_considered, K), cfg.num_simulations),
+                            device=prior.device)
+    root_value = _at(tree.value, tree.root)
+    _, before = root_children(tree)                                          # a reused subtree's visits
+
+    def sigma_q() -> torch.Tensor:
+        q, n = root_q(tree)
+        qhat = gumbel.completed_q(q, n, prior, root_value)
+        return gumbel.sigma(qhat, n, value_scale=cfg.value_scale, maxvisit_init=cfg.maxvisit_init)
+
+    def root_policy(t: Tree) -> torch.Tensor:                                # the edge each walk takes [B]
+        children, _ = root_children(t)
+        rows = torch.arange(B, device=children.device)[:, None]
+        pending = (t.visits + t.vloss)[rows, children] * (_at(t.children, t.root) >= 0)  # virtual visits count
+        return gumbel.root_action(g, logits, sigma_q(), pending - before, considered, table)
+
+    calls = -(-cfg.num_simulations // cfg.leaves_per_call) if bool(unsure.any()) else 0
+    depth = tree.tokens.shape[2] - 1 if depth is None else depth
+    for c in range(calls):
+        simulate(tree, unsure, evaluator, cfg, eos_id=eos_id, levels=depth + c + 1, root_policy=root_policy)
+    sq = sigma_q()
+    _, n = root_children(tree)
+    action = gumbel.final_action(g, logits, sq, n - before)
+    policy = gumbel.improved_policy(logits, sq)
+    searched = unsure & (cfg.num_simulations > 0)
+    informative = searched & root_evidence(tree)
+    visit_probs = root_visit_probs(tree)
+    advance(tree, action, active, evaluator, eos_id=eos_id, static=cfg.static)
+    return Move(visit_probs, policy, searched, depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
+                informative=informative)
 
 
 def search(
@@ -733,10 +868,12 @@ def search(
     evaluator.begin(tree)
     evaluate_leaves(tree, tree.root[:, None], torch.ones(B, 1, dtype=torch.bool, device=device), evaluator,
                     static=cfg.static)  # the roots
-    improved = IMPROVED_POLICIES[cfg.policy_target]
+    improved = IMPROVED_POLICIES[cfg.policy_target]  # (a Gumbel root reports its own: the completed-Q policy)
     visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
-    policy = visit_probs if cfg.policy_target == "visits" else torch.zeros(B, max_moves, vocab_size, device=device)
+    policy = (visit_probs if cfg.policy_target == "visits" and cfg.root == "puct"
+              else torch.zeros(B, max_moves, vocab_size, device=device))
     searched_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
+    informative_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     moves = torch.zeros(B, dtype=torch.long, device=device)
     arange = torch.arange(B, device=device)
     depth = 0  # below the roots: nothing yet
@@ -750,6 +887,7 @@ def search(
                            depth=depth, graphs=graphs)
         depth = move.depth
         searched_at[:, m] = move.searched
+        informative_at[:, m] = move.informative
         # one table serves both when the improved policy is the visits
         tables = [(visit_probs, move.visit_probs)] + ([(policy, move.policy)] if policy is not visit_probs else [])
         for out, dist in tables:
@@ -762,4 +900,5 @@ def search(
     return SearchOutput(
         tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
         visit_probs=visit_probs[:, :made], policy=policy[:, :made], moves=moves, searched=searched_at[:, :made],
+        informative=informative_at[:, :made],
     )

@@ -45,7 +45,8 @@ class SplitResult:
 
 def summarise(problems: Sequence[Problem], scores: Scores) -> tuple[dict, dict]:
     """Means of each metric over the split and per difficulty (``false_steps`` where the
-    task judges steps: a share of the right answers, not of all problems)."""
+    task judges steps: a share of the right answers, not of all problems; and
+    ``sound_exact_match``: right answers with every step true, a share of all problems)."""
     values = {"exact_match": scores.exact.astype(float), "token_accuracy": scores.token_accuracy,
               "edit_distance": scores.edit_distance}
     diff = np.array([p.difficulty for p in problems])
@@ -55,6 +56,7 @@ def summarise(problems: Sequence[Problem], scores: Scores) -> tuple[dict, dict]:
         if scores.false_step is not None:
             right = (scores.exact | scores.false_step)[rows]  # the answer is right
             out[tags.EVAL_FALSE_STEPS] = float(scores.false_step[rows].sum() / max(1, right.sum()))
+            out[tags.EVAL_SOUND_EXACT] = float((right & ~scores.false_step[rows]).mean())
         return out
 
     return means(slice(None)), {int(d): means(diff == d) for d in np.unique(diff)}
@@ -101,7 +103,8 @@ def search_completions(model: TransformerLM, reward_net, task: Task, problems: S
             return task.verdicts([chunk[r] for r in rows], completions)
 
         ev = PolicyValueEvaluator(model, reward_net, top_k=cfg.top_k, terminal=cfg.terminal_value,
-                                  verifier=state_verifier([len(i) for i in ids], exact), kv_cache=cfg.kv_cache)
+                                  verifier=state_verifier([len(i) for i in ids], exact), kv_cache=cfg.kv_cache,
+                                  leaf_value=cfg.leaf_value, rollout_weight=cfg.rollout_weight)
         with autocast(device):
             res = search(ids, ev, cfg, max_len=model.cfg.max_len, vocab_size=model.vocab_size,
                          eos_id=TOKENIZER.eos_id, device=device)

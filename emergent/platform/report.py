@@ -411,10 +411,11 @@ def table(g) -> list[str]:
     supervised at equal FLOPs (``equal_flops_difference``) with the FLOPs each side was read at."""
     rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s "
             "(this run) | Δ exact match vs supervised at equal FLOPs [95 % interval] | read at FLOPs (this / "
-            "supervised) |", "|" + "---|" * 10]
+            "supervised) | test sound exact match |", "|" + "---|" * 11]
     for (params, series), rs in g.items():
-        em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
-                        for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match")))
+        em, tok, ext, sound = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
+                               for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match"),
+                                            (SPLIT, tags.EVAL_SOUND_EXACT)))
         own = series == rs[0].reference
         ref = g.get((params, rs[0].reference))
         cmp, at = ("reference", "") if own else ("—", "")
@@ -425,7 +426,7 @@ def table(g) -> list[str]:
         unfinished = sum(not r.finished for r in rs)
         rows.append(f"| {series} | {rs[0].size} | {len(rs)}{f' ({unfinished} running)' if unfinished else ''} "
                     f"| {_pm(*em)} | {_pm(*tok)} | {_pm(*ext)} | {np.mean([r.flops[-1] for r in rs]):.2e} "
-                    f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} | {at} |")
+                    f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} | {at} | {_pm(*sound)} |")
     return rows
 
 
@@ -459,7 +460,9 @@ def write_report(root: str | Path) -> Path:
         "of freedom: `paired` when seed s of the method started from seed s's shared warm start (t(S-1) on "
         "per-seed differences), `Welch` otherwise; `seeds only` where per-problem verdicts were not recorded. "
         "A row with one seed has no interval over seeds. ± is the 95 % t interval over seeds. Wall s is the "
-        "run's own clock (a warm start's is its own row), on whatever the run shared its machine with.", "",
+        "run's own clock (a warm start's is its own row), on whatever the run shared its machine with. Sound "
+        "exact match: the answer is right and every step of the scratchpad is true (tasks with a step checker; "
+        "— elsewhere), whatever `task.check_steps` made the verifier accept.", "",
         "## (a) Test exact match vs compute", "", "![compute](compute.png)", "",
         "## (b) Emergence: exact match and token accuracy vs model size", "", "![size](size.png)", "",
         "## (c) Exact match per difficulty", "", "![difficulty](difficulty.png)", "",
