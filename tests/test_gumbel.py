@@ -35,13 +35,13 @@ def test_completed_q_fills_unvisited_children_with_the_mixed_value_and_rescales(
     torch.testing.assert_close(scaled, torch.tensor([[1.0, (mixed - 0.2) / 0.6, 0.0, (mixed - 0.2) / 0.6]]))
 
 
-def bandit(values, *, sims, batch=1, scale=0.0, seed=0, considered=16, prior=None):
+def bandit(values, *, sims, batch=1, scale=0.0, seed=0, considered=16, prior=None, rescale=True):
     """One move over K terminal arms (tokens 3, 4, ...) valued by ``values``."""
     K = len(values)
     prior = prior or [1 / K] * K
     ev = TableEvaluator({(): dict(zip(range(3, 3 + K), prior))}, {(3 + a,): v for a, v in enumerate(values)}, k=K)
     cfg = SearchConfig(num_simulations=sims, leaves_per_call=1, top_k=K, root="gumbel", gumbel_scale=scale,
-                       max_considered=considered)
+                       max_considered=considered, rescale_values=rescale)
     return search([np.array([1])] * batch, ev, cfg, max_len=2, vocab_size=V, eos_id=EOS,
                   generator=torch.Generator().manual_seed(seed))
 
@@ -58,6 +58,11 @@ def test_sequential_halving_visits_and_plays_the_best_arm_of_a_known_bandit():
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     torch.testing.assert_close(out.policy[0, 0, 3:7], torch.tensor(expected, dtype=torch.float32))
     assert out.informative[0, 0]  # every arm's verdict lies below the root
+    # without rescaling (the default: values are P(correct) already) sigma takes Q as it is
+    raw = bandit(values, sims=8, rescale=False)
+    logits = np.log(0.25) + (50 + 3) * 0.1 * np.array(values)
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    torch.testing.assert_close(raw.policy[0, 0, 3:7], torch.tensor(expected, dtype=torch.float32))
 
 
 def test_with_gumbel_noise_the_move_played_is_a_sample_of_the_improved_policy():

@@ -83,6 +83,13 @@ class SearchConfig:
     root: str = "puct"
     max_considered: int = 16
     gumbel_scale: float = 1.0
+    # the Gumbel root's completed Q min-max rescaled over the root's children before sigma
+    # (mctx's default, for values of any scale). Ours are already P(correct) in [0, 1], and
+    # rescaling stretches a 0.01 difference between two children's noisy values into the
+    # full range, a target ~e^5 times sharper: from the countdown d64 warm start (seed 0,
+    # 16 simulations, net leaves) the policy fell 0.21 -> 0.075 in 40 iterations with it,
+    # and rose to 0.255 in 156 without it
+    rescale_values: bool = False
     # a new non-terminal leaf's value: the reward net's P(correct) (net), the verifier's
     # verdict on the policy's greedy completion of it (rollout: on the verifier's scale, and
     # a verdict below the move, at the cost of a completion per leaf), or
@@ -821,7 +828,7 @@ def gumbel_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
 
     def sigma_q() -> torch.Tensor:
         q, n = root_q(tree)
-        qhat = gumbel.completed_q(q, n, prior, root_value)
+        qhat = gumbel.completed_q(q, n, prior, root_value, rescale=cfg.rescale_values)
         return gumbel.sigma(qhat, n, value_scale=cfg.value_scale, maxvisit_init=cfg.maxvisit_init)
 
     def root_policy(t: Tree) -> torch.Tensor:                                # the edge each walk takes [B]
