@@ -58,6 +58,11 @@ REWARD_LOSS = "reward_net/loss"
 REWARD_AUC = "reward_net/auc"
 REWARD_ECE = "reward_net/ece"
 REWARD_DISAGREEMENT = "reward_net/verifier_disagreement"
+# alphazero with net-valued leaves: over pairs of root children with verdicts below both and
+# different mean verdicts, the share the reward net's values order the same way (ties a half):
+# does the judge rank the moves the search compares as the verifier does; and the pair count
+REWARD_SIBLING_AUC = "reward_net/sibling_pair_auc"
+REWARD_SIBLING_PAIRS = "reward_net/sibling_pairs"
 
 # -- eval/ and text --------------------------------------------------------------------------------
 EVAL_METRICS = ("exact_match", "token_accuracy", "edit_distance")

@@ -155,3 +155,28 @@ def test_moves_are_informative_only_where_a_verdict_lies_below_the_root():
                      SearchConfig(num_simulations=8, leaves_per_call=1, top_k=2, terminal_value="learned"),
                      max_len=3, vocab_size=V, eos_id=EOS)
     assert not learned.informative.any()
+
+
+class ValuedTable(TableEvaluator):
+    """A hand-built tree whose non-terminal states the 'network' values from a table."""
+
+    def __init__(self, priors, values, k, net):
+        super().__init__(priors, values, k)
+        self.net = net
+
+    def expand(self, states):
+        out = super().expand(states)
+        value = torch.tensor([self.net.get(self._key(t, int(n)), 0.5) for t, n in zip(states.tokens, states.lengths)])
+        return out._replace(value=value)
+
+
+@pytest.mark.parametrize("net,auc", [({(3,): 0.8, (4,): 0.2}, 1.0), ({(3,): 0.2, (4,): 0.8}, 0.0),
+                                     ({(3,): 0.5, (4,): 0.5}, 0.5)])
+def test_the_sibling_pair_count_compares_the_net_s_order_of_root_children_with_the_verdicts(net, auc):
+    # every continuation of 3 is right, of 4 wrong: one pair at the first move (the second
+    # move's children are terminal: their values are verdicts, not the net's)
+    priors = {(): {3: 0.5, 4: 0.5}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
+    values = {(3, 5): 1.0, (3, 6): 1.0, (4, 5): 0.0, (4, 6): 0.0}
+    out = search([np.array([1])], ValuedTable(priors, values, 2, net),
+                 SearchConfig(num_simulations=12, leaves_per_call=1, top_k=2), max_len=3, vocab_size=V, eos_id=EOS)
+    assert float(out.sibling_pairs[0]) == 1.0 and float(out.sibling_agree[0]) == auc

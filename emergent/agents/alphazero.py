@@ -116,6 +116,9 @@ class AlphaZero(SelfImprover):
             scalars = {tags.SEARCH_SEARCHED_FRACTION: float(searched / out.moves.sum().clamp(min=1)),
                        tags.SEARCH_INFORMATIVE_FRACTION: float(out.informative.sum() / searched.clamp(min=1)),
                        tags.SEARCH_SOLVED: float(outcome.mean())}
+            if s.leaf_value == "net" and float(out.sibling_pairs.sum()) > 0:  # rollout values are verdicts themselves
+                scalars[tags.REWARD_SIBLING_AUC] = float(out.sibling_agree.sum() / out.sibling_pairs.sum())
+                scalars[tags.REWARD_SIBLING_PAIRS] = float(out.sibling_pairs.sum())
             if s.diagnostics:  # on this batch's problems, new to the policy (fresh prompts); not in the ledger
                 with autocast(self.device):
                     imp = improvement_outcomes(self.policy, out, verify)

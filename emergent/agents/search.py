@@ -174,6 +174,7 @@ class Tree:
     terminal: torch.Tensor     # [B, N] bool      EOS written or context full
     verdict: torch.Tensor      # [B, N] bool      ``value`` is a verifier's verdict (a terminal state's, or a rollout's)
     verdicts: torch.Tensor     # [B, N] float     simulations through this node that ended at a verdict
+    verdict_sum: torch.Tensor  # [B, N] float     the sum of those verdicts
     num_nodes: torch.Tensor    # [B] int64
     root: torch.Tensor         # [B] int64        the current root (moves forward)
     # node N - 1 of every tree is scratch, never part of it: fixed-shape writes (``static``)
@@ -230,6 +231,10 @@ class SearchOutput(NamedTuple):
     # [B, M] bool: searched, and some root child's subtree held a verifier's verdict (a
     # terminal state's or a rollout's): where the improved policy carries evidence
     informative: torch.Tensor | None = None
+    # [B] each: over every searched move, the sibling pairs the network orders as the verdicts
+    # do, and the pairs (``sibling_pairs``): the reward net's sibling-pair AUC is their ratio
+    sibling_agree: torch.Tensor | None = None
+    sibling_pairs: torch.Tensor | None = None
 
 
 class Move(NamedTuple):
@@ -238,6 +243,7 @@ class Move(NamedTuple):
     searched: torch.Tensor      # [B] bool: simulations ran
     depth: int                  # a bound on any tree's depth below its new root, known on the host
     informative: torch.Tensor   # [B] bool: searched, and a verdict lies below some root child
+    sibling: tuple[torch.Tensor, torch.Tensor] | None = None  # ``sibling_pairs`` at searched moves
 
 
 # -- records ------------------------------------------------------------------------------
@@ -259,7 +265,7 @@ def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_l
         child_token=z(B, capacity, top_k, dtype=torch.long), prior=z(B, capacity, top_k),
         visits=z(B, capacity), value_sum=z(B, capacity), value=z(B, capacity), vloss=z(B, capacity),
         expanded=z(B, capacity, dtype=torch.bool), terminal=z(B, capacity, dtype=torch.bool),
-        verdict=z(B, capacity, dtype=torch.bool), verdicts=z(B, capacity),
+        verdict=z(B, capacity, dtype=torch.bool), verdicts=z(B, capacity), verdict_sum=z(B, capacity),
         num_nodes=torch.ones(B, dtype=torch.long, device=device), root=z(B, dtype=torch.long),
     )
 
@@ -531,7 +537,9 @@ def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, static: bo
     verdict = tree.verdict.view(-1).index_select(0, flat.T.reshape(-1))    # [W * B]
     tree.visits.view(-1).index_add_(0, nodes, on.to(tree.visits.dtype))
     tree.value_sum.view(-1).index_add_(0, nodes, values.index_select(0, which) * on)
-    tree.verdicts.view(-1).index_add_(0, nodes, (verdict.index_select(0, which) & on).to(tree.verdicts.dtype))
+    judged = (verdict.index_select(0, which) & on).to(tree.verdicts.dtype)
+    tree.verdicts.view(-1).index_add_(0, nodes, judged)
+    tree.verdict_sum.view(-1).index_add_(0, nodes, values.index_select(0, which) * judged)
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -708,6 +716,25 @@ def root_evidence(tree: Tree) -> torch.Tensor:
     return ((tree.verdicts[rows, children.clamp(min=0)] * (children >= 0)).sum(1) > 0)
 
 
+def sibling_pairs(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
+    """Does the network order the root's children as the verdicts below them do? Over the
+    pairs of non-terminal root children with verdicts below both and different mean verdicts:
+    (agreeing pairs [B] (a tie in the network's values counts a half), pairs [B]). A
+    child's network value is its evaluation (``Tree.value``; with ``leaf_value=net`` the
+    reward net's P(correct), else a verdict itself: the count says nothing there)."""
+    children = _at(tree.children, tree.root)                               # [B, K]
+    rows = torch.arange(tree.batch, device=children.device)[:, None]
+    safe = children.clamp(min=0)
+    n = tree.verdicts[rows, safe]
+    ok = (children >= 0) & (n > 0) & ~tree.terminal[rows, safe]
+    mean = tree.verdict_sum[rows, safe] / n.clamp(min=1)                    # [B, K]
+    net = tree.value[rows, safe]
+    pair = ok[:, :, None] & ok[:, None, :] & (mean[:, :, None] > mean[:, None, :])  # [B, K, K]: i better than j
+    d = net[:, :, None] - net[:, None, :]
+    agree = torch.where(d > 0, 1.0, torch.where(d == 0, 0.5, 0.0)) * pair
+    return agree.sum((1, 2)), pair.sum((1, 2)).to(agree.dtype)
+
+
 def root_visit_probs(tree: Tree, prior: torch.Tensor | None = None, **_) -> torch.Tensor:
     """Visit distribution over the root's children [B, K]; the prior where nothing was
     visited (the root's current prior; ``prior`` is accepted for a common signature)."""
@@ -793,10 +820,11 @@ def search_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
                       maxvisit_init=cfg.maxvisit_init)                       # [B, K]
     searched = unsure & (cfg.num_simulations > 0)
     informative = searched & root_evidence(tree)
+    agree, pairs = sibling_pairs(tree)
     advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id,
             static=cfg.static)
     return Move(visit_probs, policy, searched, depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
-                informative=informative)
+                informative=informative, sibling=(agree * searched, pairs * searched))
 
 
 def root_q(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
@@ -848,9 +876,10 @@ def gumbel_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
     searched = unsure & (cfg.num_simulations > 0)
     informative = searched & root_evidence(tree)
     visit_probs = root_visit_probs(tree)
+    agree, pairs = sibling_pairs(tree)
     advance(tree, action, active, evaluator, eos_id=eos_id, static=cfg.static)
     return Move(visit_probs, policy, searched, depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
-                informative=informative)
+                informative=informative, sibling=(agree * searched, pairs * searched))
 
 
 def search(
@@ -881,6 +910,7 @@ def search(
               else torch.zeros(B, max_moves, vocab_size, device=device))
     searched_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     informative_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
+    agree_total, pairs_total = torch.zeros(B, device=device), torch.zeros(B, device=device)
     moves = torch.zeros(B, dtype=torch.long, device=device)
     arange = torch.arange(B, device=device)
     depth = 0  # below the roots: nothing yet
@@ -895,6 +925,8 @@ def search(
         depth = move.depth
         searched_at[:, m] = move.searched
         informative_at[:, m] = move.informative
+        agree_total += move.sibling[0] * active
+        pairs_total += move.sibling[1] * active
         # one table serves both when the improved policy is the visits
         tables = [(visit_probs, move.visit_probs)] + ([(policy, move.policy)] if policy is not visit_probs else [])
         for out, dist in tables:
@@ -907,5 +939,5 @@ def search(
     return SearchOutput(
         tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
         visit_probs=visit_probs[:, :made], policy=policy[:, :made], moves=moves, searched=searched_at[:, :made],
-        informative=informative_at[:, :made],
+        informative=informative_at[:, :made], sibling_agree=agree_total, sibling_pairs=pairs_total,
     )
