@@ -4,6 +4,7 @@ unpaired problems fails), the equal-FLOPs rule, ``read_run``, ``pass_curves`` an
 on synthetic runs written with the writers real runs use."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -268,3 +269,17 @@ def test_table_rows_carry_the_seed_effect_the_problem_effect_and_the_rule(tmp_pa
     assert iv.diff == pytest.approx(np.mean([r.final(tags.eval_tag("test", "exact_match")) for r in ei]) - m)
     assert rows["expert_iteration"][8] == f"{1.5e13 + 1e9:.3e} / {1.5e13 + 2e9:.3e}"
     assert rows["policy_gradient"][1] == "1" and rows["policy_gradient"][7].endswith("(1 seed: no interval over seeds)")
+
+
+def test_sound_exact_match_is_read_or_derived_from_the_false_step_share(tmp_path):
+    r = record("a", "supervised", 0, [1.0, 2.0], [[True, True, False, False]] * 2, tmp_path)
+    assert np.isnan(r.sound_final("test"))  # no step checker: nothing to say
+    fs = tags.eval_tag("test", tags.EVAL_FALSE_STEPS)
+    derived = dataclasses.replace(r, evals={**r.evals, fs: np.array([0.0, 0.5])})
+    assert derived.sound_final("test") == pytest.approx(0.5 * (1 - 0.5))  # half the right answers hold a false step
+    logged = dataclasses.replace(derived, evals={**derived.evals, tags.eval_tag("test", tags.EVAL_SOUND_EXACT):
+                                                 np.array([0.1, 0.3])})
+    assert logged.sound_final("test") == 0.3
+    # with task.check_steps the verdict already required every step: exact match is sound
+    checked = dataclasses.replace(derived, check_steps=True)
+    assert checked.sound_final("test") == 0.5

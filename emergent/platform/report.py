@@ -60,10 +60,25 @@ class RunRecord:
     extrapolate_range: tuple[int, int]
     budget: Optional[float] = None  # train.flop_budget: the run ends at the step that passes it
     shares_start: bool = False   # started from its seed's shared warm start (or is one)
+    check_steps: bool = False    # task.check_steps: the verdict already required every step true
 
     def final(self, tag: str) -> float:
         v = self.evals.get(tag)
         return float(v[-1]) if v is not None and len(v) else float("nan")
+
+    def sound_final(self, split: str) -> float:
+        """The last sound exact match on ``split``: logged, or for a run logged before it was,
+        from the same evaluation's exact match and false-step share (right answers with a
+        false step, over right answers: sound = exact match x (1 - false steps) when the
+        verifier judged answers alone; exact match itself under ``task.check_steps``); nan
+        where the task has no step checker."""
+        logged = self.final(tags.eval_tag(split, tags.EVAL_SOUND_EXACT))
+        if np.isfinite(logged):
+            return logged
+        exact, false = (self.final(tags.eval_tag(split, m)) for m in ("exact_match", tags.EVAL_FALSE_STEPS))
+        if not np.isfinite(false):  # no step checker
+            return float("nan")
+        return exact if self.check_steps else exact * (1 - false)  # with check_steps a verdict is sound already
 
     def problem_record(self, step: int) -> Optional[dict]:
         path = self.path / tags.EVALS_DIR / f"step_{step:06d}.npz"
@@ -152,7 +167,8 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
                      params, f"{params / 1e6:.2f}M (L{model['n_layer']} d{model['d_model']})", int(cfg["seed"]),
                      done, steps[:e], np.asarray(vs[:e], dtype=np.float64) * tags.VS_FLOPS_UNIT, evals,
                      float(elapsed[-1]), tuple(task["difficulty"]), tuple(task["extrapolate"]),
-                     cfg["train"].get("flop_budget"), role == "warm_start" or bool((cell or {}).get("warm_start")))
+                     cfg["train"].get("flop_budget"), role == "warm_start" or bool((cell or {}).get("warm_start")),
+                     bool(task.get("check_steps", False)))
 
 
 def read_experiment(root: Path) -> tuple[list[RunRecord], Status]:
@@ -413,9 +429,9 @@ def table(g) -> list[str]:
             "(this run) | Δ exact match vs supervised at equal FLOPs [95 % interval] | read at FLOPs (this / "
             "supervised) | test sound exact match |", "|" + "---|" * 11]
     for (params, series), rs in g.items():
-        em, tok, ext, sound = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
-                               for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match"),
-                                            (SPLIT, tags.EVAL_SOUND_EXACT)))
+        em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
+                        for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match")))
+        sound = t_interval(np.array([r.sound_final(SPLIT) for r in rs]))
         own = series == rs[0].reference
         ref = g.get((params, rs[0].reference))
         cmp, at = ("reference", "") if own else ("—", "")
