@@ -121,7 +121,7 @@ def networks(cfg: ModelConfig, device, checkpoint: str | None):
 
 def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, checkpoint: str | None,
                         value_net: bool = True, static: bool = False, graph: bool = False,
-                        compiled: bool = False) -> dict:
+                        compiled: bool = False, scfg: SearchConfig | None = None) -> dict:
     policy, value = networks(cfg, device, checkpoint)
     value = value if value_net else None
     task = make_task("countdown", format="scratchpad")
@@ -129,21 +129,21 @@ def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, c
     ids = TOKENIZER.encode_prompts(prompts)
     gen = torch.Generator().manual_seed(0)
     sample_rollouts(policy, prompts[:8], 1, temperature=1.0, generator=gen, device=device)  # warm-up
-    sampled = float("inf")
+    sampled, sampled_flops = float("inf"), 0.0
     for _ in range(5):  # the fastest of 5: a 0.15 s call varies by 20 % run to run, and the
         sync(device)    # fastest is the hardest baseline for the ratio
         t0 = time.perf_counter()
-        sample_rollouts(policy, prompts, 1, temperature=1.0, generator=gen, device=device)
+        ro = sample_rollouts(policy, prompts, 1, temperature=1.0, generator=gen, device=device)
         sync(device)
-        sampled = min(sampled, time.perf_counter() - t0)
+        sampled, sampled_flops = min(sampled, time.perf_counter() - t0), ro.flops
 
     def verify(rows, completions):
         return task.verdicts([problems[r] for r in rows], completions)
 
     ev = PolicyValueEvaluator(policy, value, top_k=4, verifier=state_verifier([len(i) for i in ids], verify),
                               kv_cache=kv_cache)
-    scfg = SearchConfig(num_simulations=32, leaves_per_call=8, top_k=4, confident_prior=1.0, static=static,
-                        cuda_graph=graph, compile=compiled)
+    scfg = scfg or SearchConfig(num_simulations=32, leaves_per_call=8, top_k=4, confident_prior=1.0, static=static,
+                                cuda_graph=graph, compile=compiled)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = search(ids, ev, scfg, max_len=cfg.max_len, vocab_size=TOKENIZER.vocab_size, eos_id=TOKENIZER.eos_id,
@@ -151,7 +151,8 @@ def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, c
     sync(device)
     took = time.perf_counter() - t0
     sims = int(out.searched.sum()) * scfg.num_simulations
-    return {"sampled_s": sampled, "searched_s": took, "ratio": took / sampled, "sims_per_s": sims / took}
+    return {"sampled_s": sampled, "searched_s": took, "ratio": took / sampled, "sims_per_s": sims / took,
+            "flops_ratio": ev.flops / sampled_flops}
 
 
 def where_the_time_goes(cfg: ModelConfig, problems, device, *, checkpoint: str | None) -> dict[str, float]:
@@ -233,6 +234,14 @@ def main() -> None:
                 continue
             print(f"{name}: sampled {r['sampled_s']:.3f} s, "
                   f"searched {r['searched_s']:.2f} s, ratio {r['ratio']:.0f}x, {r['sims_per_s']:,.0f} simulations/s")
+        # alphazero's defaults in the committed comparison (configs/countdown_alphazero.yaml): a Gumbel root,
+        # 8 simulations over the top 4, confident moves (prior > 0.95) played unsearched
+        az = SearchConfig(num_simulations=8, leaves_per_call=8, top_k=4, root="gumbel", max_considered=4,
+                          confident_prior=0.95)
+        r = searched_vs_sampled(cfg, problems, device, kv_cache=True, checkpoint=ckpt, scfg=az)
+        print(f"  {size} {'trained' if ckpt else 'random'} alphazero defaults (gumbel, 8 simulations, confident 0.95): "
+              f"sampled {r['sampled_s']:.3f} s, searched {r['searched_s']:.2f} s, ratio {r['ratio']:.1f}x wall, "
+              f"{r['flops_ratio']:.1f}x the ledger's FLOPs")
         if size != sizes[0]:
             continue  # one breakdown (the countdown size) keeps a GPU run short
         parts = where_the_time_goes(cfg, problems, device, checkpoint=ckpt)
