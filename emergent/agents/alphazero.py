@@ -18,7 +18,7 @@ search found.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +55,18 @@ def expert_loss(policy: TransformerLM, batch: TokenBatch, accepted: torch.Tensor
     return loss + (kl * moves).sum() / moves.sum().clamp(min=1)
 
 
+class _Traces(NamedTuple):
+    """One part of a batch's experience: sampled traces, or searched ones."""
+    rows: np.ndarray          # [R] problem of each trace
+    completions: list[str]    # [R]
+    finished: np.ndarray      # [R] bool
+    labels: np.ndarray        # [R] the verifier's verdicts (0 when unfinished)
+    targets: list             # [R] improved policy per move [moves, V] (0 rows: none)
+    flops: dict               # ledger part -> FLOPs
+    scalars: dict             # diagnostics
+    tree: tuple               # judged tree states for the reward net (Trace)
+
+
 @register_method
 class AlphaZero(SelfImprover):
     name = "alphazero"
@@ -71,67 +83,74 @@ class AlphaZero(SelfImprover):
         """``improve.sample_first`` k > 0: k sampled traces per problem first (as expert
         iteration's), and the search only for the problems none of them solved; else the
         search for every problem. Sampled traces carry no improved policy (no target)."""
-        s, c = self.search_cfg, self.cfg
-        P, V = len(batch.prompts), self.policy.vocab_size
-        flops = {tags.SEARCH: 0.0, tags.REWARD: 0.0}
-        rows, completions, finished, labels, targets = [], [], [], [], []
-        todo = np.arange(P)
         self.policy.eval()
         self.reward_net.eval()
-        if c.sample_first:
-            ro = sample_rollouts(self.policy, batch.prompts, c.sample_first, temperature=c.temperature,
-                                 generator=self.generator, device=self.device)
-            flops[tags.GENERATE] = ro.flops
-            right = batch.verify(ro.rows, ro.completions).astype(float) * ro.finished
-            todo = np.setdiff1d(todo, ro.rows[right > 0])
-            rows.append(ro.rows), completions.extend(ro.completions), finished.append(ro.finished)
-            labels.append(right)
-            targets.extend(torch.zeros(0, V) for _ in ro.rows)
-        scalars = {}
-        reward_extra: tuple[Trace, ...] = ()
+        parts, todo = [], np.arange(len(batch.prompts))
+        if self.cfg.sample_first:
+            parts.append(self._sampled(batch))
+            todo = np.setdiff1d(todo, parts[0].rows[parts[0].labels > 0])
         if len(todo):
-            def verify(r, comps, todo=todo):  # rows of the searched subset -> the batch's problems
-                return batch.verify(todo[np.asarray(r)], comps)
+            parts.append(self._searched(batch, todo))
+        labels = np.concatenate([p.labels for p in parts])
+        flops = {tags.SEARCH: 0.0, tags.REWARD: 0.0}
+        scalars = {tags.TRAIN_SAMPLE_ACCURACY: float(labels.mean())}
+        for p in parts:
+            flops.update(p.flops)
+            scalars.update(p.scalars)
+        exp = self.make_experience(batch, np.concatenate([p.rows for p in parts]),
+                                   [c for p in parts for c in p.completions],
+                                   np.concatenate([p.finished for p in parts]), labels, labels, flops, scalars=scalars,
+                                   targets=tuple(t for p in parts for t in p.targets))
+        return dataclasses.replace(exp, reward_traces=exp.reward_traces + tuple(t for p in parts for t in p.tree))
 
-            ids = TOKENIZER.encode_prompts([batch.prompts[i] for i in todo])
-            ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
-                                      verifier=state_verifier([len(i) for i in ids], verify), kv_cache=s.kv_cache,
-                                      leaf_value=s.leaf_value, rollout_weight=s.rollout_weight)
+    def _sampled(self, batch: Prompts) -> "_Traces":
+        """``improve.sample_first`` sampled traces per problem, judged; no targets."""
+        ro = sample_rollouts(self.policy, batch.prompts, self.cfg.sample_first, temperature=self.cfg.temperature,
+                             generator=self.generator, device=self.device)
+        right = batch.verify(ro.rows, ro.completions).astype(float) * ro.finished
+        return _Traces(ro.rows, ro.completions, ro.finished, right, [torch.zeros(0, self.policy.vocab_size)] * len(right),
+                       {tags.GENERATE: ro.flops}, {}, ())
+
+    def _searched(self, batch: Prompts, todo: np.ndarray) -> "_Traces":
+        """One searched trace for each of the batch's problems ``todo``, its targets, the
+        search's diagnostics and the judged tree states for the reward net."""
+        s = self.search_cfg
+
+        def verify(r, comps):  # rows of the searched subset -> the batch's problems
+            return batch.verify(todo[np.asarray(r)], comps)
+
+        ids = TOKENIZER.encode_prompts([batch.prompts[i] for i in todo])
+        ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
+                                  verifier=state_verifier([len(i) for i in ids], verify), kv_cache=s.kv_cache,
+                                  leaf_value=s.leaf_value, rollout_weight=s.rollout_weight)
+        with autocast(self.device):
+            out = search(ids, ev, s, max_len=self.policy.cfg.max_len, vocab_size=self.policy.vocab_size,
+                         eos_id=TOKENIZER.eos_id, generator=self.generator, device=self.device)
+        completions = output_completions(out)
+        last = out.tokens.gather(1, (out.length - 1).clamp(min=0)[:, None]).squeeze(1)
+        ended = (last == TOKENIZER.eos_id).cpu().numpy()
+        outcome = verify(np.arange(len(todo)), completions).astype(float) * ended
+        # targets only where they can teach: under ``expert`` the informative moves; else every
+        # searched move (a confident move's distribution is the policy's own prior, and
+        # cross-entropy to it would teach nothing but a pull back to the policy that wrote it)
+        where = out.informative if self.cfg.learn_from == "expert" else out.searched
+        policy = out.policy * where[..., None]
+        searched = out.searched.sum()
+        scalars = {tags.SEARCH_SEARCHED_FRACTION: float(searched / out.moves.sum().clamp(min=1)),
+                   tags.SEARCH_INFORMATIVE_FRACTION: float(out.informative.sum() / searched.clamp(min=1)),
+                   tags.SEARCH_SOLVED: float(outcome.mean())}
+        if s.leaf_value == "net" and float(out.sibling_pairs.sum()) > 0:  # rollout values are verdicts themselves
+            scalars[tags.REWARD_SIBLING_AUC] = float(out.sibling_agree.sum() / out.sibling_pairs.sum())
+            scalars[tags.REWARD_SIBLING_PAIRS] = float(out.sibling_pairs.sum())
+        if s.diagnostics:  # on this batch's problems, new to the policy (fresh prompts); not in the ledger
             with autocast(self.device):
-                out = search(ids, ev, s, max_len=self.policy.cfg.max_len, vocab_size=V,
-                             eos_id=TOKENIZER.eos_id, generator=self.generator, device=self.device)
-            flops[tags.SEARCH] = ev.flops
-            done = output_completions(out)
-            last = out.tokens.gather(1, (out.length - 1).clamp(min=0)[:, None]).squeeze(1)
-            ended = (last == TOKENIZER.eos_id).cpu().numpy()
-            outcome = verify(np.arange(len(todo)), done).astype(float) * ended
-            # targets only where they can teach: under ``expert`` the informative moves; else every
-            # searched move (a confident move's distribution is the policy's own prior, and
-            # cross-entropy to it would teach nothing but a pull back to the policy that wrote it)
-            where = out.informative if c.learn_from == "expert" else out.searched
-            policy = out.policy * where[..., None]
-            rows.append(todo), completions.extend(done), finished.append(ended), labels.append(outcome)
-            targets.extend(policy[b, : int(out.moves[b])].cpu() for b in range(len(todo)))
-            searched = out.searched.sum()
-            scalars = {tags.SEARCH_SEARCHED_FRACTION: float(searched / out.moves.sum().clamp(min=1)),
-                       tags.SEARCH_INFORMATIVE_FRACTION: float(out.informative.sum() / searched.clamp(min=1)),
-                       tags.SEARCH_SOLVED: float(outcome.mean())}
-            if s.leaf_value == "net" and float(out.sibling_pairs.sum()) > 0:  # rollout values are verdicts themselves
-                scalars[tags.REWARD_SIBLING_AUC] = float(out.sibling_agree.sum() / out.sibling_pairs.sum())
-                scalars[tags.REWARD_SIBLING_PAIRS] = float(out.sibling_pairs.sum())
-            if s.diagnostics:  # on this batch's problems, new to the policy (fresh prompts); not in the ledger
-                with autocast(self.device):
-                    imp = improvement_outcomes(self.policy, out, verify)
-                if imp.wins + imp.losses:
-                    scalars[tags.SEARCH_IMPROVEMENT_WIN_RATE] = imp.win_rate
-                scalars[tags.SEARCH_IMPROVEMENT_DECIDED] = float(imp.wins + imp.losses)
-                scalars[tags.SEARCH_IMPROVEMENT_WINS] = float(imp.wins)  # a window's rate: mean wins / mean decided
-            reward_extra = self.tree_traces(batch, todo, ids, ev)
-        rows, labels = np.concatenate(rows), np.concatenate(labels)
-        scalars[tags.TRAIN_SAMPLE_ACCURACY] = float(labels.mean())
-        exp = self.make_experience(batch, rows, completions, np.concatenate(finished), labels, labels, flops,
-                                   scalars=scalars, targets=tuple(targets))
-        return dataclasses.replace(exp, reward_traces=exp.reward_traces + reward_extra)
+                imp = improvement_outcomes(self.policy, out, verify)
+            if imp.wins + imp.losses:
+                scalars[tags.SEARCH_IMPROVEMENT_WIN_RATE] = imp.win_rate
+            scalars[tags.SEARCH_IMPROVEMENT_DECIDED] = float(imp.wins + imp.losses)
+            scalars[tags.SEARCH_IMPROVEMENT_WINS] = float(imp.wins)  # a window's rate: mean wins / mean decided
+        return _Traces(todo, completions, ended, outcome, [policy[b, : int(out.moves[b])].cpu() for b in range(len(todo))],
+                       {tags.SEARCH: ev.flops}, scalars, self.tree_traces(batch, todo, ids, ev))
 
     def tree_traces(self, batch: Prompts, todo: np.ndarray, ids, ev: PolicyValueEvaluator) -> tuple[Trace, ...]:
         """Up to ``search.tree_traces`` distinct states the verifier judged in the trees (of
