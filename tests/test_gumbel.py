@@ -180,3 +180,27 @@ def test_the_sibling_pair_count_compares_the_net_s_order_of_root_children_with_t
     out = search([np.array([1])], ValuedTable(priors, values, 2, net),
                  SearchConfig(num_simulations=12, leaves_per_call=1, top_k=2), max_len=3, vocab_size=V, eos_id=EOS)
     assert float(out.sibling_pairs[0]) == 1.0 and float(out.sibling_agree[0]) == auc
+
+
+@pytest.mark.parametrize("target_first,expected", [(True, (1, 0, 0)), (False, (0, 1, 0))])
+def test_the_improvement_win_rate_judges_both_choices_completed(target_first, expected):
+    # one informative move where the improved policy and the prior disagree: EOS (the empty
+    # completion, which this verifier accepts) against a digit (completed greedily: never empty)
+    from emergent.agents.improvement import improvement_outcomes
+    from emergent.agents.search import SearchOutput
+    from test_search import tiny_networks
+
+    policy, _ = tiny_networks("learned")
+    digit = TOKENIZER.encode("7")[0]
+    eos_first, other = (EOS, digit) if target_first else (digit, EOS)
+    tokens = torch.zeros(1, policy.cfg.max_len, dtype=torch.long)
+    tokens[0, :3] = torch.tensor([1, 5, 6])
+    target = torch.zeros(1, 1, V)
+    target[0, 0, eos_first] = 1.0
+    out = SearchOutput(tokens=tokens, length=torch.tensor([3]), prompt_length=torch.tensor([3]),
+                       visit_probs=target, policy=target, moves=torch.tensor([1]), searched=torch.tensor([[True]]),
+                       informative=torch.tensor([[True]]), prior_token=torch.tensor([[other]]))
+    judged = improvement_outcomes(policy, out, lambda rows, comps: np.array([c == "" for c in comps]))
+    assert tuple(judged) == expected
+    agree = out._replace(prior_token=torch.tensor([[eos_first]]))  # no disagreement: nothing to judge
+    assert tuple(improvement_outcomes(policy, agree, lambda rows, comps: np.ones(len(rows)))) == (0, 0, 0)

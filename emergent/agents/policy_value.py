@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from emergent.envs.tokenizer import TOKENIZER
 
 from .model import upcast
+from .rollouts import complete_greedily
 from .search import Expansion, SearchOutput, States, Tree
 from .tree_kv import TreeKV, TreePlan
 
@@ -147,20 +148,10 @@ class PolicyValueEvaluator:
         """The verifier's verdict [M] on the policy's greedy completion of each state: the
         leaf's value on the verifier's own scale (0 where the completion runs out of context).
         One ``generate`` call for all M states; its cost is counted as sampling's is."""
-        M, L = states.tokens.shape
-        lengths = states.lengths
-        rows = states.tokens.cpu().numpy()
-        gen = self.policy.generate([rows[i, :n] for i, n in enumerate(lengths.tolist())], L,
-                                   eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=0.0)
-        n = gen.tokens.shape[1]
-        tokens = torch.cat([states.tokens, states.tokens.new_zeros(M, n)], 1)                 # [M, L + n]
-        at = lengths[:, None] + torch.arange(n, device=tokens.device)                          # [M, n]
-        tokens.scatter_(1, at, gen.tokens.to(tokens.device))
-        done = States(states.rows, states.nodes, tokens, lengths + gen.lengths.to(lengths.device), states.node_at)
-        Tp = int(lengths.max())
-        self.flops += (self.policy.flops_per_token(Tp, backward=False) * M * Tp
-                       + self.policy.flops_per_token(Tp + n, backward=False) * M * n)
-        verdict = self.verifier(done).float() * gen.finished.to(tokens.device)
+        tokens, lengths, finished, flops = complete_greedily(self.policy, states.tokens, states.lengths)
+        done = States(states.rows, states.nodes, tokens, lengths, states.node_at)
+        self.flops += flops
+        verdict = self.verifier(done).float() * finished
         self._judged.append((done.rows, done.tokens, done.lengths, verdict))
         return verdict
 

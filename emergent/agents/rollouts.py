@@ -36,11 +36,31 @@ def sample_rollouts(policy: TransformerLM, prompts: Sequence[str], samples: int,
                               pad_id=TOKENIZER.pad_id, temperature=temperature, generator=generator)
     policy.train(was)
     completions = TOKENIZER.decode_completions(gen.tokens.cpu().numpy(), gen.lengths.cpu().numpy())
-    Tp, N = max(len(i) for i in ids), gen.tokens.shape[1]
-    R = len(rows)
-    # what ran: a prefill of R x Tp tokens, then N decode steps attending over Tp + N slots
-    flops = policy.flops_per_token(Tp, backward=False) * R * Tp + policy.flops_per_token(Tp + N, backward=False) * R * N
+    flops = generation_flops(policy, len(rows), max(len(i) for i in ids), gen.tokens.shape[1])
     return Rollouts(rows, [prompts[r] for r in rows], completions, gen.finished.cpu().numpy(), flops)
+
+
+def generation_flops(policy: TransformerLM, rows: int, prefix: int, steps: int) -> float:
+    """What one KV-cached ``generate`` call ran: a prefill of rows x prefix tokens (the
+    longest prompt), then ``steps`` decode steps attending over prefix + steps slots."""
+    return (policy.flops_per_token(prefix, backward=False) * rows * prefix
+            + policy.flops_per_token(prefix + steps, backward=False) * rows * steps)
+
+
+@torch.no_grad()
+def complete_greedily(policy: TransformerLM, tokens: torch.Tensor,
+                      lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Each state ``tokens[i, :lengths[i]]`` ([M, L] right-padded) continued greedily by the
+    policy, all in one ``generate`` call. Returns (tokens [M, L + n] with the continuation
+    after each state, lengths [M] (EOS excluded), finished [M] bool: wrote EOS, FLOPs)."""
+    rows = tokens.cpu().numpy()
+    gen = policy.generate([rows[i, :n] for i, n in enumerate(lengths.tolist())], policy.cfg.max_len,
+                          eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=0.0)
+    n = gen.tokens.shape[1]
+    out = torch.cat([tokens, tokens.new_zeros(len(tokens), n)], 1)                       # [M, L + n]
+    out.scatter_(1, lengths[:, None] + torch.arange(n, device=out.device), gen.tokens.to(out.device))
+    return (out, lengths + gen.lengths.to(lengths.device), gen.finished.to(out.device),
+            generation_flops(policy, len(rows), int(lengths.max()), n))
 
 
 def majority_labels(rows: np.ndarray, completions: Sequence[str]) -> np.ndarray:

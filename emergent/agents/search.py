@@ -235,6 +235,7 @@ class SearchOutput(NamedTuple):
     # do, and the pairs (``sibling_pairs``): the reward net's sibling-pair AUC is their ratio
     sibling_agree: torch.Tensor | None = None
     sibling_pairs: torch.Tensor | None = None
+    prior_token: torch.Tensor | None = None  # [B, M] the token the policy's prior ranked first at each move
 
 
 class Move(NamedTuple):
@@ -244,6 +245,7 @@ class Move(NamedTuple):
     depth: int                  # a bound on any tree's depth below its new root, known on the host
     informative: torch.Tensor   # [B] bool: searched, and a verdict lies below some root child
     sibling: tuple[torch.Tensor, torch.Tensor] | None = None  # ``sibling_pairs`` at searched moves
+    prior_choice: torch.Tensor | None = None  # [B] the root child the prior (before noise) ranks first
 
 
 # -- records ------------------------------------------------------------------------------
@@ -709,6 +711,13 @@ def root_children(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
     return safe, tree.visits[rows, safe] * (children >= 0)
 
 
+def root_q(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q of each root child [B, K] (0 where unvisited) and its visits [B, K]."""
+    children, n = root_children(tree)
+    rows = torch.arange(tree.batch, device=children.device)[:, None]
+    return tree.value_sum[rows, children] / n.clamp(min=1), n
+
+
 def root_evidence(tree: Tree) -> torch.Tensor:
     """[B] bool: a verifier's verdict was backed up through some child of the root."""
     children = _at(tree.children, tree.root)
@@ -750,18 +759,10 @@ def completed_q_policy(tree: Tree, prior: torch.Tensor, *, value_scale: float, m
     in [0, 1]). An unvisited child's Q is the mixed value: the root's own evaluation
     averaged with the prior-weighted Q of the visited children. ``prior`` is the root's
     prior before any Dirichlet noise."""
-    children, n = root_children(tree)                                  # [B, K], [B, K]
-    rows = torch.arange(tree.batch, device=children.device)[:, None]
-    q = tree.value_sum[rows, children] / n.clamp(min=1)
-    seen = n > 0
-    p = prior.clamp(min=1e-30)
-    p_seen = (p * seen).sum(1, keepdim=True)
-    weighted_q = (p * q * seen).sum(1, keepdim=True) / p_seen.clamp(min=1e-30)
-    n_sum = n.sum(1, keepdim=True)
-    mixed = (_at(tree.value, tree.root)[:, None] + n_sum * weighted_q) / (n_sum + 1)
-    completed = torch.where(seen, q, mixed)
-    sigma = (maxvisit_init + n.max(1, keepdim=True).values) * value_scale * completed
-    return torch.softmax(p.log() + sigma, -1)
+    q, n = root_q(tree)                                                # [B, K], [B, K]
+    completed = gumbel.completed_q(q, n, prior, _at(tree.value, tree.root), rescale=False)
+    sigma = gumbel.sigma(completed, n, value_scale=value_scale, maxvisit_init=maxvisit_init)
+    return gumbel.improved_policy(prior.clamp(min=1e-30).log(), sigma)
 
 
 def visits_policy(tree: Tree, prior: torch.Tensor, *, visit_probs: torch.Tensor, **_) -> torch.Tensor:
@@ -824,14 +825,7 @@ def search_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
     advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id,
             static=cfg.static)
     return Move(visit_probs, policy, searched, depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
-                informative=informative, sibling=(agree * searched, pairs * searched))
-
-
-def root_q(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q of each root child [B, K] (0 where unvisited) and its visits [B, K]."""
-    children, n = root_children(tree)
-    rows = torch.arange(tree.batch, device=children.device)[:, None]
-    return tree.value_sum[rows, children] / n.clamp(min=1), n
+                informative=informative, sibling=(agree * searched, pairs * searched), prior_choice=prior.argmax(1))
 
 
 def gumbel_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *,
@@ -879,7 +873,7 @@ def gumbel_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
     agree, pairs = sibling_pairs(tree)
     advance(tree, action, active, evaluator, eos_id=eos_id, static=cfg.static)
     return Move(visit_probs, policy, searched, depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
-                informative=informative, sibling=(agree * searched, pairs * searched))
+                informative=informative, sibling=(agree * searched, pairs * searched), prior_choice=prior.argmax(1))
 
 
 def search(
@@ -911,6 +905,7 @@ def search(
     searched_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     informative_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     agree_total, pairs_total = torch.zeros(B, device=device), torch.zeros(B, device=device)
+    prior_token = torch.zeros(B, max_moves, dtype=torch.long, device=device)
     moves = torch.zeros(B, dtype=torch.long, device=device)
     arange = torch.arange(B, device=device)
     depth = 0  # below the roots: nothing yet
@@ -925,6 +920,7 @@ def search(
         depth = move.depth
         searched_at[:, m] = move.searched
         informative_at[:, m] = move.informative
+        prior_token[:, m] = tokens.gather(1, move.prior_choice[:, None]).squeeze(1)
         agree_total += move.sibling[0] * active
         pairs_total += move.sibling[1] * active
         # one table serves both when the improved policy is the visits
@@ -940,4 +936,5 @@ def search(
         tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
         visit_probs=visit_probs[:, :made], policy=policy[:, :made], moves=moves, searched=searched_at[:, :made],
         informative=informative_at[:, :made], sibling_agree=agree_total, sibling_pairs=pairs_total,
+        prior_token=prior_token[:, :made],
     )
