@@ -132,6 +132,11 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 # processes its actors would wait on them for minutes. Every Ray a test starts, in this
 # process or in a child, reads this.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# Every process a test starts (a run, a sweep, Ray's workers) trains a model of a few
+# thousand parameters, often beside another: torch's default of one thread per core
+# only oversubscribes the cores, and OpenMP threads spin while they wait (measured: the
+# alphazero kill-and-resume test burnt 30 CPU-seconds at the default, 12 at one thread).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 _NICED = []

@@ -1,35 +1,60 @@
 """The README's main command, `emergent train`, learns on more than one seed.
 
-Seeds 0 and 1 run side by side, one thread each (about 4 minutes on 2 cores). The
-bars sit a little under what the five-seed measurement in configs/quickstart.yaml
-gives (1.0 everywhere): a held-out 1-digit fact costs about 0.1 of its difficulty's
-score (the test split has ten of them), and a machine may miss one.
+Seed 0 runs the whole command (1,800 steps); seed 1 runs the same command, the same
+schedule, as far as its step-900 checkpoint (EMERGENT_HOLD holds it there), where it
+is killed: the half of a second run that decides whether a seed learns. The two run side
+by side, one thread each (about 2.5 minutes on 2 cores). Seed 0 is the suite's longest chain
+and keeps its priority; seed 1 runs at nice 10, below the Ray tests (conftest), which
+mostly wait on process starts and would otherwise queue behind it. The bars sit a little under what
+the measurements give: at step 1800, 1.0 everywhere for seeds 0-4 (configs/quickstart.yaml;
+a held-out 1-digit fact costs about 0.1 of its difficulty's score, and a machine may miss
+one); at step 900, 1.000 and 0.997 for seeds 0 and 1 here, where a seed that did not learn
+(lr 3e-3 gave 0.29 and 0.40 at step 1800 on two seeds) sits far below.
 """
+import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, cli_env, scalars
+from conftest import ROOT, cli_env, kill_tree, scalars, wait_until
 from emergent import tags
+from emergent.platform.faults import HELD, HOLD_ENV
 
-SEEDS = (0, 1)
+FULL, HALF = 0, 1  # seeds: the whole README command, and its first half
+HALF_STEP = 900
+
+
+def run_dir(root, seed):
+    return root / "quickstart" / f"supervised_L2_d128_learned_s{seed}"
+
+
+def final_evals(run) -> dict[str, tuple[int, float]]:
+    return {t: series[-1] for t, series in scalars(run).items() if t.startswith("eval/test/")}
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("quickstart")  # two processes of its own: on one xdist worker, alone
 def test_quickstart_learns_3_digit_addition_on_two_seeds(tmp_path):
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
-    procs = {s: subprocess.Popen([sys.executable, "-m", "emergent", "train", f"seed={s}", f"logdir={tmp_path}",
-                                  "progress=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for s in SEEDS}
-    for s, proc in procs.items():
-        out, _ = proc.communicate(timeout=900)
-        assert proc.returncode == 0, out[-2000:]
-    for s in SEEDS:
-        logged = scalars(tmp_path / "quickstart" / f"supervised_L2_d128_learned_s{s}")
-        final = {t: series[-1] for t, series in logged.items() if t.startswith("eval/test/")}
+    half_env = {**env, HOLD_ENV: f"{run_dir(tmp_path, HALF).name}:{HALF_STEP}"}
+    logs = {s: tmp_path / f"seed{s}.log" for s in (FULL, HALF)}
+    procs = {}
+    for s in (FULL, HALF):
+        with logs[s].open("w") as out:
+            procs[s] = subprocess.Popen([sys.executable, "-m", "emergent", "train", f"seed={s}", f"logdir={tmp_path}",
+                                         "progress=false"], cwd=ROOT, env=half_env if s == HALF else env,
+                                        stdout=out, stderr=subprocess.STDOUT,
+                                        preexec_fn=(lambda: os.nice(10)) if s == HALF else None)
+    try:  # the half run, killed once it holds after its step-900 checkpoint
+        wait_until(lambda: (run_dir(tmp_path, HALF) / HELD).is_file(), procs[HALF], timeout=900, log=logs[HALF])
+    finally:
+        kill_tree(procs[HALF])
+    assert procs[FULL].wait(timeout=900) == 0, logs[FULL].read_text()[-2000:]
+    cases = {FULL: (1800, 0.97, 0.88), HALF: (HALF_STEP, 0.95, 0.85)}  # step, overall bar, per-difficulty bar
+    for s, (at, overall_bar, difficulty_bar) in cases.items():
+        final = final_evals(run_dir(tmp_path, s))
         step, overall = final[tags.eval_tag("test", "exact_match")]
-        assert step == 1800 and overall >= 0.97, (s, step, overall)
+        assert step == at and overall >= overall_bar, (s, step, overall)
         for d in (1, 2, 3):
-            assert final[tags.eval_tag("test", "exact_match", d)][1] >= 0.88, (s, d, final)
+            assert final[tags.eval_tag("test", "exact_match", d)][1] >= difficulty_bar, (s, d, final)

@@ -26,7 +26,7 @@ base:
   train: {steps: 3, log_every: 1}
   checkpoint_every: 1
   optim: {warmup_steps: 2}
-  ray: {workers: 1, worker_cpus: 0.25}
+  ray: {workers: 1, worker_cpus: 0.25, dashboard: false}
 grid:
   train.method: [supervised, expert_iteration]
   seed: [0, 1]
@@ -153,8 +153,7 @@ BAD_SWEEPS = [  # (what is wrong, the change to TINY_SWEEP, words the one-line e
                                         "supervised: {train.batch_size: 16, improve.samples: 4}"),
      ["sweep cell", "improve.samples"]),
     ("no CPUs per run", ("resources: {cpus: 0.25}", "resources: {cpus: 0}"), ["resources.cpus"]),
-    ("a learner larger than its run", ("ray: {workers: 1, worker_cpus: 0.25}",
-                                       "ray: {workers: 1, worker_cpus: 0.25, learner_cpus: 1}"),
+    ("a learner larger than its run", ("worker_cpus: 0.25,", "worker_cpus: 0.25, learner_cpus: 1,"),
      ["sweep cell", "learner_cpus"]),
     ("two cells with one run name", ("seed: [0, 1]", "seed: [0, 1]\n  task.data_seed: ['1', 1]"),
      ["share a run name"]),

@@ -59,7 +59,7 @@ def test_a_sweep_survives_the_loss_of_a_node_and_counts_nothing_twice(tmp_path, 
     path = tmp_path / "sweep.yaml"
     path.write_text(SWEEP)
     root = tmp_path / "runs" / "lost_node"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     proc = None
     try:

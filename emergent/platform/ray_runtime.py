@@ -174,7 +174,7 @@ def _init_ray(cfg: Config):
     if not ray.is_initialized():
         # RAY_ADDRESS (set by `ray job submit`), else ray.address, else a cluster started on
         # this machine by `ray start`, else a new local one
-        ray.init(address=cfg.ray.address, log_to_driver=True)
+        ray.init(address=cfg.ray.address, log_to_driver=True, include_dashboard=cfg.ray.dashboard)
     return ray
 
 

@@ -232,7 +232,8 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
     import ray  # after validation: a bad sweep costs no Ray start
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+                 include_dashboard=any(c.ray.dashboard for c in configs.values()))
     root = Path(sweep.logdir) / sweep.experiment
     listing = {"experiment": sweep.experiment, "cells": [
         {"name": c.name, "values": c.values, "role": c.role, "warm_start": c.warm_start} for c in sweep.cells]}
