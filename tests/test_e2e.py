@@ -140,6 +140,26 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
     assert "starting fresh" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_fresh_start_where_an_attempt_died_before_its_first_checkpoint_logs_each_step_once(tmp_path, resume):
+    # the attempt's events are on disk, its checkpoint is not (a sweep retries such a run
+    # without resume=true, a Ray run whose learner was lost with resume=true)
+    base = [*TINY, "train.steps=4", "eval.every=2", "train.log_every=1", f"logdir={tmp_path}"]
+    train_local(load_config(None, [*base, "run_name=died", "train.steps=3"]))
+    died = tmp_path / "quickstart" / "died"
+    (died / "last.pt").unlink()
+    for f in died.rglob("events.out.tfevents.*"):  # written a minute earlier, as a real attempt's were
+        parts = f.name.split(".")  # events.out.tfevents.<unix seconds>.<host>.<pid>.<n>: readers sort by name
+        f.rename(f.with_name(".".join([*parts[:3], f"{int(parts[3]) - 60:010d}", *parts[4:]])))
+    train_local(load_config(None, [*base, "run_name=died", f"resume={str(resume).lower()}"]))
+    train_local(load_config(None, [*base, "run_name=once"]))
+    got, want = scalars(died, perf=False), scalars(tmp_path / "quickstart" / "once", perf=False)
+    assert [s for s, _ in got[tags.COMPUTE_TOTAL_FLOPS]] == [1, 2, 3, 4]
+    assert got == want
+    flops = tags.VS_FLOPS_DIR
+    assert scalars(died / flops, perf=False) == scalars(tmp_path / "quickstart" / "once" / flops, perf=False)
+
+
 def test_a_time_limit_ends_the_run_with_an_eval_and_a_checkpoint(tmp_path):
     # the step that passes train.time_limit_s is the run's last: logged, evaluated and
     # checkpointed like a final step; a resumed run carries the wall clock it had used

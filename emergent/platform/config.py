@@ -102,7 +102,8 @@ class RayConfig:
     # weights versions a consumed batch may lag the learner; at most max_staleness + 1 batches
     # are in flight, so null (workers - 1) is the least that keeps every worker writing
     max_staleness: Optional[int] = None
-    max_restarts: int = 3                 # per trace worker; a batch in flight when it dies is dropped
+    max_restarts: int = 3                 # per trace worker (a batch in flight when it dies is dropped), and
+                                          # for the learner (a new one resumes the run from its checkpoint)
 
 
 @dataclass

@@ -28,13 +28,16 @@ learned from, nor counted).
 
 Faults: a trace worker that dies is restarted by Ray (``ray.max_restarts``); the batch it
 was writing is dropped (its problems are simply not trained on) and the worker gets a new
-one. Nothing reaches the replay buffers or the FLOP ledger except through ``consume``,
+one. A learner that dies with its process or node ends that learner's life: its workers
+are killed and the run starts again from its last checkpoint with ``resume=true`` (also up
+to ``ray.max_restarts`` times); ``Run`` hides what the lost learner logged past it. Nothing reaches the replay buffers or the FLOP ledger except through ``consume``,
 and each batch carries a unique id the learner consumes at most once.
 
 With platform/sweep.py, the only modules that import ray.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections import deque
@@ -178,10 +181,64 @@ def _init_ray(cfg: Config):
     return ray
 
 
+def _learner_lost(ray, learner, error: Exception, wait_s: float = 120.0) -> bool:
+    """Whether ``error`` means the learner died with its process or node. An actor on a
+    node that stopped answering is first "unavailable", and dead only once the cluster has
+    marked its node dead (missed health checks): wait for that verdict."""
+    actor_id = learner._actor_id.hex()
+    if isinstance(error, ray.exceptions.ActorDiedError) and error.actor_id == actor_id:
+        return True
+    from ray._private.state import actors  # the GCS's record of one actor (no dashboard needed)
+
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        state = actors(actor_id).get("State")
+        if state == "DEAD":
+            return True
+        if state == "ALIVE" and not (isinstance(error, ray.exceptions.ActorUnavailableError)
+                                     and error.actor_id == actor_id):
+            return False  # alive, and the error was not its own: a worker's, or a lost object
+        time.sleep(0.5)
+    return False
+
+
+class LearnerLost(Exception):
+    """The learner actor died with its process or node (not an error in its own code)."""
+
+
 def train_ray(cfg: Config, *, with_counts: bool = False):
     """Train one run on a Ray cluster; returns the last eval's scalars (and, ``with_counts``,
-    what the learner consumed: batch ids, traces, ledger, replay sizes, dropped batches)."""
+    what the learner consumed: batch ids, traces, ledger, replay sizes, dropped batches).
+
+    A learner lost with its process or node (a system failure, not an exception in its own
+    code) takes the run's workers with it: the run starts again, ``resume=true``, from its
+    last checkpoint, with a new learner wherever the cluster has room, up to
+    ``ray.max_restarts`` times. Its steps, FLOPs and scalars after that checkpoint are
+    counted once: the resumed learner hides what the lost one logged past it."""
     ray = _init_ray(cfg)
+    dropped = restarts = 0
+    while True:
+        try:
+            final, counts = _train_ray_once(ray, cfg)
+            break
+        except LearnerLost as lost:
+            restarts += 1
+            if restarts > cfg.ray.max_restarts:
+                raise RuntimeError(f"the learner actor was lost {restarts} times (ray.max_restarts="
+                                   f"{cfg.ray.max_restarts}); giving up: {lost}") from None
+            dropped += lost.args[1]
+            print(f"emergent: the learner actor was lost ({lost.args[0]}); resuming the run from its last "
+                  f"checkpoint ({restarts} of {cfg.ray.max_restarts} restarts)", flush=True)
+            cfg = copy.deepcopy(cfg)
+            cfg.resume = True
+    counts["dropped"] += dropped
+    counts["learner_restarts"] = restarts
+    return (final, counts) if with_counts else final
+
+
+def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
+    """One learner's life: the run from its checkpoint (if resuming) to its end, or until
+    the learner is lost (``LearnerLost``, its workers killed)."""
     r = cfg.ray
     gpus = r.learner_gpus if r.learner_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
     if gpus == 0 and cfg.device == "cuda":
@@ -193,70 +250,79 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
     # the workers start while the learner builds its run and evaluates step 0: each start
     # is a process, torch and an Experiment, and none depends on another
     workers = [Worker.remote(cfg, i, threads=max(1, int(r.worker_cpus))) for i in range(r.workers)]
-    state = ray.get(learner.start.remote())  # {"step", "done", "publishes"}: the learner's Run decides when to stop
-    publishes = state["publishes"]
-    ray.get([w.pid.remote() for w in workers])  # all started: none falls behind by its start-up
-    in_flight_cap = min(r.workers, r.max_staleness + 1)
-    if in_flight_cap < r.workers and publishes:
-        print(f"emergent: ray.max_staleness={r.max_staleness} keeps at most {in_flight_cap} batches in flight: "
-              f"{r.workers - in_flight_cap} of {r.workers} trace workers wait (ray.max_staleness={r.workers - 1} "
-              f"keeps all busy)", flush=True)
-    weights = learner.weights.remote() if publishes else None  # one object per version, shared by all workers
-    pending: deque = deque()                     # (ref, worker index, batch id), in dispatch order
-    idle = deque(range(r.workers))
-    next_id, dropped = 0, 0
-    step = state["step"]   # the learner's step once every consume submitted so far has run
-    learning = None        # the consume submitted last, not yet awaited
+    dropped = 0
+    try:
+        state = ray.get(learner.start.remote())  # {"step", "done", "publishes"}: the learner's Run decides when to stop
+        publishes = state["publishes"]
+        ray.get([w.pid.remote() for w in workers])  # all started: none falls behind by its start-up
+        in_flight_cap = min(r.workers, r.max_staleness + 1)
+        if in_flight_cap < r.workers and publishes:
+            print(f"emergent: ray.max_staleness={r.max_staleness} keeps at most {in_flight_cap} batches in flight: "
+                  f"{r.workers - in_flight_cap} of {r.workers} trace workers wait (ray.max_staleness={r.workers - 1} "
+                  f"keeps all busy)", flush=True)
+        weights = learner.weights.remote() if publishes else None  # one object per version, shared by all workers
+        pending: deque = deque()                     # (ref, worker index, batch id), in dispatch order
+        idle = deque(range(r.workers))
+        next_id = 0
+        step = state["step"]   # the learner's step once every consume submitted so far has run
+        learning = None        # the consume submitted last, not yet awaited
 
-    def dispatch() -> None:
-        nonlocal next_id
-        while idle and len(pending) < in_flight_cap:
-            w = idle.popleft()
-            problems = learner.next_problems.remote(next_id)  # passed on by reference
-            pending.append((workers[w].collect.remote(weights, problems, next_id, step), w, next_id))
-            next_id += 1
+        def dispatch() -> None:
+            nonlocal next_id
+            while idle and len(pending) < in_flight_cap:
+                w = idle.popleft()
+                problems = learner.next_problems.remote(next_id)  # passed on by reference
+                pending.append((workers[w].collect.remote(weights, problems, next_id, step), w, next_id))
+                next_id += 1
 
-    # Pipelined: the driver hands the learner batch k and the freed worker its next batch,
-    # then waits for batch k - 1's consume, never for batch k's. The learner's queue (actor
-    # calls run in submission order: consume, then its new weights, then the next problems)
-    # is never empty for a driver round trip, and a worker's batch waits only for the
-    # weights it must read. A consume submitted after the run is done learns nothing.
-    dispatch()
-    while not state["done"]:
-        ref, w, batch_id = pending.popleft()  # the oldest batch: consumed in dispatch order
-        try:
-            collected, info = ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-            # a batch is lost when its worker dies, or when the learner that handed it its
-            # problems did: that one ends the run (resume=true continues from its checkpoint)
-            ray.get(learner.__ray_ready__.remote())  # raises RayActorError if the learner is gone
-            dropped += 1  # the worker died mid-batch: drop it; Ray restarts the worker
-            if dropped > r.workers * (r.max_restarts + 1):
-                raise RuntimeError(f"trace workers died {dropped} times (ray.max_restarts={r.max_restarts}); giving up")
-            print(f"emergent: trace worker {w} died; batch {batch_id} dropped", flush=True)
-            idle.append(w)
-            dispatch()
-            continue
-        idle.append(w)
-        if step - collected.version > r.max_staleness:  # too old to learn from (a guard)
-            learner.discard.remote(collected, info)
-            dispatch()
-            continue
-        previous, learning = learning, learner.consume.remote(collected, info)
-        step += 1
-        if publishes:
-            weights = learner.weights.remote()  # the version after this consume: a new one per update
+        # Pipelined: the driver hands the learner batch k and the freed worker its next batch,
+        # then waits for batch k - 1's consume, never for batch k's. The learner's queue (actor
+        # calls run in submission order: consume, then its new weights, then the next problems)
+        # is never empty for a driver round trip, and a worker's batch waits only for the
+        # weights it must read. A consume submitted after the run is done learns nothing.
         dispatch()
-        if previous is not None:
-            state = ray.get(previous)
-    if learning is not None:
-        ray.get(learning)  # a consume submitted after the run was done: it learned nothing
-    for ref, _, _ in pending:  # batches still being written are not needed
-        ray.cancel(ref, force=False)
-    final = ray.get(learner.close.remote())
-    counts = ray.get(learner.counts.remote())
+        while not state["done"]:
+            ref, w, batch_id = pending.popleft()  # the oldest batch: consumed in dispatch order
+            try:
+                collected, info = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                # a batch is lost when its worker dies, or when the learner that handed it its
+                # problems did: that one ends the run (resume=true continues from its checkpoint)
+                ray.get(learner.__ray_ready__.remote())  # raises RayActorError if the learner is gone
+                dropped += 1  # the worker died mid-batch: drop it; Ray restarts the worker
+                if dropped > r.workers * (r.max_restarts + 1):
+                    raise RuntimeError(f"trace workers died {dropped} times (ray.max_restarts={r.max_restarts}); giving up")
+                print(f"emergent: trace worker {w} died; batch {batch_id} dropped", flush=True)
+                idle.append(w)
+                dispatch()
+                continue
+            idle.append(w)
+            if step - collected.version > r.max_staleness:  # too old to learn from (a guard)
+                learner.discard.remote(collected, info)
+                dispatch()
+                continue
+            previous, learning = learning, learner.consume.remote(collected, info)
+            step += 1
+            if publishes:
+                weights = learner.weights.remote()  # the version after this consume: a new one per update
+            dispatch()
+            if previous is not None:
+                state = ray.get(previous)
+        if learning is not None:
+            ray.get(learning)  # a consume submitted after the run was done: it learned nothing
+        for ref, _, _ in pending:  # batches still being written are not needed
+            ray.cancel(ref, force=False)
+        final = ray.get(learner.close.remote())
+        counts = ray.get(learner.counts.remote())
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+            ray.exceptions.ObjectLostError) as error:
+        if not _learner_lost(ray, learner, error):
+            raise  # a worker's loss the loop does not handle, or a lost object: not the learner's
+        for w in workers:  # they read the lost learner's weights and problems: a new run gets new ones
+            ray.kill(w, no_restart=True)
+        raise LearnerLost(str(error).strip().splitlines()[0][:200], dropped) from error
     counts["dropped"] = dropped
     if dropped:
         print(f"emergent: {dropped} batch(es) dropped after worker failures; "
               f"{len(counts['batches'])} consumed", flush=True)
-    return (final, counts) if with_counts else final
+    return final, counts

@@ -11,6 +11,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -101,11 +102,18 @@ class Run:
         if cfg.resume and not self.resumed:
             print(f"emergent: no checkpoint at {cfg.run_dir / LAST}; starting fresh", flush=True)
         # Events up to the checkpoint's step were flushed before it was saved; later ones
-        # (written by the killed process after it) are hidden by purge_step.
-        self.logger = TBLogger(cfg.run_dir, purge_step=ex.step + 1 if self.resumed else None)
+        # (written by the killed process after it) are hidden by purge_step. A fresh start
+        # where an earlier attempt logged (it died before its first checkpoint, or had its
+        # checkpoint removed) hides all of that attempt's events: each step is logged once.
+        def purge(log_dir: Path, resumed_at: int) -> int | None:
+            if self.resumed:
+                return resumed_at + 1
+            return 0 if any(log_dir.glob("events.out.tfevents.*")) else None
+
+        self.logger = TBLogger(cfg.run_dir, purge_step=purge(cfg.run_dir, ex.step))
         # the evaluations again, against cumulative FLOPs: its own event file, purged by FLOPs
         self.vs_flops = TBLogger(cfg.run_dir / tags.VS_FLOPS_DIR,
-                                 purge_step=self._flop_step() + 1 if self.resumed else None)
+                                 purge_step=purge(cfg.run_dir / tags.VS_FLOPS_DIR, self._flop_step()))
         if not self.resumed:
             self.logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
         self.peak = peak_flops(ex.device)
