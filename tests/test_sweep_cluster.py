@@ -176,3 +176,40 @@ def test_a_ray_run_whose_learner_node_dies_resumes_elsewhere_and_counts_nothing_
     got, want = scalars(run_dir, perf=False), scalars(cfg.run_dir, perf=False)
     assert [s for s, _ in got[tags.COMPUTE_TOTAL_FLOPS]] == [1, 2, 3, 4, 5, 6]
     assert {t: v for t, v in got.items() if not t.startswith("ray/")} == want
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the second node's processes by their working directory")
+def test_a_node_that_cannot_see_logdir_stops_a_run_and_a_sweep_before_they_start(tmp_path, monkeypatch):
+    # two nodes on one machine, started in different working directories: a relative logdir
+    # is a different directory on each, as a path on a node's own disk would be
+    from ray.cluster_utils import Cluster
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)  # the head node and the driver
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    ray_cli = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_cli), "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        subprocess.run([str(ray_cli), "start", f"--address={cluster.address}", "--num-cpus=1"], cwd=elsewhere,
+                       check=True, capture_output=True, timeout=120)
+        env = {**cli_env(), "RAY_ADDRESS": cluster.address}
+        (here / "sweep.yaml").write_text(SWEEP)
+        tiny = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_len=24", "train.steps=2"]
+        for cmd in (["train", *tiny, "runtime=ray", "logdir=runs"], ["sweep", "sweep.yaml", "logdir=runs"]):
+            proc = subprocess.run([sys.executable, "-m", "emergent", *cmd], cwd=here, env=env, capture_output=True,
+                                  text=True, timeout=300)
+            err = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and err, (cmd, proc.stdout[-2000:], proc.stderr[-2000:])
+            line = err[-1]
+            assert line.startswith("emergent: error: logdir runs is not storage every node sees: node "), line
+            assert f"cannot read {elsewhere / 'runs'}" in line, line  # the path as that node sees it
+            assert not list((here / "runs").rglob("*.pt")) and not (elsewhere / "runs").exists()
+    finally:
+        for proc_dir in Path("/proc").glob("[0-9]*"):  # the second node: every process started in its directory
+            with contextlib.suppress(OSError):
+                if os.readlink(proc_dir / "cwd") == str(elsewhere):
+                    os.kill(int(proc_dir.name), signal.SIGKILL)
+        cluster.shutdown()

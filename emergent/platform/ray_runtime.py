@@ -33,7 +33,7 @@ are killed and the run starts again from its last checkpoint with ``resume=true`
 to ``ray.max_restarts`` times); ``Run`` hides what the lost learner logged past it. Nothing reaches the replay buffers or the FLOP ledger except through ``consume``,
 and each batch carries a unique id the learner consumes at most once.
 
-With platform/sweep.py, the only modules that import ray.
+With platform/sweep.py and platform/storage.py, the only modules that use ray.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ from .config import Config
 from .errors import UserError
 from .experiment import Collected, Experiment
 from .run import BatchTiming, Run
+from .storage import check_shared_storage
 
 
 def to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -206,7 +207,7 @@ class LearnerLost(Exception):
     """The learner actor died with its process or node (not an error in its own code)."""
 
 
-def train_ray(cfg: Config, *, with_counts: bool = False):
+def train_ray(cfg: Config, *, with_counts: bool = False, check_storage: bool = True):
     """Train one run on a Ray cluster; returns the last eval's scalars (and, ``with_counts``,
     what the learner consumed: batch ids, traces, ledger, replay sizes, dropped batches).
 
@@ -214,8 +215,13 @@ def train_ray(cfg: Config, *, with_counts: bool = False):
     code) takes the run's workers with it: the run starts again, ``resume=true``, from its
     last checkpoint, with a new learner wherever the cluster has room, up to
     ``ray.max_restarts`` times. Its steps, FLOPs and scalars after that checkpoint are
-    counted once: the resumed learner hides what the lost one logged past it."""
+    counted once: the resumed learner hides what the lost one logged past it.
+
+    ``check_storage``: first check that every node of the cluster reads and writes
+    ``logdir`` (platform/storage.py; a sweep has checked it for its runs)."""
     ray = _init_ray(cfg)
+    if check_storage:
+        check_shared_storage(ray, cfg.logdir)
     dropped = restarts = 0
     while True:
         try:

@@ -198,7 +198,7 @@ def run_cell(cfg_yaml: str, run_dir: str, threads: int, warm_start: Optional[dic
         if cfg.runtime == "ray":  # inside this run's placement group: its actors land there too
             from .ray_runtime import train_ray
 
-            final = train_ray(cfg)
+            final = train_ray(cfg, check_storage=False)  # the sweep checked its logdir
         else:
             final = train_local(cfg)
         out = {"final": final, "checkpoint": str(run / LAST)}
@@ -234,6 +234,9 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
                  include_dashboard=any(c.ray.dashboard for c in configs.values()))
+    from .storage import check_shared_storage
+
+    check_shared_storage(ray, sweep.logdir)  # every node must read and write it: before any run starts
     root = Path(sweep.logdir) / sweep.experiment
     listing = {"experiment": sweep.experiment, "cells": [
         {"name": c.name, "values": c.values, "role": c.role, "warm_start": c.warm_start} for c in sweep.cells]}
