@@ -1,6 +1,8 @@
-"""The README's cluster recipe, run verbatim by bash from a home with no Ray state.
+"""The README's cluster recipe, run verbatim by bash from a home with no Ray state: a
+head, a second node (a second raylet on this machine), a `runtime=ray` run and a sweep
+submitted as jobs.
 
-The recipe's job line gets a tiny budget appended (later overrides win), nothing else
+Each job line gets a tiny budget appended (later overrides win), nothing else
 changes. Its own module, so no in-process Ray (test_ray.py's fixture) runs beside the
 cluster.
 """
@@ -17,6 +19,7 @@ from emergent import tags
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time: see conftest
 
 TINY_JOB = [*TINY, "train.steps=4", "eval.splits=[test]", "ray.workers=1"]
+TINY_SWEEP = [*TINY, "train.steps=4", "eval.splits=[test]", "checkpoint_every=4"]
 
 
 def readme_cluster_recipe() -> str:
@@ -29,11 +32,14 @@ def readme_cluster_recipe() -> str:
 
 def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
     recipe = readme_cluster_recipe()
-    job = [line for line in recipe.splitlines() if line.startswith("ray job submit")]
-    assert len(job) == 1 and "logdir=$PWD/runs" in job[0]
-    # the tiny budget and a logdir under tmp_path are appended to the job's command line
-    script = recipe.replace(job[0], job[0].split("#")[0].rstrip() + " " + " ".join(
-        f"'{a}'" for a in [*TINY_JOB, f"logdir={tmp_path}/runs"]))
+    jobs = [line for line in recipe.splitlines() if line.startswith("ray job submit")]
+    assert [("emergent train" in j, "emergent sweep" in j) for j in jobs] == [(True, False), (False, True)]
+    assert all("logdir=$PWD/runs" in j for j in jobs) and "ray start --address=" in recipe
+    # the tiny budget and a logdir under tmp_path are appended to each job's command line
+    script = recipe
+    for job, tiny in zip(jobs, (TINY_JOB, TINY_SWEEP)):
+        script = script.replace(job, job.split("#")[0].rstrip() + " " + " ".join(
+            f"'{a}'" for a in [*tiny, f"logdir={tmp_path}/runs"]))
     home = tmp_path / "home"
     home.mkdir()  # no ~/.ray/auth_token: the recipe must make its own
     # no Ray setting from outside, but the workers' priority (conftest: beside the quickstart's
@@ -53,6 +59,10 @@ def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
             subprocess.run(["bash", "-c", "ray stop --force"], env={**env, "RAY_AUTH_MODE": "token"},
                            capture_output=True)
     assert (home / ".ray" / "auth_token").is_file()
+    assert out.count("succeeded") >= 2, out[-3000:]
     runs = list((tmp_path / "runs").glob("quickstart/*"))
     assert len(runs) == 1 and (runs[0] / "last.pt").is_file()
     assert scalars(runs[0])[tags.eval_tag("test", "exact_match")][-1][0] == 4
+    seeds = tmp_path / "runs" / "quickstart_seeds"  # the sweep: every run done, on a cluster of two nodes
+    assert sorted(p.parent.name for p in seeds.glob("*/done.json")) == ["seed0", "seed1", "seed2"]
+    assert all(scalars(seeds / f"seed{s}")[tags.eval_tag("test", "exact_match")][-1][0] == 4 for s in range(3))
