@@ -191,9 +191,13 @@ def test_the_committed_sweep_files_load_and_every_cell_validates(path):
     from emergent.platform.sweep import load_sweep
 
     sweep, configs = load_sweep(path)
+    spec = load_yaml(path)
     runs = [c for c in sweep.cells if c.role == "run"]
-    assert len(runs) == math.prod(len(v) for v in load_yaml(path)["grid"].values())
+    assert len(runs) == math.prod(len(v) for v in spec["grid"].values())
     assert set(configs) == {c.name for c in sweep.cells}
+    if "flop_budget" not in spec:  # not a comparison (quickstart_seeds: one method over seeds)
+        assert {configs[c.name].train.method for c in runs} == {"supervised"} and "warm_start" not in spec
+        return
     for cell in runs:  # every compared run ends at the sweep's budget, from its seed's warm start
-        assert configs[cell.name].train.flop_budget == load_yaml(path)["flop_budget"]
+        assert configs[cell.name].train.flop_budget == spec["flop_budget"]
         assert (cell.warm_start is None) == (configs[cell.name].train.method == "supervised")
