@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, descendants, kill_tree, scalars, wait_until
+from conftest import ROOT, TINY, cli_env, descendants, kill_tree, scalars, wait_until
 from emergent import tags
 from emergent.platform.config import load_config
 from emergent.platform.faults import HELD, HOLD_ENV
@@ -51,6 +51,16 @@ def ancestors(pid: int) -> list[int]:
     return out
 
 
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
+
+
+def cluster_setup(monkeypatch) -> None:
+    """What every test here does before its cluster starts: no usage stats, and Ray 2.60's
+    token in this home (made if missing, as the README's recipe does; CI's home is empty)."""
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    subprocess.run([RAY_CLI, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
+
+
 def lose(cluster, node) -> None:
     """The node's machine is gone: every process of it at once, SIGKILL. (Killing its raylet
     alone, as ``remove_node`` does, leaves its worker processes running for a while: a run
@@ -68,14 +78,10 @@ def test_a_sweep_survives_the_loss_of_a_node_and_counts_nothing_twice(tmp_path, 
     from emergent.platform.local import train_local
     from emergent.platform.sweep import load_sweep
 
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    cluster_setup(monkeypatch)
     # every run holds after its step-2 checkpoint (the cluster's workers inherit this): the
     # first two, one on each node, are held there when the worker node is killed
     monkeypatch.setenv(HOLD_ENV, ",".join(f"{n}:2" for n in RUNS))
-    # Ray 2.60 authenticates with a token: one in this home (made if missing, as the README's
-    # recipe does; CI's home is empty), the one a Ray started earlier in this process read
-    ray_cli = Path(sys.executable).with_name("ray")
-    subprocess.run([str(ray_cli), "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
     path = tmp_path / "sweep.yaml"
     path.write_text(SWEEP)
     root = tmp_path / "runs" / "lost_node"
@@ -133,14 +139,10 @@ def test_a_ray_run_whose_learner_node_dies_resumes_elsewhere_and_counts_nothing_
 
     from emergent.platform.local import train_local
 
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    cluster_setup(monkeypatch)
     monkeypatch.setenv(HOLD_ENV, "lost:2")  # the cluster's workers inherit it
-    ray_cli = Path(sys.executable).with_name("ray")
-    subprocess.run([str(ray_cli), "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
-    args = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_len=24", "task.difficulty=[1,2]",
-            "task.extrapolate=[3,3]", "eval.problems=12", "eval.every=3", "eval.batch_size=64", "eval.splits=[test]",
-            "train.steps=6", "train.log_every=1", "train.batch_size=16", "optim.warmup_steps=2", "checkpoint_every=1",
-            f"logdir={tmp_path / 'runs'}", "run_name=lost", "progress=false"]
+    args = [*TINY, "eval.every=3", "eval.splits=[test]", "train.steps=6", "train.log_every=1", "checkpoint_every=1",
+            f"logdir={tmp_path / 'runs'}", "run_name=lost"]
     on_ray = ["runtime=ray", "ray.workers=1", "ray.worker_cpus=0.5", "ray.learner_cpus=0.5"]
     run_dir = tmp_path / "runs" / "quickstart" / "lost"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
@@ -188,17 +190,14 @@ def test_a_node_that_cannot_see_logdir_stops_a_run_and_a_sweep_before_they_start
     here.mkdir()
     elsewhere.mkdir()
     monkeypatch.chdir(here)  # the head node and the driver
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    ray_cli = Path(sys.executable).with_name("ray")
-    subprocess.run([str(ray_cli), "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
+    cluster_setup(monkeypatch)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        subprocess.run([str(ray_cli), "start", f"--address={cluster.address}", "--num-cpus=1"], cwd=elsewhere,
+        subprocess.run([RAY_CLI, "start", f"--address={cluster.address}", "--num-cpus=1"], cwd=elsewhere,
                        check=True, capture_output=True, timeout=120)
         env = {**cli_env(), "RAY_ADDRESS": cluster.address}
         (here / "sweep.yaml").write_text(SWEEP)
-        tiny = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_len=24", "train.steps=2"]
-        for cmd in (["train", *tiny, "runtime=ray", "logdir=runs"], ["sweep", "sweep.yaml", "logdir=runs"]):
+        for cmd in (["train", *TINY, "train.steps=2", "runtime=ray", "logdir=runs"], ["sweep", "sweep.yaml", "logdir=runs"]):
             proc = subprocess.run([sys.executable, "-m", "emergent", *cmd], cwd=here, env=env, capture_output=True,
                                   text=True, timeout=300)
             err = proc.stderr.strip().splitlines()

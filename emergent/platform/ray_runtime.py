@@ -206,6 +206,11 @@ def _learner_lost(ray, learner, error: Exception, wait_s: float = 120.0) -> bool
 class LearnerLost(Exception):
     """The learner actor died with its process or node (not an error in its own code)."""
 
+    def __init__(self, why: str, dropped: int) -> None:
+        super().__init__(why)
+        self.why = why
+        self.dropped = dropped  # batches its workers lost before it did
+
 
 def train_ray(cfg: Config, *, with_counts: bool = False, check_storage: bool = True):
     """Train one run on a Ray cluster; returns the last eval's scalars (and, ``with_counts``,
@@ -232,13 +237,12 @@ def train_ray(cfg: Config, *, with_counts: bool = False, check_storage: bool = T
             if restarts > cfg.ray.max_restarts:
                 raise RuntimeError(f"the learner actor was lost {restarts} times (ray.max_restarts="
                                    f"{cfg.ray.max_restarts}); giving up: {lost}") from None
-            dropped += lost.args[1]
-            print(f"emergent: the learner actor was lost ({lost.args[0]}); resuming the run from its last "
+            dropped += lost.dropped
+            print(f"emergent: the learner actor was lost ({lost.why}); resuming the run from its last "
                   f"checkpoint ({restarts} of {cfg.ray.max_restarts} restarts)", flush=True)
             cfg = copy.deepcopy(cfg)
             cfg.resume = True
     counts["dropped"] += dropped
-    counts["learner_restarts"] = restarts
     return (final, counts) if with_counts else final
 
 

@@ -23,18 +23,19 @@ from .errors import UserError
 PROBE_DIR = ".emergent-storage-probe"
 
 
-def probe(logdir: str, name: str, token: str, node_id: str) -> Optional[str]:
-    """On one node: None when it reads the driver's token under ``logdir`` and writes its
-    own file there; otherwise why not (in a few words, with the path as this node sees it)."""
+def probe(logdir: str, token: str, node_id: str) -> Optional[str]:
+    """On one node: None when it reads the driver's file ``token`` (holding its own name)
+    under ``logdir`` and writes its own file there; otherwise why not (in a few words, with
+    the path as this node sees it)."""
     where = Path(logdir).absolute() / PROBE_DIR
     try:
-        seen = (where / name).read_text()
+        seen = (where / token).read_text()
     except OSError as e:
-        return f"cannot read {where / name} ({e.strerror or type(e).__name__})"
+        return f"cannot read {where / token} ({e.strerror or type(e).__name__})"
     if seen != token:
-        return f"reads another file at {where / name}"
+        return f"reads another file at {where / token}"
     try:
-        (where / f"{name}.{node_id}").write_text(token)
+        (where / f"{token}.{node_id}").write_text(token)
     except OSError as e:
         return f"cannot write in {where} ({e.strerror or type(e).__name__})"
     return None
@@ -55,7 +56,7 @@ def check_shared_storage(ray, logdir: str, timeout_s: float = 300.0) -> None:
     task = ray.remote(num_cpus=0, max_retries=0)(probe)
     try:
         refs = {n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(logdir, name, name, n["NodeID"]) for n in nodes}
+                .remote(logdir, name, n["NodeID"]) for n in nodes}
         for node in nodes:
             why = ray.get(refs[node["NodeID"]], timeout=timeout_s)
             mine = where / f"{name}.{node['NodeID']}"
