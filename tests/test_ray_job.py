@@ -1,9 +1,10 @@
 """The README's cluster recipe, run verbatim by bash from a home with no Ray state: a
-head, a second node (a second raylet on this machine), a `runtime=ray` run and a sweep
-submitted as jobs.
+head, a second node (a second raylet on this machine), a `runtime=ray` run of two
+data-parallel learners and a sweep submitted as jobs.
 
 Each job line gets a tiny budget appended (later overrides win), nothing else
-changes. Its own module, so no in-process Ray (test_ray.py's fixture) runs beside the
+changes; after the train job, the test adds its one-learner twin, whose tags the
+two-learner run must log. Its own module, so no in-process Ray (test_ray.py's fixture) runs beside the
 cluster.
 """
 import os
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import ROOT, TINY, scalars
 from emergent import tags
+from emergent.platform.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time: see conftest
 
@@ -35,11 +37,13 @@ def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
     jobs = [line for line in recipe.splitlines() if line.startswith("ray job submit")]
     assert [("emergent train" in j, "emergent sweep" in j) for j in jobs] == [(True, False), (False, True)]
     assert all("logdir=$PWD/runs" in j for j in jobs) and "ray start --address=" in recipe
+    assert "ray.learners=2" in jobs[0]
     # the tiny budget and a logdir under tmp_path are appended to each job's command line
     script = recipe
     for job, tiny in zip(jobs, (TINY_JOB, TINY_SWEEP)):
-        script = script.replace(job, job.split("#")[0].rstrip() + " " + " ".join(
-            f"'{a}'" for a in [*tiny, f"logdir={tmp_path}/runs"]))
+        line = job.split("#")[0].rstrip() + " " + " ".join(f"'{a}'" for a in [*tiny, f"logdir={tmp_path}/runs"])
+        twin = f"\n{line} ray.learners=1 run_name=one_learner" if job is jobs[0] else ""
+        script = script.replace(job, line + twin)
     home = tmp_path / "home"
     home.mkdir()  # no ~/.ray/auth_token: the recipe must make its own
     # no Ray setting from outside, but the workers' priority (conftest: beside the quickstart's
@@ -59,10 +63,14 @@ def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
             subprocess.run(["bash", "-c", "ray stop --force"], env={**env, "RAY_AUTH_MODE": "token"},
                            capture_output=True)
     assert (home / ".ray" / "auth_token").is_file()
-    assert out.count("succeeded") >= 2, out[-3000:]
-    runs = list((tmp_path / "runs").glob("quickstart/*"))
-    assert len(runs) == 1 and (runs[0] / "last.pt").is_file()
-    assert scalars(runs[0])[tags.eval_tag("test", "exact_match")][-1][0] == 4
+    assert out.count("succeeded") >= 3, out[-3000:]
+    one = tmp_path / "runs" / "quickstart" / "one_learner"
+    two = [p for p in (tmp_path / "runs").glob("quickstart/*") if p != one]
+    assert len(two) == 1 and (two[0] / "last.pt").is_file()
+    assert load_checkpoint(two[0] / "last.pt")["config"].count("learners: 2") == 1
+    logged = scalars(two[0])
+    assert logged[tags.eval_tag("test", "exact_match")][-1][0] == 4
+    assert set(logged) == set(scalars(one)) and len(logged) > 10  # two learners log what one logs
     seeds = tmp_path / "runs" / "quickstart_seeds"  # the sweep: every run done, on a cluster of two nodes
     assert sorted(p.parent.name for p in seeds.glob("*/done.json")) == ["seed0", "seed1", "seed2"]
     assert all(scalars(seeds / f"seed{s}")[tags.eval_tag("test", "exact_match")][-1][0] == 4 for s in range(3))

@@ -28,6 +28,7 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 
 from .token_batch import TokenBatch, encode_batch
+from .data_parallel import masked_mean
 from .learner import Update, autocast
 from .method import SelfImprover, register_method
 from .model import TransformerLM, upcast
@@ -46,13 +47,13 @@ def expert_loss(policy: TransformerLM, batch: TokenBatch, accepted: torch.Tensor
     logits = upcast(policy(batch.inputs))                                            # [B, T, V]
     nll = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="none").view_as(batch.targets)
     keep = batch.loss_mask * accepted[:, None]                                       # [B, T]
-    loss = (nll * keep).sum() / keep.sum().clamp(min=1)
+    loss = masked_mean(nll, keep)
     support = target > 0                                                             # [B, T, V]
     moves = support.any(-1)                                                          # [B, T]
     restricted = logits.masked_fill(~support, -torch.inf)
     logp = restricted - restricted.logsumexp(-1, keepdim=True).nan_to_num(0.0)       # log p on the support
     kl = torch.where(support, target * (target.clamp(min=1e-30).log() - logp), 0.0).sum(-1)  # [B, T]
-    return loss + (kl * moves).sum() / moves.sum().clamp(min=1)
+    return loss + masked_mean(kl, moves.float())
 
 
 class _Traces(NamedTuple):
@@ -205,13 +206,12 @@ class AlphaZero(SelfImprover):
                 continue
             batch, target, accepted = batch.to(self.device), target.to(self.device), accepted.to(self.device)
 
-            def loss_fn(batch=batch, target=target, accepted=accepted):
+            def loss_fn(batch, target, accepted):
                 if expert:
                     return expert_loss(self.policy, batch, accepted, target)
                 logp = torch.log_softmax(upcast(self.policy(batch.inputs)), -1)
-                weight = (target.sum(-1) > 0).float()  # the searched moves
-                return -(target * logp).sum(-1).mul(weight).sum() / weight.sum().clamp(min=1)
+                return masked_mean(-(target * logp).sum(-1), (target.sum(-1) > 0).float())  # the searched moves
 
-            updates.append(self.learner.step(loss_fn, tokens=B * T,
+            updates.append(self.learner.step(loss_fn, batch, target, accepted, tokens=B * T,
                                              flops=self.policy.flops_per_token(T, backward=True) * B * T))
         return updates, {}

@@ -65,6 +65,6 @@ def replay_nll_updates(method: SelfImprover) -> list[Update]:
         batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
                              method.policy.cfg.max_len).to(method.device)
         B, T = batch.inputs.shape
-        updates.append(method.learner.step(lambda b=batch: completion_nll(method.policy, b), tokens=B * T,
+        updates.append(method.learner.step(lambda b: completion_nll(method.policy, b), batch, tokens=B * T,
                                            flops=method.policy.flops_per_token(T, backward=True) * B * T))
     return updates

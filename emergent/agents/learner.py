@@ -2,7 +2,8 @@
 
 Every update of every network (policy or reward net, any method) is one ``Learner.step``:
 train mode, autocast, the loss, backward, clip, AdamW. So all methods spend compute the
-same way and report it the same way (an ``Update``).
+same way and report it the same way (an ``Update``), and all of them run data-parallel
+the same way (agents/data_parallel.py): a step's ``data`` is what is split by rows.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 import torch.nn as nn
 
+from . import data_parallel
 
 @dataclass
 class OptimConfig:
@@ -91,23 +93,45 @@ class Learner:
             self._optimizer = make_optimizer(self.model, self.cfg, fused=fused)
         return self._optimizer
 
-    def step(self, loss_fn: Callable[[], Any], *, tokens: int, flops: float) -> Update:
-        """One update: ``loss_fn()`` (a 0-d loss, or ``(loss, aux)``) under autocast in
-        train mode, then ``apply``."""
-        self.model.train()
-        with autocast(self.device, self.mixed_precision):
-            out = loss_fn()
-        loss, aux = out if isinstance(out, tuple) else (out, None)
-        m = self.apply(loss)
-        return Update(loss.detach(), m["lr"], m["grad_norm"], tokens, flops, aux)
+    def step(self, loss_fn: Callable[..., Any], *data: Any, tokens: int, flops: float) -> Update:
+        """One update: ``loss_fn(*data)`` (a 0-d loss, or ``(loss, aux)``) under autocast in
+        train mode, then backward, clip, AdamW.
 
-    def apply(self, loss: torch.Tensor) -> dict:
-        """Backward, clip, step. ``grad_norm`` stays a tensor: reading it would sync the GPU."""
+        ``data``: tensors (or NamedTuples of them, or None) whose first dimension is the
+        update's rows. In a data-parallel learner group each replica's ``loss_fn`` sees its
+        slice of the rows, takes its means with ``data_parallel.masked_mean``, and the
+        replicas' gradients are summed before the clip: the update, its loss and its aux
+        are the whole batch's (an aux of one value per row is gathered; a 0-d aux, a
+        slice's share of a mean, is summed). ``tokens`` and ``flops`` are the whole
+        update's, counted once."""
+        self.model.train()
+        replica = data_parallel.current()
+        if replica is None:
+            with autocast(self.device, self.mixed_precision):
+                out = loss_fn(*data)
+            loss, aux = out if isinstance(out, tuple) else (out, None)
+            m = self.apply(loss)
+            return Update(loss.detach(), m["lr"], m["grad_norm"], tokens, flops, aux)
+        n = _rows(data)
+        rows = replica.rows(n)
+        with autocast(self.device, self.mixed_precision), data_parallel.step_scope():
+            out = loss_fn(*(data_parallel.shard(d, rows) for d in data))
+        loss, aux = out if isinstance(out, tuple) else (out, None)
+        m = self.apply(loss, all_reduce=True)
+        if isinstance(aux, torch.Tensor):
+            aux = data_parallel.sum_scalar(aux) if aux.dim() == 0 else data_parallel.gather_rows(aux.detach(), rows, n)
+        return Update(data_parallel.sum_scalar(loss), m["lr"], m["grad_norm"], tokens, flops, aux)
+
+    def apply(self, loss: torch.Tensor, *, all_reduce: bool = False) -> dict:
+        """Backward, (``all_reduce``: sum the gradients over the learner group,) clip, step.
+        ``grad_norm`` stays a tensor: reading it would sync the GPU."""
         lr = lr_at(self.step_count, self.total_steps, self.cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if all_reduce:
+            data_parallel.all_reduce_grads([p for p in self.model.parameters() if p.requires_grad])
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
@@ -120,3 +144,12 @@ class Learner:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_count = int(state["step"])
+
+
+def _rows(data: tuple) -> int:
+    for d in data:
+        if isinstance(d, torch.Tensor):
+            return d.shape[0]
+        if isinstance(d, tuple) and d and isinstance(d[0], torch.Tensor):
+            return d[0].shape[0]
+    raise ValueError("a data-parallel Learner.step needs its data (tensors with rows first) to split")

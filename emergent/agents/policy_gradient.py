@@ -18,7 +18,8 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 
 from .token_batch import encode_batch
-from .learner import Update, autocast
+from .data_parallel import masked_mean
+from .learner import Update
 from .method import SelfImprover, register_method
 from .model import upcast
 from .records import Experience, Prompts
@@ -72,32 +73,30 @@ class PolicyGradient(SelfImprover):
         batch.loss_mask[torch.arange(len(last))[cut], last[cut]] = 0
         batch = batch.to(self.device)
         A = torch.as_tensor(adv, dtype=torch.float32, device=self.device)[:, None]  # [R, 1]
-        mask = batch.loss_mask
-        denom = mask.sum().clamp(min=1)
         R, T = batch.inputs.shape
-        ref, ref_flops = None, 0.0
-        if self.reference is not None:  # the KL anchor does not move: one forward for all updates
-            with torch.no_grad(), autocast(self.device, self.learner.mixed_precision):
-                ref = torch.log_softmax(upcast(self.reference(batch.inputs)), -1)
-                ref = ref.gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
-            ref_flops = self.policy.flops_per_token(T, backward=False) * R * T
-        state = {"old": None, "kl": torch.zeros((), device=self.device)}
+        # the first step's log-probs (the ratio's reference) and the KL anchor's (it does not
+        # move): computed once, by the first update, for the rows this learner takes
+        first = {}
 
-        def loss_fn():
+        def loss_fn(batch, A):
             logits = upcast(self.policy(batch.inputs))
             logp = torch.log_softmax(logits, -1).gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
-            if state["old"] is None:  # the log-probs of the weights that take the first step
-                state["old"] = logp.detach()
-            ratio = (logp - state["old"]).exp()
+            ratio = (logp - first.setdefault("logp", logp.detach())).exp()
             clipped = ratio.clamp(1 - c.clip_ratio, 1 + c.clip_ratio)
-            loss = -(torch.minimum(ratio * A, clipped * A) * mask).sum() / denom
-            if ref is not None:
-                delta = ref - logp
-                state["kl"] = ((delta.exp() - delta - 1) * mask).sum() / denom  # k3 estimator, >= 0
-                loss = loss + c.kl_coef * state["kl"]
-            return loss
+            loss = masked_mean(-torch.minimum(ratio * A, clipped * A), batch.loss_mask)
+            kl = torch.zeros((), device=logp.device)
+            if self.reference is not None:
+                if "ref" not in first:
+                    with torch.no_grad():
+                        ref = torch.log_softmax(upcast(self.reference(batch.inputs)), -1)
+                        first["ref"] = ref.gather(2, batch.targets[..., None]).squeeze(-1)  # [R, T]
+                delta = first["ref"] - logp
+                kl = masked_mean(delta.exp() - delta - 1, batch.loss_mask)  # k3 estimator, >= 0
+                loss = loss + c.kl_coef * kl
+            return loss, kl.detach()
 
         flops = self.policy.flops_per_token(T, backward=True) * R * T  # fwd + bwd
-        updates = [self.learner.step(loss_fn, tokens=R * T, flops=flops) for _ in range(c.updates_per_iter)]
-        updates[0] = updates[0]._replace(flops=updates[0].flops + ref_flops)
-        return updates, {tags.TRAIN_REWARD_MEAN: float(np.mean(reward)), tags.TRAIN_KL: float(state["kl"].detach())}
+        updates = [self.learner.step(loss_fn, batch, A, tokens=R * T, flops=flops) for _ in range(c.updates_per_iter)]
+        if self.reference is not None:  # the anchor's one forward
+            updates[0] = updates[0]._replace(flops=updates[0].flops + self.policy.flops_per_token(T, backward=False) * R * T)
+        return updates, {tags.TRAIN_REWARD_MEAN: float(np.mean(reward)), tags.TRAIN_KL: float(updates[-1].aux)}

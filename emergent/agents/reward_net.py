@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data_parallel import masked_mean
 from .model import ModelConfig, TransformerLM, upcast
 
 
@@ -131,4 +132,4 @@ def value_loss(net: RewardNet, batch: ValueBatch) -> torch.Tensor:
     logits = net(batch.inputs)  # [B, T]
     target = batch.labels[:, None].expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return (bce * batch.mask).sum() / batch.mask.sum().clamp(min=1)
+    return masked_mean(bce, batch.mask)

@@ -84,7 +84,7 @@ class RewardTrainer:
             batch = encode_values([t.prompt for t in items], [t.completion for t in items],
                                   np.array([t.label for t in items]), self.net.cfg.max_len).to(self.device)
             B, T = batch.inputs.shape
-            u = self.learner.step(lambda b=batch: value_loss(self.net, b), tokens=B * T,
+            u = self.learner.step(lambda b: value_loss(self.net, b), batch, tokens=B * T,
                                   flops=self.net.flops_per_token(T, backward=True) * B * T)
             flops += u.flops
             losses.append(u.loss)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from emergent import tags
 from emergent.envs import TOKENIZER
 
+from .data_parallel import masked_mean
 from .token_batch import TokenBatch, encode_batch
 from .learner import Learner
 from .method import register_method
@@ -29,7 +30,7 @@ def completion_nll(model: TransformerLM, batch: TokenBatch, *, exact: bool = Fal
     EOS included, is the argmax): the training accuracy a curriculum reads."""
     logits = model(batch.inputs)  # [B, T, V]
     nll = F.cross_entropy(upcast(logits).flatten(0, 1), batch.targets.flatten(), reduction="none")
-    loss = (nll * batch.loss_mask.flatten()).sum() / batch.loss_mask.sum().clamp(min=1)
+    loss = masked_mean(nll, batch.loss_mask.flatten())
     if not exact:
         return loss
     hit = (logits.argmax(-1) == batch.targets) | (batch.loss_mask == 0)  # [B, T]
@@ -67,7 +68,7 @@ class Supervised:
         """One step; the loss, grad norm and per-problem exact match stay on the device."""
         batch = encode_batch(TOKENIZER, experience.prompts, experience.completions, self.policy.cfg.max_len).to(self.device)
         B, T = batch.inputs.shape
-        u = self.learner.step(lambda: self.loss_fn(self.policy, batch, exact=True), tokens=B * T,
+        u = self.learner.step(lambda b: self.loss_fn(self.policy, b, exact=True), batch, tokens=B * T,
                               flops=self.policy.flops_per_token(T, backward=True) * B * T)
         return StepResult(flops={tags.TRAIN: u.flops}, tokens=u.tokens, loss=u.loss, lr=u.lr, grad_norm=u.grad_norm,
                           accuracy=u.aux)

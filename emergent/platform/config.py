@@ -89,7 +89,7 @@ class EvalConfig:
 
 @dataclass
 class RayConfig:
-    """runtime=ray: trace workers and a learner actor (see platform/ray_runtime.py)."""
+    """runtime=ray: trace workers and a learner actor, or a group of them (see platform/ray_runtime.py)."""
     address: Optional[str] = None         # None: RAY_ADDRESS, else a `ray start` cluster here, else a new local one
     dashboard: bool = True                # Ray's dashboard when this command starts a new local Ray (a cluster
                                           # it joins keeps its own); false saves about 5 CPU-seconds a start
@@ -99,6 +99,9 @@ class RayConfig:
     learner_cpus: float = 0.0             # reserved; it mostly waits for traces (0: one torch thread, or the
                                           # driver's thread count for supervised runs, which have no workers)
     learner_gpus: Optional[float] = None  # None: 1 when the cluster has a GPU, else 0
+    # data-parallel learner replicas (torch.distributed: gloo on CPU, NCCL on CUDA), each with
+    # learner_cpus and learner_gpus; rank 0 evaluates, checkpoints, logs and publishes weights
+    learners: int = 1
     # weights versions a consumed batch may lag the learner; at most max_staleness + 1 batches
     # are in flight, so null (workers - 1) is the least that keeps every worker writing
     max_staleness: Optional[int] = None
@@ -263,6 +266,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError("runtime=ray needs Ray: pip install 'emergent[ray]' (or pip install 'ray[default]')")
     if cfg.ray.workers < 1 or (cfg.ray.max_staleness or 0) < 0 or cfg.ray.max_restarts < 0:
         raise ConfigError("ray.workers must be >= 1, ray.max_staleness and ray.max_restarts >= 0")
+    if cfg.ray.learners < 1:
+        raise ConfigError(f"ray.learners must be >= 1, got {cfg.ray.learners}")
+    if cfg.ray.learners > 1 and cfg.runtime != "ray":
+        raise ConfigError(f"ray.learners={cfg.ray.learners} needs runtime=ray (the local runtime is one process)")
     if cfg.ray.max_staleness is None:  # resolved here, so a run records what it ran with
         cfg.ray.max_staleness = cfg.ray.workers - 1
     _choice("device", cfg.device, DEVICES)

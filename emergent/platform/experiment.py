@@ -29,7 +29,8 @@ from .problem_stream import ProblemStream
 
 # Keys that may differ between a run and its resumption.
 RESUMABLE_CHANGES = {"resume", "progress", "device", "train.steps", "train.time_limit_s", "train.flop_budget",
-                     "eval.every", "checkpoint_every", "train.log_every"}
+                     "eval.every", "checkpoint_every", "train.log_every",
+                     "ray.learners"}  # a learner group computes what one learner computes
 
 
 def resolve_device(name: str) -> torch.device:

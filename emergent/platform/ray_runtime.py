@@ -26,10 +26,19 @@ and the freed worker's next batch, then waits for batch k - 1's result, so the l
 never idles for a driver round trip (a batch submitted after the run is done is not
 learned from, nor counted).
 
+Data parallelism (``ray.learners=N``): N learner actors form one torch.distributed group
+(gloo on CPU, NCCL on CUDA; agents/data_parallel.py). Rank 0 is the ``LearnerActor``
+above: it alone evaluates, checkpoints, logs, publishes weights and keeps the FLOP ledger
+(each update's FLOPs are the whole batch's, counted once). Ranks 1..N-1 are
+``LearnerReplica``s: the same Experiment, handed every batch rank 0 is, in the same
+order; each update splits its rows over the group and sums the gradients, so every rank
+takes the same step. Rank 0 tells the group, per batch, whether it learns from it (not a
+duplicate, not past the end), and a replica resumes from rank 0's checkpoint.
+
 Faults: a trace worker that dies is restarted by Ray (``ray.max_restarts``); the batch it
 was writing is dropped (its problems are simply not trained on) and the worker gets a new
-one. A learner that dies with its process or node ends that learner's life: its workers
-are killed and the run starts again from its last checkpoint with ``resume=true`` (also up
+one. A learner (any rank) that dies with its process or node ends that learner's life: its
+workers and the rest of its group are killed and the run starts again from its last checkpoint with ``resume=true`` (also up
 to ``ray.max_restarts`` times); ``Run`` hides what the lost learner logged past it. Nothing reaches the replay buffers or the FLOP ledger except through ``consume``,
 and each batch carries a unique id the learner consumes at most once.
 
@@ -39,11 +48,14 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import time
 from collections import deque
 
 import numpy as np
 import torch
+
+from emergent.agents import data_parallel
 
 from .config import Config
 from .errors import UserError
@@ -94,11 +106,7 @@ class LearnerActor:
     def __init__(self, cfg: Config, driver_threads: int = 1) -> None:
         self.run = Run(cfg)
         self.publishes = bool(self.run.experiment.method.networks())  # workers need our weights
-        # a method whose workers read no weights leaves the run's compute to the learner:
-        # it takes the driver's threads (and so computes what a local run computes); beside
-        # trace workers it mostly waits: one thread
-        threads = int(cfg.ray.learner_cpus) or (1 if self.publishes else driver_threads)
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(learner_threads(cfg, self.publishes, driver_threads))
         self.workers = cfg.ray.workers
         self.consumed: set[int] = set()          # batch ids learned from
         self.consumed_traces = 0
@@ -107,6 +115,18 @@ class LearnerActor:
         self.batch_flops: dict[str, float] = {}  # what the consumed batches cost to collect
         self.export_s = 0.0
         self.idle_since = time.perf_counter()    # when the learner last finished a consume (or started)
+
+    def group_address(self) -> str:
+        """Where the learner group meets: a free port on this actor's node (rank 0's)."""
+        import ray
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def join_group(self, address: str, world: int) -> None:
+        join_group(self.run.experiment, 0, world, address)
 
     def start(self) -> dict:
         if self.run.step == 0:
@@ -126,9 +146,13 @@ class LearnerActor:
         return out
 
     def consume(self, collected: Collected, info: dict) -> dict:
-        if info["batch_id"] in self.consumed:  # never twice: replay and ledger count each batch once
+        duplicate = info["batch_id"] in self.consumed  # never twice: replay and ledger count each batch once
+        late = self.run.done  # the driver submits one batch ahead; one that arrives after the end is not learned
+        if data_parallel.current() is not None:  # the replicas learn from this batch exactly when rank 0 does
+            data_parallel.broadcast_flag(not (duplicate or late), self.run.experiment.device)
+        if duplicate:
             return {"step": self.run.step, "duplicate": True, "done": self.run.done}
-        if self.run.done:  # the driver submits one batch ahead; one that arrives after the end is not learned
+        if late:
             return {"step": self.run.step, "late": True, "done": True}
         t0 = time.perf_counter()
         wait_s = t0 - self.idle_since  # the learner's idle gap before this batch: its wait for data
@@ -172,6 +196,52 @@ class LearnerActor:
         return self.run.close()
 
 
+class LearnerReplica:
+    """Rank ``rank`` > 0 of a data-parallel learner group: the run's Experiment (resumed
+    from rank 0's checkpoint), learning from every batch rank 0 learns from, its share of
+    each update's rows. It evaluates, logs and writes nothing."""
+
+    def __init__(self, cfg: Config, rank: int, driver_threads: int = 1) -> None:
+        self.experiment = Experiment(cfg)
+        torch.set_num_threads(learner_threads(cfg, bool(self.experiment.method.networks()), driver_threads))
+        if cfg.resume:
+            self.experiment.try_resume()
+        self.rank = rank
+
+    def join_group(self, address: str, world: int) -> None:
+        join_group(self.experiment, self.rank, world, address)
+
+    def consume(self, collected: Collected) -> int:
+        if data_parallel.broadcast_flag(False, self.experiment.device):  # rank 0's verdict on this batch
+            self.experiment.consume(collected)
+        return self.experiment.step
+
+    def state(self) -> dict:
+        """What a test compares across ranks: the method's state (optimisers, replay, draws) and the weights."""
+        return {"step": self.experiment.step, "model": self.experiment.model.state_dict(),
+                "method": self.experiment.method.state_dict()}
+
+
+def learner_threads(cfg: Config, publishes: bool, driver_threads: int) -> int:
+    """A learner's torch threads: ``ray.learner_cpus`` when reserved; else, for a method
+    whose workers read no weights (the run's compute is the learners'), the driver's
+    threads shared by the group (so one learner computes what a local run computes);
+    else one (beside trace workers a learner mostly waits)."""
+    if cfg.ray.learner_cpus:
+        return max(1, int(cfg.ray.learner_cpus))
+    return 1 if publishes else max(1, driver_threads // cfg.ray.learners)
+
+
+def join_group(experiment: Experiment, rank: int, world: int, address: str) -> None:
+    """Join the learner group and take rank 0's weights (every rank built the same ones from
+    the same seed and checkpoint; the broadcast makes sure, as DDP does)."""
+    data_parallel.join(rank, world, address, "nccl" if experiment.device.type == "cuda" else "gloo")
+    method = experiment.method
+    for module in (method.policy, method.reward_net):
+        if module is not None:
+            data_parallel.broadcast_module(module)
+
+
 def _init_ray(cfg: Config):
     import ray  # config validation has checked that it is installed
 
@@ -182,23 +252,23 @@ def _init_ray(cfg: Config):
     return ray
 
 
-def _learner_lost(ray, learner, error: Exception, wait_s: float = 120.0) -> bool:
-    """Whether ``error`` means the learner died with its process or node. An actor on a
-    node that stopped answering is first "unavailable", and dead only once the cluster has
-    marked its node dead (missed health checks): wait for that verdict."""
-    actor_id = learner._actor_id.hex()
-    if isinstance(error, ray.exceptions.ActorDiedError) and error.actor_id == actor_id:
+def _learner_lost(ray, learners: list, error: Exception, wait_s: float = 120.0) -> bool:
+    """Whether ``error`` means a learner (any rank of the group) died with its process or
+    node. An actor on a node that stopped answering is first "unavailable", and dead only
+    once the cluster has marked its node dead (missed health checks): wait for that verdict."""
+    ids = {learner._actor_id.hex() for learner in learners}
+    if isinstance(error, ray.exceptions.ActorDiedError) and error.actor_id in ids:
         return True
+    unavailable = isinstance(error, ray.exceptions.ActorUnavailableError) and error.actor_id in ids
     from ray._private.state import actors  # the GCS's record of one actor (no dashboard needed)
 
     end = time.monotonic() + wait_s
     while time.monotonic() < end:
-        state = actors(actor_id).get("State")
-        if state == "DEAD":
+        states = [actors(actor_id).get("State") for actor_id in ids]
+        if "DEAD" in states:
             return True
-        if state == "ALIVE" and not (isinstance(error, ray.exceptions.ActorUnavailableError)
-                                     and error.actor_id == actor_id):
-            return False  # alive, and the error was not its own: a worker's, or a lost object
+        if all(state == "ALIVE" for state in states) and not unavailable:
+            return False  # all alive, and the error was not theirs: a worker's, or a lost object
         time.sleep(0.5)
     return False
 
@@ -253,8 +323,11 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
     gpus = r.learner_gpus if r.learner_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
     if gpus == 0 and cfg.device == "cuda":
         raise UserError("device=cuda but the Ray cluster has no GPU for the learner; use device=auto")
-    Learner = ray.remote(LearnerActor).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0)
-    learner = Learner.remote(cfg, driver_threads=torch.get_num_threads())
+    learner = ray.remote(LearnerActor).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0).remote(
+        cfg, driver_threads=torch.get_num_threads())
+    # ranks 1.. of a data-parallel learner group: built beside rank 0, joined before it starts
+    replicas = [ray.remote(LearnerReplica).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0).remote(
+        cfg, rank, driver_threads=torch.get_num_threads()) for rank in range(1, r.learners)]
     Worker = ray.remote(TraceWorker).options(num_cpus=r.worker_cpus, num_gpus=r.worker_gpus,
                                               max_restarts=r.max_restarts, max_task_retries=0)
     # the workers start while the learner builds its run and evaluates step 0: each start
@@ -262,6 +335,9 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
     workers = [Worker.remote(cfg, i, threads=max(1, int(r.worker_cpus))) for i in range(r.workers)]
     dropped = 0
     try:
+        if replicas:
+            address = ray.get(learner.group_address.remote())
+            ray.get([rank.join_group.remote(address, r.learners) for rank in [learner, *replicas]])
         state = ray.get(learner.start.remote())  # {"step", "done", "publishes"}: the learner's Run decides when to stop
         publishes = state["publishes"]
         ray.get([w.pid.remote() for w in workers])  # all started: none falls behind by its start-up
@@ -311,13 +387,16 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
                 learner.discard.remote(collected, info)
                 dispatch()
                 continue
-            previous, learning = learning, learner.consume.remote(collected, info)
+            if replicas:  # one copy in the object store, read by every rank
+                collected = ray.put(collected)
+            previous, learning = learning, [learner.consume.remote(collected, info),
+                                            *[rank.consume.remote(collected) for rank in replicas]]
             step += 1
             if publishes:
                 weights = learner.weights.remote()  # the version after this consume: a new one per update
             dispatch()
             if previous is not None:
-                state = ray.get(previous)
+                state = ray.get(previous)[0]
         if learning is not None:
             ray.get(learning)  # a consume submitted after the run was done: it learned nothing
         for ref, _, _ in pending:  # batches still being written are not needed
@@ -326,10 +405,12 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
         counts = ray.get(learner.counts.remote())
     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
             ray.exceptions.ObjectLostError) as error:
-        if not _learner_lost(ray, learner, error):
+        if not _learner_lost(ray, [learner, *replicas], error):
             raise  # a worker's loss the loop does not handle, or a lost object: not the learner's
-        for w in workers:  # they read the lost learner's weights and problems: a new run gets new ones
-            ray.kill(w, no_restart=True)
+        # the workers read the lost learner's weights and problems, and the rest of its group
+        # waits on a collective that will never complete: a new life gets new ones
+        for actor in [*workers, *replicas, learner]:
+            ray.kill(actor, no_restart=True)
         raise LearnerLost(str(error).strip().splitlines()[0][:200], dropped) from error
     counts["dropped"] = dropped
     if dropped:

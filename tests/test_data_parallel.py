@@ -1,0 +1,135 @@
+"""A data-parallel learner group (``ray.learners=N``) computes what one learner computes.
+
+Two processes joined by gloo run the Ray runtime's own learner classes (rank 0 a
+``LearnerActor``, rank 1 a ``LearnerReplica``; plain classes, no Ray needed) on the same
+batches; each takes half of every update's rows. After k steps both ranks' parameters
+equal those of one ``Experiment`` that learned from the whole batches, within fp32
+rounding, for supervised learning and for every self-improvement method (their reward
+nets included); the FLOP ledger counts each update once.
+"""
+import multiprocessing
+import pickle
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from emergent.agents import data_parallel
+from emergent.agents.data_parallel import Replica, masked_mean
+from emergent.platform.config import ConfigError, load_config
+from emergent.platform.experiment import Experiment
+
+from conftest import SEARCH, SMALL, TINY
+
+STEPS = 3
+METHODS = {
+    # batch 10: 5 rows a rank, with different token counts (a local denominator would weigh them wrong)
+    "supervised": [*TINY, "train.batch_size=10"],
+    # two clipped updates per batch (the ratio's reference) and a KL anchor: both cached per rank
+    "policy_gradient": [*SMALL, "train.method=policy_gradient", "improve.updates_per_iter=2", "improve.kl_coef=0.1"],
+    # replay draws: the first updates draw from a replay of fewer traces than ranks
+    "expert_iteration": [*SMALL, "train.method=expert_iteration", "improve.train_batch=5"],
+    "alphazero": [*(a for a in SMALL if not a.startswith("improve.samples=")), *SEARCH, "train.method=alphazero",
+                  "improve.learn_from=expert", "improve.train_batch=5"],
+}
+
+
+def config(method: str, logdir, name: str):
+    return load_config(None, [*METHODS[method], f"train.steps={STEPS}", "checkpoint_every=1000", "eval.every=1000",
+                              f"logdir={logdir}", f"run_name={name}"])
+
+
+def free_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _rank(rank: int, world: int, jobs: list, out) -> None:
+    """One learner process: for each (method, config, batches, address) job, join a group,
+    learn from the batches as the Ray runtime's rank ``rank`` does, report its state."""
+    torch.set_num_threads(1)
+    from emergent.platform.ray_runtime import LearnerActor, LearnerReplica
+
+    results = {}
+    for method, cfg, batches, address in jobs:
+        if rank == 0:
+            learner = LearnerActor(cfg)
+            learner.join_group(address, world)
+            for i, collected in enumerate(batches):
+                learner.consume(collected, {"batch_id": i, "busy_s": 0.0, "sync_s": 0.0})
+            learner.consume(batches[0], {"batch_id": 0, "busy_s": 0.0, "sync_s": 0.0})  # a duplicate: nobody learns
+            ex = learner.run.experiment
+            learner.run.close()
+        else:
+            learner = LearnerReplica(cfg, rank)
+            learner.join_group(address, world)
+            for collected in [*batches, batches[0]]:
+                learner.consume(collected)
+            ex = learner.experiment
+        results[method] = {"step": ex.step, "model": ex.model.state_dict(), "ledger": dict(ex.ledger.parts),
+                           "reward_net": ex.method.reward_net.state_dict() if ex.method.reward_net else None}
+        data_parallel.leave()
+    out.put((rank, pickle.dumps(results)))
+
+
+def test_two_learners_on_half_batches_reach_the_parameters_of_one_learner_on_whole_batches(tmp_path):
+    jobs, reference = [], {}
+    for method in METHODS:
+        cfg = config(method, tmp_path, f"{method}_one")
+        one = Experiment(cfg)
+        # batches collected with the starting weights: the update, not the collection, is under test
+        batches = [one.collect(one.next_problems()) for _ in range(STEPS)]
+        for collected in batches:
+            one.consume(collected)
+        reference[method] = {"model": one.model.state_dict(), "ledger": dict(one.ledger.parts),
+                             "reward_net": one.method.reward_net.state_dict() if one.method.reward_net else None}
+        jobs.append((method, config(method, tmp_path, f"{method}_two"), batches, free_address()))
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(rank, 2, jobs, out)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    ranks = [pickle.loads(got[r]) for r in range(2)]
+
+    for method, want in reference.items():
+        for rank, result in enumerate(ranks):
+            r = result[method]
+            assert r["step"] == STEPS, (method, rank)  # the duplicate batch was learned by neither rank
+            for net in ("model", "reward_net"):
+                if want[net] is None:
+                    continue
+                for name, value in want[net].items():
+                    torch.testing.assert_close(r[net][name], value, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {net}.{name}: {m}")
+                    # and the ranks agree with each other exactly: they took the same summed step
+                    assert torch.equal(r[net][name], ranks[0][method][net][name]), (method, net, name)
+        assert ranks[0][method]["ledger"] == pytest.approx(want["ledger"], rel=1e-12), method  # counted once
+
+
+def test_rows_split_contiguously_and_cover_every_row_once():
+    for n in (0, 1, 5, 10):
+        for world in (1, 2, 3):
+            parts = [Replica(rank, world).rows(n) for rank in range(world)]
+            covered = np.concatenate([np.arange(n)[s] for s in parts])
+            assert covered.tolist() == list(range(n))
+            sizes = [s.stop - s.start for s in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_masked_mean_outside_a_group_is_the_plain_masked_mean():
+    values, mask = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert float(masked_mean(values, mask)) == pytest.approx(8 / 3)
+    assert float(masked_mean(values, torch.zeros_like(mask))) == 0.0
+
+
+def test_a_learner_group_needs_the_ray_runtime(tmp_path):
+    with pytest.raises(ConfigError, match="ray.learners=2 needs runtime=ray"):
+        load_config(None, [*TINY, "ray.learners=2", f"logdir={tmp_path}"])
+    with pytest.raises(ConfigError, match="ray.learners must be >= 1"):
+        load_config(None, [*TINY, "ray.learners=0", "runtime=ray", f"logdir={tmp_path}"])
