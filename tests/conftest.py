@@ -137,6 +137,10 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 # only oversubscribes the cores, and OpenMP threads spin while they wait (measured: the
 # alphazero kill-and-resume test burnt 30 CPU-seconds at the default, 12 at one thread).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Every process a test starts compiles this checkout's modules again where bytecode is not
+# written (PYTHONDONTWRITEBYTECODE, set on some machines): about 0.1 CPU-second for each
+# process (measured here). They may write it (__pycache__ is git-ignored).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 _NICED = []

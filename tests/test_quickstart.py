@@ -1,15 +1,16 @@
 """The README's main command, `emergent train`, learns on more than one seed.
 
 Seed 0 runs the whole command (1,800 steps); seed 1 runs the same command, the same
-schedule, as far as its step-900 checkpoint (EMERGENT_HOLD holds it there), where it
-is killed: the half of a second run that decides whether a seed learns. The two run side
-by side, one thread each (about 2.5 minutes on 2 cores). Seed 0 is the suite's longest chain
-and keeps its priority; seed 1 runs at nice 10, below the Ray tests (conftest), which
-mostly wait on process starts and would otherwise queue behind it. The bars sit a little under what
-the measurements give: at step 1800, 1.0 everywhere for seeds 0-4 (configs/quickstart.yaml;
-a held-out 1-digit fact costs about 0.1 of its difficulty's score, and a machine may miss
-one); at step 900, 1.000 and 0.997 for seeds 0 and 1 here, where a seed that did not learn
-(lr 3e-3 gave 0.29 and 0.40 at step 1800 on two seeds) sits far below.
+schedule, as far as its step-1200 checkpoint (EMERGENT_HOLD holds it there), where it
+is killed: the two thirds of a second run that decide whether a seed learns. The two run
+side by side, one thread each (about 1.5 minutes on 2 cores). Seed 0 keeps its priority;
+seed 1 runs at nice 10, below the Ray tests (conftest), which mostly wait on process
+starts and would otherwise queue behind it. The bars sit under what ten seeds gave
+(configs/quickstart.yaml, 2026-12-07): at step 1800, 1.0 everywhere for nine seeds and
+0.963 for one that missed a held-out 1-digit fact (0.1 of its difficulty's score: a
+machine may miss one); at step 1200, 0.897 or more overall and 0.69 or more on every
+difficulty for all ten (seed 1: 1.000), where a seed that did not learn (lr 3e-3 gave
+0.29 and 0.40 at step 1800 on two seeds) sits far below.
 """
 import os
 import subprocess
@@ -21,8 +22,8 @@ from conftest import ROOT, cli_env, kill_tree, scalars, wait_until
 from emergent import tags
 from emergent.platform.faults import HELD, HOLD_ENV
 
-FULL, HALF = 0, 1  # seeds: the whole README command, and its first half
-HALF_STEP = 900
+FULL, HALF = 0, 1  # seeds: the whole README command, and its first two thirds
+HALF_STEP = 1200
 
 
 def run_dir(root, seed):
@@ -46,12 +47,12 @@ def test_quickstart_learns_3_digit_addition_on_two_seeds(tmp_path):
                                          "progress=false"], cwd=ROOT, env=half_env if s == HALF else env,
                                         stdout=out, stderr=subprocess.STDOUT,
                                         preexec_fn=(lambda: os.nice(10)) if s == HALF else None)
-    try:  # the half run, killed once it holds after its step-900 checkpoint
+    try:  # the second run, killed once it holds after its step-1200 checkpoint
         wait_until(lambda: (run_dir(tmp_path, HALF) / HELD).is_file(), procs[HALF], timeout=900, log=logs[HALF])
     finally:
         kill_tree(procs[HALF])
     assert procs[FULL].wait(timeout=900) == 0, logs[FULL].read_text()[-2000:]
-    cases = {FULL: (1800, 0.97, 0.88), HALF: (HALF_STEP, 0.95, 0.85)}  # step, overall bar, per-difficulty bar
+    cases = {FULL: (1800, 0.95, 0.88), HALF: (HALF_STEP, 0.85, 0.6)}  # step, overall bar, per-difficulty bar
     for s, (at, overall_bar, difficulty_bar) in cases.items():
         final = final_evals(run_dir(tmp_path, s))
         step, overall = final[tags.eval_tag("test", "exact_match")]

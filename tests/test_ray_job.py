@@ -39,11 +39,11 @@ def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
     assert all("logdir=$PWD/runs" in j for j in jobs) and "ray start --address=" in recipe
     assert "ray.learners=2" in jobs[0]
     # the tiny budget and a logdir under tmp_path are appended to each job's command line
-    script = recipe
-    for job, tiny in zip(jobs, (TINY_JOB, TINY_SWEEP)):
-        line = job.split("#")[0].rstrip() + " " + " ".join(f"'{a}'" for a in [*tiny, f"logdir={tmp_path}/runs"])
-        twin = f"\n{line} ray.learners=1 run_name=one_learner" if job is jobs[0] else ""
-        script = script.replace(job, line + twin)
+    lines = [job.split("#")[0].rstrip() + " " + " ".join(f"'{a}'" for a in [*tiny, f"logdir={tmp_path}/runs"])
+             for job, tiny in zip(jobs, (TINY_JOB, TINY_SWEEP))]
+    # after the train job, its one-learner twin: a plain driver on the cluster (no second upload)
+    twin = lines[0].split(" -- ")[1] + " ray.learners=1 run_name=one_learner"
+    script = recipe.replace(jobs[0], f"{lines[0]}\n{twin}").replace(jobs[1], lines[1])
     home = tmp_path / "home"
     home.mkdir()  # no ~/.ray/auth_token: the recipe must make its own
     # no Ray setting from outside, but the workers' priority (conftest: beside the quickstart's
@@ -63,7 +63,7 @@ def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
             subprocess.run(["bash", "-c", "ray stop --force"], env={**env, "RAY_AUTH_MODE": "token"},
                            capture_output=True)
     assert (home / ".ray" / "auth_token").is_file()
-    assert out.count("succeeded") >= 3, out[-3000:]
+    assert out.count("succeeded") >= 2, out[-3000:]
     one = tmp_path / "runs" / "quickstart" / "one_learner"
     two = [p for p in (tmp_path / "runs").glob("quickstart/*") if p != one]
     assert len(two) == 1 and (two[0] / "last.pt").is_file()

@@ -52,7 +52,7 @@ class TaskConfig:
 class TrainConfig:
     method: str = "supervised"
     steps: int = 1800                     # updates (supervised) or iterations (self-improvement)
-    batch_size: int = 128
+    batch_size: int = 64
     target: str = "trace"                 # supervised: learn the gold trace, or the answer only
     log_every: int = 25
     compile: bool = False                 # torch.compile the loss (pays off on CUDA)
