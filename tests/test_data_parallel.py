@@ -2,13 +2,17 @@
 
 Two processes joined by gloo run the Ray runtime's own learner classes (rank 0 a
 ``LearnerActor``, rank 1 a ``LearnerReplica``; plain classes, no Ray needed) on the same
-batches; each takes half of every update's rows. After k steps both ranks' parameters
-equal those of one ``Experiment`` that learned from the whole batches, within fp32
-rounding, for supervised learning and for every self-improvement method (their reward
-nets included); the FLOP ledger counts each update once.
+batches; each takes half of every update's rows. After k steps, checkpointed by rank 0,
+a new group resumed from that checkpoint by both ranks takes one more: then both ranks'
+parameters equal those of one ``Experiment`` that learned from the whole batches, within
+fp32 rounding, for supervised learning and for every self-improvement method (their
+reward nets included), and the FLOP ledger counts each update once.
 """
+import contextlib
+import copy
 import multiprocessing
 import pickle
+import queue
 import socket
 
 import numpy as np
@@ -36,8 +40,9 @@ METHODS = {
 
 
 def config(method: str, logdir, name: str):
-    return load_config(None, [*METHODS[method], f"train.steps={STEPS}", "checkpoint_every=1000", "eval.every=1000",
-                              f"logdir={logdir}", f"run_name={name}"])
+    # a checkpoint after STEPS steps, and one step more for the group that resumes from it
+    return load_config(None, [*METHODS[method], f"train.steps={STEPS + 1}", f"checkpoint_every={STEPS}",
+                              "eval.every=1000", f"logdir={logdir}", f"run_name={name}"])
 
 
 def free_address() -> str:
@@ -47,61 +52,73 @@ def free_address() -> str:
 
 
 def _rank(rank: int, world: int, jobs: list, out) -> None:
-    """One learner process: for each (method, config, batches, address) job, join a group,
-    learn from the batches as the Ray runtime's rank ``rank`` does, report its state."""
+    """One learner process: for each (method, config, batches, addresses) job, join a group,
+    learn from the first STEPS batches as the Ray runtime's rank ``rank`` does (and from a
+    duplicate: nobody learns it), then join a new group resumed from rank 0's checkpoint
+    and learn from the last batch; report its state."""
     torch.set_num_threads(1)
     from emergent.platform.ray_runtime import LearnerActor, LearnerReplica
 
     results = {}
-    for method, cfg, batches, address in jobs:
-        if rank == 0:
-            learner = LearnerActor(cfg)
-            learner.join_group(address, world)
-            for i, collected in enumerate(batches):
-                learner.consume(collected, {"batch_id": i, "busy_s": 0.0, "sync_s": 0.0})
-            learner.consume(batches[0], {"batch_id": 0, "busy_s": 0.0, "sync_s": 0.0})  # a duplicate: nobody learns
-            ex = learner.run.experiment
-            learner.run.close()
-        else:
-            learner = LearnerReplica(cfg, rank)
-            learner.join_group(address, world)
-            for collected in [*batches, batches[0]]:
-                learner.consume(collected)
-            ex = learner.experiment
-        results[method] = {"step": ex.step, "model": ex.model.state_dict(), "ledger": dict(ex.ledger.parts),
+    for method, cfg, batches, addresses in jobs:
+        resumed = copy.deepcopy(cfg)
+        resumed.resume = True
+        for life, (c, address, ids) in enumerate([(cfg, addresses[0], [*range(STEPS), 0]),
+                                                  (resumed, addresses[1], [STEPS])]):
+            if rank == 0:
+                learner = LearnerActor(c)
+                learner.join_group(address, world)
+                for i in ids:
+                    learner.consume(batches[i], {"batch_id": i, "busy_s": 0.0, "sync_s": 0.0})
+                ex = learner.run.experiment
+                learner.run.close()
+            else:
+                learner = LearnerReplica(c, rank)
+                learner.join_group(address, world)
+                for i in ids:
+                    learner.consume(batches[i])
+                ex = learner.experiment
+            data_parallel.leave()
+            assert ex.step == STEPS + life, (method, rank, life, ex.step)  # the duplicate was learned by nobody
+        results[method] = {"model": ex.model.state_dict(), "ledger": dict(ex.ledger.parts),
                            "reward_net": ex.method.reward_net.state_dict() if ex.method.reward_net else None}
-        data_parallel.leave()
     out.put((rank, pickle.dumps(results)))
 
 
-def test_two_learners_on_half_batches_reach_the_parameters_of_one_learner_on_whole_batches(tmp_path):
+def test_two_learners_on_half_batches_resumed_from_rank_0s_checkpoint_reach_the_parameters_of_one_learner(tmp_path):
     jobs, reference = [], {}
     for method in METHODS:
         cfg = config(method, tmp_path, f"{method}_one")
         one = Experiment(cfg)
         # batches collected with the starting weights: the update, not the collection, is under test
-        batches = [one.collect(one.next_problems()) for _ in range(STEPS)]
+        batches = [one.collect(one.next_problems()) for _ in range(STEPS + 1)]
         for collected in batches:
             one.consume(collected)
         reference[method] = {"model": one.model.state_dict(), "ledger": dict(one.ledger.parts),
                              "reward_net": one.method.reward_net.state_dict() if one.method.reward_net else None}
-        jobs.append((method, config(method, tmp_path, f"{method}_two"), batches, free_address()))
+        jobs.append((method, config(method, tmp_path, f"{method}_two"), batches, [free_address(), free_address()]))
 
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(rank, 2, jobs, out)) for rank in range(2)]
     for p in procs:
         p.start()
-    got = dict(out.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = {}
+    try:  # a rank that fails ends the test at once (its peer waits in a collective: killed below)
+        while len(got) < len(procs):
+            with contextlib.suppress(queue.Empty):
+                rank, result = out.get(timeout=0.5)
+                got[rank] = result
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not dead, f"a learner process failed (exit codes {dead}); its traceback is above"
+    finally:
+        for p in procs:
+            p.join(timeout=30) if len(got) == len(procs) else p.kill()
     ranks = [pickle.loads(got[r]) for r in range(2)]
 
     for method, want in reference.items():
         for rank, result in enumerate(ranks):
             r = result[method]
-            assert r["step"] == STEPS, (method, rank)  # the duplicate batch was learned by neither rank
             for net in ("model", "reward_net"):
                 if want[net] is None:
                     continue
