@@ -74,7 +74,7 @@ def learner_throughput(cfg, learners: int, threads: int, steps: int) -> float:
         info = {"batch_id": i, "busy_s": 0.0, "sync_s": 0.0}
         return [ranks[0].consume.remote(batches[i], info), *[r.consume.remote(batches[i]) for r in ranks[1:]]]
 
-    ray.get([consume(i) for i in range(2)])
+    ray.get([ref for i in range(2) for ref in consume(i)])
     t0 = time.perf_counter()
     ray.get([ref for i in range(2, steps + 2) for ref in consume(i)])
     seconds = time.perf_counter() - t0
