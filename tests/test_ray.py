@@ -47,7 +47,7 @@ def test_a_ray_run_logs_what_local_logs_and_more_and_a_killed_trace_worker_count
 
     from emergent.platform.ray_runtime import train_ray
 
-    steps = 40
+    steps = 20
     cfg = load_config(None, [*SMALL, f"train.steps={steps}", "eval.every=1000", "checkpoint_every=5",
                              f"logdir={tmp_path}", f"run_name={KILLED}"])
     killed = []

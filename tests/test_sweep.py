@@ -60,10 +60,9 @@ def sweep(tmp_path, text=TINY_SWEEP, *overrides):
                           cwd=ROOT, env=env(tmp_path))
 
 
-def report(tmp_path, root) -> str:
-    proc = subprocess.run([sys.executable, "-m", "emergent", "report", str(root)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=env(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def report(root) -> str:
+    """``emergent report``: the entry point, in this process (a child would import torch again)."""
+    assert main(["report", str(root)]) == 0
     return (root / "report.md").read_text()
 
 
@@ -122,7 +121,7 @@ def test_a_tiny_sweep_killed_with_sigkill_and_run_again_skips_what_finished_reco
     warm = scalars(root / f"warm_start_seed{ei[-1]}")[tags.COMPUTE_TOTAL_FLOPS][-1][1]
     assert scalars(root / ei)[tags.compute_tag(tags.WARM_START)][-1][1] == pytest.approx(warm)
 
-    text = report(tmp_path, root)
+    text = report(root)
     assert text.splitlines()[2].startswith(f"The sweep ended: 5 of 6 runs finished; 1 failed ({broken}")
     rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| ")}
     assert rows["supervised"][3].strip() == "1" and rows["expert_iteration"][3].strip() == "2", rows

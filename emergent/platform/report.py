@@ -392,7 +392,8 @@ def figure_pass_k(g, sizes, task: str, path: Path) -> bool:
                 drawn = True
         ax.set(title=size, xlabel="k (samples per problem)", ylabel="pass@k", ylim=(-0.02, 1.02))
         ax.set_xscale("log", base=2)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a panel whose runs never sampled has no series
+            ax.legend(fontsize=8)
     if drawn:
         _save(fig, path)
     else:
