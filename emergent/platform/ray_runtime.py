@@ -216,11 +216,6 @@ class LearnerReplica:
             self.experiment.consume(collected)
         return self.experiment.step
 
-    def state(self) -> dict:
-        """What a test compares across ranks: the method's state (optimisers, replay, draws) and the weights."""
-        return {"step": self.experiment.step, "model": self.experiment.model.state_dict(),
-                "method": self.experiment.method.state_dict()}
-
 
 def learner_threads(cfg: Config, publishes: bool, driver_threads: int) -> int:
     """A learner's torch threads: ``ray.learner_cpus`` when reserved; else, for a method
