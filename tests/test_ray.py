@@ -22,6 +22,7 @@ SMALL = [*TINY_SELF, "train.method=expert_iteration", "runtime=ray"]
 
 KILLED = "worker_killed"  # the run whose trace worker is killed: its learner holds at step 5
 COPIED = "copied"  # the run whose directory is copied while its learner holds after step 6
+REPLICA = "replica_lost"  # the two-learner run whose rank-1 learner is killed while rank 0 holds at step 4
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def local_ray():
     # Ray's processes inherit this environment: the learner actor of the run named KILLED
     # holds after its step-5 checkpoint until the test has killed a worker (EMERGENT_HOLD)
     before = os.environ.get(HOLD_ENV)
-    os.environ[HOLD_ENV] = f"{KILLED}:5,{COPIED}:6"
+    os.environ[HOLD_ENV] = f"{KILLED}:5,{COPIED}:6,{REPLICA}:4"
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     finally:
@@ -112,6 +113,52 @@ def test_self_improvement_under_ray_with_one_synchronous_worker_computes_exactly
     for tag in local:
         assert remote[tag] == local[tag], tag
 
+
+def test_a_data_parallel_group_whose_rank_1_learner_is_killed_resumes_from_rank_0s_checkpoint_counting_each_step_once(
+        local_ray, tmp_path, capsys):
+    # ray.learners=2: while rank 0 holds after its step-4 checkpoint, rank 1's process is
+    # SIGKILLed. Rank 0 learns of it only as an error in its collective; the run must read
+    # that as the group's loss (not as rank 0's own error, which would end the run), wait
+    # until no rank of that life can still write, and resume a new group from step 4. Each
+    # step's FLOPs are logged once, as a one-learner local run counts them (the whole batch).
+    import psutil
+
+    from emergent.platform.local import train_local
+    from emergent.platform.ray_runtime import train_ray
+
+    base = [*TINY, "train.steps=8", "eval.every=4", "checkpoint_every=2", "train.log_every=1", f"logdir={tmp_path}"]
+    cfg = load_config(None, [*base, f"run_name={REPLICA}", "runtime=ray", "ray.learners=2", "ray.workers=1"])
+    killed, running = [], threading.Event()
+    running.set()
+
+    def kill_rank_1_then_release():  # every hold is released (the new life's rank 0 holds once too)
+        held = cfg.run_dir / HELD
+        while running.is_set():
+            if held.exists():
+                if not killed:
+                    killed.extend(p.pid for p in psutil.process_iter(["cmdline"])
+                                  if "ray::LearnerReplica" in " ".join(p.info["cmdline"] or []))
+                    for pid in killed:
+                        os.kill(pid, signal.SIGKILL)
+                held.unlink()
+            time.sleep(0.02)
+
+    t = threading.Thread(target=kill_rank_1_then_release, daemon=True)
+    t.start()
+    try:
+        final = train_ray(cfg)
+    finally:
+        running.clear()
+        t.join()
+    out = capsys.readouterr()
+    assert len(killed) == 1, killed
+    assert "the learner actor was lost" in out.err + out.out and "(1 of 3 restarts)" in out.err + out.out
+    assert final["step"] == 8
+    train_local(load_config(None, [*base, "run_name=local"]))
+    got = read_scalars(cfg.run_dir, perf=False)
+    want = read_scalars(tmp_path / "quickstart" / "local", perf=False)
+    assert got[tags.COMPUTE_TOTAL_FLOPS] == want[tags.COMPUTE_TOTAL_FLOPS]  # steps 1..8, each once
+    assert [s for s, _ in got[tags.eval_tag("test", "exact_match")]] == [0, 4, 8]
 
 
 def test_a_ray_run_resumed_from_what_a_kill_leaves_is_the_run_that_was_never_killed_and_local_computes_it_too(

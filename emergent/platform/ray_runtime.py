@@ -218,13 +218,11 @@ class LearnerReplica:
 
 
 def learner_threads(cfg: Config, publishes: bool, driver_threads: int) -> int:
-    """A learner's torch threads: ``ray.learner_cpus`` when reserved; else, for a method
+    """A learner's torch threads: ``ray.learner_cpus`` when a whole CPU or more is reserved; else, for a method
     whose workers read no weights (the run's compute is the learners'), the driver's
     threads shared by the group (so one learner computes what a local run computes);
     else one (beside trace workers a learner mostly waits)."""
-    if cfg.ray.learner_cpus:
-        return max(1, int(cfg.ray.learner_cpus))
-    return 1 if publishes else max(1, driver_threads // cfg.ray.learners)
+    return int(cfg.ray.learner_cpus) or (1 if publishes else max(1, driver_threads // cfg.ray.learners))
 
 
 def join_group(experiment: Experiment, rank: int, world: int, address: str) -> None:
@@ -255,17 +253,34 @@ def _learner_lost(ray, learners: list, error: Exception, wait_s: float = 120.0) 
     if isinstance(error, ray.exceptions.ActorDiedError) and error.actor_id in ids:
         return True
     unavailable = isinstance(error, ray.exceptions.ActorUnavailableError) and error.actor_id in ids
-    from ray._private.state import actors  # the GCS's record of one actor (no dashboard needed)
-
+    # in a group, a rank's collective fails (an error in its task) when a peer dies: give the
+    # cluster a moment to record that death before reading the error as the rank's own
+    grace = time.monotonic() + (10.0 if len(ids) > 1 and isinstance(error, ray.exceptions.RayTaskError) else 0.0)
     end = time.monotonic() + wait_s
     while time.monotonic() < end:
-        states = [actors(actor_id).get("State") for actor_id in ids]
+        states = [_actor_state(actor_id) for actor_id in ids]
         if "DEAD" in states:
             return True
-        if all(state == "ALIVE" for state in states) and not unavailable:
-            return False  # all alive, and the error was not theirs: a worker's, or a lost object
+        if all(state == "ALIVE" for state in states) and not unavailable and time.monotonic() >= grace:
+            return False  # all alive, and the error was not theirs: a worker's, a lost object, a bug
         time.sleep(0.5)
     return False
+
+
+def _actor_state(actor_id: str) -> str | None:
+    from ray._private.state import actors  # the GCS's record of one actor (no dashboard needed)
+
+    return actors(actor_id).get("State")
+
+
+def _get_all(ray, refs: list) -> list:
+    """The results of ``refs``, raising the first error as soon as any ref fails: a rank of a
+    learner group whose peer died may wait in a collective and never return."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)  # raises that ref's error
+    return ray.get(refs)
 
 
 class LearnerLost(Exception):
@@ -318,6 +333,9 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
     gpus = r.learner_gpus if r.learner_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
     if gpus == 0 and cfg.device == "cuda":
         raise UserError("device=cuda but the Ray cluster has no GPU for the learner; use device=auto")
+    if gpus and r.learners * gpus > ray.cluster_resources().get("GPU", 0):  # else a rank would wait forever
+        raise UserError(f"ray.learners={r.learners} learners of {gpus} GPU each need {r.learners * gpus:g} GPUs; "
+                        f"the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}")
     learner = ray.remote(LearnerActor).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0).remote(
         cfg, driver_threads=torch.get_num_threads())
     # ranks 1.. of a data-parallel learner group: built beside rank 0, joined before it starts
@@ -391,21 +409,25 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
                 weights = learner.weights.remote()  # the version after this consume: a new one per update
             dispatch()
             if previous is not None:
-                state = ray.get(previous)[0]
+                state = _get_all(ray, previous)[0]
         if learning is not None:
-            ray.get(learning)  # a consume submitted after the run was done: it learned nothing
+            _get_all(ray, learning)  # a consume submitted after the run was done: it learned nothing
         for ref, _, _ in pending:  # batches still being written are not needed
             ray.cancel(ref, force=False)
         final = ray.get(learner.close.remote())
         counts = ray.get(learner.counts.remote())
     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-            ray.exceptions.ObjectLostError) as error:
+            ray.exceptions.ObjectLostError, ray.exceptions.RayTaskError) as error:
         if not _learner_lost(ray, [learner, *replicas], error):
             raise  # a worker's loss the loop does not handle, or a lost object: not the learner's
         # the workers read the lost learner's weights and problems, and the rest of its group
         # waits on a collective that will never complete: a new life gets new ones
         for actor in [*workers, *replicas, learner]:
             ray.kill(actor, no_restart=True)
+        # the next life's ranks each read last.pt: none of this life's may still write it
+        end = time.monotonic() + 60.0
+        while time.monotonic() < end and any(_actor_state(a._actor_id.hex()) != "DEAD" for a in [*replicas, learner]):
+            time.sleep(0.2)
         raise LearnerLost(str(error).strip().splitlines()[0][:200], dropped) from error
     counts["dropped"] = dropped
     if dropped:
