@@ -161,6 +161,16 @@ def test_a_data_parallel_group_whose_rank_1_learner_is_killed_resumes_from_rank_
     assert [s for s, _ in got[tags.eval_tag("test", "exact_match")]] == [0, 4, 8]
 
 
+def test_a_learner_group_wanting_more_gpus_than_the_cluster_has_is_a_one_line_error(local_ray, tmp_path):
+    from emergent.platform.errors import UserError
+    from emergent.platform.ray_runtime import train_ray
+
+    cfg = load_config(None, [*TINY, "runtime=ray", "ray.learners=2", "ray.learner_gpus=1", f"logdir={tmp_path}"])
+    with pytest.raises(UserError, match=r"ray.learners=2 learners of 1.* GPU each need 2 GPUs; the Ray cluster has 0"):
+        train_ray(cfg)
+    assert not (cfg.run_dir / "last.pt").exists()
+
+
 def test_a_ray_run_resumed_from_what_a_kill_leaves_is_the_run_that_was_never_killed_and_local_computes_it_too(
         local_ray, tmp_path):
     # While the learner holds right after its step-6 checkpoint, the run directory is exactly
