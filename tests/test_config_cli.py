@@ -12,6 +12,9 @@ BAD_TRAIN = [
     (["task.name=chess"], ["task.name='chess'", "addition", "countdown"]),
     (["train.method=ppo"], ["train.method='ppo'", "supervised"]),
     (["model.pos=alibi"], ["model.pos", "rope"]),
+    (["model.pos=abacus", "task.name=countdown"], ["model.pos=abacus", "task.format=reversed", "not countdown"]),
+    (["model.pos=coupled", "task.format=plain"], ["model.pos=coupled", "not addition (plain)"]),
+    (["model.place_offset=4"], ["model.place_offset=4", "not model.pos=learned"]),
     (["runtime=slurm"], ["runtime='slurm'", "local"]),
     (["task.format=binary"], ["binary", "reversed"]),
     (["task.check_steps=true"], ["task.check_steps", "no step checker", "'reversed'"]),  # addition's default

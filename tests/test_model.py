@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from emergent.agents.token_batch import encode_batch
-from emergent.agents.model import POS_SCHEMES, ModelConfig, TransformerLM
+from emergent.agents.model import PLACE_SCHEMES, POS_SCHEMES, ModelConfig, TransformerLM, digit_places
 from emergent.envs import TOKENIZER
 
 V = TOKENIZER.vocab_size
@@ -15,15 +15,18 @@ def make(pos="learned", **kw):
     return TransformerLM(cfg, V).eval()
 
 
-def random_prompts(n, seed=0):
+def random_prompts(n, seed=0, pos="learned"):
+    """Random tokens after BOS; for a place scheme each ends in '=', as its prompts must
+    (an arithmetic prompt: what follows is the answer)."""
     rng = np.random.default_rng(seed)
-    return [np.concatenate([[TOKENIZER.bos_id], rng.integers(3, V, size=rng.integers(2, 12))]) for _ in range(n)]
+    end = TOKENIZER.encode("=") if pos in PLACE_SCHEMES else []
+    return [np.concatenate([[TOKENIZER.bos_id], rng.integers(3, V, size=rng.integers(2, 12)), end]) for _ in range(n)]
 
 
 @pytest.mark.parametrize("pos", POS_SCHEMES)
 def test_kv_cache_greedy_equals_recompute(pos):
     model = make(pos)
-    prompts = random_prompts(8)
+    prompts = random_prompts(8, pos=pos)
     a = model.generate(prompts, 30, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id)
     b = model.generate(prompts, 30, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, use_cache=False)
     assert torch.equal(a.tokens, b.tokens)
@@ -58,7 +61,7 @@ def test_static_decode_writes_what_the_dynamic_cache_writes(pos, temperature):
     model = make(pos)
     with torch.no_grad():
         model.wte.weight[TOKENIZER.eos_id] *= 4  # rows end at scattered steps
-    prompts = random_prompts(24, seed=3)
+    prompts = random_prompts(24, seed=3, pos=pos)
     kw = dict(eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=temperature, compact=False)
     a = model.generate(prompts, 30, generator=torch.Generator().manual_seed(1), **kw)
     b = model.generate(prompts, 30, generator=torch.Generator().manual_seed(1), static=True, **kw)
@@ -97,7 +100,7 @@ def test_cuda_graph_decode_equals_eager_decode_on_cuda(bf16):
 @pytest.mark.parametrize("pos", POS_SCHEMES)
 def test_left_padded_rows_match_unbatched(pos):
     model = make(pos)
-    prompts = random_prompts(5, seed=1)
+    prompts = random_prompts(5, seed=1, pos=pos)
     batched = model.generate(prompts, 20, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id)
     for i, p in enumerate(prompts):
         alone = model.generate([p], 20, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id)
@@ -179,7 +182,9 @@ def test_flops_per_token_matches_a_counted_forward():
     assert model.flops_per_token(T, backward=True) == 3 * total
 
 
-@pytest.mark.parametrize("bad", [dict(pos="alibi"), dict(d_model=30, n_head=4), dict(n_layer=0), dict(dropout=1.0)])
+@pytest.mark.parametrize("bad", [dict(pos="alibi"), dict(d_model=30, n_head=4), dict(n_layer=0), dict(dropout=1.0),
+                                 dict(pos="coupled", d_model=12, n_head=4), dict(pos="learned", place_offset=3),
+                                 dict(pos="abacus", place_offset=-1)])
 def test_bad_model_config(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad).validate()
@@ -197,3 +202,48 @@ def test_a_few_steps_of_learning_reduce_the_loss():
     for _ in range(100):
         u = learner.step(lambda: completion_nll(model, batch), tokens=batch.inputs.numel(), flops=1.0)
     assert float(u.loss) < before / 4 and learner.step_count == 100
+
+
+def places(text: str) -> list[int]:
+    return digit_places(torch.as_tensor(TOKENIZER.encode(text))[None])[0].tolist()
+
+
+def test_a_digits_place_is_its_significance_in_the_operands_and_in_the_reversed_answer():
+    # 123 + 45 = 168, the answer written reversed ("861"): the paper's rule (McLeish et al.
+    # 2024; Cho et al. 2024) gives each digit its place in its number, least significant 1,
+    # so the 3 and the 5 and the answer's 8 share place 1; other tokens have none (0)
+    assert places("^123+45=861$") == [0, 3, 2, 1, 0, 2, 1, 0, 1, 2, 3, 0]
+    assert places("^7*1234=8638$") == [0, 1, 0, 4, 3, 2, 1, 0, 1, 2, 3, 4, 0]
+    # a continuation (a KV-cached decode) counts on from the place of the token before it
+    full = digit_places(torch.as_tensor(TOKENIZER.encode("^99+9=801$"))[None])
+    for cut in range(6, 10):
+        tail = digit_places(torch.as_tensor(TOKENIZER.encode("^99+9=801$"))[None, cut:], full[:, cut - 1])
+        assert tail.tolist() == full[:, cut:].tolist()
+    # an answer's places read no later token: changing what follows changes none before it
+    assert places("^12+3=5123")[:8] == places("^12+3=51")
+
+
+@pytest.mark.parametrize("pos", PLACE_SCHEMES)
+def test_place_schemes_read_places_not_positions(pos):
+    # position ids are not read (a learned table would shift every output); places are
+    model = make(pos)
+    a = torch.as_tensor(TOKENIZER.encode("^123+45="))[None]
+    torch.testing.assert_close(model(a, torch.arange(8)[None] + 20), model(a))
+    with torch.no_grad():
+        place = digit_places(a)
+        assert not torch.allclose(model.hidden(a, place=place), model.hidden(a, place=place + (place > 0)))
+
+
+def test_abacus_offsets_digit_places_in_training_only():
+    model = make("abacus", place_offset=10)
+    idx = torch.as_tensor(TOKENIZER.encode("^123+45=861$"))[None].expand(64, -1)
+    model.eval()
+    assert torch.equal(model._places(idx, None), digit_places(idx))
+    model.train()
+    torch.manual_seed(0)
+    got = model._places(idx, None)
+    offset = got - digit_places(idx)
+    assert (offset[:, [0, 4, 7, 11]] == 0).all()  # tokens that are not digits get no place
+    digits = offset[:, [1, 2, 3, 5, 6, 8, 9, 10]]
+    assert (digits == digits[:, :1]).all()  # one offset per sequence
+    assert set(digits[:, 0].tolist()) == set(range(11))  # every offset in [0, 10] drawn (64 draws)

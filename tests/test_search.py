@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from emergent.agents.model import ModelConfig, TransformerLM
+from emergent.agents.model import PLACE_SCHEMES, ModelConfig, TransformerLM
 from emergent.agents.reward_net import RewardNet
 from emergent.agents.policy_value import PolicyValueEvaluator
 from emergent.agents.search import Expansion, SearchConfig, _gamma, search
@@ -186,7 +186,8 @@ def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=Fal
     from emergent.agents.search import evaluate_leaves, init_tree, search_move, visits_policy
 
     rng = np.random.default_rng(1)
-    prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 7, 5, 4)]
+    end = TOKENIZER.encode("=") if policy.cfg.pos in PLACE_SCHEMES else []  # an arithmetic prompt's end
+    prompts = [np.concatenate([[1], rng.integers(3, V, size=n), end]) for n in (3, 7, 5, 4)]
     ev = PolicyValueEvaluator(policy, value, top_k=4, terminal="learned", kv_cache=kv_cache)
     cfg = SearchConfig(num_simulations=sims, leaves_per_call=3, top_k=4, terminal_value="learned",
                        dirichlet_fraction=0.25, static=static, cuda_graph=graph, confident_prior=confident,
@@ -203,7 +204,7 @@ def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=Fal
     return tree, ev
 
 
-@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("pos", ["learned", "rope", *PLACE_SCHEMES])
 def test_cached_leaf_evaluation_equals_recomputing_every_prefix(pos):
     """A searched tree's priors and values, each computed from its ancestors' kept keys and
     values, match the full forward of each state's whole prefix, and cost less."""
@@ -357,7 +358,7 @@ def test_node_creation_is_the_same_in_torch_and_in_numpy():
 
 # -- search.static: the fixed-shape simulation a GPU needs --------------------------------------
 
-@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("pos", ["learned", "rope", *PLACE_SCHEMES])
 def test_static_search_makes_the_same_tree_in_fp64(monkeypatch, pos):
     """``search.static`` (fixed shapes: masked walk levels, node creation in every tree, all
     selected leaves through the networks over their whole paths) makes the tree the default

@@ -23,9 +23,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from emergent.envs.tokenizer import TOKENIZER
+
 from .graph_replay import GraphReplay
 
-POS_SCHEMES = ("learned", "rope", "none")
+POS_SCHEMES = ("learned", "rope", "none", "abacus", "coupled")
+# positions from digits' places, for arithmetic prompts that end in '=' (``digit_places``):
+# abacus (McLeish et al. 2024) adds a learned embedding of each digit's place and no other
+# position; coupled (Cho et al. 2024) rotates queries and keys (RoPE) by the place, so an
+# answer digit and the operand digits of its place sit at relative distance 0 at any length
+PLACE_SCHEMES = ("abacus", "coupled")
+_DIGIT_0, _DIGIT_9 = TOKENIZER.encode("0")[0], TOKENIZER.encode("9")[0]
+_EQUALS = TOKENIZER.encode("=")[0]
 
 
 @dataclass
@@ -34,7 +43,9 @@ class ModelConfig:
     n_head: int = 4
     d_model: int = 128
     max_len: int = 64        # context length: prompt + completion, BOS and EOS included
-    pos: str = "learned"     # learned | rope | none
+    pos: str = "learned"     # learned | rope | none | abacus | coupled
+    place_offset: int = 0    # abacus / coupled: training adds a random offset in [0, place_offset]
+                             # to each sequence's digit places, so places past training lengths are trained
     dropout: float = 0.0
 
     def validate(self) -> None:
@@ -45,8 +56,11 @@ class ModelConfig:
                 raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.d_model % self.n_head:
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_head={self.n_head}")
-        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
-            raise ValueError("model.pos=rope needs an even head size (d_model / n_head)")
+        if self.pos in ("rope", "coupled") and (self.d_model // self.n_head) % 2:
+            raise ValueError(f"model.pos={self.pos} needs an even head size (d_model / n_head)")
+        if self.place_offset < 0 or (self.place_offset and self.pos not in PLACE_SCHEMES):
+            raise ValueError(f"model.place_offset={self.place_offset} needs a value >= 0 and model.pos in "
+                             f"{list(PLACE_SCHEMES)} (it offsets digit places), not model.pos={self.pos}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
 
@@ -62,6 +76,7 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.length = 0
+        self.place: torch.Tensor | None = None  # [B] the last written token's digit place (abacus, coupled)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, H, T, D] at [length, length+T); return the whole buffers [B, H, S_max, D].
@@ -83,6 +98,8 @@ class KVCache:
         """Keep only batch rows ``rows`` [b] (rows that finished generating are dropped)."""
         if self.k is not None:
             self.k, self.v = self.k[:, rows], self.v[:, rows]
+        if self.place is not None:
+            self.place = self.place[rows]
         self.shape = (self.shape[0], len(rows), *self.shape[2:])
 
     def _allocate(self, like: torch.Tensor) -> None:
@@ -150,6 +167,32 @@ class DecodeStep:
         self.pos.copy_(pos.view(-1, 1))
         self.cache.length.fill_(at)
         return self.graphs("step", self._run)
+
+
+def digit_places(idx: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+    """Each digit's place in its number, 1 for the least significant, 0 for any other token:
+    idx [B, T] token ids -> [B, T].
+
+    Before a row's first '=' (the prompt's operands, most significant digit first) a place
+    is counted from its number's right end; after it (the reversed answer, least significant
+    first, written left to right) from its left end, so in both a digit's place is its
+    significance: ``^123+45=`` -> 0 3 2 1 0 2 1 0, and its answer ``861$`` -> 1 2 3 0.
+    After the '=' a place depends only on tokens before it: the answer stays causal.
+
+    ``prev`` [B]: ``idx`` continues a sequence past its '=' whose last token had place
+    ``prev`` (a KV-cached decode step): counting goes on from there.
+    """
+    B, T = idx.shape
+    t = torch.arange(T, device=idx.device).expand(B, T)
+    digit = (idx >= _DIGIT_0) & (idx <= _DIGIT_9)
+    start = (-1 - prev)[:, None].expand(B, T) if prev is not None else torch.full_like(t, -1)
+    left = t - torch.where(digit, start, t).cummax(1).values        # 1 + digits before, in its run
+    if prev is not None:
+        return torch.where(digit, left, 0)
+    end = torch.where(digit, T, t).flip(1).cummin(1).values.flip(1)  # the next non-digit (T: none)
+    right = end - t                                                  # 1 + digits after, in its run
+    after = (idx == _EQUALS).cumsum(1) > 0
+    return torch.where(digit, torch.where(after, left, right), 0)
 
 
 def rope_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,9 +277,11 @@ class TransformerLM(nn.Module):
         cfg.validate()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.wte = nn.Embedding(vocab_size, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.pos == "learned" else None
-        if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.max_len, cfg.d_model // cfg.n_head)
+        # abacus: the table is indexed by place (0: not a digit), offsets included
+        positions = cfg.max_len + cfg.place_offset
+        self.wpe = nn.Embedding(positions, cfg.d_model) if cfg.pos in ("learned", "abacus") else None
+        if cfg.pos in ("rope", "coupled"):
+            cos, sin = rope_tables(positions, cfg.d_model // cfg.n_head)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
@@ -281,21 +326,25 @@ class TransformerLM(nn.Module):
         return self.lm_head(self.hidden(idx, pos, key_valid, cache))
 
     def hidden(self, idx, pos=None, key_valid=None, cache: KVCache | None = None,
-               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+               attn_mask: torch.Tensor | None = None, place: torch.Tensor | None = None) -> torch.Tensor:
         """The final-norm hidden states [B, T, C]; ``forward`` puts the LM head on them.
 
         ``attn_mask`` [B, 1, T, S] bool, with a cache whose ``update`` returns S keys: which
         keys each query sees, when that is not the causal order (a search's tree of states,
-        ``TreeKV``); it replaces the mask built from ``key_valid``."""
+        ``TreeKV``); it replaces the mask built from ``key_valid``. ``place`` [B, T]: the
+        tokens' digit places (abacus, coupled) when ``idx`` alone does not give them (a tree's
+        states, each one token past its parent); else they come from ``idx`` and the cache."""
         B, T = idx.shape
         t0 = cache.length if cache is not None else 0
         if pos is None:
             pos = (torch.arange(T, device=idx.device) + t0).expand(B, T)
+        if self.cfg.pos in PLACE_SCHEMES:
+            pos = self._places(idx, cache) if place is None else place
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(pos)
         rope = None
-        if self.cfg.pos == "rope":
+        if self.cfg.pos in ("rope", "coupled"):
             rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # [B, 1, T, D/2]
         mask = attn_mask
         if mask is None and (key_valid is not None or cache is not None):
@@ -313,6 +362,20 @@ class TransformerLM(nn.Module):
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)
+
+    def _places(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """Digit places of ``idx`` [B, T] (after the cache's tokens), offset in training."""
+        prev = cache.place if cache is not None else None
+        place = digit_places(idx, prev)
+        if cache is not None:  # in place: a static cache's buffers are what a CUDA graph reads
+            if prev is None:
+                cache.place = place[:, -1].clone()
+            else:
+                cache.place.copy_(place[:, -1])
+        if self.training and self.cfg.place_offset:  # one offset per sequence, digits only
+            offset = torch.randint(0, self.cfg.place_offset + 1, (idx.shape[0], 1), device=idx.device)
+            place = torch.where(place > 0, place + offset, place)
+        return place
 
     def new_cache(self, batch: int, max_len: int | None = None, *, static: bool = False) -> KVCache:
         c = self.cfg

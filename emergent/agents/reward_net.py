@@ -62,7 +62,7 @@ class RewardNetConfig:
     def model_config(self, policy: ModelConfig) -> ModelConfig:
         size = {k: getattr(self, k) if getattr(self, k) is not None else getattr(policy, k)
                 for k in ("n_layer", "n_head", "d_model")}
-        return ModelConfig(**size, max_len=policy.max_len, pos=policy.pos)
+        return ModelConfig(**size, max_len=policy.max_len, pos=policy.pos, place_offset=policy.place_offset)
 
     def validate(self, policy: ModelConfig) -> None:
         if self.init not in REWARD_INITS:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from .model import TransformerLM
+from .model import PLACE_SCHEMES, TransformerLM, digit_places
 from .search import States, Tree
 
 
@@ -120,7 +120,12 @@ class TreeKV:
         when another network's ``TreeKV`` over the same tree has made it already."""
         p = plan if plan is not None else self.plan(states)
         self._plan = p
-        h = self.model.hidden(p.ids, p.pos, None, self, attn_mask=p.mask[:, None])  # [T', W, C]
+        place = None
+        if self.model.cfg.pos in PLACE_SCHEMES:  # a digit's place reads its whole state (its number)
+            place = torch.zeros_like(p.ids)
+            place[p.inv, p.slot] = digit_places(states.tokens)[torch.arange(len(p.inv), device=p.ids.device),
+                                                               states.lengths - 1]
+        h = self.model.hidden(p.ids, p.pos, None, self, attn_mask=p.mask[:, None], place=place)  # [T', W, C]
         self.context = p.context
         return h[p.inv, p.slot]
 

@@ -21,7 +21,7 @@ from emergent.agents import METHODS as METHOD_CLASSES
 from emergent.agents import reads_key
 from emergent.agents.learner import OptimConfig
 from emergent.agents.method import ImproveConfig
-from emergent.agents.model import ModelConfig
+from emergent.agents.model import PLACE_SCHEMES, ModelConfig
 from emergent.agents.reward_net import RewardNetConfig
 from emergent.agents.search import SearchConfig
 from emergent.envs import SPLITS, TASKS, SplitSpec, Task, make_task
@@ -319,6 +319,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"improve.init_from: checkpoint not found: {cfg.improve.init_from}")
     check_method_keys(cfg)
     cfg.task.format = task.format  # resolve null to the task's default: runs record what they ran
+    if cfg.model.pos in PLACE_SCHEMES and (cfg.task.name not in ("addition", "multiplication")
+                                           or task.format != "reversed"):
+        raise ConfigError(f"model.pos={cfg.model.pos} gives digits their place in an arithmetic prompt ending in "
+                          f"'=' and a reversed answer: task.name=addition or multiplication with task.format=reversed, "
+                          f"not {cfg.task.name} ({task.format})")
     try:
         cfg.splits.validate(task)
         cfg.model.validate()
