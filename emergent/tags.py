@@ -71,13 +71,18 @@ EVAL_METRICS = ("exact_match", "token_accuracy", "edit_distance")
 EVAL_FALSE_STEPS = "false_steps"
 # the same formats: the share of problems whose answer is right and every step true
 EVAL_SOUND_EXACT = "sound_exact_match"
+# the largest length L with exact match >= eval.frontier_threshold at every length <= L
+# (``eval/<split>/frontier`` within a split; ``eval/frontier`` over the held-out splits, test
+# then extrapolate, so it can pass the training range)
+EVAL_FRONTIER = "frontier"
+EVAL_LENGTH_FRONTIER = "eval/frontier"
 TEXT_CONFIG = "config"
 TEXT_SAMPLES = "samples/{split}"
 
 
 def eval_tag(split: str, metric: str, difficulty: int | None = None) -> str:
     """``eval/<split>/<metric>`` or, per difficulty, ``eval/<split>/d<k>/<metric>``."""
-    assert metric in EVAL_METRICS or metric in (EVAL_FALSE_STEPS, EVAL_SOUND_EXACT), metric
+    assert metric in EVAL_METRICS or metric in (EVAL_FALSE_STEPS, EVAL_SOUND_EXACT, EVAL_FRONTIER), metric
     return f"eval/{split}/{metric}" if difficulty is None else f"eval/{split}/d{difficulty}/{metric}"
 
 

@@ -51,6 +51,7 @@ def cmd_train(args: Sequence[str]) -> int:
 def cmd_eval(args: Sequence[str]) -> int:
     from .checkpoint import load_checkpoint
     from .config import load_config
+    from .evaluate import scalars
     from .experiment import Experiment
 
     if not args:
@@ -76,6 +77,10 @@ def cmd_eval(args: Sequence[str]) -> int:
             print(f"{split:<12} {label:>10} {count:>6} {m['exact_match']:>12.4f} "
                   f"{m['token_accuracy']:>10.4f} {m['edit_distance']:>10.4f}"
                   + (f" {m[tags.EVAL_FALSE_STEPS]:>12.4f}" if steps else ""))
+    frontiers = scalars(results, cfg.eval.frontier_threshold)
+    print(f"length frontier (exact match >= {cfg.eval.frontier_threshold:g} at every length up to it): "
+          + ", ".join(f"{split} {frontiers[tags.eval_tag(split, tags.EVAL_FRONTIER)]:.0f}" for split in results)
+          + (f", held out {frontiers[tags.EVAL_LENGTH_FRONTIER]:.0f}" if tags.EVAL_LENGTH_FRONTIER in frontiers else ""))
     for split, r in results.items():  # eval.pass_k
         if r.sampled is not None:
             n = r.sampled.correct.shape[1]

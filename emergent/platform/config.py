@@ -85,6 +85,9 @@ class EvalConfig:
     pass_k: List[int] = field(default_factory=list)
     pass_samples: Optional[int] = None
     temperature: float = 1.0
+    # eval/<split>/frontier and eval/frontier: the largest length with exact match >= this at
+    # every length up to it (give each length enough problems: eval.problems / lengths)
+    frontier_threshold: float = 0.99
 
 
 @dataclass
@@ -297,6 +300,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.time_limit_s must be > 0 seconds or null, got {cfg.train.time_limit_s}")
     if cfg.train.flop_budget is not None and not cfg.train.flop_budget > 0:
         raise ConfigError(f"train.flop_budget must be > 0 FLOPs or null, got {cfg.train.flop_budget}")
+    if not 0 < cfg.eval.frontier_threshold <= 1:
+        raise ConfigError(f"eval.frontier_threshold must lie in (0, 1], got {cfg.eval.frontier_threshold}")
     if cfg.eval.pass_k:
         if min(cfg.eval.pass_k) < 1:
             raise ConfigError(f"eval.pass_k must hold k >= 1, got {list(cfg.eval.pass_k)}")

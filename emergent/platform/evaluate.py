@@ -190,16 +190,36 @@ class Evaluator:
         return results
 
 
-def scalars(results: dict[str, SplitResult]) -> dict[str, float]:
-    """Flatten eval results into ``{tag: value}`` (overall and per difficulty)."""
-    out = {}
+def frontier(exact_by_length: dict[int, float], threshold: float) -> int:
+    """The largest length L such that exact match is >= ``threshold`` at every length from
+    the smallest evaluated up to L (lengths contiguous); the smallest less one when it fails."""
+    lengths = sorted(exact_by_length)
+    reached = lengths[0] - 1
+    for length in lengths:
+        if length != reached + 1 or exact_by_length[length] < threshold:
+            break
+        reached = length
+    return reached
+
+
+def scalars(results: dict[str, SplitResult], frontier_threshold: float = 0.99) -> dict[str, float]:
+    """Flatten eval results into ``{tag: value}`` (overall and per difficulty), with each
+    split's length frontier and ``eval/frontier`` over the held-out splits (test, then
+    extrapolate: a length in both is read from test)."""
+    out, held_out = {}, {}
     for split, r in results.items():
         for m in r.metrics:  # tags.EVAL_METRICS, and false_steps where the task judges steps
             out[tags.eval_tag(split, m)] = r.metrics[m]
             for d, md in r.by_difficulty.items():
                 out[tags.eval_tag(split, m, d)] = md[m]
+        exact = {d: md["exact_match"] for d, md in r.by_difficulty.items()}
+        out[tags.eval_tag(split, tags.EVAL_FRONTIER)] = float(frontier(exact, frontier_threshold))
+        if split in ("test", "extrapolate"):
+            held_out = {**exact, **held_out}
         if r.sampled is not None:
             out.update(r.sampled.scalars)
+    if held_out:
+        out[tags.EVAL_LENGTH_FRONTIER] = float(frontier(held_out, frontier_threshold))
     return out
 
 

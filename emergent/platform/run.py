@@ -172,7 +172,7 @@ class Run:
     def _evaluate(self) -> dict[str, float]:
         t0 = time.perf_counter()
         results = self.experiment.evaluate()
-        self.last_eval = scalars(results)
+        self.last_eval = scalars(results, self.cfg.eval.frontier_threshold)
         n = self.experiment.step
         self.logger.scalars({**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0,
                              tags.PERF_ELAPSED_S: self.elapsed_s}, n)
