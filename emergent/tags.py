@@ -18,6 +18,14 @@ TRAIN_KL = "train/kl"                              # policy_gradient: KL(policy 
 # that the verifier says it solved (a trace accepted); not logged for a batch with none
 TRAIN_FLOPS_PER_SOLVED = "train/flops_per_solved"
 SEARCH_SEARCHED_FRACTION = "search/searched_fraction"  # alphazero: moves that ran simulations
+# self_label: its latest round (agents/self_label.py); the accuracies are measured against
+# gold after the filter ran, for the log only
+SELF_LABEL_ROUND = "self_label/round"
+SELF_LABEL_DIFFICULTY = "self_label/difficulty"            # what the round labelled
+SELF_LABEL_KEPT = "self_label/kept_fraction"               # of its labels, kept by the filter
+SELF_LABEL_BUFFER = "self_label/buffer"                    # labels of every round so far
+SELF_LABEL_ACCURACY = "self_label/label_accuracy"          # of all its labels
+SELF_LABEL_KEPT_ACCURACY = "self_label/kept_label_accuracy"  # of the kept ones: what training sees
 SEARCH_INFORMATIVE_FRACTION = "search/informative_fraction"  # alphazero: searched moves with a verdict below a root child
 # alphazero (search.diagnostics): at informative moves where the improved policy's argmax and the
 # policy's differ, both completed greedily and judged: the share of decided pairs the improved

@@ -35,8 +35,11 @@ BAD_TRAIN = [
     (["train.method=alphazero", "search.policy_target=counts"], ["search.policy_target='counts'", "completed_q"]),
     # a key only other methods read would be silently ignored: refused, naming who reads it
     (["train.method=expert_iteration", "train.batch_size=16"],
-     ["train.batch_size=16 is not read by train.method=expert_iteration", "['supervised']"]),
-    (["train.method=alphazero", "train.target=answer"], ["train.target='answer'", "['supervised']"]),
+     ["train.batch_size=16 is not read by train.method=expert_iteration", "['supervised', 'self_label']"]),
+    (["train.method=alphazero", "train.target=answer"], ["train.target='answer'", "['supervised', 'self_label']"]),
+    (["train.method=self_label", "self_label.filter=majority"], ["self_label.filter='majority'", "vote"]),
+    (["train.method=self_label", "self_label.share=1.5"], ["self_label.share must lie in [0, 1]"]),
+    (["self_label.noise=0.1"], ["self_label.noise=0.1 is not read by train.method=supervised", "['self_label']"]),
     (["improve.samples=4"], ["improve.samples=4 is not read by train.method=supervised", "policy_gradient"]),
     (["train.method=policy_gradient", "improve.replay_size=10"], ["improve.replay_size=10", "alphazero"]),
     (["train.method=expert_iteration", "search.num_simulations=8"], ["search.num_simulations=8", "['alphazero']"]),

@@ -34,3 +34,116 @@ def test_the_held_out_frontier_runs_from_the_test_lengths_into_the_extrapolation
     # without the test split it starts at the extrapolation range (the training range taken as reached)
     del results["test"]
     assert scalars(results, 0.99)[tags.EVAL_LENGTH_FRONTIER] == 6
+
+
+# -- self-labelling rounds (train.method=self_label) -------------------------------------------------
+
+def planted(policy, prompts, samples, *, temperature, generator, device):
+    """A wrong but consistent labeller standing in for the policy: a + b + 1, reversed,
+    for every sample (so a vote agrees with it)."""
+    from emergent.agents.rollouts import Rollouts
+
+    labels = [str(sum(map(int, p.rstrip("=").split("+"))) + 1)[::-1] for p in prompts]
+    rows = np.repeat(np.arange(len(prompts)), samples)
+    return Rollouts(rows, [prompts[r] for r in rows], [labels[r] for r in rows], np.ones(len(rows), bool), 1e6)
+
+
+def self_label(tmp_path, *overrides):
+    from emergent.platform.config import load_config
+    from emergent.platform.experiment import Experiment
+
+    from conftest import TINY
+
+    cfg = load_config(None, [*TINY, "train.method=self_label", "self_label.round_steps=2", "self_label.problems=16",
+                             "train.steps=4", f"logdir={tmp_path}", *overrides])
+    return Experiment(cfg)
+
+
+def test_a_round_trains_on_the_labels_the_model_wrote_never_on_gold_above_n(tmp_path, monkeypatch):
+    import emergent.agents.self_label as sl
+
+    monkeypatch.setattr(sl, "sample_rollouts", planted)
+    exp = self_label(tmp_path)
+    seen = []
+    real = sl.encode_batch
+    monkeypatch.setattr(sl, "encode_batch", lambda tok, p, c, n: seen.append(list(zip(p, c))) or real(tok, p, c, n))
+    step = exp.train_step()
+    method = exp.method
+    assert method.round == 1 and method.difficulty == 3  # task.difficulty=[1,2]: the first round labels 3 digits
+    assert len(method.buffer) == 16
+    for prompt, label in method.buffer:  # every label is the planted model's, none is gold
+        a, b = map(int, prompt.rstrip("=").split("+"))
+        assert len(str(a)) == len(str(b)) == 3 and label == str(a + b + 1)[::-1] != str(a + b)[::-1]
+    # the step trained on gold of [1, 2] (the stream's) and on those labels, nothing else
+    batch = seen[-1]
+    assert len(batch) == 16 and sum((p, c) in method.buffer for p, c in batch) == 8
+    for prompt, completion in batch:
+        if (prompt, completion) not in method.buffer:
+            a, b = map(int, prompt.rstrip("=").split("+"))
+            assert max(len(str(a)), len(str(b))) <= 2 and completion == str(a + b)[::-1]
+    assert step.scalars["self_label/label_accuracy"] == 0.0 and step.scalars["self_label/difficulty"] == 3
+    assert exp.ledger.parts["generate"] == 1e6  # the labelling's FLOPs count
+    exp.train_step()
+    assert exp.method.round == 1  # two steps per round
+    exp.train_step()
+    assert exp.method.round == 2 and exp.method.difficulty == 4 and len(exp.method.buffer) == 32
+
+
+def test_noise_corrupts_labels_and_the_vote_filter_drops_what_the_samples_disagree_with(tmp_path, monkeypatch):
+    import emergent.agents.self_label as sl
+
+    monkeypatch.setattr(sl, "sample_rollouts", planted)
+    exp = self_label(tmp_path, "self_label.noise=1.0")
+    exp.train_step()
+    assert len(exp.method.buffer) == 16 and all(c != planted(None, [p], 1, temperature=0, generator=None, device=None)
+                                                 .completions[0] for p, c in exp.method.buffer)
+    # with the vote, the noisy labels disagree with every sample: none is kept
+    exp = self_label(tmp_path, "self_label.noise=1.0", "self_label.filter=vote", "run_name=vote")
+    step = exp.train_step()
+    assert exp.method.buffer == [] and step.scalars["self_label/kept_fraction"] == 0.0
+    # the oracle keeps only right labels: the planted model has none
+    exp = self_label(tmp_path, "self_label.filter=oracle", "run_name=oracle")
+    exp.train_step()
+    assert exp.method.buffer == []
+
+
+def test_label_filters_on_hand_made_labels():
+    from emergent.agents.self_label import corrupt, keep_labels
+
+    labels = ["123", "1234", "12", "1", "123"]
+    finished = np.array([1, 1, 1, 1, 0], bool)
+    assert keep_labels("none", labels, finished).tolist() == [1, 1, 1, 1, 0]
+    assert keep_labels("length", labels, finished).tolist() == [1, 1, 1, 0, 0]  # commonest 3 (finished only)
+    votes = [["123", "123", "9"], ["1", "2", "3"], ["12"] * 3, ["1"] * 3, ["123"] * 3]
+    assert keep_labels("vote", labels, finished, votes=votes, threshold=0.6).tolist() == [1, 0, 1, 1, 0]
+    assert keep_labels("oracle", labels, finished, right=np.array([0, 1, 1, 1, 1])).tolist() == [0, 1, 1, 1, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        bad = corrupt("5831", rng)
+        assert len(bad) == 4 and bad != "5831" and sum(a != b for a, b in zip(bad, "5831")) == 1
+
+
+def test_a_self_labelling_run_through_the_entry_point_resumes_where_it_stopped(tmp_path, monkeypatch):
+    # the real CLI; a stopped run resumes (the buffer, the round and the method's draws are in
+    # the checkpoint): a run of 4 steps equals one of 2 steps resumed to 4. The labeller is
+    # the planted one: a tiny untrained model never ends a label, and an empty buffer would
+    # make a resume that lost it look exact
+    import emergent.agents.self_label as sl
+    from emergent.platform.cli import main
+
+    monkeypatch.setattr(sl, "sample_rollouts", planted)
+
+    from conftest import TINY, scalars
+
+    args = [*TINY, "train.method=self_label", "self_label.round_steps=2", "self_label.problems=16",
+            "checkpoint_every=2", "eval.every=2", "train.log_every=1", f"logdir={tmp_path}"]
+    assert main(["train", *args, "train.steps=4", "run_name=whole"]) == 0
+    # stopped after round 1 (within warm-up, so the learning rate does not depend on train.steps)
+    assert main(["train", *args, "train.steps=2", "run_name=split"]) == 0
+    assert main(["train", *args, "train.steps=4", "run_name=split", "resume=true"]) == 0
+    whole, split = scalars(tmp_path / "quickstart" / "whole", perf=False), scalars(tmp_path / "quickstart" / "split", perf=False)
+    assert whole["self_label/round"][-1][1] == 2 and whole["self_label/difficulty"][-1][1] == 4
+    assert whole["self_label/buffer"][-1][1] == 32
+    assert set(whole) == set(split)
+    for tag in whole:
+        assert whole[tag] == split[tag], tag

@@ -24,6 +24,7 @@ from emergent.agents.method import ImproveConfig
 from emergent.agents.model import PLACE_SCHEMES, ModelConfig
 from emergent.agents.reward_net import RewardNetConfig
 from emergent.agents.search import SearchConfig
+from emergent.agents.self_label import SelfLabelConfig
 from emergent.envs import SPLITS, TASKS, SplitSpec, Task, make_task
 
 from .errors import ConfigError
@@ -131,6 +132,7 @@ class Config:
     improve: ImproveConfig = field(default_factory=ImproveConfig)    # self-improvement methods
     reward: RewardNetConfig = field(default_factory=RewardNetConfig)  # the reward-and-objective network
     search: SearchConfig = field(default_factory=SearchConfig)        # MCTS (alphazero)
+    self_label: SelfLabelConfig = field(default_factory=SelfLabelConfig)  # self-labelling rounds (self_label)
     ray: RayConfig = field(default_factory=RayConfig)                  # runtime=ray
 
     @property
@@ -335,6 +337,7 @@ def validate(cfg: Config) -> None:
         cfg.optim.validate()
         cfg.improve.validate()
         cfg.search.validate()
+        cfg.self_label.validate()
         cfg.reward.validate(cfg.model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
