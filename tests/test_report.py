@@ -15,8 +15,8 @@ import scipy.stats as stats
 from emergent import tags
 from emergent.platform.config import load_config, to_yaml
 from emergent.platform.metrics import pass_at_k
-from emergent.platform.report import (RunRecord, equal_flops_difference, groups, pass_curves, read_at, read_run,
-                                      table)
+from emergent.platform.report import (RunRecord, equal_flops_difference, figure_frontier, groups, pass_curves, read_at,
+                                      read_run, table)
 from emergent.platform.stats import difference_interval, t_interval, t_quantile
 from emergent.platform.tensorboard import TBLogger
 
@@ -108,7 +108,7 @@ FLOPS_PER_STEP = 1e9
 
 def write_run(root: Path, name: str, method: str, seed: int, evals: list[tuple[int, float, np.ndarray]], *,
               budget: float | None = None, correct: np.ndarray | None = None, finished: bool = True,
-              d_model: int = 16) -> Path:
+              d_model: int = 16, extra: tuple[str, ...] = (), frontier: list[float] | None = None) -> Path:
     """A run directory as ``Run`` writes one: the config text, each evaluation's scalars
     (``evals``: step, cumulative FLOPs, per-problem exact verdicts [P]) against steps and
     against FLOPs, its per-problem record, and hparams when ``finished``."""
@@ -116,12 +116,14 @@ def write_run(root: Path, name: str, method: str, seed: int, evals: list[tuple[i
                  f"seed={seed}", f"run_name={name}", f"logdir={root.parent}", f"experiment={root.name}"]
     overrides += ["train.batch_size=8"] if method == "supervised" else []
     overrides += [f"train.flop_budget={budget}"] if budget else []
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, [*overrides, *extra])
     log, vs = TBLogger(cfg.run_dir), TBLogger(cfg.run_dir / tags.VS_FLOPS_DIR)
     log.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
     for i, (step, flops, exact) in enumerate(evals):
         scalars = {tags.eval_tag("test", "exact_match"): float(exact.mean()),
                    tags.eval_tag("extrapolate", "exact_match"): float(exact.mean()) / 2}
+        if frontier is not None:
+            scalars[tags.EVAL_LENGTH_FRONTIER] = frontier[i]
         log.scalars({**scalars, tags.PERF_ELAPSED_S: float(step)}, step)
         vs.scalars({tags.vs_flops_tag(k): v for k, v in scalars.items()}, int(flops // tags.VS_FLOPS_UNIT))
         record = {"test/exact": exact.astype(bool)}
@@ -283,3 +285,30 @@ def test_sound_exact_match_is_read_or_derived_from_the_false_step_share(tmp_path
     # with task.check_steps the verdict already required every step: exact match is sound
     checked = dataclasses.replace(derived, check_steps=True)
     assert checked.sound_final("test") == 0.5
+
+
+def test_a_position_scheme_is_a_series_of_its_size_compared_with_learned_supervised_and_its_frontier_shown(tmp_path):
+    root = tmp_path / "exp"
+    rng = np.random.default_rng(6)
+    runs = []
+    for seed in range(3):
+        v = rng.random(20) < 0.5
+        for name, method, extra, front in (("sup", "supervised", (), [2, 3]),
+                                           ("aba", "supervised", ("model.pos=abacus", "model.place_offset=4"), [2, 5 + seed]),
+                                           ("sl", "self_label", ("model.pos=abacus",), [5, 7])):
+            cell = {"name": f"{name}{seed}", "values": {"train.method": method, "model.pos": "x", "seed": seed},
+                    "role": "run", "warm_start": None}
+            runs.append(read_run(write_run(root, f"{name}{seed}", method, seed, [(0, 0.0, v), (10, 1e12, v)],
+                                           extra=extra, frontier=front), cell))
+    g = groups(runs)
+    assert len({p for p, _ in g}) == 1  # one size: a scheme's place table is not a size
+    assert [s for _, s in g] == ["supervised", "self_label, pos=abacus", "supervised, pos=abacus, place_offset=4"]
+    assert {r.reference for r in runs} == {"supervised"}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table(g)[2:]}
+    m, h = t_interval(np.array([5.0, 6.0, 7.0]))
+    assert rows["supervised, pos=abacus, place_offset=4"][-1] == f"{m:.3f} ± {h:.3f}".replace(".000", "")
+    assert rows["self_label, pos=abacus"][-1] == "7 ± 0"
+    assert rows["self_label, pos=abacus"][7].startswith("+0.000")  # compared with learned supervised
+    sizes = list(dict.fromkeys((r.params, r.size) for r in runs))
+    assert figure_frontier(g, sizes, "addition", tmp_path / "frontier.png") and (tmp_path / "frontier.png").stat().st_size
+    assert not figure_frontier(groups([r for r in runs if r.name == "none"]), sizes, "addition", tmp_path / "x.png")

@@ -4,13 +4,15 @@ Nothing is re-run. Each run's TensorBoard events are read with TensorBoard's own
 (which also drops the events a resumed run purged), its config from the ``config`` text it
 logged, and the per-problem verdicts of its evaluations from ``<run>/evals/step_N.npz``.
 Runs are grouped into *series* (the method, plus any grid value that is neither the seed
-nor a model size) and model sizes (parameter count); the seeds of a group give the mean and
-a 95 % Student-t interval. Written beside the runs:
+nor a model size: a position scheme other than learned is one) and model sizes (parameter
+count at learned positions); the seeds of a group give the mean and a 95 % Student-t
+interval. Written beside the runs:
 
 - ``compute.png``    (a) test exact match against cumulative FLOPs, warm starts included
 - ``size.png``       (b) final exact match and token accuracy against parameters, log x
 - ``difficulty.png`` (c) exact match per difficulty, training and extrapolation ranges marked
 - ``pass_at_k.png``  (d) pass@k against k (runs with ``eval.pass_k``)
+- ``frontier.png``   (f) the length frontier (``eval/frontier``) against cumulative FLOPs, where logged
 - ``report.md``      (e) a table per series x size, with each method's difference from
   supervised at equal FLOPs and a 95 % interval over seeds and problems (``stats.py``)
 
@@ -36,7 +38,8 @@ from .errors import UserError
 from .metrics import pass_at_k
 from .stats import Interval, difference_interval, t_interval
 
-REFERENCE = "supervised"
+REFERENCE = "supervised"  # with learned positions: the series every other is compared with
+SCHEME_KEYS = ("model.pos", "model.place_offset")  # grid keys that name a series, not a size
 SPLIT, EXTRA = "test", "extrapolate"
 DIFFICULTY = {"addition": "digits per operand", "multiplication": "digits of the first operand",
               "sorting": "list length", "countdown": "numbers given"}  # what each task's knob counts
@@ -152,16 +155,21 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
     elapsed = [x.value for x in acc.Scalars(tags.PERF_ELAPSED_S)] if tags.PERF_ELAPSED_S in scalars else [np.nan]
     method = str(cfg["train"]["method"])
     role = (cell or {}).get("role", "run")
-    extras = [f"{k.split('.')[-1]}={v}" for k, v in (cell or {}).get("values", {}).items()
+    values = (cell or {}).get("values", {})
+    extras = [f"{k.split('.')[-1]}={v}" for k, v in values.items()
               if k not in ("seed", "train.method") and not k.startswith("model.")]
-    series = ", ".join(["warm start" if role == "warm_start" else method, *extras])
+    model = cfg["model"]  # its position scheme names the series (learned, the default, goes unsaid)
+    scheme = [f"pos={model['pos']}"] if model.get("pos", "learned") != "learned" else []
+    scheme += [f"place_offset={model['place_offset']}"] if model.get("place_offset") else []
+    series = ", ".join(["warm start" if role == "warm_start" else method, *scheme, *extras])
     reference = ", ".join([REFERENCE, *extras])
-    params = _params(json.dumps(cfg["model"], sort_keys=True))
+    # its size: the parameters at learned positions (a scheme's own table does not make a size)
+    params = _params(json.dumps({**model, "pos": "learned", "place_offset": 0}, sort_keys=True))
     try:  # the hparams summary is written when a run closes
         done = "_hparams_/session_end_info" in acc.PluginTagToContent("hparams")
     except KeyError:
         done = False
-    task, model = cfg["task"], cfg["model"]
+    task = cfg["task"]
     return RunRecord(path.name, path, series, reference, "warm_start" if role == "warm_start" else method,
                      str(task["name"]),
                      params, f"{params / 1e6:.2f}M (L{model['n_layer']} d{model['d_model']})", int(cfg["seed"]),
@@ -366,6 +374,33 @@ def figure_difficulty(g, sizes, task: str, path: Path) -> None:
     _save(fig, path)
 
 
+def figure_frontier(g, sizes, task: str, path: Path) -> bool:
+    """(f) the held-out length frontier (``eval/frontier``) against cumulative FLOPs, mean and
+    95 % band over seeds, the top of the training range marked; False when no run logged it."""
+    tag = tags.EVAL_LENGTH_FRONTIER
+    if not any(tag in r.evals for rs in g.values() for r in rs):
+        return False
+    fig, axes = _panels(len(sizes), f"{task}: length frontier vs compute (mean, 95% CI over seeds)")
+    for ax, (params, size) in zip(axes, sizes):
+        top = None
+        for (p, series), rs in g.items():
+            rs = [r for r in rs if tag in r.evals]
+            if p != params or not rs:
+                continue
+            top = rs[0].train_range[1]
+            lo, hi = max(r.flops[0] for r in rs), min(r.flops[-1] for r in rs)
+            grid = np.unique(np.concatenate([r.flops[(r.flops >= lo) & (r.flops <= hi)] for r in rs]))
+            curves = np.stack([np.interp(grid, r.flops, r.evals[tag]) for r in rs])
+            _band(ax, grid, *t_interval(curves), f"{series} ({len(rs)} seeds)", marker=".")
+        if top is not None:
+            ax.axhline(top, color="grey", linestyle=":", label="longest training length")
+        ax.set(title=size, xlabel="cumulative FLOPs (warm start included)",
+               ylabel=f"frontier ({DIFFICULTY.get(task, 'the task knob')})")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
 def pass_curves(rs: list[RunRecord]) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """ks and [S, K] pass@k over the test problems of each run's final evaluation."""
     rows, n = [], None
@@ -428,11 +463,12 @@ def table(g) -> list[str]:
     supervised at equal FLOPs (``equal_flops_difference``) with the FLOPs each side was read at."""
     rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s "
             "(this run) | Δ exact match vs supervised at equal FLOPs [95 % interval] | read at FLOPs (this / "
-            "supervised) | test sound exact match |", "|" + "---|" * 11]
+            "supervised) | test sound exact match | length frontier |", "|" + "---|" * 12]
     for (params, series), rs in g.items():
         em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
                         for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match")))
         sound = t_interval(np.array([r.sound_final(SPLIT) for r in rs]))
+        front = t_interval(np.array([r.final(tags.EVAL_LENGTH_FRONTIER) for r in rs]))
         own = series == rs[0].reference
         ref = g.get((params, rs[0].reference))
         cmp, at = ("reference", "") if own else ("—", "")
@@ -443,7 +479,8 @@ def table(g) -> list[str]:
         unfinished = sum(not r.finished for r in rs)
         rows.append(f"| {series} | {rs[0].size} | {len(rs)}{f' ({unfinished} running)' if unfinished else ''} "
                     f"| {_pm(*em)} | {_pm(*tok)} | {_pm(*ext)} | {np.mean([r.flops[-1] for r in rs]):.2e} "
-                    f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} | {at} | {_pm(*sound)} |")
+                    f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} | {at} | {_pm(*sound)} "
+                    f"| {_pm(*front).replace('.000', '')} |")
     return rows
 
 
@@ -458,6 +495,7 @@ def write_report(root: str | Path) -> Path:
     figure_size(g, task, root / "size.png")
     figure_difficulty(g, sizes, task, root / "difficulty.png")
     has_pass = figure_pass_k(g, sizes, task, root / "pass_at_k.png")
+    has_frontier = figure_frontier(g, sizes, task, root / "frontier.png")
     problems = {len(rec[f"{SPLIT}/exact"]) for r in runs if (rec := r.problem_record(int(r.steps[-1]))) is not None
                 and f"{SPLIT}/exact" in rec}
     lines = [f"# {root.name}: {task}", "", status.headline(root), ""]
@@ -487,6 +525,11 @@ def write_report(root: str | Path) -> Path:
         "![pass@k](pass_at_k.png)" if has_pass else "No run sampled completions: set `eval.pass_k` (e.g. [1,4,16,64]).",
         "",
     ]
+    if has_frontier:
+        lines += ["## (f) Length frontier vs compute", "",
+                  "The largest length L with exact match >= the run's `eval.frontier_threshold` at every "
+                  "held-out length up to L (test lengths, then the extrapolation lengths).", "",
+                  "![frontier](frontier.png)", ""]
     out = root / "report.md"
     atomic_write(out, lambda f: f.write("\n".join(lines).encode()))
     return out
