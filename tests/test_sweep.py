@@ -1,4 +1,5 @@
 """``emergent sweep``: a grid validated before anything runs, run as Ray tasks, re-runnable."""
+import itertools
 import math
 import re
 import subprocess
@@ -158,7 +159,22 @@ BAD_SWEEPS = [  # (what is wrong, the change to TINY_SWEEP, words the one-line e
      ["share a run name"]),
     ("a warm_start that is not a mapping", ("warm_start: {train.steps: 2, runtime: local}", "warm_start: [2]"),
      ["warm_start"]),
+    ("a skip entry naming a value not in the grid", ("resources:", "skip: [{seed: 7}]\nresources:"),
+     ["skip entry", "seed=7", "not in the grid"]),
+    ("a skip that is not a list of mappings", ("resources:", "skip: {seed: 0}\nresources:"), ["skip must be a list"]),
 ]
+
+
+def test_skip_leaves_out_the_combinations_it_names_and_their_warm_starts(tmp_path):
+    from emergent.platform.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(TINY_SWEEP.replace("resources:", "skip: [{train.method: expert_iteration, seed: 1}]\nresources:"))
+    sweep, configs = load_sweep(path)
+    assert [c.name for c in sweep.cells if c.role == "run"] == ["supervised_seed0", "supervised_seed1",
+                                                                 "expert_iteration_seed0"]
+    assert [c.name for c in sweep.cells if c.role == "warm_start"] == ["warm_start_seed0"]
+    assert set(configs) == {c.name for c in sweep.cells}
 
 
 @pytest.mark.parametrize("what,change,words", BAD_SWEEPS, ids=[b[0] for b in BAD_SWEEPS])
@@ -192,7 +208,10 @@ def test_the_committed_sweep_files_load_and_every_cell_validates(path):
     sweep, configs = load_sweep(path)
     spec = load_yaml(path)
     runs = [c for c in sweep.cells if c.role == "run"]
-    assert len(runs) == math.prod(len(v) for v in spec["grid"].values())
+    grid = spec["grid"]
+    combos = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
+    kept = [c for c in combos if not any(all(c[k] == v for k, v in x.items()) for x in spec.get("skip", []))]
+    assert len(runs) == len(kept) and len(kept) <= math.prod(len(v) for v in grid.values())
     assert set(configs) == {c.name for c in sweep.cells}
     if "flop_budget" not in spec:  # not a comparison (quickstart_seeds: one method over seeds)
         assert {configs[c.name].train.method for c in runs} == {"supervised"} and "warm_start" not in spec

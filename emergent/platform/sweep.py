@@ -17,6 +17,8 @@ with a run name that spells its cell, so TensorBoard overlays them::
     warm_start: {train.steps: 3000}       # optional: self-improvement runs start from a
                                           # supervised run of the same cell (method aside),
                                           # trained once and shared
+    skip:                                 # optional: combinations left out, each a partial
+      - {train.method: expert_iteration, model.d_model: 64}   # cell (every key it names matches)
     resources: {cpus: 1, gpus: 0}         # per run
 
 Every cell's config is built and validated before any run starts: one bad cell exits 2,
@@ -50,7 +52,7 @@ from omegaconf import OmegaConf
 from .checkpoint import DONE, FAILED, LAST, STARTED, SWEEP_FILE, atomic_write
 from .config import Config, ConfigError, flatten, load_config, load_yaml, to_yaml
 
-SWEEP_KEYS = {"experiment", "base", "grid", "per_method", "flop_budget", "warm_start", "resources"}
+SWEEP_KEYS = {"experiment", "base", "grid", "per_method", "flop_budget", "warm_start", "resources", "skip"}
 WARM = "supervised"  # the method a shared warm start trains
 SYSTEM_RETRIES = 3   # times a run lost with its worker or node is run again (from its checkpoint)
 
@@ -114,6 +116,14 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
     budget = spec.get("flop_budget")
     warm = spec.get("warm_start")
     resources = spec.get("resources") or {}
+    skip = spec.get("skip") or []
+    if not isinstance(skip, list) or not all(isinstance(x, dict) and x for x in skip):
+        raise ConfigError(f"sweep {path}: skip must be a list of partial cells (mappings of grid keys to values)")
+    skip = [flatten(x) for x in skip]
+    for partial in skip:
+        for k, v in partial.items():
+            if k not in grid or v not in grid[k]:
+                raise ConfigError(f"sweep {path}: skip entry {partial} names {k}={v!r}, which is not in the grid")
     shared = [*base_keys, f"experiment={experiment}"]
     common = [*(["train.flop_budget=" + _value(budget)] if budget is not None else [])]
 
@@ -126,6 +136,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
     warm_keys = set(flatten(warm)) if isinstance(warm, dict) else set()
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
+        if any(all(values[k] == v for k, v in partial.items()) for partial in skip):
+            continue
         name = _name(values)
         cell_over = [f"{k}={_value(v)}" for k, v in values.items()]
         try:
