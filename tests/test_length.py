@@ -117,6 +117,7 @@ def test_label_filters_on_hand_made_labels():
     votes = [["123", "123", "9"], ["1", "2", "3"], ["12"] * 3, ["1"] * 3, ["123"] * 3]
     assert keep_labels("vote", labels, finished, votes=votes, threshold=0.6).tolist() == [1, 0, 1, 1, 0]
     assert keep_labels("oracle", labels, finished, right=np.array([0, 1, 1, 1, 1])).tolist() == [0, 1, 1, 1, 0]
+    assert keep_labels("length+vote", labels, finished, votes=votes, threshold=0.6).tolist() == [1, 0, 1, 0, 0]
     rng = np.random.default_rng(0)
     for _ in range(50):
         bad = corrupt("5831", rng)

@@ -18,7 +18,7 @@ Filters: ``none`` keeps every label that ended with EOS (an unfinished label is 
 commonest length (Lee's length filter for forward addition: a label too short has lost digits);
 ``vote`` keeps a label when at least ``vote_threshold`` of ``votes`` samples at
 ``vote_temperature`` give the same answer (Lee vote across models; here across samples of
-one model). ``noise`` replaces that share of labels with a wrong one (one digit changed) before the
+one model); ``length+vote`` applies both. ``noise`` replaces that share of labels with a wrong one (one digit changed) before the
 filter: the negative control, the "error avalanche" of unfiltered self-labels.
 
 The labelling costs generation FLOPs (``compute/generate_flops``); the learner step is
@@ -54,15 +54,16 @@ class SelfLabelConfig:
     round_steps: int = 500          # training steps per round (a round adds one difficulty)
     problems: int = 1024            # fresh prompts labelled per round
     share: float = 0.5              # share of each batch from the self-labelled buffer (the rest: gold of [1, n])
-    filter: str = "none"            # none | length | vote | oracle (the ablation that reads the verifier)
+    filter: str = "none"            # none | length | vote | length+vote | oracle (the ablation: the verifier)
     votes: int = 5                  # filter=vote: samples per prompt
     vote_threshold: float = 0.7     # filter=vote: share of the samples that must give the label's answer
     vote_temperature: float = 1.0
     noise: float = 0.0              # share of labels replaced by a wrong one before the filter (negative control)
 
     def validate(self) -> None:
-        if self.filter not in FILTERS:
-            raise ValueError(f"self_label.filter={self.filter!r} is not valid; choose one of {list(FILTERS)}")
+        if not self.filter or any(f not in FILTERS for f in self.filter.split("+")):
+            raise ValueError(f"self_label.filter={self.filter!r} is not valid; choose one of {list(FILTERS)}, "
+                             f"or several joined by '+'")
         if self.round_steps < 1 or self.problems < 1 or self.votes < 1:
             raise ValueError("self_label.round_steps, self_label.problems and self_label.votes must be >= 1")
         for key in ("share", "vote_threshold", "noise"):
@@ -88,15 +89,16 @@ def keep_labels(filter_: str, labels: list[str], finished: np.ndarray, *, votes:
     ``votes``: per prompt the sampled answers (filter=vote); ``right``: the verifier's
     verdicts (filter=oracle)."""
     keep = np.asarray(finished, dtype=bool).copy()
-    if filter_ == "length" and keep.any():
+    filters = filter_.split("+")
+    if "length" in filters and keep.any():
         lengths = np.array([len(s) for s in labels])
         common = Counter(lengths[keep].tolist()).most_common(1)[0][0]
         keep &= np.abs(lengths - common) <= 1
-    elif filter_ == "vote":
+    if "vote" in filters:
         answers = [extract_answer(s) for s in labels]
         agree = np.array([sum(a == v for v in vs) / max(1, len(vs)) for a, vs in zip(answers, votes)])
         keep &= agree >= threshold
-    elif filter_ == "oracle":
+    if "oracle" in filters:
         keep &= np.asarray(right, dtype=bool)
     return keep
 
@@ -154,13 +156,13 @@ class SelfLabel:
         noisy = self.rng.random(len(labels)) < c.noise
         labels = [corrupt(s, self.rng) if n else s for s, n in zip(labels, noisy)]
         votes = right = None
-        if c.filter == "vote":
+        if "vote" in c.filter.split("+"):
             drawn = sample_rollouts(self.policy, prompts, c.votes, temperature=c.vote_temperature,
                                     generator=self.generator, device=self.device)
             flops += drawn.flops
             answers = [extract_answer(s) for s in drawn.completions]
             votes = [answers[i * c.votes:(i + 1) * c.votes] for i in range(len(prompts))]
-        if c.filter == "oracle":  # the ablation: the verifier picks the labels
+        if "oracle" in c.filter.split("+"):  # the ablation: the verifier picks the labels
             right = self.task.verify_batch(problems, labels).exact
         keep = keep_labels(c.filter, labels, greedy.finished, votes=votes, threshold=c.vote_threshold, right=right)
         self.buffer += [(prompts[i], labels[i]) for i in np.flatnonzero(keep)]
