@@ -306,9 +306,28 @@ def test_a_position_scheme_is_a_series_of_its_size_compared_with_learned_supervi
     assert {r.reference for r in runs} == {"supervised"}
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table(g)[2:]}
     m, h = t_interval(np.array([5.0, 6.0, 7.0]))
-    assert rows["supervised, pos=abacus, place_offset=4"][-1] == f"{m:.3f} ± {h:.3f}".replace(".000", "")
-    assert rows["self_label, pos=abacus"][-1] == "7 ± 0"
+    assert rows["supervised, pos=abacus, place_offset=4"][-2] == f"{m:.3f} ± {h:.3f}".replace(".000", "")
+    assert rows["self_label, pos=abacus"][-2] == "7 ± 0"
     assert rows["self_label, pos=abacus"][7].startswith("+0.000")  # compared with learned supervised
+    # the frontier's difference from learned supervised (3 at every seed): Welch over seeds, as the
+    # warm starts of a scheme are no prefix of a learned-position run
+    iv = difference_interval(np.array([[5.0], [6.0], [7.0]]), np.array([[3.0]] * 3), paired=False)
+    assert rows["supervised, pos=abacus, place_offset=4"][-1] == (
+        f"{iv.diff:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] t({iv.df:.1f}) Welch, seeds only")
+    assert rows["supervised"][-1] == "reference"
     sizes = list(dict.fromkeys((r.params, r.size) for r in runs))
     assert figure_frontier(g, sizes, "addition", tmp_path / "frontier.png") and (tmp_path / "frontier.png").stat().st_size
     assert not figure_frontier(groups([r for r in runs if r.name == "none"]), sizes, "addition", tmp_path / "x.png")
+
+
+def test_seeds_pair_only_with_a_reference_their_warm_starts_are_a_prefix_of(tmp_path):
+    from dataclasses import replace
+
+    from emergent.platform.report import pairs
+
+    ei = [record(f"e{s}", "expert_iteration", s, [1.0, 2.0], [[True, False]] * 2, tmp_path, shares_start=True)
+          for s in range(3)]
+    sup = [record(f"s{s}", "supervised", s, [1.0, 2.0], [[True, False]] * 2, tmp_path) for s in range(3)]
+    assert pairs(ei, sup) and not pairs(sup, sup)  # supervised runs start from nothing shared
+    assert not pairs([replace(r, scheme="pos=abacus") for r in ei], sup)  # an abacus warm start: no prefix
+    assert not pairs(ei[:2], sup)

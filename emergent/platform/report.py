@@ -64,6 +64,7 @@ class RunRecord:
     budget: Optional[float] = None  # train.flop_budget: the run ends at the step that passes it
     shares_start: bool = False   # started from its seed's shared warm start (or is one)
     check_steps: bool = False    # task.check_steps: the verdict already required every step true
+    scheme: str = ""             # its position scheme when not learned ("pos=abacus, place_offset=10")
 
     def final(self, tag: str) -> float:
         v = self.evals.get(tag)
@@ -162,6 +163,7 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
     scheme = [f"pos={model['pos']}"] if model.get("pos", "learned") != "learned" else []
     scheme += [f"place_offset={model['place_offset']}"] if model.get("place_offset") else []
     series = ", ".join(["warm start" if role == "warm_start" else method, *scheme, *extras])
+    scheme = ", ".join(scheme)
     reference = ", ".join([REFERENCE, *extras])
     # its size: the parameters at learned positions (a scheme's own table does not make a size)
     params = _params(json.dumps({**model, "pos": "learned", "place_offset": 0}, sort_keys=True))
@@ -176,7 +178,7 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
                      done, steps[:e], np.asarray(vs[:e], dtype=np.float64) * tags.VS_FLOPS_UNIT, evals,
                      float(elapsed[-1]), tuple(task["difficulty"]), tuple(task["extrapolate"]),
                      cfg["train"].get("flop_budget"), role == "warm_start" or bool((cell or {}).get("warm_start")),
-                     bool(task.get("check_steps", False)))
+                     bool(task.get("check_steps", False)), scheme)
 
 
 def read_experiment(root: Path) -> tuple[list[RunRecord], Status]:
@@ -261,12 +263,34 @@ class Comparison:
     interpolated: tuple[bool, bool]
 
 
+def pairs(runs: list[RunRecord], ref: list[RunRecord]) -> bool:
+    """Seed s of ``runs`` and of ``ref`` share their start: the series started from its seeds'
+    shared warm starts, which are the reference's own prefix (same seeds, same position
+    scheme: a warm start with abacus positions is no prefix of a learned-position run)."""
+    runs, ref = sorted(runs, key=lambda r: r.seed), sorted(ref, key=lambda r: r.seed)
+    return (all(r.shares_start for r in runs) and [r.seed for r in runs] == [r.seed for r in ref]
+            and {r.scheme for r in runs} == {r.scheme for r in ref})
+
+
+def frontier_difference(runs: list[RunRecord], ref: list[RunRecord]) -> Optional[Interval]:
+    """The final length frontier's difference from the reference's, with its 95 % interval
+    over seeds (paired as ``pairs``); None where a side logged none. Read at the finals:
+    equal FLOPs when every run ended at the sweep's budget."""
+    tag = tags.EVAL_LENGTH_FRONTIER
+    runs, ref = sorted(runs, key=lambda r: r.seed), sorted(ref, key=lambda r: r.seed)
+    a, b = (np.array([[r.final(tag)] for r in rs]) for rs in (runs, ref))
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return None
+    return difference_interval(a, b, paired=pairs(runs, ref))
+
+
 def equal_flops_difference(runs: list[RunRecord], ref: list[RunRecord]) -> Optional[Comparison]:
     """Each method's test exact match minus supervised's at the same FLOPs F, the smallest
     final (budget-clipped, ``read_flops``) FLOPs of any run of either: when every run
     reached the budget, every run is read at its budget evaluation; otherwise at F, between
     its evaluations by linear interpolation. Seeds pair when the series started from its
     seeds' shared warm starts (seed s of both sides then share their first F_warm FLOPs)."""
+    paired = pairs(runs, ref)
     flops = min(read_flops(r)[-1] for r in [*runs, *ref])
     runs, ref = sorted(runs, key=lambda r: r.seed), sorted(ref, key=lambda r: r.seed)
     a, b = [read_at(r, flops) for r in runs], [read_at(r, flops) for r in ref]
@@ -276,7 +300,6 @@ def equal_flops_difference(runs: list[RunRecord], ref: list[RunRecord]) -> Optio
     if len({len(v) for v in rows}) != 1 or len(rows[0]) == 1:  # per-problem verdicts for every run, or means
         rows = [v.mean(keepdims=True) for v in rows]
     va, vb = np.stack(rows[:len(a)]), np.stack(rows[len(a):])
-    paired = all(r.shares_start for r in runs) and [r.seed for r in runs] == [r.seed for r in ref]
     return Comparison(difference_interval(va, vb, paired=paired), float(flops),
                       (float(np.mean([x.flops for x in a])), float(np.mean([x.flops for x in b]))),
                       (any(x.interpolated for x in a), any(x.interpolated for x in b)))
@@ -463,7 +486,8 @@ def table(g) -> list[str]:
     supervised at equal FLOPs (``equal_flops_difference``) with the FLOPs each side was read at."""
     rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s "
             "(this run) | Δ exact match vs supervised at equal FLOPs [95 % interval] | read at FLOPs (this / "
-            "supervised) | test sound exact match | length frontier |", "|" + "---|" * 12]
+            "supervised) | test sound exact match | length frontier | Δ frontier vs supervised (finals) |",
+            "|" + "---|" * 13]
     for (params, series), rs in g.items():
         em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
                         for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match")))
@@ -472,15 +496,19 @@ def table(g) -> list[str]:
         own = series == rs[0].reference
         ref = g.get((params, rs[0].reference))
         cmp, at = ("reference", "") if own else ("—", "")
+        dfront = "reference" if own else "—"
         if ref is not None and not own:
             c = equal_flops_difference(rs, ref)
             if c is not None:
                 cmp, at = delta_cell(c), read_cell(c)
+            f = frontier_difference(rs, ref)
+            if f is not None:
+                dfront = delta_cell(Comparison(f, math.nan, (math.nan, math.nan), (False, False)))
         unfinished = sum(not r.finished for r in rs)
         rows.append(f"| {series} | {rs[0].size} | {len(rs)}{f' ({unfinished} running)' if unfinished else ''} "
                     f"| {_pm(*em)} | {_pm(*tok)} | {_pm(*ext)} | {np.mean([r.flops[-1] for r in rs]):.2e} "
                     f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} | {at} | {_pm(*sound)} "
-                    f"| {_pm(*front).replace('.000', '')} |")
+                    f"| {_pm(*front).replace('.000', '')} | {dfront} |")
     return rows
 
 
@@ -517,7 +545,11 @@ def write_report(root: str | Path) -> Path:
         "A row with one seed has no interval over seeds. ± is the 95 % t interval over seeds. Wall s is the "
         "run's own clock (a warm start's is its own row), on whatever the run shared its machine with. Sound "
         "exact match: the answer is right and every step of the scratchpad is true (tasks with a step checker; "
-        "— elsewhere), whatever `task.check_steps` made the verifier accept.", "",
+        "— elsewhere), whatever `task.check_steps` made the verifier accept. Length frontier (runs that log "
+        "`eval/frontier`): the longest held-out length up to which every length reaches the run's "
+        "`eval.frontier_threshold`; its Δ is the final frontier minus supervised's, Student's t over seeds "
+        "(a frontier has no problems to resample), read at the finals: equal FLOPs when every run reached "
+        "the budget.", "",
         "## (a) Test exact match vs compute", "", "![compute](compute.png)", "",
         "## (b) Emergence: exact match and token accuracy vs model size", "", "![size](size.png)", "",
         "## (c) Exact match per difficulty", "", "![difficulty](difficulty.png)", "",
