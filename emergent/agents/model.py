@@ -336,10 +336,10 @@ class TransformerLM(nn.Module):
         states, each one token past its parent); else they come from ``idx`` and the cache."""
         B, T = idx.shape
         t0 = cache.length if cache is not None else 0
-        if pos is None:
-            pos = (torch.arange(T, device=idx.device) + t0).expand(B, T)
-        if self.cfg.pos in PLACE_SCHEMES:
+        if self.cfg.pos in PLACE_SCHEMES:  # positions are the digits' places
             pos = self._places(idx, cache) if place is None else place
+        elif pos is None:
+            pos = (torch.arange(T, device=idx.device) + t0).expand(B, T)
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(pos)

@@ -42,7 +42,7 @@ from .method import register_method
 from .model import TransformerLM
 from .records import Experience, Prompts, StepResult
 from .rollouts import sample_rollouts
-from .supervised import completion_nll
+from .supervised import completion_nll, gold_experience
 from .token_batch import encode_batch
 
 FILTERS = ("none", "length", "vote", "oracle")
@@ -139,35 +139,31 @@ class SelfLabel:
         return min(self.top + self.round, self.task.max_difficulty)
 
     def collect(self, batch: Prompts) -> Experience:
-        P = len(batch.prompts)
-        done = np.ones(P, dtype=bool)
-        return Experience(list(batch.prompts), np.arange(P), list(batch.gold), finished=done, labels=done * 1.0,
-                          scores=done * 1.0, heldout=~done, heldout_probs=np.zeros(0), flops={})
+        return gold_experience(batch)  # the gold of [1, n]; the labels join in learn
 
     @torch.no_grad()
     def label_round(self) -> float:
         """A new round: label fresh prompts one difficulty up, filter, add. Returns its FLOPs."""
         self.round += 1
-        c, d = self.cfg, self.difficulty
+        c, d, filters = self.cfg, self.difficulty, self.cfg.filter.split("+")
         problems = [self.task.make_problem(self.rng, d) for _ in range(c.problems)]
         prompts = [p.prompt for p in problems]  # the answers stay in `problems`, read only below the filter
         greedy = sample_rollouts(self.policy, prompts, 1, temperature=0.0, generator=None, device=self.device)
         labels, flops = list(greedy.completions), greedy.flops
         noisy = self.rng.random(len(labels)) < c.noise
         labels = [corrupt(s, self.rng) if n else s for s, n in zip(labels, noisy)]
-        votes = right = None
-        if "vote" in c.filter.split("+"):
+        votes = None
+        if "vote" in filters:
             drawn = sample_rollouts(self.policy, prompts, c.votes, temperature=c.vote_temperature,
                                     generator=self.generator, device=self.device)
             flops += drawn.flops
             answers = [extract_answer(s) for s in drawn.completions]
             votes = [answers[i * c.votes:(i + 1) * c.votes] for i in range(len(prompts))]
-        if "oracle" in c.filter.split("+"):  # the ablation: the verifier picks the labels
-            right = self.task.verify_batch(problems, labels).exact
-        keep = keep_labels(c.filter, labels, greedy.finished, votes=votes, threshold=c.vote_threshold, right=right)
-        self.buffer += [(prompts[i], labels[i]) for i in np.flatnonzero(keep)]
-        # measured afterwards against gold, for the log only
+        # against gold: for the log, and for the oracle ablation's filter alone (the method never reads it)
         correct = self.task.verify_batch(problems, labels).exact
+        keep = keep_labels(c.filter, labels, greedy.finished, votes=votes, threshold=c.vote_threshold,
+                           right=correct if "oracle" in filters else None)
+        self.buffer += [(prompts[i], labels[i]) for i in np.flatnonzero(keep)]
         self.last = {tags.SELF_LABEL_ROUND: float(self.round), tags.SELF_LABEL_DIFFICULTY: float(d),
                      tags.SELF_LABEL_KEPT: float(keep.mean()), tags.SELF_LABEL_BUFFER: float(len(self.buffer)),
                      tags.SELF_LABEL_ACCURACY: float(correct.mean()),

@@ -37,6 +37,15 @@ def completion_nll(model: TransformerLM, batch: TokenBatch, *, exact: bool = Fal
     return loss, hit.all(1)
 
 
+def gold_experience(batch: Prompts) -> Experience:
+    """The batch's gold traces (or answers) as experience: one finished, correct trace per
+    problem, nothing held out, nothing spent."""
+    P = len(batch.prompts)
+    done = np.ones(P, dtype=bool)
+    return Experience(list(batch.prompts), np.arange(P), list(batch.gold), finished=done, labels=done * 1.0,
+                      scores=done * 1.0, heldout=~done, heldout_probs=np.zeros(0), flops={})
+
+
 @register_method
 class Supervised:
     name = "supervised"
@@ -59,10 +68,7 @@ class Supervised:
         """Nothing is drawn: the data stream is the platform's, and updates are deterministic."""
 
     def collect(self, batch: Prompts) -> Experience:
-        P = len(batch.prompts)
-        done = np.ones(P, dtype=bool)
-        return Experience(list(batch.prompts), np.arange(P), list(batch.gold), finished=done, labels=done * 1.0,
-                          scores=done * 1.0, heldout=~done, heldout_probs=np.zeros(0), flops={})
+        return gold_experience(batch)
 
     def learn(self, experience: Experience) -> StepResult:
         """One step; the loss, grad norm and per-problem exact match stay on the device."""

@@ -39,7 +39,6 @@ from .metrics import pass_at_k
 from .stats import Interval, difference_interval, t_interval
 
 REFERENCE = "supervised"  # with learned positions: the series every other is compared with
-SCHEME_KEYS = ("model.pos", "model.place_offset")  # grid keys that name a series, not a size
 SPLIT, EXTRA = "test", "extrapolate"
 DIFFICULTY = {"addition": "digits per operand", "multiplication": "digits of the first operand",
               "sorting": "list length", "countdown": "numbers given"}  # what each task's knob counts
@@ -336,18 +335,23 @@ def _band(ax, x, mean, half, label, **kw):
         ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
+def _band_vs_flops(ax, rs: list[RunRecord], tag: str, series: str) -> None:
+    """One series' ``tag`` against cumulative FLOPs over the span every seed covers: mean and
+    95 % band over seeds."""
+    lo, hi = max(r.flops[0] for r in rs), min(r.flops[-1] for r in rs)
+    grid = np.unique(np.concatenate([r.flops[(r.flops >= lo) & (r.flops <= hi)] for r in rs]))
+    curves = np.stack([np.interp(grid, r.flops, r.evals[tag]) for r in rs])
+    _band(ax, grid, *t_interval(curves), f"{series} ({len(rs)} seeds)", marker=".")
+
+
 def figure_compute(g, sizes, task: str, path: Path) -> None:
     """(a) test exact match against cumulative FLOPs, mean and 95 % band over seeds."""
     fig, axes = _panels(len(sizes), f"{task}: test exact match vs compute (mean, 95% CI over seeds)")
     tag = tags.eval_tag(SPLIT, "exact_match")
     for ax, (params, size) in zip(axes, sizes):
         for (p, series), rs in g.items():
-            if p != params:
-                continue
-            lo, hi = max(r.flops[0] for r in rs), min(r.flops[-1] for r in rs)  # the span every seed covers
-            grid = np.unique(np.concatenate([r.flops[(r.flops >= lo) & (r.flops <= hi)] for r in rs]))
-            curves = np.stack([np.interp(grid, r.flops, r.evals[tag]) for r in rs])
-            _band(ax, grid, *t_interval(curves), f"{series} ({len(rs)} seeds)", marker=".")
+            if p == params:
+                _band_vs_flops(ax, rs, tag, series)
         ax.set(title=size, xlabel="cumulative FLOPs (warm start included)", ylabel="test exact match", ylim=(-0.02, 1.02))
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -411,10 +415,7 @@ def figure_frontier(g, sizes, task: str, path: Path) -> bool:
             if p != params or not rs:
                 continue
             top = rs[0].train_range[1]
-            lo, hi = max(r.flops[0] for r in rs), min(r.flops[-1] for r in rs)
-            grid = np.unique(np.concatenate([r.flops[(r.flops >= lo) & (r.flops <= hi)] for r in rs]))
-            curves = np.stack([np.interp(grid, r.flops, r.evals[tag]) for r in rs])
-            _band(ax, grid, *t_interval(curves), f"{series} ({len(rs)} seeds)", marker=".")
+            _band_vs_flops(ax, rs, tag, series)
         if top is not None:
             ax.axhline(top, color="grey", linestyle=":", label="longest training length")
         ax.set(title=size, xlabel="cumulative FLOPs (warm start included)",
