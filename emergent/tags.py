@@ -26,6 +26,7 @@ SELF_LABEL_KEPT = "self_label/kept_fraction"               # of its labels, kept
 SELF_LABEL_BUFFER = "self_label/buffer"                    # labels of every round so far
 SELF_LABEL_ACCURACY = "self_label/label_accuracy"          # of all its labels
 SELF_LABEL_KEPT_ACCURACY = "self_label/kept_label_accuracy"  # of the kept ones: what training sees
+SELF_LABEL_CONSISTENCY = "self_label/consistency"           # fast mode: the model's own estimate at the top
 SEARCH_INFORMATIVE_FRACTION = "search/informative_fraction"  # alphazero: searched moves with a verdict below a root child
 # alphazero (search.diagnostics): at informative moves where the improved policy's argmax and the
 # policy's differ, both completed greedily and judged: the share of decided pairs the improved

@@ -48,6 +48,18 @@ def planted(policy, prompts, samples, *, temperature, generator, device):
     return Rollouts(rows, [prompts[r] for r in rows], [labels[r] for r in rows], np.ones(len(rows), bool), 1e6)
 
 
+def planted_up_to(longest):
+    """``planted``, whose samples (temperature > 0) give "0" on operands longer than
+    ``longest`` digits: consistent up to there, unsure above."""
+    def labeller(policy, prompts, samples, *, temperature, generator, device):
+        out = planted(policy, prompts, samples, temperature=temperature, generator=generator, device=device)
+        if temperature > 0:
+            out.completions[:] = ["0" if max(map(len, p.rstrip("=").split("+"))) > longest else c
+                                  for p, c in zip(out.prompts, out.completions)]
+        return out
+    return labeller
+
+
 def self_label(tmp_path, *overrides):
     from emergent.platform.config import load_config
     from emergent.platform.experiment import Experiment
@@ -107,6 +119,32 @@ def test_noise_corrupts_labels_and_the_vote_filter_drops_what_the_samples_disagr
     assert exp.method.buffer == []
 
 
+def test_a_fast_round_labels_up_to_the_longest_self_consistent_difficulty(tmp_path, monkeypatch):
+    # the planted labeller is consistent up to 5 digits: from n = 2, the first fast round
+    # labels 3, 4 and 5 (fast_max 4 would allow 6); the next, where 6 falls short, adds 6 alone
+    import emergent.agents.self_label as sl
+
+    monkeypatch.setattr(sl, "sample_rollouts", planted_up_to(5))
+    exp = self_label(tmp_path, "self_label.fast=true", "self_label.fast_probes=8", "self_label.problems=30")
+    step = exp.train_step()
+    method = exp.method
+    assert method.round == 1 and method.difficulty == 5
+    lengths = [max(map(len, p.rstrip("=").split("+"))) for p, _ in method.buffer]
+    assert sorted(set(lengths)) == [3, 4, 5] and lengths.count(3) == lengths.count(4) == 10  # spread evenly
+    assert step.scalars["self_label/difficulty"] == 5 and step.scalars["self_label/consistency"] == 1.0
+    # the probes' generation counts: 4 candidate difficulties x 8 probes, greedy and 5 votes each,
+    # then the labels (1e6 FLOPs a call in `planted`)
+    assert exp.ledger.parts["generate"] == 3e6
+    exp.train_step()
+    step = exp.train_step()
+    assert method.round == 2 and method.difficulty == 6 and step.scalars["self_label/consistency"] == 0.0
+    assert len(method.buffer) == 60
+    # without fast mode the same labeller moves one difficulty a round and logs no consistency
+    exp = self_label(tmp_path, "run_name=slow")
+    step = exp.train_step()
+    assert exp.method.difficulty == 3 and "self_label/consistency" not in step.scalars
+
+
 def test_label_filters_on_hand_made_labels():
     from emergent.agents.self_label import corrupt, keep_labels
 
@@ -118,6 +156,11 @@ def test_label_filters_on_hand_made_labels():
     assert keep_labels("vote", labels, finished, votes=votes, threshold=0.6).tolist() == [1, 0, 1, 1, 0]
     assert keep_labels("oracle", labels, finished, right=np.array([0, 1, 1, 1, 1])).tolist() == [0, 1, 1, 1, 0]
     assert keep_labels("length+vote", labels, finished, votes=votes, threshold=0.6).tolist() == [1, 0, 1, 0, 0]
+    # a fast round labels several difficulties: the commonest length is each one's own
+    two = ["12", "123", "12", "12345", "1234", "12345", "12345"]
+    by = np.array([2, 2, 2, 4, 4, 4, 4])
+    assert keep_labels("length", two, np.ones(7, bool), difficulty=by).all()
+    assert keep_labels("length", two, np.ones(7, bool)).tolist() == [0, 0, 0, 1, 1, 1, 1]  # one group: commonest 5
     rng = np.random.default_rng(0)
     for _ in range(50):
         bad = corrupt("5831", rng)
