@@ -38,6 +38,9 @@ TARGETS = ("trace", "answer")
 @dataclass
 class TaskConfig:
     name: str = "addition"
+    # a module imported before the task is looked up (a dotted name on sys.path): a task
+    # written outside emergent registers itself there with ``@register_task``
+    module: Optional[str] = None
     format: Optional[str] = None          # null: the task's default format (resolved when loaded)
     difficulty: List[int] = field(default_factory=lambda: [1, 3])   # training range [lo, hi]
     extrapolate: List[int] = field(default_factory=lambda: [4, 5])  # held-out range above it
@@ -149,9 +152,24 @@ class Config:
         return SplitSpec(train=tuple(self.task.difficulty), extrapolate=tuple(self.task.extrapolate))
 
 
+def import_task_module(module: Optional[str]) -> None:
+    """Import ``task.module`` (where an outside task registers itself); a one-line error if it
+    cannot be imported. Every process that builds the task calls it (through ``build_task``)."""
+    if module is None:
+        return
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's module is a config error
+        raise ConfigError(f"task.module={module!r} cannot be imported: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 def build_task(cfg: Config) -> Task:
     """The task a config names, with its format, held-out share and step checking."""
     t = cfg.task
+    import_task_module(t.module)
     return make_task(t.name, format=t.format, heldout_fraction=t.heldout_fraction, check_steps=t.check_steps)
 
 
@@ -261,6 +279,7 @@ def _choice(key: str, value: str, choices: Sequence[str]) -> None:
 
 def validate(cfg: Config) -> None:
     """Semantic checks OmegaConf's types cannot express."""
+    import_task_module(cfg.task.module)
     _choice("task.name", cfg.task.name, TASKS)
     _choice("train.method", cfg.train.method, METHODS)
     _choice("runtime", cfg.runtime, RUNTIMES)
