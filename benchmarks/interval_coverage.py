@@ -24,6 +24,7 @@ Scenarios:
 
     python benchmarks/interval_coverage.py [--repeats 2000] [--seeds 3] [--problems 200]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,16 @@ DIFFICULTY_SD = 1.0
 
 def bootstrap_before(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, rounds: int = 2000) -> tuple[float, float]:
     """The report's interval before this change: resample seeds of each side and problems."""
+
     def weights(n: int) -> np.ndarray:
         w = np.zeros((rounds, n))
         np.add.at(w, (np.arange(rounds)[:, None], rng.integers(0, n, (rounds, n))), 1.0 / n)
         return w
 
     problems = weights(a.shape[1])
-    diff = (np.einsum("bs,sp,bp->b", weights(len(a)), a, problems)
-            - np.einsum("bs,sp,bp->b", weights(len(b)), b, problems))
+    diff = np.einsum("bs,sp,bp->b", weights(len(a)), a, problems) - np.einsum(
+        "bs,sp,bp->b", weights(len(b)), b, problems
+    )
     lo, hi = np.percentile(diff, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -54,7 +57,7 @@ def bootstrap_before(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, rou
 def welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     ma, mb = a.mean(1), b.mean(1)
     va, vb = ma.var(ddof=1) / len(ma), mb.var(ddof=1) / len(mb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(ma) - 1) + vb ** 2 / (len(mb) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(ma) - 1) + vb**2 / (len(mb) - 1))
     h = t_quantile(df) * np.sqrt(va + vb)
     d = ma.mean() - mb.mean()
     return d - h, d + h
@@ -80,12 +83,12 @@ def seed_sd_for(target: float, problems: int, rng: np.random.Generator) -> float
 
 def draw(rng, seeds: int, problems: int, tau: float, rho: float, interaction: float):
     """Verdicts [S, P] of two equal methods."""
-    beta = LOGIT_BASE + DIFFICULTY_SD * rng.standard_normal(problems)             # the test set
+    beta = LOGIT_BASE + DIFFICULTY_SD * rng.standard_normal(problems)  # the test set
     shared = rng.standard_normal(seeds)
-    u = [tau * (rho * shared + np.sqrt(1 - rho ** 2) * rng.standard_normal(seeds)) for _ in range(2)]
+    u = [tau * (rho * shared + np.sqrt(1 - rho**2) * rng.standard_normal(seeds)) for _ in range(2)]
     out = []
     for m in range(2):
-        g = interaction * rng.standard_normal(problems)                           # method x problem
+        g = interaction * rng.standard_normal(problems)  # method x problem
         p = 1 / (1 + np.exp(-(beta[None, :] + u[m][:, None] + g[None, :])))
         out.append((rng.random((seeds, problems)) < p).astype(np.float64))
     return out
@@ -99,17 +102,21 @@ def main() -> None:
     ap.add_argument("--rng", type=int, default=0)
     args = ap.parse_args()
     rng = np.random.default_rng(args.rng)
-    print(f"null comparisons of two equal methods: {args.repeats} repeats, {args.seeds} seeds per method, "
-          f"{args.problems} problems; share of 95 % intervals that exclude zero (nominal 0.05)")
+    print(
+        f"null comparisons of two equal methods: {args.repeats} repeats, {args.seeds} seeds per method, "
+        f"{args.problems} problems; share of 95 % intervals that exclude zero (nominal 0.05)"
+    )
     print(f"{'scenario':<34} {'seed sd':>7} {'before':>7} {'after':>7} {'welch':>7} {'after width':>11} {'s':>5}")
-    for name, target, rho, inter, paired in (("seeds (independent)", 0.05, 0.0, 0.0, False),
-                                             ("seeds (independent), 2x spread", 0.10, 0.0, 0.0, False),
-                                             ("shared warm start (rho 0.8), paired", 0.05, 0.8, 0.0, True),
-                                             ("shared warm start, 2x spread", 0.10, 0.8, 0.0, True),
-                                             ("independent, compared paired", 0.05, 0.0, 0.0, True),
-                                             ("problem interaction sd 1", 0.05, 0.0, 1.0, False),
-                                             ("problem interaction, 2x spread", 0.10, 0.0, 1.0, False),
-                                             ("problem interaction, shared, paired", 0.05, 0.8, 1.0, True)):
+    for name, target, rho, inter, paired in (
+        ("seeds (independent)", 0.05, 0.0, 0.0, False),
+        ("seeds (independent), 2x spread", 0.10, 0.0, 0.0, False),
+        ("shared warm start (rho 0.8), paired", 0.05, 0.8, 0.0, True),
+        ("shared warm start, 2x spread", 0.10, 0.8, 0.0, True),
+        ("independent, compared paired", 0.05, 0.0, 0.0, True),
+        ("problem interaction sd 1", 0.05, 0.0, 1.0, False),
+        ("problem interaction, 2x spread", 0.10, 0.0, 1.0, False),
+        ("problem interaction, shared, paired", 0.05, 0.8, 1.0, True),
+    ):
         t0 = time.perf_counter()
         tau = seed_sd_for(target, args.problems, rng)
         hits = np.zeros(3)
@@ -121,10 +128,12 @@ def main() -> None:
                 hits[i] += lo > 0 or hi < 0
             width += (after.hi - after.lo) / args.repeats
         rate = hits / args.repeats
-        print(f"{name:<34} {target:>7.2f} {rate[0]:>7.3f} {rate[1]:>7.3f} {rate[2]:>7.3f} {width:>11.3f} "
-              f"{time.perf_counter() - t0:>5.0f}", flush=True)
-    print(f"binomial sd of a rate near 0.05 over {args.repeats} repeats: "
-          f"{np.sqrt(0.05 * 0.95 / args.repeats):.3f}")
+        print(
+            f"{name:<34} {target:>7.2f} {rate[0]:>7.3f} {rate[1]:>7.3f} {rate[2]:>7.3f} {width:>11.3f} "
+            f"{time.perf_counter() - t0:>5.0f}",
+            flush=True,
+        )
+    print(f"binomial sd of a rate near 0.05 over {args.repeats} repeats: {np.sqrt(0.05 * 0.95 / args.repeats):.3f}")
 
 
 if __name__ == "__main__":

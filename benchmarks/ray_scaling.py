@@ -16,6 +16,7 @@ taking half of every batch's rows), and 1 learner with 2 threads, side by side i
 run. The learners are the runtime's own actor classes, handed the same batches; the time
 is their consumes alone (no trace workers, no evaluation).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,16 @@ from emergent.platform.config import load_config
 from emergent.platform.experiment import Experiment
 from emergent.platform.ray_runtime import LearnerActor, LearnerReplica, TraceWorker, load_numpy, to_numpy
 
-DEFAULT = ["train.method=expert_iteration", "task.name=addition", "task.difficulty=[1,3]", "device=cpu",
-           "improve.problems_per_iter=32", "improve.samples=8", "progress=false", "logdir=/tmp/ray_scaling"]
+DEFAULT = [
+    "train.method=expert_iteration",
+    "task.name=addition",
+    "task.difficulty=[1,3]",
+    "device=cpu",
+    "improve.problems_per_iter=32",
+    "improve.samples=8",
+    "progress=false",
+    "logdir=/tmp/ray_scaling",
+]
 
 
 def throughput(cfg, n_workers: int, batches: int) -> float:
@@ -40,8 +49,9 @@ def throughput(cfg, n_workers: int, batches: int) -> float:
     workers = [Worker.remote(cfg, i, threads=1) for i in range(n_workers)]
     ray.get([w.pid.remote() for w in workers])
     experiment = Experiment(cfg)
-    weights = ray.put({"version": 0, **{name: to_numpy(m.state_dict())
-                                        for name, m in experiment.method.networks().items()}})
+    weights = ray.put(
+        {"version": 0, **{name: to_numpy(m.state_dict()) for name, m in experiment.method.networks().items()}}
+    )
     problems = [experiment.next_problems() for _ in range(batches + n_workers)]
     # warm-up: one batch per worker (first weight load, allocator)
     ray.get([w.collect.remote(weights, problems[i], i, 0) for i, w in enumerate(workers)])
@@ -59,9 +69,16 @@ def learner_throughput(cfg, learners: int, threads: int, steps: int) -> float:
     each (after two warm-up updates)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), {
-        "runtime": "ray", "ray": {"learners": learners, "learner_cpus": threads},
-        "run_name": f"learners{learners}_threads{threads}"}))
+    cfg = OmegaConf.to_object(
+        OmegaConf.merge(
+            OmegaConf.structured(cfg),
+            {
+                "runtime": "ray",
+                "ray": {"learners": learners, "learner_cpus": threads},
+                "run_name": f"learners{learners}_threads{threads}",
+            },
+        )
+    )
     ranks = [ray.remote(LearnerActor).options(num_cpus=threads).remote(cfg)]
     ranks += [ray.remote(LearnerReplica).options(num_cpus=threads).remote(cfg, r) for r in range(1, learners)]
     if learners > 1:
@@ -80,8 +97,10 @@ def learner_throughput(cfg, learners: int, threads: int, steps: int) -> float:
     seconds = time.perf_counter() - t0
     for r in ranks:
         ray.kill(r)
-    tokens = sum(encode_batch(TOKENIZER, e.prompts, e.completions, cfg.model.max_len).tokens  # what each update trains
-                 for e in (c.experience for c in ray.get(batches[2:])))
+    tokens = sum(
+        encode_batch(TOKENIZER, e.prompts, e.completions, cfg.model.max_len).tokens  # what each update trains
+        for e in (c.experience for c in ray.get(batches[2:]))
+    )
     return tokens / seconds
 
 
@@ -91,13 +110,18 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--learner-steps", type=int, default=12)
     ap.add_argument("--learner-batch", type=int, default=64)
-    ap.add_argument("--learner-model", default="model.n_layer=4 model.d_model=256 model.n_head=4",
-                    help="the learner axis's model keys")
+    ap.add_argument(
+        "--learner-model",
+        default="model.n_layer=4 model.d_model=256 model.n_head=4",
+        help="the learner axis's model keys",
+    )
     args, overrides = ap.parse_known_args()
     cfg = load_config(None, [*DEFAULT, *overrides])
     ray.init(num_cpus=max(max(args.workers), os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    print(f"cores {os.cpu_count()}, {cfg.task.name} {cfg.train.method}, {cfg.improve.problems_per_iter} problems x "
-          f"{cfg.improve.samples} samples per batch, model L{cfg.model.n_layer} d{cfg.model.d_model}")
+    print(
+        f"cores {os.cpu_count()}, {cfg.task.name} {cfg.train.method}, {cfg.improve.problems_per_iter} problems x "
+        f"{cfg.improve.samples} samples per batch, model L{cfg.model.n_layer} d{cfg.model.d_model}"
+    )
     rates = {n: throughput(cfg, n, args.batches) for n in args.workers}
     base = rates[args.workers[0]]
     for n, r in rates.items():
@@ -123,17 +147,30 @@ def main() -> None:
         experiment.train_step()
     iteration = (time.perf_counter() - t0) / 3
     sync = sorted(syncs)[len(syncs) // 2]
-    print(f"weight sync per version: {sync * 1e3:.2f} ms (median of 5); one local iteration: {iteration * 1e3:.0f} ms; "
-          f"sync / iteration = {sync / iteration:.2%}")
+    print(
+        f"weight sync per version: {sync * 1e3:.2f} ms (median of 5); one local iteration: {iteration * 1e3:.0f} ms; "
+        f"sync / iteration = {sync / iteration:.2%}"
+    )
 
     # the learner axis: supervised updates on a model big enough for the update to dominate
-    sup = load_config(None, [*[o for o in DEFAULT if not o.startswith(("train.method", "improve."))],
-                             *args.learner_model.split(), f"train.batch_size={args.learner_batch}",
-                             "eval.every=100000", "checkpoint_every=100000", "train.steps=100000", *overrides])
+    sup = load_config(
+        None,
+        [
+            *[o for o in DEFAULT if not o.startswith(("train.method", "improve."))],
+            *args.learner_model.split(),
+            f"train.batch_size={args.learner_batch}",
+            "eval.every=100000",
+            "checkpoint_every=100000",
+            "train.steps=100000",
+            *overrides,
+        ],
+    )
     axis = [(1, 1), (2, 1), (1, 2)]
     rates = {(n, t): learner_throughput(sup, n, t, args.learner_steps) for n, t in axis}
-    print(f"learner axis: supervised, batch {args.learner_batch}, model L{sup.model.n_layer} d{sup.model.d_model}, "
-          f"{args.learner_steps} updates each")
+    print(
+        f"learner axis: supervised, batch {args.learner_batch}, model L{sup.model.n_layer} d{sup.model.d_model}, "
+        f"{args.learner_steps} updates each"
+    )
     for (n, t), r in rates.items():
         print(f"learners={n} x {t} thread(s): {r:10.0f} tokens/s  (x{r / rates[(1, 1)]:.2f} vs 1 learner x 1 thread)")
     ray.shutdown()

@@ -9,6 +9,7 @@ floor any report built on it pays).
 
     python benchmarks/report_speed.py [--runs 100] [--dir /tmp/report_bench]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,36 @@ METHODS = ("supervised", "expert_iteration", "policy_gradient", "alphazero")
 SIZES = ((1, 64), (2, 128), (2, 192), (4, 256), (6, 384))  # (n_layer, d_model)
 
 
-def fake_run(root: Path, method: str, size: tuple[int, int], seed: int, *, steps=1800, log_every=25,
-             eval_every=100, problems=300, samples=16, pass_k=(1, 4, 16)) -> None:
+def fake_run(
+    root: Path,
+    method: str,
+    size: tuple[int, int],
+    seed: int,
+    *,
+    steps=1800,
+    log_every=25,
+    eval_every=100,
+    problems=300,
+    samples=16,
+    pass_k=(1, 4, 16),
+) -> None:
     n_layer, d_model = size
     name = f"{method}_L{n_layer}_d{d_model}_seed{seed}"
     extra = ["train.batch_size=64"] if method == "supervised" else []
-    cfg = load_config(None, [f"train.method={method}", f"model.n_layer={n_layer}", f"model.d_model={d_model}",
-                             f"model.n_head={max(2, d_model // 64)}", f"seed={seed}", f"run_name={name}",
-                             f"logdir={root.parent}", f"experiment={root.name}", *extra])
+    cfg = load_config(
+        None,
+        [
+            f"train.method={method}",
+            f"model.n_layer={n_layer}",
+            f"model.d_model={d_model}",
+            f"model.n_head={max(2, d_model // 64)}",
+            f"seed={seed}",
+            f"run_name={name}",
+            f"logdir={root.parent}",
+            f"experiment={root.name}",
+            *extra,
+        ],
+    )
     run = cfg.run_dir
     rng = np.random.default_rng([seed, n_layer, d_model, METHODS.index(method)])
     log, vs = TBLogger(run), TBLogger(run / tags.VS_FLOPS_DIR)
@@ -43,9 +66,18 @@ def fake_run(root: Path, method: str, size: tuple[int, int], seed: int, *, steps
     flops_per_step = 6 * 128 * 20 * (12 * n_layer * d_model**2)
     for step in range(0, steps + 1):
         if step and step % log_every == 0:
-            log.scalars({tags.TRAIN_LOSS: rng.random(), tags.TRAIN_LR: 1e-3, tags.TRAIN_GRAD_NORM: rng.random(),
-                         tags.PERF_TOKENS_PER_S: 1e5, tags.PERF_STEP_S: 0.1, tags.COMPUTE_TOTAL_FLOPS: step * flops_per_step,
-                         tags.COMPUTE_TRAIN_FLOPS: step * flops_per_step}, step)
+            log.scalars(
+                {
+                    tags.TRAIN_LOSS: rng.random(),
+                    tags.TRAIN_LR: 1e-3,
+                    tags.TRAIN_GRAD_NORM: rng.random(),
+                    tags.PERF_TOKENS_PER_S: 1e5,
+                    tags.PERF_STEP_S: 0.1,
+                    tags.COMPUTE_TOTAL_FLOPS: step * flops_per_step,
+                    tags.COMPUTE_TRAIN_FLOPS: step * flops_per_step,
+                },
+                step,
+            )
         if step % eval_every and step != steps:
             continue
         acc = min(1.0, step / steps + 0.1 * rng.random())
@@ -53,22 +85,31 @@ def fake_run(root: Path, method: str, size: tuple[int, int], seed: int, *, steps
         for split, ds in (("test", (1, 2, 3)), ("extrapolate", (4, 5))):
             diff = np.array([ds[i % len(ds)] for i in range(problems)])
             exact = rng.random(problems) < acc
-            scores = Scores(exact, np.where(exact, 1.0, rng.random(problems)), np.where(exact, 0.0, rng.random(problems)))
+            scores = Scores(
+                exact, np.where(exact, 1.0, rng.random(problems)), np.where(exact, 0.0, rng.random(problems))
+            )
             correct = rng.random((problems, samples)) < acc
             answers = rng.integers(0, 4, (problems, samples))
             sampled = Sampled(correct, answers, diff, {})
             results[split] = SplitResult({}, {}, [], sampled, scores, diff)
-            for m, v in (("exact_match", exact), ("token_accuracy", scores.token_accuracy),
-                         ("edit_distance", scores.edit_distance)):
+            for m, v in (
+                ("exact_match", exact),
+                ("token_accuracy", scores.token_accuracy),
+                ("edit_distance", scores.edit_distance),
+            ):
                 scalars[tags.eval_tag(split, m)] = float(np.mean(v))
                 for d in ds:
                     scalars[tags.eval_tag(split, m, d)] = float(np.mean(v[diff == d]))
             for k in pass_k:
                 scalars[tags.pass_tag(split, k)] = scalars[tags.maj_tag(split, k)] = float(correct[:, :k].any(1).mean())
         log.scalars({**scalars, tags.PERF_ELAPSED_S: step * 0.1}, step)
-        vs.scalars({tags.vs_flops_tag(k): v for k, v in scalars.items()}, int(step * flops_per_step // tags.VS_FLOPS_UNIT))
+        vs.scalars(
+            {tags.vs_flops_tag(k): v for k, v in scalars.items()}, int(step * flops_per_step // tags.VS_FLOPS_UNIT)
+        )
         for split in results:
-            log.text(tags.TEXT_SAMPLES.format(split=split), "| prompt | completion |\n|---|---|\n| `1+2=` | `3` |", step)
+            log.text(
+                tags.TEXT_SAMPLES.format(split=split), "| prompt | completion |\n|---|---|\n| `1+2=` | `3` |", step
+            )
         save_evaluation(run / tags.EVALS_DIR / f"step_{step:06d}.npz", results)
     log.hparams({"train.method": method}, {tags.eval_tag("test", "exact_match"): 0.0})
     log.close()

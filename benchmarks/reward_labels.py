@@ -15,6 +15,7 @@ at random, labelled by the verifier: near misses that differ from a real trace i
 number (answer and sound labels only).
 One seed; the figures in benchmarks/RESULTS.md came from this script.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ from emergent.platform.metrics import auc, expected_calibration_error
 def traces(policy, task, problems, samples: int, seed: int):
     """Sampled traces, their labels of each kind, and each trace's first false step (or -1)."""
     g = torch.Generator().manual_seed(seed)
-    ro = sample_rollouts(policy, [p.prompt for p in problems], samples, temperature=1.0, generator=g,
-                         device=torch.device("cpu"))
+    ro = sample_rollouts(
+        policy, [p.prompt for p in problems], samples, temperature=1.0, generator=g, device=torch.device("cpu")
+    )
     probs = [problems[r] for r in ro.rows]
     s = task.verify_batch(probs, ro.completions, with_steps=True)
     answer = s.exact * ro.finished
@@ -55,7 +57,11 @@ def perturbed(task, problems, prompts, completions, finished, k: int, rng: np.ra
     src, C = near_misses(completions, k, rng)
     s = task.verify_batch([problems[i] for i in src], C, with_steps=True)
     answer = s.exact * np.asarray(finished, dtype=bool)[src]
-    return [prompts[i] for i in src], C, {"answer": answer.astype(float), "sound": (answer & ~s.false_step).astype(float)}
+    return (
+        [prompts[i] for i in src],
+        C,
+        {"answer": answer.astype(float), "sound": (answer & ~s.false_step).astype(float)},
+    )
 
 
 def false_step_end(prompt: str, completion: str, step: int) -> int:
@@ -87,19 +93,30 @@ def main() -> None:
     task = make_task("countdown", format="scratchpad")
     rng = np.random.default_rng(0)
     train_p, test_p = task.sample(rng, args.problems, "train", [3, 4]), task.sample(rng, 500, "test", [3, 4])
-    (tr, tr_labels, tr_false), (te, te_labels, _) = traces(policy, task, train_p, 8, 1), traces(policy, task, test_p, 4, 2)
+    (tr, tr_labels, tr_false), (te, te_labels, _) = (
+        traces(policy, task, train_p, 8, 1),
+        traces(policy, task, test_p, 4, 2),
+    )
     y = tr_labels[args.labels]
     prompts, completions = list(tr.prompts), list(tr.completions)
     if args.perturb:
-        P, C, lab = perturbed(task, [train_p[r] for r in tr.rows], tr.prompts, tr.completions, tr.finished,
-                              args.perturb, np.random.default_rng([3, args.seed]))
+        P, C, lab = perturbed(
+            task,
+            [train_p[r] for r in tr.rows],
+            tr.prompts,
+            tr.completions,
+            tr.finished,
+            args.perturb,
+            np.random.default_rng([3, args.seed]),
+        )
         prompts, completions, y = prompts + P, completions + C, np.concatenate([y, lab[args.labels]])
 
     rcfg = RewardNetConfig(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model, init=args.init)
     rcfg.validate(policy.cfg)
     net = RewardNet.for_policy(policy, rcfg)
-    learner = Learner(net, OptimConfig(lr=args.lr, min_lr=args.lr, warmup_steps=0, weight_decay=0.1), args.steps,
-                      torch.device("cpu"))
+    learner = Learner(
+        net, OptimConfig(lr=args.lr, min_lr=args.lr, warmup_steps=0, weight_decay=0.1), args.steps, torch.device("cpu")
+    )
     draw = np.random.default_rng(args.seed)
     for _ in range(args.steps):
         idx = draw.integers(0, len(y), 128)
@@ -108,7 +125,7 @@ def main() -> None:
         if args.labels == "process":
             for row, i in enumerate(idx):
                 if tr_false[i] >= 0:
-                    target[row, false_step_end(tr.prompts[i], tr.completions[i], tr_false[i]):] = 0.0
+                    target[row, false_step_end(tr.prompts[i], tr.completions[i], tr_false[i]) :] = 0.0
 
         def loss(b=b, target=target):
             bce = F.binary_cross_entropy_with_logits(net(b.inputs), target, reduction="none")
@@ -122,11 +139,23 @@ def main() -> None:
     lp = torch.tensor([len(p) for p in te.prompts])
     with torch.no_grad():
         v = net.value_at(b.inputs, lp + b.mask.sum(1).long()).numpy()
-    print(json.dumps({"labels": args.labels, "steps": args.steps, "problems": args.problems, "traces": len(y),
-                      "perturb": args.perturb, "seed": args.seed, "train_positives": round(float(y.mean()), 4),
-                      "judge": f"L{net.cfg.n_layer} d{net.cfg.d_model} {args.init} lr {args.lr}",
-                      "auc": round(auc(v, held), 4), "ece": round(expected_calibration_error(v, held), 4),
-                      "positives": round(float(held.mean()), 4)}))
+    print(
+        json.dumps(
+            {
+                "labels": args.labels,
+                "steps": args.steps,
+                "problems": args.problems,
+                "traces": len(y),
+                "perturb": args.perturb,
+                "seed": args.seed,
+                "train_positives": round(float(y.mean()), 4),
+                "judge": f"L{net.cfg.n_layer} d{net.cfg.d_model} {args.init} lr {args.lr}",
+                "auc": round(auc(v, held), 4),
+                "ece": round(expected_calibration_error(v, held), 4),
+                "positives": round(float(held.mean()), 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

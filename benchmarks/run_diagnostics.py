@@ -6,6 +6,7 @@ over the runs (``emergent/platform/stats.py``).
 
     python benchmarks/run_diagnostics.py runs/countdown_compare/alphazero_d_model64_seed*
 """
+
 import sys
 
 import numpy as np
@@ -13,11 +14,26 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from emergent.platform.stats import t_interval
 
-TAGS = ["search/informative_fraction", "search/solved_fraction", "train/flops_per_solved", "search/improvement_wins",
-        "search/improvement_decided_pairs", "reward_net/auc", "reward_net/sibling_pair_auc",
-        "search/searched_fraction", "train/sample_accuracy"]
-SUMMARY = ["win_rate", "decided_pairs", "informative_fraction", "auc_last10", "sibling_pair_auc", "solved_fraction",
-           "flops_per_solved"]
+TAGS = [
+    "search/informative_fraction",
+    "search/solved_fraction",
+    "train/flops_per_solved",
+    "search/improvement_wins",
+    "search/improvement_decided_pairs",
+    "reward_net/auc",
+    "reward_net/sibling_pair_auc",
+    "search/searched_fraction",
+    "train/sample_accuracy",
+]
+SUMMARY = [
+    "win_rate",
+    "decided_pairs",
+    "informative_fraction",
+    "auc_last10",
+    "sibling_pair_auc",
+    "solved_fraction",
+    "flops_per_solved",
+]
 
 
 def diagnostics(run: str) -> dict[str, float]:
@@ -44,5 +60,7 @@ if __name__ == "__main__":
             x = np.array([out[key] for out in runs.values() if key in out])
             if len(x) > 1:
                 mean, half = t_interval(x)
-                print(f"{key}: mean {mean:.3g} [{mean - half:.3g}, {mean + half:.3g}] (95 % t over {len(x)} runs), "
-                      f"range {x.min():.3g}-{x.max():.3g}")
+                print(
+                    f"{key}: mean {mean:.3g} [{mean - half:.3g}, {mean + half:.3g}] (95 % t over {len(x)} runs), "
+                    f"range {x.min():.3g}-{x.max():.3g}"
+                )

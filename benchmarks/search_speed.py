@@ -22,6 +22,7 @@ Prints:
              around it): the selection walk, node creation, leaf evaluation (the networks'
              forwards, the attention plan, the verifier), backups
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,15 @@ from emergent.agents.model import ModelConfig, TransformerLM
 from emergent.agents.policy_value import PolicyValueEvaluator, state_verifier
 from emergent.agents.reward_net import RewardNet
 from emergent.agents.rollouts import sample_rollouts
-from emergent.agents.search import (Expansion, SearchConfig, evaluate_leaves, init_tree, search, search_move,
-                                    visits_policy)
+from emergent.agents.search import (
+    Expansion,
+    SearchConfig,
+    evaluate_leaves,
+    init_tree,
+    search,
+    search_move,
+    visits_policy,
+)
 from emergent.envs import TOKENIZER, make_task
 
 
@@ -73,8 +81,7 @@ def machinery(batch: int, sims: int, k: int, depth: int, device, leaves: int, st
         evaluate_leaves(tree, tree.root[:, None], everyone[:, None], ev, static=static)
         sync(device)
         t0 = time.perf_counter()
-        search_move(tree, everyone, ev, cfg, improved=visits_policy, generator=None, eos_id=TOKENIZER.eos_id,
-                    depth=0)
+        search_move(tree, everyone, ev, cfg, improved=visits_policy, generator=None, eos_id=TOKENIZER.eos_id, depth=0)
         sync(device)
         best = min(best, time.perf_counter() - t0)
     return batch * sims / best
@@ -89,14 +96,22 @@ def mctx_machinery(batch: int, sims: int, k: int, depth: int) -> float | None:
         return None
 
     def recurrent_fn(params, rng, action, embedding):
-        out = mctx.RecurrentFnOutput(reward=jnp.zeros(batch), discount=jnp.ones(batch),
-                                     prior_logits=jnp.zeros((batch, k)), value=jnp.full(batch, 0.5))
+        out = mctx.RecurrentFnOutput(
+            reward=jnp.zeros(batch),
+            discount=jnp.ones(batch),
+            prior_logits=jnp.zeros((batch, k)),
+            value=jnp.full(batch, 0.5),
+        )
         return out, embedding
 
-    root = mctx.RootFnOutput(prior_logits=jnp.zeros((batch, k)), value=jnp.full(batch, 0.5),
-                             embedding=jnp.zeros(batch))
-    policy = jax.jit(lambda rng: mctx.muzero_policy(params=(), rng_key=rng, root=root, recurrent_fn=recurrent_fn,
-                                                    num_simulations=sims, max_depth=depth).action)
+    root = mctx.RootFnOutput(prior_logits=jnp.zeros((batch, k)), value=jnp.full(batch, 0.5), embedding=jnp.zeros(batch))
+    policy = jax.jit(
+        lambda rng: (
+            mctx.muzero_policy(
+                params=(), rng_key=rng, root=root, recurrent_fn=recurrent_fn, num_simulations=sims, max_depth=depth
+            ).action
+        )
+    )
     rng = jax.random.PRNGKey(0)
     policy(rng).block_until_ready()  # compile
     best = float("inf")
@@ -119,9 +134,19 @@ def networks(cfg: ModelConfig, device, checkpoint: str | None):
     return policy.to(device).eval(), value.to(device).eval()
 
 
-def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, checkpoint: str | None,
-                        value_net: bool = True, static: bool = False, graph: bool = False,
-                        compiled: bool = False, scfg: SearchConfig | None = None) -> dict:
+def searched_vs_sampled(
+    cfg: ModelConfig,
+    problems,
+    device,
+    *,
+    kv_cache: bool,
+    checkpoint: str | None,
+    value_net: bool = True,
+    static: bool = False,
+    graph: bool = False,
+    compiled: bool = False,
+    scfg: SearchConfig | None = None,
+) -> dict:
     policy, value = networks(cfg, device, checkpoint)
     value = value if value_net else None
     task = make_task("countdown", format="scratchpad")
@@ -131,7 +156,7 @@ def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, c
     sample_rollouts(policy, prompts[:8], 1, temperature=1.0, generator=gen, device=device)  # warm-up
     sampled, sampled_flops = float("inf"), 0.0
     for _ in range(5):  # the fastest of 5: a 0.15 s call varies by 20 % run to run, and the
-        sync(device)    # fastest is the hardest baseline for the ratio
+        sync(device)  # fastest is the hardest baseline for the ratio
         t0 = time.perf_counter()
         ro = sample_rollouts(policy, prompts, 1, temperature=1.0, generator=gen, device=device)
         sync(device)
@@ -140,19 +165,40 @@ def searched_vs_sampled(cfg: ModelConfig, problems, device, *, kv_cache: bool, c
     def verify(rows, completions):
         return task.verdicts([problems[r] for r in rows], completions)
 
-    ev = PolicyValueEvaluator(policy, value, top_k=4, verifier=state_verifier([len(i) for i in ids], verify),
-                              kv_cache=kv_cache)
-    scfg = scfg or SearchConfig(num_simulations=32, leaves_per_call=8, top_k=4, confident_prior=1.0, static=static,
-                                cuda_graph=graph, compile=compiled)
+    ev = PolicyValueEvaluator(
+        policy, value, top_k=4, verifier=state_verifier([len(i) for i in ids], verify), kv_cache=kv_cache
+    )
+    scfg = scfg or SearchConfig(
+        num_simulations=32,
+        leaves_per_call=8,
+        top_k=4,
+        confident_prior=1.0,
+        static=static,
+        cuda_graph=graph,
+        compile=compiled,
+    )
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = search(ids, ev, scfg, max_len=cfg.max_len, vocab_size=TOKENIZER.vocab_size, eos_id=TOKENIZER.eos_id,
-                     generator=gen, device=device)
+        out = search(
+            ids,
+            ev,
+            scfg,
+            max_len=cfg.max_len,
+            vocab_size=TOKENIZER.vocab_size,
+            eos_id=TOKENIZER.eos_id,
+            generator=gen,
+            device=device,
+        )
     sync(device)
     took = time.perf_counter() - t0
     sims = int(out.searched.sum()) * scfg.num_simulations
-    return {"sampled_s": sampled, "searched_s": took, "ratio": took / sampled, "sims_per_s": sims / took,
-            "flops_ratio": ev.flops / sampled_flops}
+    return {
+        "sampled_s": sampled,
+        "searched_s": took,
+        "ratio": took / sampled,
+        "sims_per_s": sims / took,
+        "flops_ratio": ev.flops / sampled_flops,
+    }
 
 
 def where_the_time_goes(cfg: ModelConfig, problems, device, *, checkpoint: str | None) -> dict[str, float]:
@@ -174,13 +220,19 @@ def where_the_time_goes(cfg: ModelConfig, problems, device, *, checkpoint: str |
             finally:
                 sync(device)
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+
         setattr(owner, name, g)
         return owner, name, f
 
-    parts = [(S, "select", "select (walk + node creation)"), (S, "add_children", "node creation"),
-             (S, "evaluate_leaves", "leaf evaluation"), (tkv.TreeKV, "extend", "network forwards"),
-             (tkv.TreeKV, "plan", "attention plan"), (pv.PolicyValueEvaluator, "terminal_value",
-                                                      "terminal values (verifier)"), (S, "backup", "backup")]
+    parts = [
+        (S, "select", "select (walk + node creation)"),
+        (S, "add_children", "node creation"),
+        (S, "evaluate_leaves", "leaf evaluation"),
+        (tkv.TreeKV, "extend", "network forwards"),
+        (tkv.TreeKV, "plan", "attention plan"),
+        (pv.PolicyValueEvaluator, "terminal_value", "terminal values (verifier)"),
+        (S, "backup", "backup"),
+    ]
     saved = [timed(*part) for part in parts]
     try:
         r = searched_vs_sampled(cfg, problems, device, kv_cache=True, checkpoint=checkpoint)
@@ -199,19 +251,25 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true", help="also time the full-prefix path (search.kv_cache=false)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}"
+    )
 
     print("\nmachinery: one move, 32 simulations, branching 4, trivial evaluator (simulations/s)")
     for leaves, static in ((1, False), (8, False), (8, True)):
-        print(f"  emergent leaves_per_call={leaves}{' static' if static else '       '}: "
-              f"{machinery(args.batch, 32, 4, 32, device, leaves, static):>12,.0f}")
+        print(
+            f"  emergent leaves_per_call={leaves}{' static' if static else '       '}: "
+            f"{machinery(args.batch, 32, 4, 32, device, leaves, static):>12,.0f}"
+        )
     peer = mctx_machinery(args.batch, 32, 4, 32)
     print(f"  mctx muzero_policy (jit):     {peer:>12,.0f}" if peer else "  mctx: not installed (pip install mctx)")
 
     problems = make_task("countdown", format="scratchpad").sample(np.random.default_rng(0), args.batch, "test", [3, 4])
-    print("\nsearched vs sampled trace, countdown prompts: every move searched, 32 simulations, top-k 4, "
-          "8 leaves per call")
+    print(
+        "\nsearched vs sampled trace, countdown prompts: every move searched, 32 simulations, top-k 4, "
+        "8 leaves per call"
+    )
     sizes = (args.sizes or ("L2d128,L8d512" if device.type == "cuda" else "L2d128")).split(",")
     for size in sizes:
         layers, width = (int(x) for x in size[1:].split("d"))
@@ -223,30 +281,48 @@ def main() -> None:
             rows += [(True, True, True, True, False), (True, True, True, False, True), (True, True, True, True, True)]
         rows += [(False, True, False, False, False)] if args.reference else []
         for kv, value_net, static, graph, compiled in rows:
-            name = (f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}"
-                    f"{' static' if static else ''}{' cuda_graph' if graph else ''}{' compile' if compiled else ''}"
-                    f"{'' if value_net else ' no value net'}")
+            name = (
+                f"  {size} {'trained' if ckpt else 'random'} kv_cache={str(kv):5s}"
+                f"{' static' if static else ''}{' cuda_graph' if graph else ''}{' compile' if compiled else ''}"
+                f"{'' if value_net else ' no value net'}"
+            )
             try:
-                r = searched_vs_sampled(cfg, problems, device, kv_cache=kv, checkpoint=ckpt, value_net=value_net,
-                                        static=static, graph=graph, compiled=compiled)
+                r = searched_vs_sampled(
+                    cfg,
+                    problems,
+                    device,
+                    kv_cache=kv,
+                    checkpoint=ckpt,
+                    value_net=value_net,
+                    static=static,
+                    graph=graph,
+                    compiled=compiled,
+                )
             except Exception as e:  # one row's failure (a first run on a new card) must not cost the others
                 print(f"{name}: FAILED {type(e).__name__}: {e}")
                 continue
-            print(f"{name}: sampled {r['sampled_s']:.3f} s, "
-                  f"searched {r['searched_s']:.2f} s, ratio {r['ratio']:.0f}x, {r['sims_per_s']:,.0f} simulations/s")
+            print(
+                f"{name}: sampled {r['sampled_s']:.3f} s, "
+                f"searched {r['searched_s']:.2f} s, ratio {r['ratio']:.0f}x, {r['sims_per_s']:,.0f} simulations/s"
+            )
         # alphazero's defaults in the committed comparison (configs/countdown_alphazero.yaml): a Gumbel root,
         # 8 simulations over the top 4, confident moves (prior > 0.95) played unsearched
-        az = SearchConfig(num_simulations=8, leaves_per_call=8, top_k=4, root="gumbel", max_considered=4,
-                          confident_prior=0.95)
+        az = SearchConfig(
+            num_simulations=8, leaves_per_call=8, top_k=4, root="gumbel", max_considered=4, confident_prior=0.95
+        )
         r = searched_vs_sampled(cfg, problems, device, kv_cache=True, checkpoint=ckpt, scfg=az)
-        print(f"  {size} {'trained' if ckpt else 'random'} alphazero defaults (gumbel, 8 simulations, confident 0.95): "
-              f"sampled {r['sampled_s']:.3f} s, searched {r['searched_s']:.2f} s, ratio {r['ratio']:.1f}x wall, "
-              f"{r['flops_ratio']:.1f}x the ledger's FLOPs")
+        print(
+            f"  {size} {'trained' if ckpt else 'random'} alphazero defaults (gumbel, 8 simulations, confident 0.95): "
+            f"sampled {r['sampled_s']:.3f} s, searched {r['searched_s']:.2f} s, ratio {r['ratio']:.1f}x wall, "
+            f"{r['flops_ratio']:.1f}x the ledger's FLOPs"
+        )
         if size != sizes[0]:
             continue  # one breakdown (the countdown size) keeps a GPU run short
         parts = where_the_time_goes(cfg, problems, device, checkpoint=ckpt)
-        print(f"  {size} where the time goes (timed with syncs: {parts.pop('total'):.2f} s in all): "
-              + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
+        print(
+            f"  {size} where the time goes (timed with syncs: {parts.pop('total'):.2f} s in all): "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())
+        )
 
 
 if __name__ == "__main__":

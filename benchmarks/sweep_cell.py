@@ -6,6 +6,7 @@ probe of a method's settings at exactly the sweep's config (built by ``load_swee
 
 Logs go to runs/probes/<experiment>/<probe_name>; read them with benchmarks/run_diagnostics.py.
 """
+
 import sys
 import time
 
@@ -16,8 +17,10 @@ from emergent.platform.sweep import load_sweep
 if __name__ == "__main__":
     sweep_file, cell, warm, name, *extra = sys.argv[1:]
     _, configs = load_sweep(sweep_file)
-    cfg = load_config(base=to_yaml(configs[cell]), overrides=[f"improve.init_from={warm}", "logdir=runs/probes",
-                                                            f"run_name={name}", "progress=false", *extra])
+    cfg = load_config(
+        base=to_yaml(configs[cell]),
+        overrides=[f"improve.init_from={warm}", "logdir=runs/probes", f"run_name={name}", "progress=false", *extra],
+    )
     t = time.time()
     train_local(cfg)
     print(f"{name}: {time.time() - t:.0f} s, logs in {cfg.run_dir}")

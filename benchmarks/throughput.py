@@ -15,6 +15,7 @@ Prints, per model size:
             the same batch the same way (AdamW, bf16 autocast + fused on CUDA, compiled in
             the compiled row) and generating with its KV cache (``generate``, greedy)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,11 @@ def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool,
     problems = task.sample(np.random.default_rng(0), batch, "train", [length])
     data = encode_batch(TOKENIZER, [p.prompt for p in problems], [p.trace for p in problems], cfg.max_len).to(device)
     B, T = data.inputs.shape
-    step = lambda: learner.step(lambda: loss_fn(model, data), tokens=B * T,  # noqa: E731
-                                flops=model.flops_per_token(T, backward=True) * B * T)
+    step = lambda: learner.step(
+        lambda: loss_fn(model, data),
+        tokens=B * T,  # noqa: E731
+        flops=model.flops_per_token(T, backward=True) * B * T,
+    )
     for _ in range(3):  # warm-up (and compilation)
         step()
     sync(device)
@@ -71,8 +75,13 @@ def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool,
     tokens = data.inputs.numel() * steps
     flops = u.flops * steps
     peak = peak_flops(device)
-    return {"tokens_per_s": tokens / dt, "tflops": flops / dt / 1e12, "mfu": flops / dt / peak if peak else None,
-            "params": model.num_params(), "seq": data.inputs.shape[1]}
+    return {
+        "tokens_per_s": tokens / dt,
+        "tflops": flops / dt / 1e12,
+        "mfu": flops / dt / peak if peak else None,
+        "params": model.num_params(),
+        "seq": data.inputs.shape[1],
+    }
 
 
 def hf_gpt2(cfg: ModelConfig, device):
@@ -84,10 +93,20 @@ def hf_gpt2(cfg: ModelConfig, device):
         return None
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
-    conf = GPT2Config(vocab_size=TOKENIZER.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
-                      n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                      bos_token_id=TOKENIZER.bos_id, eos_token_id=TOKENIZER.eos_id, pad_token_id=TOKENIZER.pad_id,
-                      attn_implementation="sdpa")
+    conf = GPT2Config(
+        vocab_size=TOKENIZER.vocab_size,
+        n_positions=cfg.max_len,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=TOKENIZER.bos_id,
+        eos_token_id=TOKENIZER.eos_id,
+        pad_token_id=TOKENIZER.pad_id,
+        attn_implementation="sdpa",
+    )
     return GPT2LMHeadModel(conf).to(device)
 
 
@@ -134,11 +153,20 @@ def bench_hf_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int) 
         return None
     model.eval()
     rng = np.random.default_rng(0)
-    ids = torch.from_numpy(np.concatenate([np.full((batch, 1), TOKENIZER.bos_id),
-                                           rng.integers(3, TOKENIZER.vocab_size, size=(batch, 8))], 1)).to(device)
+    ids = torch.from_numpy(
+        np.concatenate(
+            [np.full((batch, 1), TOKENIZER.bos_id), rng.integers(3, TOKENIZER.vocab_size, size=(batch, 8))], 1
+        )
+    ).to(device)
     ac = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-              do_sample=False, use_cache=True, pad_token_id=TOKENIZER.pad_id)
+    kw = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=TOKENIZER.pad_id,
+    )
     with torch.no_grad(), ac:
         model.generate(ids, **kw)
         sync(device)
@@ -148,8 +176,16 @@ def bench_hf_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int) 
     return {"new_tokens_per_s": (out.shape[1] - ids.shape[1]) * batch / (time.perf_counter() - t0)}
 
 
-def _timed_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, loud_eos: bool = False,
-                    sample_seed: int | None = None, **kw):
+def _timed_generate(
+    cfg: ModelConfig,
+    device,
+    *,
+    batch: int,
+    new_tokens: int,
+    loud_eos: bool = False,
+    sample_seed: int | None = None,
+    **kw,
+):
     """A seeded model and ``batch`` random 8-token prompts; one warm-up call with the timed
     shapes (kernel plans, allocator), then one timed call. Returns (Generation, seconds).
     ``loud_eos`` scales the EOS embedding so rows stop after a geometric number of steps."""
@@ -159,7 +195,9 @@ def _timed_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, lo
         with torch.no_grad():
             model.wte.weight[TOKENIZER.eos_id] *= 4
     rng = np.random.default_rng(0)
-    prompts = [np.concatenate([[TOKENIZER.bos_id], rng.integers(3, TOKENIZER.vocab_size, size=8)]) for _ in range(batch)]
+    prompts = [
+        np.concatenate([[TOKENIZER.bos_id], rng.integers(3, TOKENIZER.vocab_size, size=8)]) for _ in range(batch)
+    ]
     gen = lambda: None if sample_seed is None else torch.Generator().manual_seed(sample_seed)  # noqa: E731
     ac = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with ac:
@@ -171,20 +209,39 @@ def _timed_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, lo
     return out, time.perf_counter() - t0
 
 
-def bench_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int, use_cache: bool,
-                   static: bool = False) -> dict:
+def bench_generate(
+    cfg: ModelConfig, device, *, batch: int, new_tokens: int, use_cache: bool, static: bool = False
+) -> dict:
     # eos_id=-1: no row stops early, so both paths generate exactly new_tokens per row
-    out, dt = _timed_generate(cfg, device, batch=batch, new_tokens=new_tokens, eos_id=-1,
-                              pad_id=TOKENIZER.pad_id, use_cache=use_cache, static=static,
-                              compact=False if static else None)
+    out, dt = _timed_generate(
+        cfg,
+        device,
+        batch=batch,
+        new_tokens=new_tokens,
+        eos_id=-1,
+        pad_id=TOKENIZER.pad_id,
+        use_cache=use_cache,
+        static=static,
+        compact=False if static else None,
+    )
     return {"new_tokens_per_s": out.tokens.numel() / dt, "seconds": dt}
 
 
 def bench_ragged(cfg: ModelConfig, device, *, batch: int, new_tokens: int, compact: bool) -> dict:
     """Sampled rows that end at scattered steps, as self-improvement's traces do: a fixed
     batch runs every row until the longest ends; ``compact`` drops the finished ones."""
-    out, dt = _timed_generate(cfg, device, batch=batch, new_tokens=new_tokens, loud_eos=True, sample_seed=0,
-                              eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, temperature=1.0, compact=compact)
+    out, dt = _timed_generate(
+        cfg,
+        device,
+        batch=batch,
+        new_tokens=new_tokens,
+        loud_eos=True,
+        sample_seed=0,
+        eos_id=TOKENIZER.eos_id,
+        pad_id=TOKENIZER.pad_id,
+        temperature=1.0,
+        compact=compact,
+    )
     written = int(out.lengths.sum() + out.finished.sum())  # tokens the rows really wrote (EOS included)
     return {"tokens_per_s": written / dt, "seconds": dt, "mean_len": written / batch, "steps": out.tokens.shape[1]}
 
@@ -198,8 +255,16 @@ def profile_generate(cfg: ModelConfig, device, *, batch: int, new_tokens: int) -
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for static in (False, True):
         with profile(activities=acts) as prof:
-            _timed_generate(cfg, device, batch=batch, new_tokens=new_tokens, eos_id=-1, pad_id=TOKENIZER.pad_id,
-                            static=static, compact=False)
+            _timed_generate(
+                cfg,
+                device,
+                batch=batch,
+                new_tokens=new_tokens,
+                eos_id=-1,
+                pad_id=TOKENIZER.pad_id,
+                static=static,
+                compact=False,
+            )
         print(f"  profile, static={static} (warm-up and timed call):")
         print(prof.key_averages().table(sort_by=key, row_limit=12))
 
@@ -213,8 +278,9 @@ def main() -> None:
     ap.add_argument("--gen-batch", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=None, help="default: the context less 10")
     ap.add_argument("--no-train", action="store_true", help="generation figures only")
-    ap.add_argument("--profile", action="store_true",
-                    help="also print the top kernels of one static and one eager generate call")
+    ap.add_argument(
+        "--profile", action="store_true", help="also print the top kernels of one static and one eager generate call"
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
@@ -226,38 +292,54 @@ def main() -> None:
         if device.type == "cuda":
             variants += [("bf16 + fused AdamW", True, False), ("bf16 + fused AdamW + compile", True, True)]
         base = None
-        for label, bf16, comp in ([] if args.no_train else variants):
+        for label, bf16, comp in [] if args.no_train else variants:
             r = bench_train(cfg, device, batch=args.batch, steps=args.steps, bf16=bf16, compile=comp)
             base = base or r["tokens_per_s"]
             mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
-            print(f"train    {label:<30} {r['tokens_per_s']:>12,.0f} tok/s  {r['tflops']:8.2f} TFLOP/s{mfu}"
-                  f"  x{r['tokens_per_s'] / base:.2f}   ({r['params'] / 1e6:.2f}M params, batch {args.batch}x{r['seq']})")
+            print(
+                f"train    {label:<30} {r['tokens_per_s']:>12,.0f} tok/s  {r['tflops']:8.2f} TFLOP/s{mfu}"
+                f"  x{r['tokens_per_s'] / base:.2f}   ({r['params'] / 1e6:.2f}M params, batch {args.batch}x{r['seq']})"
+            )
             peer = bench_hf_train(cfg, device, batch=args.batch, steps=args.steps, bf16=bf16, compile=comp)
             if peer:
-                print(f"  peer   transformers GPT-2, same      {peer['tokens_per_s']:>12,.0f} tok/s"
-                      f"  (emergent x{r['tokens_per_s'] / peer['tokens_per_s']:.2f})")
+                print(
+                    f"  peer   transformers GPT-2, same      {peer['tokens_per_s']:>12,.0f} tok/s"
+                    f"  (emergent x{r['tokens_per_s'] / peer['tokens_per_s']:.2f})"
+                )
         new = args.new_tokens or cfg.max_len - 10
         rec = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=False)
         kv = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=True)
         st = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=True, static=True)
-        print(f"generate full recompute (baseline)     {rec['new_tokens_per_s']:>12,.0f} new tok/s  ({args.gen_batch} rows x {new})")
-        print(f"generate KV cache                      {kv['new_tokens_per_s']:>12,.0f} new tok/s  "
-              f"x{kv['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}")
-        print(f"generate static step{' (CUDA graph)' if device.type == 'cuda' else ' (eager)     '}      "
-              f"{st['new_tokens_per_s']:>12,.0f} new tok/s  x{st['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}")
+        print(
+            f"generate full recompute (baseline)     {rec['new_tokens_per_s']:>12,.0f} new tok/s  ({args.gen_batch} rows x {new})"
+        )
+        print(
+            f"generate KV cache                      {kv['new_tokens_per_s']:>12,.0f} new tok/s  "
+            f"x{kv['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}"
+        )
+        print(
+            f"generate static step{' (CUDA graph)' if device.type == 'cuda' else ' (eager)     '}      "
+            f"{st['new_tokens_per_s']:>12,.0f} new tok/s  x{st['new_tokens_per_s'] / rec['new_tokens_per_s']:.2f}"
+        )
         hf = bench_hf_generate(cfg, device, batch=args.gen_batch, new_tokens=new)
         if hf:
-            print(f"  peer   transformers GPT-2 generate   {hf['new_tokens_per_s']:>12,.0f} new tok/s  "
-                  f"(emergent KV cache x{kv['new_tokens_per_s'] / hf['new_tokens_per_s']:.2f}, "
-                  f"static x{st['new_tokens_per_s'] / hf['new_tokens_per_s']:.2f})")
+            print(
+                f"  peer   transformers GPT-2 generate   {hf['new_tokens_per_s']:>12,.0f} new tok/s  "
+                f"(emergent KV cache x{kv['new_tokens_per_s'] / hf['new_tokens_per_s']:.2f}, "
+                f"static x{st['new_tokens_per_s'] / hf['new_tokens_per_s']:.2f})"
+            )
         if args.profile:
             profile_generate(cfg, device, batch=args.gen_batch, new_tokens=new)
         fixed = bench_ragged(cfg, device, batch=args.gen_batch, new_tokens=new, compact=False)
         drop = bench_ragged(cfg, device, batch=args.gen_batch, new_tokens=new, compact=True)
-        print(f"sample, ragged ends: fixed batch       {fixed['tokens_per_s']:>12,.0f} written tok/s  "
-              f"(mean {fixed['mean_len']:.1f} of {fixed['steps']} steps)")
-        print(f"sample, ragged ends: drop finished     {drop['tokens_per_s']:>12,.0f} written tok/s  "
-              f"x{drop['tokens_per_s'] / fixed['tokens_per_s']:.2f}")
+        print(
+            f"sample, ragged ends: fixed batch       {fixed['tokens_per_s']:>12,.0f} written tok/s  "
+            f"(mean {fixed['mean_len']:.1f} of {fixed['steps']} steps)"
+        )
+        print(
+            f"sample, ragged ends: drop finished     {drop['tokens_per_s']:>12,.0f} written tok/s  "
+            f"x{drop['tokens_per_s'] / fixed['tokens_per_s']:.2f}"
+        )
 
 
 if __name__ == "__main__":

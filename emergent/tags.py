@@ -9,11 +9,11 @@ TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
 TRAIN_GRAD_NORM = "train/grad_norm"
 TRAIN_CURRICULUM = "train/curriculum_difficulty"  # the highest training difficulty drawn
-TRAIN_SAMPLE_ACCURACY = "train/sample_accuracy"    # verifier verdicts on the method's own traces
-TRAIN_VOTE_AGREEMENT = "train/vote_agreement"      # label_source=majority_vote: agreement, not accuracy
-TRAIN_KEPT_FRACTION = "train/kept_fraction"        # expert_iteration: problems with a kept trace
-TRAIN_REWARD_MEAN = "train/reward_mean"            # policy_gradient: mean reward of the group
-TRAIN_KL = "train/kl"                              # policy_gradient: KL(policy || start), k3 estimate
+TRAIN_SAMPLE_ACCURACY = "train/sample_accuracy"  # verifier verdicts on the method's own traces
+TRAIN_VOTE_AGREEMENT = "train/vote_agreement"  # label_source=majority_vote: agreement, not accuracy
+TRAIN_KEPT_FRACTION = "train/kept_fraction"  # expert_iteration: problems with a kept trace
+TRAIN_REWARD_MEAN = "train/reward_mean"  # policy_gradient: mean reward of the group
+TRAIN_KL = "train/kl"  # policy_gradient: KL(policy || start), k3 estimate
 # self-improvement: the iteration's FLOPs (collecting and learning) per problem of its batch
 # that the verifier says it solved (a trace accepted); not logged for a batch with none
 TRAIN_FLOPS_PER_SOLVED = "train/flops_per_solved"
@@ -21,13 +21,15 @@ SEARCH_SEARCHED_FRACTION = "search/searched_fraction"  # alphazero: moves that r
 # self_label: its latest round (agents/self_label.py); the accuracies are measured against
 # gold after the filter ran, for the log only
 SELF_LABEL_ROUND = "self_label/round"
-SELF_LABEL_DIFFICULTY = "self_label/difficulty"            # what the round labelled
-SELF_LABEL_KEPT = "self_label/kept_fraction"               # of its labels, kept by the filter
-SELF_LABEL_BUFFER = "self_label/buffer"                    # labels of every round so far
-SELF_LABEL_ACCURACY = "self_label/label_accuracy"          # of all its labels
+SELF_LABEL_DIFFICULTY = "self_label/difficulty"  # what the round labelled
+SELF_LABEL_KEPT = "self_label/kept_fraction"  # of its labels, kept by the filter
+SELF_LABEL_BUFFER = "self_label/buffer"  # labels of every round so far
+SELF_LABEL_ACCURACY = "self_label/label_accuracy"  # of all its labels
 SELF_LABEL_KEPT_ACCURACY = "self_label/kept_label_accuracy"  # of the kept ones: what training sees
-SELF_LABEL_CONSISTENCY = "self_label/consistency"           # fast mode: the model's own estimate at the top
-SEARCH_INFORMATIVE_FRACTION = "search/informative_fraction"  # alphazero: searched moves with a verdict below a root child
+SELF_LABEL_CONSISTENCY = "self_label/consistency"  # fast mode: the model's own estimate at the top
+SEARCH_INFORMATIVE_FRACTION = (
+    "search/informative_fraction"  # alphazero: searched moves with a verdict below a root child
+)
 # alphazero (search.diagnostics): at informative moves where the improved policy's argmax and the
 # policy's differ, both completed greedily and judged: the share of decided pairs the improved
 # policy's choice wins (agents/improvement.py), and how many pairs were decided
@@ -43,20 +45,20 @@ PERF_TOKENS_PER_S = "perf/tokens_per_s"
 PERF_MFU = "perf/mfu"
 PERF_STEP_S = "perf/step_s"
 PERF_EVAL_S = "perf/eval_s"
-PERF_ELAPSED_S = "perf/elapsed_s"                    # wall clock of the run at each evaluation
-PERF_TRACES_PER_S = "perf/traces_per_s"              # ray: traces consumed per second
+PERF_ELAPSED_S = "perf/elapsed_s"  # wall clock of the run at each evaluation
+PERF_TRACES_PER_S = "perf/traces_per_s"  # ray: traces consumed per second
 PERF_WORKER_UTILISATION = "perf/worker_utilisation"  # ray: busy time / (workers x wall time)
-PERF_WEIGHT_SYNC_S = "perf/weight_sync_s"            # ray: export + load of one weights version
-PERF_STALENESS = "perf/staleness"                    # ray: learner version - trace version
+PERF_WEIGHT_SYNC_S = "perf/weight_sync_s"  # ray: export + load of one weights version
+PERF_STALENESS = "perf/staleness"  # ray: learner version - trace version
 # ray: share of the wall clock the learner spends learning, evaluating and checkpointing
 # (not waiting for a batch); near 1 the learner bounds the run, near 0 the trace workers do
 PERF_LEARNER_BUSY = "perf/learner_busy"
-PERF_DATA_WAIT_S = "perf/data_wait_s"                # ray: seconds per step the learner waited for its batch
-DATA_TOO_LONG = "data/too_long_skipped"             # fresh training draws longer than the context
+PERF_DATA_WAIT_S = "perf/data_wait_s"  # ray: seconds per step the learner waited for its batch
+DATA_TOO_LONG = "data/too_long_skipped"  # fresh training draws longer than the context
 
 # -- compute/: the FLOP ledger -------------------------------------------------------------------
 LEDGER_PARTS = ("train", "generate", "search", "reward")  # what a method spends
-TRAIN, GENERATE, SEARCH, REWARD = LEDGER_PARTS      # ledger part names
+TRAIN, GENERATE, SEARCH, REWARD = LEDGER_PARTS  # ledger part names
 WARM_START = "warm_start"  # everything the improve.init_from checkpoint's ledger held: spent before this run
 COMPUTE_TOTAL_FLOPS = "compute/total_flops"
 COMPUTE_TRAIN_FLOPS = "compute/train_flops"
@@ -123,4 +125,4 @@ EVALS_DIR = "evals"  # <run>/evals/step_<N>.npz: the per-problem record of each 
 def vs_flops_tag(eval_tag: str) -> str:
     """``eval/test/exact_match`` -> ``vs_flops/test/exact_match``."""
     assert eval_tag.startswith("eval/"), eval_tag
-    return VS_FLOPS_DIR + eval_tag[len("eval"):]
+    return VS_FLOPS_DIR + eval_tag[len("eval") :]

@@ -13,14 +13,31 @@ ROOT = Path(__file__).resolve().parents[1]
 # A run small enough for a unit test: seconds on 2 CPU cores. SHARED holds the keys every
 # method reads; TINY is a supervised run (train.batch_size is refused for the others).
 SHARED = [
-    "model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_len=24",
-    "train.log_every=5", "eval.problems=24", "eval.every=10", "eval.batch_size=64",
-    "task.difficulty=[1,2]", "task.extrapolate=[3,3]", "optim.warmup_steps=5", "progress=false",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.d_model=32",
+    "model.max_len=24",
+    "train.log_every=5",
+    "eval.problems=24",
+    "eval.every=10",
+    "eval.batch_size=64",
+    "task.difficulty=[1,2]",
+    "task.extrapolate=[3,3]",
+    "optim.warmup_steps=5",
+    "progress=false",
 ]
 TINY = [*SHARED, "train.batch_size=16"]
 # the self-improvement methods at the same size: a tiny batch, a tiny reward net
-SMALL = [*SHARED, "improve.problems_per_iter=6", "improve.samples=3", "reward.n_layer=1", "reward.d_model=32",
-         "reward.n_head=2", "reward.init=scratch", "eval.problems=12"]
+SMALL = [
+    *SHARED,
+    "improve.problems_per_iter=6",
+    "improve.samples=3",
+    "reward.n_layer=1",
+    "reward.d_model=32",
+    "reward.n_head=2",
+    "reward.init=scratch",
+    "eval.problems=12",
+]
 SEARCH = ["search.num_simulations=4", "search.leaves_per_call=2", "search.top_k=4"]
 
 
@@ -31,12 +48,20 @@ def cli_env() -> dict:
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run the real entry point, ``python -m emergent``, in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "emergent", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env or cli_env(), **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "emergent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env or cli_env(),
+        **kwargs,
+    )
 
 
-def wait_until(condition, proc: subprocess.Popen | None = None, *, timeout: float = 300.0,
-               log: Path | None = None) -> None:
+def wait_until(
+    condition, proc: subprocess.Popen | None = None, *, timeout: float = 300.0, log: Path | None = None
+) -> None:
     """Wait for an event (a file written, a run held): ``condition()`` true. Fails if
     ``proc`` exits first (with the tail of ``log``, where its output went). ``timeout``
     only catches a hang; no outcome depends on it."""
@@ -80,8 +105,11 @@ def scalars(run_dir, *, perf: bool = True) -> dict[str, list[tuple[int, float]]]
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]
-            if perf or not t.startswith("perf/")}
+    return {
+        t: [(e.step, e.value) for e in acc.Scalars(t)]
+        for t in acc.Tags()["scalars"]
+        if perf or not t.startswith("perf/")
+    }
 
 
 # The only reason a test may skip: it needs CUDA (marker ``gpu``). Any other skip fails, so

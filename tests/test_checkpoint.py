@@ -1,4 +1,5 @@
 """Nothing written is lost or half-written: ``atomic_write`` and checkpoints under failure."""
+
 import os
 
 import pytest
@@ -18,7 +19,7 @@ def test_a_write_that_fails_midway_leaves_the_old_file_whole_and_no_temporary(tm
     def half(f):
         f.write(b"new cont")  # half of the new file is on disk ...
         f.flush()
-        raise Boom            # ... when the writer fails
+        raise Boom  # ... when the writer fails
 
     with pytest.raises(Boom):
         atomic_write(path, half)

@@ -1,11 +1,12 @@
 """Equal compute: a FLOP budget, a warm start's ledger carried over, evaluations against
 FLOPs; pass@k (Chen et al.'s unbiased estimator) and majority vote at evaluation."""
+
 import itertools
 
 import numpy as np
 import pytest
-
 from conftest import SMALL, TINY, scalars
+
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.config import load_config
@@ -30,9 +31,9 @@ def test_majority_at_k_votes_over_the_first_k_answers():
     answers = np.array([[7, 7, 3, 3, 3], [1, 2, 2, 1, 5]])
     correct = answers == np.array([[3], [1]])
     assert majority_at_k(answers, correct, 1).tolist() == [0.0, 1.0]
-    assert majority_at_k(answers, correct, 3).tolist() == [0.0, 0.0]   # 7 wins 2:1; 2 wins 2:1
-    assert majority_at_k(answers, correct, 4).tolist() == [0.0, 1.0]   # ties go to the answer seen first
-    assert majority_at_k(answers, correct, 5).tolist() == [1.0, 1.0]   # 3 wins 3:2; 1 ties 2 and is first
+    assert majority_at_k(answers, correct, 3).tolist() == [0.0, 0.0]  # 7 wins 2:1; 2 wins 2:1
+    assert majority_at_k(answers, correct, 4).tolist() == [0.0, 1.0]  # ties go to the answer seen first
+    assert majority_at_k(answers, correct, 5).tolist() == [1.0, 1.0]  # 3 wins 3:2; 1 ties 2 and is first
 
 
 def flops_per_step(tmp_path) -> float:
@@ -44,8 +45,17 @@ def flops_per_step(tmp_path) -> float:
 def test_a_flop_budget_ends_the_run_at_the_step_that_passes_it(tmp_path):
     per_step = flops_per_step(tmp_path)  # a tiny supervised step: batches of one shape cost about the same
     budget = 3.5 * per_step
-    cfg = load_config(None, [*TINY, "train.steps=1000", "eval.every=1000", f"train.flop_budget={budget}",
-                             f"logdir={tmp_path}", "run_name=b"])
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "train.steps=1000",
+            "eval.every=1000",
+            f"train.flop_budget={budget}",
+            f"logdir={tmp_path}",
+            "run_name=b",
+        ],
+    )
     final = train_local(cfg)
     ckpt = load_checkpoint(cfg.run_dir / "last.pt")
     step = int(ckpt["step"])
@@ -62,8 +72,18 @@ def test_a_warm_start_carries_its_ledger_and_evals_are_logged_against_flops(tmp_
     sup = load_config(None, [*TINY, "train.steps=3", f"logdir={tmp_path}", "run_name=sup"])
     train_local(sup)
     warm = sum(load_checkpoint(sup.run_dir / "last.pt")["ledger"].values())
-    ei = load_config(None, [*SMALL, "train.method=expert_iteration", "train.steps=2", "eval.every=1",
-                            f"improve.init_from={sup.run_dir / 'last.pt'}", f"logdir={tmp_path}", "run_name=ei"])
+    ei = load_config(
+        None,
+        [
+            *SMALL,
+            "train.method=expert_iteration",
+            "train.steps=2",
+            "eval.every=1",
+            f"improve.init_from={sup.run_dir / 'last.pt'}",
+            f"logdir={tmp_path}",
+            "run_name=ei",
+        ],
+    )
     train_local(ei)
     logged = scalars(ei.run_dir)
     assert logged[tags.compute_tag(tags.WARM_START)][-1][1] == pytest.approx(warm)
@@ -79,8 +99,7 @@ def test_a_warm_start_carries_its_ledger_and_evals_are_logged_against_flops(tmp_
 
 
 def test_pass_at_k_is_logged_per_split_and_difficulty_and_its_raw_counts_saved(tmp_path):
-    cfg = load_config(None, [*TINY, "train.steps=2", "eval.pass_k=[1,2,4]", "eval.splits=[test]",
-                             f"logdir={tmp_path}"])
+    cfg = load_config(None, [*TINY, "train.steps=2", "eval.pass_k=[1,2,4]", "eval.splits=[test]", f"logdir={tmp_path}"])
     train_local(cfg)
     logged = scalars(cfg.run_dir)
     for k in (1, 2, 4):
@@ -89,6 +108,6 @@ def test_pass_at_k_is_logged_per_split_and_difficulty_and_its_raw_counts_saved(t
     p1, p4 = logged[tags.pass_tag("test", 1)][-1][1], logged[tags.pass_tag("test", 4)][-1][1]
     assert 0 <= p1 <= p4 <= 1
     saved = np.load(cfg.run_dir / "evals" / "step_000002.npz")
-    correct = saved["test/correct"]                        # [P, n]
+    correct = saved["test/correct"]  # [P, n]
     assert correct.shape == (cfg.eval.problems, 4) and saved["test/difficulty"].shape == (cfg.eval.problems,)
     assert pass_at_k(np.full(len(correct), 4), correct.sum(1), 4).mean() == pytest.approx(p4, abs=1e-6)

@@ -1,10 +1,10 @@
 """Bad input exits 2 with one line naming the problem, before any training starts."""
-import pytest
 
+import pytest
 from conftest import run_cli
+
 from emergent.platform.cli import main
 from emergent.platform.config import ConfigError, load_config, to_yaml
-
 
 BAD_TRAIN = [
     (["model.d_modle=64"], ["unknown config key 'model.d_modle'", "d_model"]),
@@ -34,8 +34,10 @@ BAD_TRAIN = [
     (["train.curriculum_window=0"], ["train.curriculum_window must be >= 1"]),
     (["train.method=alphazero", "search.policy_target=counts"], ["search.policy_target='counts'", "completed_q"]),
     # a key only other methods read would be silently ignored: refused, naming who reads it
-    (["train.method=expert_iteration", "train.batch_size=16"],
-     ["train.batch_size=16 is not read by train.method=expert_iteration", "['supervised', 'self_label']"]),
+    (
+        ["train.method=expert_iteration", "train.batch_size=16"],
+        ["train.batch_size=16 is not read by train.method=expert_iteration", "['supervised', 'self_label']"],
+    ),
     (["train.method=alphazero", "train.target=answer"], ["train.target='answer'", "['supervised', 'self_label']"]),
     (["train.method=self_label", "self_label.filter=majority"], ["self_label.filter='majority'", "vote"]),
     (["train.method=self_label", "self_label.share=1.5"], ["self_label.share must lie in [0, 1]"]),
@@ -68,8 +70,10 @@ def checkpoint(tmp_path_factory):
     from conftest import TINY
 
     logdir = tmp_path_factory.mktemp("ckpt")  # long enough to answer some problems (0.17 test exact match)
-    assert main(["train", *TINY, "train.steps=60", "optim.lr=3e-3", "eval.every=1000", f"logdir={logdir}",
-                 "run_name=r"]) == 0
+    assert (
+        main(["train", *TINY, "train.steps=60", "optim.lr=3e-3", "eval.every=1000", f"logdir={logdir}", "run_name=r"])
+        == 0
+    )
     return logdir / "quickstart" / "r" / "last.pt"
 
 
@@ -88,9 +92,11 @@ def test_bad_checkpoint_exits_2_with_one_line(kind, checkpoint, tmp_path, capsys
     elif kind == "foreign":
         torch.save({"weights": torch.zeros(3)}, path)
     elif kind == "pickle_bomb":
+
         class Evil:
             def __reduce__(self):
                 return (print, ("pwned",))
+
         path.write_bytes(pickle.dumps(Evil()))
     code = main(["eval", str(path)])
     out = capsys.readouterr()
@@ -191,11 +197,14 @@ def test_runtime_ray_without_ray_exits_2(tmp_path):
 
     from conftest import ROOT, cli_env
 
-    code = ("import sys; sys.modules['ray'] = None  # 'import ray' now raises ImportError\n"
-            "from emergent.platform.cli import main\n"
-            f"sys.exit(main(['train', 'runtime=ray', 'logdir={tmp_path}']))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env=cli_env())
+    code = (
+        "import sys; sys.modules['ray'] = None  # 'import ray' now raises ImportError\n"
+        "from emergent.platform.cli import main\n"
+        f"sys.exit(main(['train', 'runtime=ray', 'logdir={tmp_path}']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT, env=cli_env()
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip()
     assert "runtime=ray needs Ray: pip install" in err and len(err.splitlines()) == 1

@@ -8,6 +8,7 @@ parameters equal those of one ``Experiment`` that learned from the whole batches
 fp32 rounding, for supervised learning and for every self-improvement method (their
 reward nets included), and the FLOP ledger counts each update once.
 """
+
 import contextlib
 import copy
 import multiprocessing
@@ -18,13 +19,12 @@ import socket
 import numpy as np
 import pytest
 import torch
+from conftest import SEARCH, SMALL, TINY
 
 from emergent.agents import data_parallel
 from emergent.agents.data_parallel import Replica, masked_mean
 from emergent.platform.config import ConfigError, load_config
 from emergent.platform.experiment import Experiment
-
-from conftest import SEARCH, SMALL, TINY
 
 STEPS = 3
 METHODS = {
@@ -34,15 +34,29 @@ METHODS = {
     "policy_gradient": [*SMALL, "train.method=policy_gradient", "improve.updates_per_iter=2", "improve.kl_coef=0.1"],
     # replay draws: the first updates draw from a replay of fewer traces than ranks
     "expert_iteration": [*SMALL, "train.method=expert_iteration", "improve.train_batch=5"],
-    "alphazero": [*(a for a in SMALL if not a.startswith("improve.samples=")), *SEARCH, "train.method=alphazero",
-                  "improve.learn_from=expert", "improve.train_batch=5"],
+    "alphazero": [
+        *(a for a in SMALL if not a.startswith("improve.samples=")),
+        *SEARCH,
+        "train.method=alphazero",
+        "improve.learn_from=expert",
+        "improve.train_batch=5",
+    ],
 }
 
 
 def config(method: str, logdir, name: str):
     # a checkpoint after STEPS steps, and one step more for the group that resumes from it
-    return load_config(None, [*METHODS[method], f"train.steps={STEPS + 1}", f"checkpoint_every={STEPS}",
-                              "eval.every=1000", f"logdir={logdir}", f"run_name={name}"])
+    return load_config(
+        None,
+        [
+            *METHODS[method],
+            f"train.steps={STEPS + 1}",
+            f"checkpoint_every={STEPS}",
+            "eval.every=1000",
+            f"logdir={logdir}",
+            f"run_name={name}",
+        ],
+    )
 
 
 def free_address() -> str:
@@ -63,8 +77,9 @@ def _rank(rank: int, world: int, jobs: list, out) -> None:
     for method, cfg, batches, addresses in jobs:
         resumed = copy.deepcopy(cfg)
         resumed.resume = True
-        for life, (c, address, ids) in enumerate([(cfg, addresses[0], [*range(STEPS), 0]),
-                                                  (resumed, addresses[1], [STEPS])]):
+        for life, (c, address, ids) in enumerate(
+            [(cfg, addresses[0], [*range(STEPS), 0]), (resumed, addresses[1], [STEPS])]
+        ):
             if rank == 0:
                 learner = LearnerActor(c)
                 learner.join_group(address, world)
@@ -80,8 +95,11 @@ def _rank(rank: int, world: int, jobs: list, out) -> None:
                 ex = learner.experiment
             data_parallel.leave()
             assert ex.step == STEPS + life, (method, rank, life, ex.step)  # the duplicate was learned by nobody
-        results[method] = {"model": ex.model.state_dict(), "ledger": dict(ex.ledger.parts),
-                           "reward_net": ex.method.reward_net.state_dict() if ex.method.reward_net else None}
+        results[method] = {
+            "model": ex.model.state_dict(),
+            "ledger": dict(ex.ledger.parts),
+            "reward_net": ex.method.reward_net.state_dict() if ex.method.reward_net else None,
+        }
     out.put((rank, pickle.dumps(results)))
 
 
@@ -94,8 +112,11 @@ def test_two_learners_on_half_batches_resumed_from_rank_0s_checkpoint_reach_the_
         batches = [one.collect(one.next_problems()) for _ in range(STEPS + 1)]
         for collected in batches:
             one.consume(collected)
-        reference[method] = {"model": one.model.state_dict(), "ledger": dict(one.ledger.parts),
-                             "reward_net": one.method.reward_net.state_dict() if one.method.reward_net else None}
+        reference[method] = {
+            "model": one.model.state_dict(),
+            "ledger": dict(one.ledger.parts),
+            "reward_net": one.method.reward_net.state_dict() if one.method.reward_net else None,
+        }
         jobs.append((method, config(method, tmp_path, f"{method}_two"), batches, [free_address(), free_address()]))
 
     ctx = multiprocessing.get_context("spawn")
@@ -123,7 +144,9 @@ def test_two_learners_on_half_batches_resumed_from_rank_0s_checkpoint_reach_the_
                 if want[net] is None:
                     continue
                 for name, value in want[net].items():
-                    torch.testing.assert_close(r[net][name], value, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {net}.{name}: {m}")
+                    torch.testing.assert_close(
+                        r[net][name], value, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {net}.{name}: {m}"
+                    )
                     # and the ranks agree with each other exactly: they took the same summed step
                     assert torch.equal(r[net][name], ranks[0][method][net][name]), (method, net, name)
         assert ranks[0][method]["ledger"] == pytest.approx(want["ledger"], rel=1e-12), method  # counted once

@@ -1,11 +1,12 @@
 """End-to-end runs through the real entry point with a tiny budget (cleanrl style)."""
+
 import signal
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, SEARCH, SHARED, SMALL, TINY, cli_env, run_cli, scalars, wait_until
+
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.cli import main
@@ -20,8 +21,13 @@ def test_tiny_run_writes_everything_tensorboard_needs(tmp_path):
     run_dir = tmp_path / "e2e" / "supervised_L1_d32_learned_s0"
     assert "finished" in proc.stdout and (run_dir / "last.pt").is_file()
     logged = scalars(run_dir)
-    required = {tags.TRAIN_LOSS, tags.TRAIN_LR, tags.PERF_TOKENS_PER_S, tags.COMPUTE_TRAIN_FLOPS,
-                tags.COMPUTE_TOTAL_FLOPS}
+    required = {
+        tags.TRAIN_LOSS,
+        tags.TRAIN_LR,
+        tags.PERF_TOKENS_PER_S,
+        tags.COMPUTE_TRAIN_FLOPS,
+        tags.COMPUTE_TOTAL_FLOPS,
+    }
     required |= {tags.eval_tag(s, m) for s in ("train", "test", "extrapolate") for m in tags.EVAL_METRICS}
     required |= {tags.eval_tag("test", "exact_match", 1), tags.eval_tag("extrapolate", "exact_match", 3)}
     assert required <= set(logged)
@@ -61,12 +67,22 @@ def test_sigkill_then_resume_finishes_the_same_run(tmp_path):
     steps = 40
     args = [*TINY, f"train.steps={steps}", "checkpoint_every=10", "eval.every=20", f"logdir={tmp_path}"]
     # the uninterrupted reference runs meanwhile, in a process of its own
-    whole = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=whole"], cwd=ROOT,
-                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    whole = subprocess.Popen(
+        [sys.executable, "-m", "emergent", "train", *args, "run_name=whole"],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # the killed run holds after its step-20 checkpoint (EMERGENT_HOLD): killed there, not when a clock says
-    proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT,
-                            env={**cli_env(), HOLD_ENV: "killed:20"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emergent", "train", *args, "run_name=killed"],
+        cwd=ROOT,
+        env={**cli_env(), HOLD_ENV: "killed:20"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     ckpt = tmp_path / "quickstart" / "killed" / "last.pt"
     seen = []
 
@@ -103,13 +119,30 @@ def test_a_self_improvement_run_killed_and_resumed_is_the_run_that_was_never_kil
     # scalar it logs is the uninterrupted run's, each once
     own = [*SEARCH, "improve.problems_per_iter=6"] if method == "alphazero" else ["improve.samples=3"]
     shared = [a for a in SMALL if not a.startswith(("improve.samples", "improve.problems_per_iter"))]
-    args = [*shared, *own, f"train.method={method}", "train.steps=8", "eval.every=4", "checkpoint_every=2",
-            f"logdir={tmp_path}"]
-    whole = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=whole"], cwd=ROOT,
-                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, "run_name=killed"], cwd=ROOT,
-                            env={**cli_env(), HOLD_ENV: "killed:4"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    args = [
+        *shared,
+        *own,
+        f"train.method={method}",
+        "train.steps=8",
+        "eval.every=4",
+        "checkpoint_every=2",
+        f"logdir={tmp_path}",
+    ]
+    whole = subprocess.Popen(
+        [sys.executable, "-m", "emergent", "train", *args, "run_name=whole"],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emergent", "train", *args, "run_name=killed"],
+        cwd=ROOT,
+        env={**cli_env(), HOLD_ENV: "killed:4"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run_dir = tmp_path / "quickstart" / "killed"
     try:
         wait_until((run_dir / HELD).exists, proc)
@@ -186,13 +219,29 @@ def test_a_time_limit_ends_the_run_with_an_eval_and_a_checkpoint(tmp_path):
 def test_a_curriculum_starts_at_the_lowest_difficulty_and_rises(tmp_path):
     # supervised reads teacher-forced exact match; expert iteration, started from that run,
     # the verifier's verdicts on its own samples. Both open difficulty 2 only once 1 is learnt.
-    base = [*SHARED, "train.curriculum_window=16", "train.log_every=1", "optim.lr=3e-3", "optim.min_lr=3e-3",
-            f"logdir={tmp_path}"]
+    base = [
+        *SHARED,
+        "train.curriculum_window=16",
+        "train.log_every=1",
+        "optim.lr=3e-3",
+        "optim.min_lr=3e-3",
+        f"logdir={tmp_path}",
+    ]
     sup = [*base, "train.batch_size=16", "train.steps=80", "train.curriculum=0.1", "run_name=sup"]
-    ei = [*base, "train.method=expert_iteration", "train.steps=40", "train.curriculum=0.1",
-          "improve.problems_per_iter=16", "improve.samples=2", "reward.init=scratch", "reward.n_layer=1",
-          "reward.d_model=32", "reward.n_head=2", "run_name=ei",
-          f"improve.init_from={tmp_path / 'quickstart' / 'sup' / 'last.pt'}"]
+    ei = [
+        *base,
+        "train.method=expert_iteration",
+        "train.steps=40",
+        "train.curriculum=0.1",
+        "improve.problems_per_iter=16",
+        "improve.samples=2",
+        "reward.init=scratch",
+        "reward.n_layer=1",
+        "reward.d_model=32",
+        "reward.n_head=2",
+        "run_name=ei",
+        f"improve.init_from={tmp_path / 'quickstart' / 'sup' / 'last.pt'}",
+    ]
     for overrides in (sup, ei):
         cfg = load_config(None, overrides)  # after the supervised run: ei starts from its checkpoint
         train_local(cfg)

@@ -1,10 +1,10 @@
 """A task written outside emergent, in the user's own package, trained and evaluated through
 the real entry point: ``task.module`` names the module that registers it."""
+
 import os
 import textwrap
 
 import pytest
-
 from conftest import TINY, cli_env, run_cli, scalars
 
 TASK = textwrap.dedent('''
@@ -32,9 +32,16 @@ def test_a_task_from_the_users_own_package_trains_and_evaluates_through_the_cli(
     (package / "reverse.py").write_text(TASK)
     env = cli_env()
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "src"), env["PYTHONPATH"]])
-    args = [*TINY, "task.module=mytasks.reverse", "task.name=reverse_digits", "task.difficulty=[2,3]",
-            "task.extrapolate=[4,4]", "train.steps=20",
-            f"logdir={tmp_path / 'runs'}", "run_name=mine"]
+    args = [
+        *TINY,
+        "task.module=mytasks.reverse",
+        "task.name=reverse_digits",
+        "task.difficulty=[2,3]",
+        "task.extrapolate=[4,4]",
+        "train.steps=20",
+        f"logdir={tmp_path / 'runs'}",
+        "run_name=mine",
+    ]
     done = run_cli("train", *args, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     run = tmp_path / "runs" / "quickstart" / "mine"

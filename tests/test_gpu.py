@@ -1,8 +1,9 @@
 """CUDA-only checks: skipped on machines without a GPU (see conftest.py)."""
+
 import pytest
 import torch
-
 from conftest import TINY, run_cli, scalars
+
 from emergent import tags
 from emergent.agents.learner import Learner, OptimConfig
 from emergent.agents.model import ModelConfig, TransformerLM

@@ -1,13 +1,14 @@
 """Gumbel MuZero's root: known answers for sequential halving, the completed-Q policy and
 the move it plays, through the real search on hand-built bandits (as mctx's tests)."""
+
 import numpy as np
 import pytest
 import torch
+from test_search import EOS, TableEvaluator, V
 
 from emergent.agents import gumbel
 from emergent.agents.search import SearchConfig, search
 from emergent.envs import TOKENIZER
-from test_search import EOS, V, TableEvaluator
 
 
 def test_the_halving_schedule_is_mctx_s():
@@ -40,10 +41,24 @@ def bandit(values, *, sims, batch=1, scale=0.0, seed=0, considered=16, prior=Non
     K = len(values)
     prior = prior or [1 / K] * K
     ev = TableEvaluator({(): dict(zip(range(3, 3 + K), prior))}, {(3 + a,): v for a, v in enumerate(values)}, k=K)
-    cfg = SearchConfig(num_simulations=sims, leaves_per_call=1, top_k=K, root="gumbel", gumbel_scale=scale,
-                       max_considered=considered, rescale_values=rescale)
-    return search([np.array([1])] * batch, ev, cfg, max_len=2, vocab_size=V, eos_id=EOS,
-                  generator=torch.Generator().manual_seed(seed))
+    cfg = SearchConfig(
+        num_simulations=sims,
+        leaves_per_call=1,
+        top_k=K,
+        root="gumbel",
+        gumbel_scale=scale,
+        max_considered=considered,
+        rescale_values=rescale,
+    )
+    return search(
+        [np.array([1])] * batch,
+        ev,
+        cfg,
+        max_len=2,
+        vocab_size=V,
+        eos_id=EOS,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def test_sequential_halving_visits_and_plays_the_best_arm_of_a_known_bandit():
@@ -98,18 +113,26 @@ def test_a_gumbel_root_refuses_dirichlet_noise_and_the_static_path():
 
 # -- leaves valued by a rollout's verdict ----------------------------------------------------------
 
+
 def test_a_rollout_valued_leaf_is_the_verdict_of_the_completion_it_stands_for():
+    from test_search import tiny_networks
+
     from emergent.agents.policy_value import PolicyValueEvaluator, state_verifier
     from emergent.agents.search import States
-    from test_search import tiny_networks
 
     policy, value = tiny_networks("learned")
     rng = np.random.default_rng(3)
     prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 5, 4)]
     # a verdict that depends on the whole completion: its length is odd
     judge = lambda rows, completions: np.array([len(c) % 2 for c in completions], dtype=float)  # noqa: E731
-    ev = PolicyValueEvaluator(policy, value, top_k=4, verifier=state_verifier([len(p) for p in prompts], judge),
-                              leaf_value="rollout", kv_cache=False)  # the states are no tree's: no kept keys
+    ev = PolicyValueEvaluator(
+        policy,
+        value,
+        top_k=4,
+        verifier=state_verifier([len(p) for p in prompts], judge),
+        leaf_value="rollout",
+        kv_cache=False,
+    )  # the states are no tree's: no kept keys
     # states some tokens into each problem: prompt + a few tokens
     L = policy.cfg.max_len
     tokens = torch.zeros(5, L, dtype=torch.long)
@@ -123,15 +146,16 @@ def test_a_rollout_valued_leaf_is_the_verdict_of_the_completion_it_stands_for():
     for i, r in enumerate(rows.tolist()):  # one state at a time: greedy completion, decoded, judged
         gen = policy.generate([tokens[i, : lengths[i]].numpy()], L, eos_id=EOS, pad_id=TOKENIZER.pad_id)
         full = np.concatenate([tokens[i, : lengths[i]].numpy(), gen.tokens[0, : int(gen.lengths[0])].numpy()])
-        completion = TOKENIZER.decode(full[len(prompts[r]):].tolist())
+        completion = TOKENIZER.decode(full[len(prompts[r]) :].tolist())
         assert float(got[i]) == judge([r], [completion])[0] * float(gen.finished[0]), i
     assert ev.flops > 0
     # through the evaluator's expand: the value is the verdict, and flagged as one
     out = ev.expand(states)
     torch.testing.assert_close(out.value, got)
     assert out.verdict.all()
-    mixed = PolicyValueEvaluator(policy, value, top_k=4, verifier=ev.verifier, leaf_value="mix", rollout_weight=0.25,
-                                 kv_cache=False)
+    mixed = PolicyValueEvaluator(
+        policy, value, top_k=4, verifier=ev.verifier, leaf_value="mix", rollout_weight=0.25, kv_cache=False
+    )
     net = PolicyValueEvaluator(policy, value, top_k=4, verifier=ev.verifier, kv_cache=False)
     torch.testing.assert_close(mixed.expand(states).value, 0.75 * net._value(states) + 0.25 * got)
 
@@ -141,19 +165,37 @@ def test_moves_are_informative_only_where_a_verdict_lies_below_the_root():
     # only (each simulation deepens the tree by one node): the first move sees no verdict
     priors = {(): {3: 0.5, 4: 0.5}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
     values = {(3, 5): 0.0, (3, 6): 1.0, (4, 5): 1.0, (4, 6): 0.0}
-    few = search([np.array([1])], TableEvaluator(priors, values, k=2),
-                 SearchConfig(num_simulations=2, leaves_per_call=1, top_k=2), max_len=3, vocab_size=V, eos_id=EOS)
+    few = search(
+        [np.array([1])],
+        TableEvaluator(priors, values, k=2),
+        SearchConfig(num_simulations=2, leaves_per_call=1, top_k=2),
+        max_len=3,
+        vocab_size=V,
+        eos_id=EOS,
+    )
     assert few.informative[0].tolist() == [False, True]
-    many = search([np.array([1])], TableEvaluator(priors, values, k=2),
-                  SearchConfig(num_simulations=8, leaves_per_call=1, top_k=2), max_len=3, vocab_size=V, eos_id=EOS)
+    many = search(
+        [np.array([1])],
+        TableEvaluator(priors, values, k=2),
+        SearchConfig(num_simulations=8, leaves_per_call=1, top_k=2),
+        max_len=3,
+        vocab_size=V,
+        eos_id=EOS,
+    )
     assert many.informative[0].tolist() == [True, True]
+
     # a learned terminal value is no verdict
     class Learned(TableEvaluator):
         terminal_from_network = True
 
-    learned = search([np.array([1])], Learned(priors, values, k=2),
-                     SearchConfig(num_simulations=8, leaves_per_call=1, top_k=2, terminal_value="learned"),
-                     max_len=3, vocab_size=V, eos_id=EOS)
+    learned = search(
+        [np.array([1])],
+        Learned(priors, values, k=2),
+        SearchConfig(num_simulations=8, leaves_per_call=1, top_k=2, terminal_value="learned"),
+        max_len=3,
+        vocab_size=V,
+        eos_id=EOS,
+    )
     assert not learned.informative.any()
 
 
@@ -170,15 +212,22 @@ class ValuedTable(TableEvaluator):
         return out._replace(value=value)
 
 
-@pytest.mark.parametrize("net,auc", [({(3,): 0.8, (4,): 0.2}, 1.0), ({(3,): 0.2, (4,): 0.8}, 0.0),
-                                     ({(3,): 0.5, (4,): 0.5}, 0.5)])
+@pytest.mark.parametrize(
+    "net,auc", [({(3,): 0.8, (4,): 0.2}, 1.0), ({(3,): 0.2, (4,): 0.8}, 0.0), ({(3,): 0.5, (4,): 0.5}, 0.5)]
+)
 def test_the_sibling_pair_count_compares_the_net_s_order_of_root_children_with_the_verdicts(net, auc):
     # every continuation of 3 is right, of 4 wrong: one pair at the first move (the second
     # move's children are terminal: their values are verdicts, not the net's)
     priors = {(): {3: 0.5, 4: 0.5}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
     values = {(3, 5): 1.0, (3, 6): 1.0, (4, 5): 0.0, (4, 6): 0.0}
-    out = search([np.array([1])], ValuedTable(priors, values, 2, net),
-                 SearchConfig(num_simulations=12, leaves_per_call=1, top_k=2), max_len=3, vocab_size=V, eos_id=EOS)
+    out = search(
+        [np.array([1])],
+        ValuedTable(priors, values, 2, net),
+        SearchConfig(num_simulations=12, leaves_per_call=1, top_k=2),
+        max_len=3,
+        vocab_size=V,
+        eos_id=EOS,
+    )
     assert float(out.sibling_pairs[0]) == 1.0 and float(out.sibling_agree[0]) == auc
 
 
@@ -186,9 +235,10 @@ def test_the_sibling_pair_count_compares_the_net_s_order_of_root_children_with_t
 def test_the_improvement_win_rate_judges_both_choices_completed(target_first, expected):
     # one informative move where the improved policy and the prior disagree: EOS (the empty
     # completion, which this verifier accepts) against a digit (completed greedily: never empty)
+    from test_search import tiny_networks
+
     from emergent.agents.improvement import improvement_outcomes
     from emergent.agents.search import SearchOutput
-    from test_search import tiny_networks
 
     policy, _ = tiny_networks("learned")
     digit = TOKENIZER.encode("7")[0]
@@ -197,9 +247,17 @@ def test_the_improvement_win_rate_judges_both_choices_completed(target_first, ex
     tokens[0, :3] = torch.tensor([1, 5, 6])
     target = torch.zeros(1, 1, V)
     target[0, 0, eos_first] = 1.0
-    out = SearchOutput(tokens=tokens, length=torch.tensor([3]), prompt_length=torch.tensor([3]),
-                       visit_probs=target, policy=target, moves=torch.tensor([1]), searched=torch.tensor([[True]]),
-                       informative=torch.tensor([[True]]), prior_token=torch.tensor([[other]]))
+    out = SearchOutput(
+        tokens=tokens,
+        length=torch.tensor([3]),
+        prompt_length=torch.tensor([3]),
+        visit_probs=target,
+        policy=target,
+        moves=torch.tensor([1]),
+        searched=torch.tensor([[True]]),
+        informative=torch.tensor([[True]]),
+        prior_token=torch.tensor([[other]]),
+    )
     judged = improvement_outcomes(policy, out, lambda rows, comps: np.array([c == "" for c in comps]))
     assert tuple(judged) == expected
     agree = out._replace(prior_token=torch.tensor([[eos_first]]))  # no disagreement: nothing to judge

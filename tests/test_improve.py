@@ -1,11 +1,12 @@
 """Self-improvement: no gold access, the FLOP ledger, determinism, the learning signal."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import SEARCH, SHARED, SMALL, TINY, scalars
+
 from emergent import tags
 from emergent.agents.records import Prompts
 from emergent.agents.reward_trainer import encode_values
@@ -49,11 +50,28 @@ def test_majority_vote_never_calls_the_verifier(tmp_path, monkeypatch):
     import emergent.platform.experiment as experiment
 
     monkeypatch.setattr(experiment, "Oracle", RaisingOracle)
-    cfg = load_config(None, [*SMALL, "train.method=expert_iteration", "improve.label_source=majority_vote",
-                             "train.steps=3", f"logdir={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            *SMALL,
+            "train.method=expert_iteration",
+            "improve.label_source=majority_vote",
+            "train.steps=3",
+            f"logdir={tmp_path}",
+        ],
+    )
     train_local(cfg)  # would raise if any training problem's verifier were consulted
-    cfg = load_config(None, [*SMALL, "train.method=expert_iteration", "improve.label_source=verifier",
-                             "train.steps=1", f"logdir={tmp_path}", "run_name=v"])
+    cfg = load_config(
+        None,
+        [
+            *SMALL,
+            "train.method=expert_iteration",
+            "improve.label_source=verifier",
+            "train.steps=1",
+            f"logdir={tmp_path}",
+            "run_name=v",
+        ],
+    )
     with pytest.raises(AssertionError, match="verifier was called"):
         train_local(cfg)  # and the same guard does fire when the verifier is used
 
@@ -85,8 +103,18 @@ def test_supervised_ledger_matches_the_analytic_count(tmp_path, monkeypatch):
     N counts every parameter (embeddings, norms); the ledger counts the matmuls that run.
     At the quickstart's size the two agree to < 1 %; at toy widths embeddings dominate N.
     """
-    cfg = load_config(None, [*TINY, "model.n_layer=2", "model.d_model=128", "model.n_head=4", "model.max_len=64",
-                             "train.steps=6", f"logdir={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "model.n_layer=2",
+            "model.d_model=128",
+            "model.n_head=4",
+            "model.max_len=64",
+            "train.steps=6",
+            f"logdir={tmp_path}",
+        ],
+    )
     exp = Experiment(cfg)
     tokens_at = []
     import emergent.agents.supervised as supervised
@@ -112,8 +140,17 @@ def test_supervised_ledger_matches_the_analytic_count(tmp_path, monkeypatch):
 def test_same_seed_same_metrics_and_a_full_ledger(method, tmp_path):
     series = []
     for name in ("a", "b"):
-        cfg = load_config(None, [*small(method), "train.steps=4", "train.log_every=2",
-                                 "eval.every=2", f"logdir={tmp_path}", f"run_name={name}"])
+        cfg = load_config(
+            None,
+            [
+                *small(method),
+                "train.steps=4",
+                "train.log_every=2",
+                "eval.every=2",
+                f"logdir={tmp_path}",
+                f"run_name={name}",
+            ],
+        )
         train_local(cfg)
         series.append(scalars(cfg.run_dir, perf=False))
     assert series[0] == series[1]
@@ -130,8 +167,9 @@ def test_init_from_a_supervised_checkpoint(tmp_path):
     sup = load_config(None, [*TINY, "train.steps=3", f"logdir={tmp_path}", "run_name=sup"])
     train_local(sup)
     ckpt = sup.run_dir / "last.pt"
-    cfg = load_config(None, [*small("expert_iteration"), f"improve.init_from={ckpt}",
-                             f"logdir={tmp_path}", "run_name=ei"])
+    cfg = load_config(
+        None, [*small("expert_iteration"), f"improve.init_from={ckpt}", f"logdir={tmp_path}", "run_name=ei"]
+    )
     exp = Experiment(cfg)
     state = torch.load(ckpt, weights_only=True)
     for k, v in state["model"].items():
@@ -238,7 +276,9 @@ def test_reward_near_misses_copy_the_trained_traces_and_the_verifier_labels_them
     assert len(trained) and len(b.reward_traces) == 2 * len(trained)  # a completion without digits has no copies
     rows = b.rows[trained].repeat(2)
     assert [t.prompt for t in b.reward_traces] == [b.prompts[r] for r in rows]
-    truth = Oracle(exp.task, problems)(rows, [t.completion for t in b.reward_traces]).astype(bool) & b.finished[trained].repeat(2)
+    truth = Oracle(exp.task, problems)(rows, [t.completion for t in b.reward_traces]).astype(bool) & b.finished[
+        trained
+    ].repeat(2)
     assert np.array_equal([t.label for t in b.reward_traces], truth.astype(float))
     for t, i in zip(b.reward_traces, trained.repeat(2)):
         assert sum(x != y for x, y in zip(t.completion, b.completions[i])) == 1
@@ -258,9 +298,18 @@ def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target
     # learn_from=all (AlphaZero as first built): confident_prior 1.0 searches every move, and
     # each move has an improved policy to learn. 0.0 searches none: no targets, so the policy
     # takes no step (not even weight decay).
-    exp = Experiment(load_config(None, [*small("alphazero"), f"search.confident_prior={confident}",
-                                        f"search.policy_target={target}", "improve.learn_from=all",
-                                        f"logdir={tmp_path}"]))
+    exp = Experiment(
+        load_config(
+            None,
+            [
+                *small("alphazero"),
+                f"search.confident_prior={confident}",
+                f"search.policy_target={target}",
+                "improve.learn_from=all",
+                f"logdir={tmp_path}",
+            ],
+        )
+    )
     batch = exp.collect(exp.next_problems()).experience
     mass = torch.cat([v.sum(-1) for v in batch.targets])  # [all moves]
     assert batch.scalars[tags.SEARCH_SEARCHED_FRACTION] == confident
@@ -278,18 +327,29 @@ def test_alphazero_learn_from_solved_learns_the_accepted_searched_traces_by_maxi
     from emergent.agents.token_batch import encode_batch
     from emergent.envs import TOKENIZER
 
-    exp = Experiment(load_config(None, [*small("alphazero"), "improve.learn_from=solved", "improve.updates_per_iter=1",
-                                        "reward.updates_per_iter=0", f"logdir={tmp_path}"]))
+    exp = Experiment(
+        load_config(
+            None,
+            [
+                *small("alphazero"),
+                "improve.learn_from=solved",
+                "improve.updates_per_iter=1",
+                "reward.updates_per_iter=0",
+                f"logdir={tmp_path}",
+            ],
+        )
+    )
     with torch.no_grad():
         exp.model.wte.weight[TOKENIZER.eos_id] *= 8  # an untrained policy: make traces end
     problems = exp.next_problems()
-    batch = exp.method.collect(Prompts([p.prompt for p in problems], lambda rows, comps: (np.asarray(rows) % 2 == 0)))
+    batch = exp.method.collect(Prompts([p.prompt for p in problems], lambda rows, comps: np.asarray(rows) % 2 == 0))
     accepted = batch.accepted
     assert accepted.any() and not accepted.all()
     exp.method.remember(batch)
     kept = exp.method.replay.items
-    assert {(t.prompt, t.completion) for t in kept} == {(batch.prompt_of[i], batch.completions[i])
-                                                         for i in np.flatnonzero(accepted)}
+    assert {(t.prompt, t.completion) for t in kept} == {
+        (batch.prompt_of[i], batch.completions[i]) for i in np.flatnonzero(accepted)
+    }
     assert all(t.target is None for t in kept)
     rng_state = exp.method.learn_rng.bit_generator.state  # the draw improve will make
     draw = exp.method.replay.sample(exp.method.learn_rng, exp.cfg.improve.train_batch)
@@ -305,9 +365,18 @@ def test_policy_gradient_takes_updates_per_iter_steps_on_its_schedule(tmp_path):
     """``improve.updates_per_iter`` clipped steps per iteration, and the schedule is
     stretched over exactly the steps taken: the run ends where the schedule does."""
     steps, k = 3, 4
-    exp = Experiment(load_config(None, [*small("policy_gradient"), f"train.steps={steps}",
-                                        f"improve.updates_per_iter={k}", "optim.warmup_steps=0",
-                                        f"logdir={tmp_path}"]))
+    exp = Experiment(
+        load_config(
+            None,
+            [
+                *small("policy_gradient"),
+                f"train.steps={steps}",
+                f"improve.updates_per_iter={k}",
+                "optim.warmup_steps=0",
+                f"logdir={tmp_path}",
+            ],
+        )
+    )
     lrs = []
     opt = exp.method.learner
     apply = opt.apply
@@ -349,8 +418,10 @@ def test_one_policy_gradient_update_is_reinforce_with_the_group_baseline(tmp_pat
 
     S = exp.cfg.improve.samples
     reward = np.where(batch.finished, batch.scores, 0.0).reshape(-1, S)
-    A = torch.as_tensor(((reward - reward.mean(1, keepdims=True)) / (reward.std(1, keepdims=True) + 1e-4)).reshape(-1),
-                        dtype=torch.float32)
+    A = torch.as_tensor(
+        ((reward - reward.mean(1, keepdims=True)) / (reward.std(1, keepdims=True) + 1e-4)).reshape(-1),
+        dtype=torch.float32,
+    )
     b = encode_batch(TOKENIZER, batch.prompt_of, batch.completions, exp.model.cfg.max_len)
     cut = torch.as_tensor(~batch.finished)
     last = b.loss_mask.cumsum(1).argmax(1)
@@ -368,9 +439,20 @@ def test_alphazero_expert_targets_sit_at_informative_moves_only_and_its_loss_is_
     from emergent.agents.token_batch import encode_batch
     from emergent.envs import TOKENIZER
 
-    exp = Experiment(load_config(None, [*small("alphazero"), "search.num_simulations=8", "search.leaves_per_call=1",
-                                        "search.root=gumbel", "search.dirichlet_fraction=0",
-                                        "search.leaf_value=rollout", f"logdir={tmp_path}"]))
+    exp = Experiment(
+        load_config(
+            None,
+            [
+                *small("alphazero"),
+                "search.num_simulations=8",
+                "search.leaves_per_call=1",
+                "search.root=gumbel",
+                "search.dirichlet_fraction=0",
+                "search.leaf_value=rollout",
+                f"logdir={tmp_path}",
+            ],
+        )
+    )
     batch = exp.collect(exp.next_problems()).experience
     # rollouts judge every leaf: every searched move has a verdict below it, and a target
     assert batch.scalars[tags.SEARCH_INFORMATIVE_FRACTION] == 1.0
@@ -392,7 +474,12 @@ def test_alphazero_expert_targets_sit_at_informative_moves_only_and_its_loss_is_
         for row, p in enumerate(prompts):
             pair = logp[row, len(p) + 1, [a, b]]
             q = torch.softmax(pair, 0)  # the policy restricted to the target's support
-            kl += float((torch.tensor([0.75, 0.25], dtype=torch.float64) * (torch.log(torch.tensor([0.75, 0.25], dtype=torch.float64)) - q.log())).sum())
+            kl += float(
+                (
+                    torch.tensor([0.75, 0.25], dtype=torch.float64)
+                    * (torch.log(torch.tensor([0.75, 0.25], dtype=torch.float64)) - q.log())
+                ).sum()
+            )
     assert got == pytest.approx(float(nll) + kl / 2, rel=1e-5)
     # where the target is the restricted policy itself, the KL term is 0 and so is its gradient
     with torch.no_grad():
@@ -408,8 +495,18 @@ def test_alphazero_expert_targets_sit_at_informative_moves_only_and_its_loss_is_
 def test_alphazero_with_nothing_informative_and_nothing_solved_takes_no_step(tmp_path):
     # net-valued leaves and a verifier that accepts nothing: one simulation reaches no
     # terminal state, so no move is informative and no trace accepted: nothing to learn
-    exp = Experiment(load_config(None, [*small("alphazero"), "search.num_simulations=1", "search.leaves_per_call=1",
-                                        "search.terminal_value=learned", f"logdir={tmp_path}"]))
+    exp = Experiment(
+        load_config(
+            None,
+            [
+                *small("alphazero"),
+                "search.num_simulations=1",
+                "search.leaves_per_call=1",
+                "search.terminal_value=learned",
+                f"logdir={tmp_path}",
+            ],
+        )
+    )
     problems = exp.next_problems()
     batch = exp.method.collect(Prompts([p.prompt for p in problems], lambda rows, comps: np.zeros(len(rows))))
     assert batch.scalars[tags.SEARCH_INFORMATIVE_FRACTION] == 0.0 and not batch.accepted.any()
@@ -426,9 +523,10 @@ def test_alphazero_sample_first_searches_only_the_problems_sampling_failed(tmp_p
     problems = exp.next_problems()
     P = len(problems)
     # a verifier that accepts every completion of even problems: sampling solves those
-    batch = exp.method.collect(Prompts([p.prompt for p in problems],
-                                       lambda rows, comps: (np.asarray(rows) % 2 == 0).astype(float)))
-    sampled, searched = batch.rows[: 2 * P], batch.rows[2 * P:]
+    batch = exp.method.collect(
+        Prompts([p.prompt for p in problems], lambda rows, comps: (np.asarray(rows) % 2 == 0).astype(float))
+    )
+    sampled, searched = batch.rows[: 2 * P], batch.rows[2 * P :]
     assert sampled.tolist() == np.repeat(np.arange(P), 2).tolist()
     solved = set(sampled[batch.labels[: 2 * P] > 0].tolist())
     assert set(searched.tolist()) == set(range(P)) - solved  # the search took only the failures
@@ -437,8 +535,11 @@ def test_alphazero_sample_first_searches_only_the_problems_sampling_failed(tmp_p
 
 
 def test_alphazero_tree_traces_are_judged_states_labelled_by_the_verifier(tmp_path):
-    exp = Experiment(load_config(None, [*small("alphazero"), "search.tree_traces=5", "search.leaf_value=rollout",
-                                        f"logdir={tmp_path}"]))
+    exp = Experiment(
+        load_config(
+            None, [*small("alphazero"), "search.tree_traces=5", "search.leaf_value=rollout", f"logdir={tmp_path}"]
+        )
+    )
     problems = exp.next_problems()
     batch = exp.collect(problems).experience
     tree = batch.reward_traces

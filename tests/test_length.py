@@ -1,4 +1,5 @@
 """The length axis: the frontier metric on hand-made per-length scores."""
+
 import numpy as np
 
 from emergent import tags
@@ -8,22 +9,28 @@ from emergent.platform.evaluate import SplitResult, frontier, scalars
 def test_frontier_is_the_last_length_of_the_unbroken_run_above_the_threshold():
     assert frontier({1: 1.0, 2: 0.995, 3: 0.99, 4: 0.7, 5: 1.0}, 0.99) == 3  # 5 passes, but 4 broke the run
     assert frontier({1: 1.0, 2: 1.0}, 0.99) == 2
-    assert frontier({1: 0.5, 2: 1.0}, 0.99) == 0          # the first length fails: none reached
+    assert frontier({1: 0.5, 2: 1.0}, 0.99) == 0  # the first length fails: none reached
     assert frontier({5: 1.0, 6: 0.98, 7: 1.0}, 0.99) == 5  # a split starting above 1 counts from there
-    assert frontier({5: 1.0, 6: 0.98}, 0.95) == 6          # the threshold is the option's
-    assert frontier({1: 1.0, 3: 1.0}, 0.99) == 1           # a missing length ends the run
+    assert frontier({5: 1.0, 6: 0.98}, 0.95) == 6  # the threshold is the option's
+    assert frontier({1: 1.0, 3: 1.0}, 0.99) == 1  # a missing length ends the run
 
 
 def split(exact_by_length: dict[int, float]) -> SplitResult:
     by = {d: {"exact_match": e, "token_accuracy": e, "edit_distance": 0.0} for d, e in exact_by_length.items()}
-    overall = {"exact_match": float(np.mean(list(exact_by_length.values()))), "token_accuracy": 0.0,
-               "edit_distance": 0.0}
+    overall = {
+        "exact_match": float(np.mean(list(exact_by_length.values()))),
+        "token_accuracy": 0.0,
+        "edit_distance": 0.0,
+    }
     return SplitResult(overall, by)
 
 
 def test_the_held_out_frontier_runs_from_the_test_lengths_into_the_extrapolation_lengths():
-    results = {"train": split({1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}), "test": split({1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}),
-               "extrapolate": split({5: 1.0, 6: 0.995, 7: 0.9, 8: 1.0})}
+    results = {
+        "train": split({1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}),
+        "test": split({1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}),
+        "extrapolate": split({5: 1.0, 6: 0.995, 7: 0.9, 8: 1.0}),
+    }
     got = scalars(results, 0.99)
     assert got[tags.eval_tag("test", tags.EVAL_FRONTIER)] == 4
     assert got[tags.eval_tag("extrapolate", tags.EVAL_FRONTIER)] == 6
@@ -38,6 +45,7 @@ def test_the_held_out_frontier_runs_from_the_test_lengths_into_the_extrapolation
 
 # -- self-labelling rounds (train.method=self_label) -------------------------------------------------
 
+
 def planted(policy, prompts, samples, *, temperature, generator, device):
     """A wrong but consistent labeller standing in for the policy: a + b + 1, reversed,
     for every sample (so a vote agrees with it)."""
@@ -51,23 +59,37 @@ def planted(policy, prompts, samples, *, temperature, generator, device):
 def planted_up_to(longest):
     """``planted``, whose samples (temperature > 0) give "0" on operands longer than
     ``longest`` digits: consistent up to there, unsure above."""
+
     def labeller(policy, prompts, samples, *, temperature, generator, device):
         out = planted(policy, prompts, samples, temperature=temperature, generator=generator, device=device)
         if temperature > 0:
-            out.completions[:] = ["0" if max(map(len, p.rstrip("=").split("+"))) > longest else c
-                                  for p, c in zip(out.prompts, out.completions)]
+            out.completions[:] = [
+                "0" if max(map(len, p.rstrip("=").split("+"))) > longest else c
+                for p, c in zip(out.prompts, out.completions)
+            ]
         return out
+
     return labeller
 
 
 def self_label(tmp_path, *overrides):
+    from conftest import TINY
+
     from emergent.platform.config import load_config
     from emergent.platform.experiment import Experiment
 
-    from conftest import TINY
-
-    cfg = load_config(None, [*TINY, "train.method=self_label", "self_label.round_steps=2", "self_label.problems=16",
-                             "train.steps=4", f"logdir={tmp_path}", *overrides])
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "train.method=self_label",
+            "self_label.round_steps=2",
+            "self_label.problems=16",
+            "train.steps=4",
+            f"logdir={tmp_path}",
+            *overrides,
+        ],
+    )
     return Experiment(cfg)
 
 
@@ -107,8 +129,10 @@ def test_noise_corrupts_labels_and_the_vote_filter_drops_what_the_samples_disagr
     monkeypatch.setattr(sl, "sample_rollouts", planted)
     exp = self_label(tmp_path, "self_label.noise=1.0")
     exp.train_step()
-    assert len(exp.method.buffer) == 16 and all(c != planted(None, [p], 1, temperature=0, generator=None, device=None)
-                                                 .completions[0] for p, c in exp.method.buffer)
+    assert len(exp.method.buffer) == 16 and all(
+        c != planted(None, [p], 1, temperature=0, generator=None, device=None).completions[0]
+        for p, c in exp.method.buffer
+    )
     # with the vote, the noisy labels disagree with every sample: none is kept
     exp = self_label(tmp_path, "self_label.noise=1.0", "self_label.filter=vote", "run_name=vote")
     step = exp.train_step()
@@ -179,13 +203,24 @@ def test_a_self_labelling_run_through_the_entry_point_resumes_where_it_stopped(t
 
     from conftest import TINY, scalars
 
-    args = [*TINY, "train.method=self_label", "self_label.round_steps=2", "self_label.problems=16",
-            "checkpoint_every=2", "eval.every=2", "train.log_every=1", f"logdir={tmp_path}"]
+    args = [
+        *TINY,
+        "train.method=self_label",
+        "self_label.round_steps=2",
+        "self_label.problems=16",
+        "checkpoint_every=2",
+        "eval.every=2",
+        "train.log_every=1",
+        f"logdir={tmp_path}",
+    ]
     assert main(["train", *args, "train.steps=4", "run_name=whole"]) == 0
     # stopped after round 1 (within warm-up, so the learning rate does not depend on train.steps)
     assert main(["train", *args, "train.steps=2", "run_name=split"]) == 0
     assert main(["train", *args, "train.steps=4", "run_name=split", "resume=true"]) == 0
-    whole, split = scalars(tmp_path / "quickstart" / "whole", perf=False), scalars(tmp_path / "quickstart" / "split", perf=False)
+    whole, split = (
+        scalars(tmp_path / "quickstart" / "whole", perf=False),
+        scalars(tmp_path / "quickstart" / "split", perf=False),
+    )
     assert whole["self_label/round"][-1][1] == 2 and whole["self_label/difficulty"][-1][1] == 4
     assert whole["self_label/buffer"][-1][1] == 32
     assert set(whole) == set(split)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from emergent.agents.token_batch import encode_batch
 from emergent.agents.model import PLACE_SCHEMES, POS_SCHEMES, ModelConfig, TransformerLM, digit_places
+from emergent.agents.token_batch import encode_batch
 from emergent.envs import TOKENIZER
 
 V = TOKENIZER.vocab_size
@@ -182,9 +182,18 @@ def test_flops_per_token_matches_a_counted_forward():
     assert model.flops_per_token(T, backward=True) == 3 * total
 
 
-@pytest.mark.parametrize("bad", [dict(pos="alibi"), dict(d_model=30, n_head=4), dict(n_layer=0), dict(dropout=1.0),
-                                 dict(pos="coupled", d_model=12, n_head=4), dict(pos="learned", place_offset=3),
-                                 dict(pos="abacus", place_offset=-1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(pos="alibi"),
+        dict(d_model=30, n_head=4),
+        dict(n_layer=0),
+        dict(dropout=1.0),
+        dict(pos="coupled", d_model=12, n_head=4),
+        dict(pos="learned", place_offset=3),
+        dict(pos="abacus", place_offset=-1),
+    ],
+)
 def test_bad_model_config(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad).validate()

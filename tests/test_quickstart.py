@@ -12,13 +12,14 @@ machine may miss one); at step 1200, 0.897 or more overall and 0.69 or more on e
 difficulty for all ten (seed 1: 1.000), where a seed that did not learn (lr 3e-3 gave
 0.29 and 0.40 at step 1800 on two seeds) sits far below.
 """
+
 import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, cli_env, kill_tree, scalars, wait_until
+
 from emergent import tags
 from emergent.platform.faults import HELD, HOLD_ENV
 
@@ -43,10 +44,14 @@ def test_quickstart_learns_3_digit_addition_on_two_seeds(tmp_path):
     procs = {}
     for s in (FULL, HALF):
         with logs[s].open("w") as out:
-            procs[s] = subprocess.Popen([sys.executable, "-m", "emergent", "train", f"seed={s}", f"logdir={tmp_path}",
-                                         "progress=false"], cwd=ROOT, env=half_env if s == HALF else env,
-                                        stdout=out, stderr=subprocess.STDOUT,
-                                        preexec_fn=(lambda: os.nice(10)) if s == HALF else None)
+            procs[s] = subprocess.Popen(
+                [sys.executable, "-m", "emergent", "train", f"seed={s}", f"logdir={tmp_path}", "progress=false"],
+                cwd=ROOT,
+                env=half_env if s == HALF else env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: os.nice(10)) if s == HALF else None,
+            )
     try:  # the second run, killed once it holds after its step-1200 checkpoint
         wait_until(lambda: (run_dir(tmp_path, HALF) / HELD).is_file(), procs[HALF], timeout=900, log=logs[HALF])
     finally:

@@ -1,4 +1,5 @@
 """runtime=ray: a tiny run on a 2-CPU local Ray, a worker killed mid-run, job submission."""
+
 import os
 import shutil
 import signal
@@ -8,8 +9,10 @@ import time
 import pytest
 import ray
 import torch
+from conftest import SEARCH, TINY, wait_until
+from conftest import SMALL as TINY_SELF
+from conftest import scalars as read_scalars
 
-from conftest import SEARCH, SMALL as TINY_SELF, TINY, scalars as read_scalars, wait_until
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
 from emergent.platform.config import load_config
@@ -49,16 +52,26 @@ def test_a_ray_run_logs_what_local_logs_and_more_and_a_killed_trace_worker_count
     from emergent.platform.ray_runtime import train_ray
 
     steps = 20
-    cfg = load_config(None, [*SMALL, f"train.steps={steps}", "eval.every=1000", "checkpoint_every=5",
-                             f"logdir={tmp_path}", f"run_name={KILLED}"])
+    cfg = load_config(
+        None,
+        [
+            *SMALL,
+            f"train.steps={steps}",
+            "eval.every=1000",
+            "checkpoint_every=5",
+            f"logdir={tmp_path}",
+            f"run_name={KILLED}",
+        ],
+    )
     killed = []
 
     def kill_one():  # SIGKILL a trace worker's process while the learner holds at step 5, then release it
         held = cfg.run_dir / HELD
         wait_until(held.exists)
         try:  # Ray titles an actor's process "ray::TraceWorker..."
-            alive = [p for p in psutil.process_iter(["cmdline"])
-                     if "ray::TraceWorker" in " ".join(p.info["cmdline"] or [])]
+            alive = [
+                p for p in psutil.process_iter(["cmdline"]) if "ray::TraceWorker" in " ".join(p.info["cmdline"] or [])
+            ]
             assert len(alive) == cfg.ray.workers, alive
             os.kill(alive[0].pid, signal.SIGKILL)
             killed.append(alive[0].pid)
@@ -81,9 +94,18 @@ def test_a_ray_run_logs_what_local_logs_and_more_and_a_killed_trace_worker_count
     assert not set(counts["discarded"]) & set(counts["batches"])
     # the tags a local run logs, and the runtime's own
     s = scalars(cfg.run_dir)
-    for tag in (tags.eval_tag("test", "exact_match"), tags.TRAIN_SAMPLE_ACCURACY, tags.COMPUTE_TOTAL_FLOPS,
-                tags.REWARD_LOSS, tags.PERF_TRACES_PER_S, tags.PERF_WORKER_UTILISATION, tags.PERF_WEIGHT_SYNC_S,
-                tags.PERF_STALENESS, tags.PERF_LEARNER_BUSY, tags.PERF_DATA_WAIT_S):
+    for tag in (
+        tags.eval_tag("test", "exact_match"),
+        tags.TRAIN_SAMPLE_ACCURACY,
+        tags.COMPUTE_TOTAL_FLOPS,
+        tags.REWARD_LOSS,
+        tags.PERF_TRACES_PER_S,
+        tags.PERF_WORKER_UTILISATION,
+        tags.PERF_WEIGHT_SYNC_S,
+        tags.PERF_STALENESS,
+        tags.PERF_LEARNER_BUSY,
+        tags.PERF_DATA_WAIT_S,
+    ):
         assert tag in s, tag
     assert max(s["perf/staleness"]) <= cfg.ray.max_staleness
     assert 0 < s["perf/worker_utilisation"][-1] <= 1.0 and s["perf/traces_per_s"][-1] > 0
@@ -94,7 +116,8 @@ def test_a_ray_run_logs_what_local_logs_and_more_and_a_killed_trace_worker_count
 # policy gradient collects and learns through the same SelfImprover streams as expert iteration
 @pytest.mark.parametrize("method", ["expert_iteration", "alphazero"])
 def test_self_improvement_under_ray_with_one_synchronous_worker_computes_exactly_what_local_computes(
-        local_ray, tmp_path, method):
+    local_ray, tmp_path, method
+):
     # one trace worker (collect's draws on stream 0, as local), no batch in flight beyond the
     # one being learned (ray.max_staleness=0): the same draws, weights and updates as local
     from emergent.platform.local import train_local
@@ -102,8 +125,16 @@ def test_self_improvement_under_ray_with_one_synchronous_worker_computes_exactly
 
     own = {"alphazero": [*SEARCH, "improve.problems_per_iter=6"]}.get(method, ["improve.samples=3"])
     shared = [a for a in TINY_SELF if not a.startswith(("improve.samples", "improve.problems_per_iter"))]
-    base = [*shared, *own, f"train.method={method}", "train.steps=4", "eval.every=2", "ray.workers=1",
-            "ray.max_staleness=0", f"logdir={tmp_path}"]
+    base = [
+        *shared,
+        *own,
+        f"train.method={method}",
+        "train.steps=4",
+        "eval.every=2",
+        "ray.workers=1",
+        "ray.max_staleness=0",
+        f"logdir={tmp_path}",
+    ]
     torch.set_num_threads(1)  # as the learner actor and the worker compute (a thread count changes reductions)
     train_local(load_config(None, [*base, "run_name=local"]))
     train_ray(load_config(None, [*base, "run_name=ray", "runtime=ray"]))
@@ -115,7 +146,8 @@ def test_self_improvement_under_ray_with_one_synchronous_worker_computes_exactly
 
 
 def test_a_data_parallel_group_whose_rank_1_learner_is_killed_resumes_from_rank_0s_checkpoint_counting_each_step_once(
-        local_ray, tmp_path, capsys):
+    local_ray, tmp_path, capsys
+):
     # ray.learners=2: while rank 0 holds after its step-4 checkpoint, rank 1's process is
     # SIGKILLed. Rank 0 learns of it only as an error in its collective; the run must read
     # that as the group's loss (not as rank 0's own error, which would end the run), wait
@@ -136,8 +168,11 @@ def test_a_data_parallel_group_whose_rank_1_learner_is_killed_resumes_from_rank_
         while running.is_set():
             if held.exists():
                 if not killed:
-                    killed.extend(p.pid for p in psutil.process_iter(["cmdline"])
-                                  if "ray::LearnerReplica" in " ".join(p.info["cmdline"] or []))
+                    killed.extend(
+                        p.pid
+                        for p in psutil.process_iter(["cmdline"])
+                        if "ray::LearnerReplica" in " ".join(p.info["cmdline"] or [])
+                    )
                     for pid in killed:
                         os.kill(pid, signal.SIGKILL)
                 held.unlink()
@@ -172,7 +207,8 @@ def test_a_learner_group_wanting_more_gpus_than_the_cluster_has_is_a_one_line_er
 
 
 def test_a_ray_run_resumed_from_what_a_kill_leaves_is_the_run_that_was_never_killed_and_local_computes_it_too(
-        local_ray, tmp_path):
+    local_ray, tmp_path
+):
     # While the learner holds right after its step-6 checkpoint, the run directory is exactly
     # what a SIGKILL of the whole job there would leave (events flushed, checkpoint whole,
     # nothing later written): it is copied, and the original goes on to be the uninterrupted
@@ -184,8 +220,15 @@ def test_a_ray_run_resumed_from_what_a_kill_leaves_is_the_run_that_was_never_kil
     from emergent.platform.local import train_local
     from emergent.platform.ray_runtime import train_ray
 
-    base = [*TINY, "train.steps=12", "eval.every=4", "checkpoint_every=3", "ray.workers=2", "train.log_every=5",
-            f"logdir={tmp_path}"]
+    base = [
+        *TINY,
+        "train.steps=12",
+        "eval.every=4",
+        "checkpoint_every=3",
+        "ray.workers=2",
+        "train.log_every=5",
+        f"logdir={tmp_path}",
+    ]
     cfg = load_config(None, [*base, f"run_name={COPIED}", "runtime=ray"])
     snapshot, whole = tmp_path / "snapshot", tmp_path / "whole"
 
@@ -205,8 +248,8 @@ def test_a_ray_run_resumed_from_what_a_kill_leaves_is_the_run_that_was_never_kil
     t.start()
     try:
         train_ray(cfg)
-        cfg.run_dir.rename(whole)      # the uninterrupted run, kept as the reference
-        snapshot.rename(cfg.run_dir)   # the run as the kill left it, where it ran
+        cfg.run_dir.rename(whole)  # the uninterrupted run, kept as the reference
+        snapshot.rename(cfg.run_dir)  # the run as the kill left it, where it ran
         assert load_checkpoint(cfg.run_dir / "last.pt")["step"] == 6
         final = train_ray(load_config(None, [*base, f"run_name={COPIED}", "runtime=ray", "resume=true"]))
     finally:

@@ -7,14 +7,15 @@ changes; after the train job, the test adds its one-learner twin, whose tags the
 two-learner run must log. Its own module, so no in-process Ray (test_ray.py's fixture) runs beside the
 cluster.
 """
+
 import os
 import re
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, TINY, scalars
+
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
 
@@ -39,8 +40,10 @@ def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
     assert all("logdir=$PWD/runs" in j for j in jobs) and "ray start --address=" in recipe
     assert "ray.learners=2" in jobs[0]
     # the tiny budget and a logdir under tmp_path are appended to each job's command line
-    lines = [job.split("#")[0].rstrip() + " " + " ".join(f"'{a}'" for a in [*tiny, f"logdir={tmp_path}/runs"])
-             for job, tiny in zip(jobs, (TINY_JOB, TINY_SWEEP))]
+    lines = [
+        job.split("#")[0].rstrip() + " " + " ".join(f"'{a}'" for a in [*tiny, f"logdir={tmp_path}/runs"])
+        for job, tiny in zip(jobs, (TINY_JOB, TINY_SWEEP))
+    ]
     # after the train job, its one-learner twin: a plain driver on the cluster (no second upload)
     twin = lines[0].split(" -- ")[1] + " ray.learners=1 run_name=one_learner"
     script = recipe.replace(jobs[0], f"{lines[0]}\n{twin}").replace(jobs[1], lines[1])
@@ -49,19 +52,24 @@ def test_readme_cluster_recipe_runs_verbatim_from_a_clean_home(tmp_path):
     # no Ray setting from outside, but the workers' priority (conftest: beside the quickstart's
     # training processes, Ray's default nice 15 starves the job's workers for minutes)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k == "RAY_worker_niceness"}
-    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0",
-               PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]))
+    env.update(
+        HOME=str(home),
+        RAY_USAGE_STATS_ENABLED="0",
+        PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]),
+    )
     ok = False
     try:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=400)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
+        )
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0 and "succeeded" in out, out[-3000:]  # the CLI prints: Job ... succeeded
         ok = True  # the recipe's own `ray stop` ran
     finally:
         if not ok:
-            subprocess.run(["bash", "-c", "ray stop --force"], env={**env, "RAY_AUTH_MODE": "token"},
-                           capture_output=True)
+            subprocess.run(
+                ["bash", "-c", "ray stop --force"], env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True
+            )
     assert (home / ".ray" / "auth_token").is_file()
     assert out.count("succeeded") >= 2, out[-3000:]
     one = tmp_path / "runs" / "quickstart" / "one_learner"

@@ -2,6 +2,7 @@
 problems (calibrated by simulation, so a missing seed term, a missing problem term or
 unpaired problems fails), the equal-FLOPs rule, ``read_run``, ``pass_curves`` and ``table``
 on synthetic runs written with the writers real runs use."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,14 +16,21 @@ import scipy.stats as stats
 from emergent import tags
 from emergent.platform.config import load_config, to_yaml
 from emergent.platform.metrics import pass_at_k
-from emergent.platform.report import (RunRecord, equal_flops_difference, figure_frontier, groups, pass_curves, read_at,
-                                      read_run, table)
+from emergent.platform.report import (
+    RunRecord,
+    equal_flops_difference,
+    figure_frontier,
+    groups,
+    pass_curves,
+    read_at,
+    read_run,
+    table,
+)
 from emergent.platform.stats import difference_interval, t_interval, t_quantile
 from emergent.platform.tensorboard import TBLogger
 
-
-
 # -- t quantiles and the interval over seeds --------------------------------------------------------
+
 
 def test_t_quantile_matches_scipy_for_integer_and_fractional_df():
     for df in (1, 2, 2.5, 3, 3.7, 4, 9, 30, 31.5, 200, math.inf):
@@ -58,7 +66,7 @@ def simulate(rng, *, seeds, problems, seed_sd, difficulty_sd, interaction_sd, rh
     shared = rng.standard_normal(seeds)
     out = []
     for m in range(2):
-        u = seed_sd * (rho * shared + math.sqrt(1 - rho ** 2) * rng.standard_normal(seeds))
+        u = seed_sd * (rho * shared + math.sqrt(1 - rho**2) * rng.standard_normal(seeds))
         g = interaction_sd * rng.standard_normal(problems)
         logit = beta[None, :] + u[:, None] + g[None, :] + (effect if m == 0 else 0.0)
         out.append((rng.random((seeds, problems)) < 1 / (1 + np.exp(-logit))).astype(float))
@@ -70,10 +78,16 @@ def simulate(rng, *, seeds, problems, seed_sd, difficulty_sd, interaction_sd, rh
 SCENARIOS = [
     ("seed effect", False, dict(seeds=3, problems=200, seed_sd=0.5, difficulty_sd=1.0, interaction_sd=0.0)),
     ("problem effect", False, dict(seeds=3, problems=40, seed_sd=0.02, difficulty_sd=1.0, interaction_sd=1.5)),
-    ("shared warm starts", True, dict(seeds=3, problems=200, seed_sd=0.5, difficulty_sd=1.0, interaction_sd=0.0,
-                                      rho=0.9)),
-    ("paired problems", True, dict(seeds=4, problems=100, seed_sd=0.05, difficulty_sd=3.0, interaction_sd=0.0,
-                                   rho=0.9, effect=0.5)),
+    (
+        "shared warm starts",
+        True,
+        dict(seeds=3, problems=200, seed_sd=0.5, difficulty_sd=1.0, interaction_sd=0.0, rho=0.9),
+    ),
+    (
+        "paired problems",
+        True,
+        dict(seeds=4, problems=100, seed_sd=0.05, difficulty_sd=3.0, interaction_sd=0.0, rho=0.9, effect=0.5),
+    ),
 ]
 
 
@@ -106,22 +120,43 @@ def test_the_interval_is_calibrated_where_each_variance_part_dominates(name, pai
 FLOPS_PER_STEP = 1e9
 
 
-def write_run(root: Path, name: str, method: str, seed: int, evals: list[tuple[int, float, np.ndarray]], *,
-              budget: float | None = None, correct: np.ndarray | None = None, finished: bool = True,
-              d_model: int = 16, extra: tuple[str, ...] = (), frontier: list[float] | None = None) -> Path:
+def write_run(
+    root: Path,
+    name: str,
+    method: str,
+    seed: int,
+    evals: list[tuple[int, float, np.ndarray]],
+    *,
+    budget: float | None = None,
+    correct: np.ndarray | None = None,
+    finished: bool = True,
+    d_model: int = 16,
+    extra: tuple[str, ...] = (),
+    frontier: list[float] | None = None,
+) -> Path:
     """A run directory as ``Run`` writes one: the config text, each evaluation's scalars
     (``evals``: step, cumulative FLOPs, per-problem exact verdicts [P]) against steps and
     against FLOPs, its per-problem record, and hparams when ``finished``."""
-    overrides = [f"train.method={method}", "model.n_layer=1", "model.n_head=2", f"model.d_model={d_model}",
-                 f"seed={seed}", f"run_name={name}", f"logdir={root.parent}", f"experiment={root.name}"]
+    overrides = [
+        f"train.method={method}",
+        "model.n_layer=1",
+        "model.n_head=2",
+        f"model.d_model={d_model}",
+        f"seed={seed}",
+        f"run_name={name}",
+        f"logdir={root.parent}",
+        f"experiment={root.name}",
+    ]
     overrides += ["train.batch_size=8"] if method == "supervised" else []
     overrides += [f"train.flop_budget={budget}"] if budget else []
     cfg = load_config(None, [*overrides, *extra])
     log, vs = TBLogger(cfg.run_dir), TBLogger(cfg.run_dir / tags.VS_FLOPS_DIR)
     log.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
     for i, (step, flops, exact) in enumerate(evals):
-        scalars = {tags.eval_tag("test", "exact_match"): float(exact.mean()),
-                   tags.eval_tag("extrapolate", "exact_match"): float(exact.mean()) / 2}
+        scalars = {
+            tags.eval_tag("test", "exact_match"): float(exact.mean()),
+            tags.eval_tag("extrapolate", "exact_match"): float(exact.mean()) / 2,
+        }
         if frontier is not None:
             scalars[tags.EVAL_LENGTH_FRONTIER] = frontier[i]
         log.scalars({**scalars, tags.PERF_ELAPSED_S: float(step)}, step)
@@ -145,9 +180,26 @@ def record(name, method, seed, flops, exact_rows, path, *, budget=None, shares_s
     for step, exact in zip(steps, exact_rows):
         np.savez(path / tags.EVALS_DIR / f"step_{step:06d}.npz", **{"test/exact": np.asarray(exact, dtype=bool)})
     em = np.array([np.mean(x) for x in exact_rows])
-    return RunRecord(name, path, method, "supervised", method, "countdown", 1000, "0.00M (L1 d16)", seed, True,
-                     steps, np.asarray(flops, dtype=float), {tags.eval_tag("test", "exact_match"): em}, 1.0,
-                     (1, 2), (3, 3), budget, shares_start)
+    return RunRecord(
+        name,
+        path,
+        method,
+        "supervised",
+        method,
+        "countdown",
+        1000,
+        "0.00M (L1 d16)",
+        seed,
+        True,
+        steps,
+        np.asarray(flops, dtype=float),
+        {tags.eval_tag("test", "exact_match"): em},
+        1.0,
+        (1, 2),
+        (3, 3),
+        budget,
+        shares_start,
+    )
 
 
 def test_equal_flops_reads_every_run_at_its_budget_evaluation_however_far_it_overshot(tmp_path):
@@ -156,10 +208,31 @@ def test_equal_flops_reads_every_run_at_its_budget_evaluation_however_far_it_ove
     # evaluation early (at 1.4e13) and sees a difference that is not there.
     rng = np.random.default_rng(0)
     early, final = rng.random(100) < 0.2, rng.random(100) < 0.3
-    sup = [record(f"s{s}", "supervised", s, [0, 1.4e13, 1.5e13 + 1e9], [early, early, final], tmp_path / f"s{s}",
-                  budget=1.5e13) for s in range(3)]
-    ei = [record(f"e{s}", "expert_iteration", s, [8e12, 1.2e13, 1.5e13 + 5e8], [early, early, final],
-                 tmp_path / f"e{s}", budget=1.5e13, shares_start=True) for s in range(3)]
+    sup = [
+        record(
+            f"s{s}",
+            "supervised",
+            s,
+            [0, 1.4e13, 1.5e13 + 1e9],
+            [early, early, final],
+            tmp_path / f"s{s}",
+            budget=1.5e13,
+        )
+        for s in range(3)
+    ]
+    ei = [
+        record(
+            f"e{s}",
+            "expert_iteration",
+            s,
+            [8e12, 1.2e13, 1.5e13 + 5e8],
+            [early, early, final],
+            tmp_path / f"e{s}",
+            budget=1.5e13,
+            shares_start=True,
+        )
+        for s in range(3)
+    ]
     c = equal_flops_difference(ei, sup)
     assert c.flops == 1.5e13 and c.interval.diff == 0.0 and c.interpolated == (False, False)
     assert c.read == (1.5e13 + 5e8, 1.5e13 + 1e9) and c.interval.paired  # the FLOPs each side was read at
@@ -171,10 +244,23 @@ def test_without_a_common_budget_both_sides_are_interpolated_to_the_smaller_fina
     # at 7e12 and 9e12, verdict by verdict
     rng = np.random.default_rng(1)
     x, y, w = (rng.random(50) < p for p in (0.1, 0.4, 0.3))
-    sup = [record(f"s{s}", "supervised", s, [0, 7e12, 9e12, 1.5e13], [x, x, y, y], tmp_path / f"s{s}",
-                  budget=1.5e13) for s in range(2)]
-    warm = [record(f"w{s}", "warm_start", s, [0, 4e12, 8e12 + 3e8], [x, x, w], tmp_path / f"w{s}", budget=8e12,
-                   shares_start=True) for s in range(2)]
+    sup = [
+        record(f"s{s}", "supervised", s, [0, 7e12, 9e12, 1.5e13], [x, x, y, y], tmp_path / f"s{s}", budget=1.5e13)
+        for s in range(2)
+    ]
+    warm = [
+        record(
+            f"w{s}",
+            "warm_start",
+            s,
+            [0, 4e12, 8e12 + 3e8],
+            [x, x, w],
+            tmp_path / f"w{s}",
+            budget=8e12,
+            shares_start=True,
+        )
+        for s in range(2)
+    ]
     c = equal_flops_difference(warm, sup)
     assert c.flops == 8e12 and c.interpolated == (False, True) and c.read == (8e12 + 3e8, 8e12)
     assert c.interval.diff == pytest.approx(w.mean() - (0.5 * x.mean() + 0.5 * y.mean()))
@@ -186,10 +272,11 @@ def test_without_a_common_budget_both_sides_are_interpolated_to_the_smaller_fina
 def test_pairing_follows_shared_warm_starts_and_one_seed_has_no_interval(tmp_path):
     rng = np.random.default_rng(2)
     v = [rng.random(60) < 0.3 for _ in range(4)]
-    sup = [record(f"s{s}", "supervised", s, [0, 1e13], [v[s], v[s]], tmp_path / f"s{s}", budget=1e13)
-           for s in range(3)]
-    scratch = [record(f"p{s}", "policy_gradient", s, [0, 1e13], [v[s], v[s + 1]], tmp_path / f"p{s}", budget=1e13)
-               for s in range(3)]
+    sup = [record(f"s{s}", "supervised", s, [0, 1e13], [v[s], v[s]], tmp_path / f"s{s}", budget=1e13) for s in range(3)]
+    scratch = [
+        record(f"p{s}", "policy_gradient", s, [0, 1e13], [v[s], v[s + 1]], tmp_path / f"p{s}", budget=1e13)
+        for s in range(3)
+    ]
     assert not equal_flops_difference(scratch, sup).interval.paired  # no shared start: Welch
     one = equal_flops_difference(scratch[:1], sup)
     assert math.isnan(one.interval.lo) and one.interval.seeds == (1, 3)
@@ -199,14 +286,28 @@ def test_read_run_reads_what_a_run_logged(tmp_path):
     root = tmp_path / "exp"
     rng = np.random.default_rng(3)
     verdicts = [rng.random(30) < p for p in (0.1, 0.2, 0.5)]
-    cell = {"name": "ei_seed1", "values": {"train.method": "expert_iteration", "seed": 1},
-            "role": "run", "warm_start": "warm_start_seed1"}
-    path = write_run(root, "ei_seed1", "expert_iteration", 1,
-                     [(0, 8e12, verdicts[0]), (50, 1.2e13, verdicts[1]), (100, 1.5e13 + 7e8, verdicts[2])],
-                     budget=1.5e13)
+    cell = {
+        "name": "ei_seed1",
+        "values": {"train.method": "expert_iteration", "seed": 1},
+        "role": "run",
+        "warm_start": "warm_start_seed1",
+    }
+    path = write_run(
+        root,
+        "ei_seed1",
+        "expert_iteration",
+        1,
+        [(0, 8e12, verdicts[0]), (50, 1.2e13, verdicts[1]), (100, 1.5e13 + 7e8, verdicts[2])],
+        budget=1.5e13,
+    )
     r = read_run(path, cell)
-    assert (r.method, r.series, r.reference, r.seed, r.task) == ("expert_iteration", "expert_iteration",
-                                                                  "supervised", 1, "addition")
+    assert (r.method, r.series, r.reference, r.seed, r.task) == (
+        "expert_iteration",
+        "expert_iteration",
+        "supervised",
+        1,
+        "addition",
+    )
     assert r.finished and r.budget == 1.5e13 and r.shares_start
     assert list(r.steps) == [0, 50, 100]
     assert r.flops == pytest.approx([8e12, 1.2e13, 1.5e13 + 7e8], rel=1e-6)  # FLOPs to the MFLOP
@@ -224,8 +325,9 @@ def test_pass_curves_are_pass_at_k_of_each_runs_last_evaluation(tmp_path):
     runs = []
     for seed in range(2):
         correct = rng.random((20, 8)) < 0.3
-        path = write_run(root, f"r{seed}", "supervised", seed, [(0, 0.0, correct[:, 0]), (10, 1e9, correct[:, 1])],
-                         correct=correct)
+        path = write_run(
+            root, f"r{seed}", "supervised", seed, [(0, 0.0, correct[:, 0]), (10, 1e9, correct[:, 1])], correct=correct
+        )
         runs.append((read_run(path), correct))
     ks, curves = pass_curves([r for r, _ in runs])
     assert ks.tolist() == [1, 2, 4, 8]
@@ -249,13 +351,41 @@ def test_table_rows_carry_the_seed_effect_the_problem_effect_and_the_rule(tmp_pa
     for seed, base in enumerate((0.2, 0.3, 0.4)):
         sup = rng.random(P) < base
         ei = rng.random(P) < base + boost
-        cells = [({"name": f"sup{seed}", "values": {"train.method": "supervised", "seed": seed}, "role": "run",
-                   "warm_start": None}, "supervised", [(0, 0.0, sup), (800, 1.5e13 + 2e9, sup)]),
-                 ({"name": f"ei{seed}", "values": {"train.method": "expert_iteration", "seed": seed}, "role": "run",
-                   "warm_start": f"warm{seed}"}, "expert_iteration", [(0, 8e12, sup), (40, 1.5e13 + 1e9, ei)])]
+        cells = [
+            (
+                {
+                    "name": f"sup{seed}",
+                    "values": {"train.method": "supervised", "seed": seed},
+                    "role": "run",
+                    "warm_start": None,
+                },
+                "supervised",
+                [(0, 0.0, sup), (800, 1.5e13 + 2e9, sup)],
+            ),
+            (
+                {
+                    "name": f"ei{seed}",
+                    "values": {"train.method": "expert_iteration", "seed": seed},
+                    "role": "run",
+                    "warm_start": f"warm{seed}",
+                },
+                "expert_iteration",
+                [(0, 8e12, sup), (40, 1.5e13 + 1e9, ei)],
+            ),
+        ]
         if seed == 0:  # a series with one seed
-            cells.append(({"name": "pg0", "values": {"train.method": "policy_gradient", "seed": 0}, "role": "run",
-                           "warm_start": None}, "policy_gradient", [(0, 0.0, sup), (40, 1.5e13, ei)]))
+            cells.append(
+                (
+                    {
+                        "name": "pg0",
+                        "values": {"train.method": "policy_gradient", "seed": 0},
+                        "role": "run",
+                        "warm_start": None,
+                    },
+                    "policy_gradient",
+                    [(0, 0.0, sup), (40, 1.5e13, ei)],
+                )
+            )
         for cell, method, evals in cells:
             runs.append(read_run(write_run(root, cell["name"], method, seed, evals, budget=1.5e13), cell))
     g = groups(runs)
@@ -279,8 +409,9 @@ def test_sound_exact_match_is_read_or_derived_from_the_false_step_share(tmp_path
     fs = tags.eval_tag("test", tags.EVAL_FALSE_STEPS)
     derived = dataclasses.replace(r, evals={**r.evals, fs: np.array([0.0, 0.5])})
     assert derived.sound_final("test") == pytest.approx(0.5 * (1 - 0.5))  # half the right answers hold a false step
-    logged = dataclasses.replace(derived, evals={**derived.evals, tags.eval_tag("test", tags.EVAL_SOUND_EXACT):
-                                                 np.array([0.1, 0.3])})
+    logged = dataclasses.replace(
+        derived, evals={**derived.evals, tags.eval_tag("test", tags.EVAL_SOUND_EXACT): np.array([0.1, 0.3])}
+    )
     assert logged.sound_final("test") == 0.3
     # with task.check_steps the verdict already required every step: exact match is sound
     checked = dataclasses.replace(derived, check_steps=True)
@@ -293,13 +424,25 @@ def test_a_position_scheme_is_a_series_of_its_size_compared_with_learned_supervi
     runs = []
     for seed in range(3):
         v = rng.random(20) < 0.5
-        for name, method, extra, front in (("sup", "supervised", (), [2, 3]),
-                                           ("aba", "supervised", ("model.pos=abacus", "model.place_offset=4"), [2, 5 + seed]),
-                                           ("sl", "self_label", ("model.pos=abacus",), [5, 7])):
-            cell = {"name": f"{name}{seed}", "values": {"train.method": method, "model.pos": "x", "seed": seed},
-                    "role": "run", "warm_start": None}
-            runs.append(read_run(write_run(root, f"{name}{seed}", method, seed, [(0, 0.0, v), (10, 1e12, v)],
-                                           extra=extra, frontier=front), cell))
+        for name, method, extra, front in (
+            ("sup", "supervised", (), [2, 3]),
+            ("aba", "supervised", ("model.pos=abacus", "model.place_offset=4"), [2, 5 + seed]),
+            ("sl", "self_label", ("model.pos=abacus",), [5, 7]),
+        ):
+            cell = {
+                "name": f"{name}{seed}",
+                "values": {"train.method": method, "model.pos": "x", "seed": seed},
+                "role": "run",
+                "warm_start": None,
+            }
+            runs.append(
+                read_run(
+                    write_run(
+                        root, f"{name}{seed}", method, seed, [(0, 0.0, v), (10, 1e12, v)], extra=extra, frontier=front
+                    ),
+                    cell,
+                )
+            )
     g = groups(runs)
     assert len({p for p, _ in g}) == 1  # one size: a scheme's place table is not a size
     assert [s for _, s in g] == ["supervised", "self_label, pos=abacus", "supervised, pos=abacus, place_offset=4"]
@@ -313,10 +456,13 @@ def test_a_position_scheme_is_a_series_of_its_size_compared_with_learned_supervi
     # warm starts of a scheme are no prefix of a learned-position run
     iv = difference_interval(np.array([[5.0], [6.0], [7.0]]), np.array([[3.0]] * 3), paired=False)
     assert rows["supervised, pos=abacus, place_offset=4"][-1] == (
-        f"{iv.diff:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] t({iv.df:.1f}) Welch, seeds only")
+        f"{iv.diff:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] t({iv.df:.1f}) Welch, seeds only"
+    )
     assert rows["supervised"][-1] == "reference"
     sizes = list(dict.fromkeys((r.params, r.size) for r in runs))
-    assert figure_frontier(g, sizes, "addition", tmp_path / "frontier.png") and (tmp_path / "frontier.png").stat().st_size
+    assert (
+        figure_frontier(g, sizes, "addition", tmp_path / "frontier.png") and (tmp_path / "frontier.png").stat().st_size
+    )
     assert not figure_frontier(groups([r for r in runs if r.name == "none"]), sizes, "addition", tmp_path / "x.png")
 
 
@@ -325,8 +471,10 @@ def test_seeds_pair_only_with_a_reference_their_warm_starts_are_a_prefix_of(tmp_
 
     from emergent.platform.report import pairs
 
-    ei = [record(f"e{s}", "expert_iteration", s, [1.0, 2.0], [[True, False]] * 2, tmp_path, shares_start=True)
-          for s in range(3)]
+    ei = [
+        record(f"e{s}", "expert_iteration", s, [1.0, 2.0], [[True, False]] * 2, tmp_path, shares_start=True)
+        for s in range(3)
+    ]
     sup = [record(f"s{s}", "supervised", s, [1.0, 2.0], [[True, False]] * 2, tmp_path) for s in range(3)]
     assert pairs(ei, sup) and not pairs(sup, sup)  # supervised runs start from nothing shared
     assert not pairs([replace(r, scheme="pos=abacus") for r in ei], sup)  # an abacus warm start: no prefix

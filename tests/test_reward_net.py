@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from emergent.agents.model import ModelConfig
 from emergent import tags
+from emergent.agents.model import ModelConfig
 from emergent.agents.records import Experience
 from emergent.agents.reward_net import RewardNet, RewardNetConfig
 from emergent.agents.reward_trainer import RewardTrainer
@@ -41,9 +41,17 @@ def test_reward_net_learns_to_separate_outcomes_and_starts_neutral():
     net = RewardNet(ModelConfig(n_layer=1, n_head=2, d_model=32, max_len=16), TOKENIZER.vocab_size)
     trainer = RewardTrainer(net, cfg, total_steps=10, device=torch.device("cpu"))
     assert trainer.score(["1+1=", "1+1="], ["2", "3"])[0] == pytest.approx([0.5, 0.5])  # no opinion yet
-    good_and_bad = Experience(["1+1="], np.zeros(2, int), ["2", "3"], finished=np.ones(2, bool),
-                              labels=np.array([1.0, 0.0]), scores=np.array([1.0, 0.0]), heldout=np.zeros(2, bool),
-                              heldout_probs=np.zeros(0), flops={})
+    good_and_bad = Experience(
+        ["1+1="],
+        np.zeros(2, int),
+        ["2", "3"],
+        finished=np.ones(2, bool),
+        labels=np.array([1.0, 0.0]),
+        scores=np.array([1.0, 0.0]),
+        heldout=np.zeros(2, bool),
+        heldout_probs=np.zeros(0),
+        flops={},
+    )
     rng = np.random.default_rng(0)
     for _ in range(10):
         flops, scalars = trainer.learn(good_and_bad, rng)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from emergent.agents.model import PLACE_SCHEMES, ModelConfig, TransformerLM
-from emergent.agents.reward_net import RewardNet
 from emergent.agents.policy_value import PolicyValueEvaluator
+from emergent.agents.reward_net import RewardNet
 from emergent.agents.search import Expansion, SearchConfig, _gamma, search
 from emergent.envs import TOKENIZER
 
@@ -85,15 +85,21 @@ def test_zero_simulations_reduce_to_the_prior_and_to_greedy_decoding(sims, confi
     rng = np.random.default_rng(0)
     prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 6, 4)]
     ev = PolicyValueEvaluator(policy, value, top_k=V, terminal="learned")
-    out = search(prompts, ev, SearchConfig(num_simulations=sims, top_k=V, terminal_value="learned",
-                                           confident_prior=confident), max_len=20, vocab_size=V, eos_id=EOS)
+    out = search(
+        prompts,
+        ev,
+        SearchConfig(num_simulations=sims, top_k=V, terminal_value="learned", confident_prior=confident),
+        max_len=20,
+        vocab_size=V,
+        eos_id=EOS,
+    )
     # one network call for the roots, then one per move except the last (its state is terminal)
     assert ev.calls == int(out.moves.max())
     assert not out.searched.any()
     greedy = policy.generate(prompts, 20, eos_id=EOS, pad_id=0)
     for b, p in enumerate(prompts):
         n = int(greedy.lengths[b]) + int(greedy.finished[b])
-        assert out.tokens[b, len(p): len(p) + n].tolist() == greedy.tokens[b, :n].tolist()
+        assert out.tokens[b, len(p) : len(p) + n].tolist() == greedy.tokens[b, :n].tolist()
         # each move's visit distribution is the policy's next-token distribution
         with torch.no_grad():
             seq = out.tokens[b : b + 1, : len(p)]
@@ -107,16 +113,24 @@ def test_virtual_loss_spreads_one_call_over_distinct_leaves():
     # one network call for the root; the three leaves of the single simulation batch are
     # the three distinct (terminal) arms, not one arm three times
     assert ev.calls == 1
-    assert (out.visit_probs[0, 0, [3, 4, 5]] == pytest.approx(torch.full((3,), 1 / 3)))
+    assert out.visit_probs[0, 0, [3, 4, 5]] == pytest.approx(torch.full((3,), 1 / 3))
 
 
 def test_noise_and_sampling_follow_the_explicit_generator():
     priors = {(): {3: 0.5, 4: 0.5}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
     values = {(3, 5): 0.5, (3, 6): 0.5, (4, 5): 0.5, (4, 6): 0.5}
+
     def go(seed):
         cfg = SearchConfig(num_simulations=8, top_k=2, dirichlet_fraction=0.5, temperature=1.0)
-        return search([np.array([1])] * 16, TableEvaluator(priors, values, k=2), cfg, max_len=3, vocab_size=V,
-                      eos_id=EOS, generator=torch.Generator().manual_seed(seed)).tokens
+        return search(
+            [np.array([1])] * 16,
+            TableEvaluator(priors, values, k=2),
+            cfg,
+            max_len=3,
+            vocab_size=V,
+            eos_id=EOS,
+            generator=torch.Generator().manual_seed(seed),
+        ).tokens
 
     assert torch.equal(go(1), go(1)) and not torch.equal(go(1), go(2))
 
@@ -127,8 +141,15 @@ def test_sampled_moves_survive_trees_that_finish_early():
     priors = {(7,): {EOS: 1.0}, (): {3: 1.0}, (3,): {EOS: 1.0}}
     values = {(7, EOS): 1.0, (3, EOS): 1.0}
     cfg = SearchConfig(num_simulations=4, top_k=1, temperature=1.0)
-    out = search([np.array([1, 7]), np.array([1])], TableEvaluator(priors, values, k=1), cfg, max_len=4,
-                 vocab_size=V, eos_id=EOS, generator=torch.Generator().manual_seed(0))
+    out = search(
+        [np.array([1, 7]), np.array([1])],
+        TableEvaluator(priors, values, k=1),
+        cfg,
+        max_len=4,
+        vocab_size=V,
+        eos_id=EOS,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.moves.tolist() == [1, 2]
 
 
@@ -160,16 +181,19 @@ def test_completed_q_policy_moves_only_where_the_values_differ():
 
 def test_completed_q_policy_is_computed_from_the_prior_before_root_noise():
     ev = TableEvaluator({(): {3: 0.6, 4: 0.3, 5: 0.1}}, {(3,): 0.5, (4,): 0.5, (5,): 0.5}, k=3)
-    cfg = SearchConfig(num_simulations=16, leaves_per_call=1, top_k=3, dirichlet_fraction=0.5,
-                       policy_target="completed_q")
-    out = search([np.array([1])], ev, cfg, max_len=2, vocab_size=V, eos_id=EOS,
-                 generator=torch.Generator().manual_seed(0))
+    cfg = SearchConfig(
+        num_simulations=16, leaves_per_call=1, top_k=3, dirichlet_fraction=0.5, policy_target="completed_q"
+    )
+    out = search(
+        [np.array([1])], ev, cfg, max_len=2, vocab_size=V, eos_id=EOS, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(out.policy[0, 0, [3, 4, 5]], torch.tensor([0.6, 0.3, 0.1]))
     # the visits followed the noisy prior: as a target they would teach the noise
     assert (out.visit_probs[0, 0, [3, 4, 5]] - torch.tensor([0.6, 0.3, 0.1])).abs().max() > 0.1
 
 
 # -- leaf evaluation from per-node keys and values ------------------------------------------------
+
 
 def tiny_networks(pos: str, dtype=torch.float32, device="cpu"):
     torch.manual_seed(0)
@@ -179,8 +203,9 @@ def tiny_networks(pos: str, dtype=torch.float32, device="cpu"):
     return policy.to(device, dtype).eval(), value.to(device, dtype).eval()
 
 
-def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=False, graph=False, confident=1.0,
-             compiled=False):
+def searched(
+    policy, value, kv_cache: bool, *, device="cpu", sims=12, static=False, graph=False, confident=1.0, compiled=False
+):
     """Five moves of search over four prompts, each walk bounded as ``search`` bounds it."""
     from emergent.agents.graph_replay import GraphReplay
     from emergent.agents.search import evaluate_leaves, init_tree, search_move, visits_policy
@@ -189,9 +214,17 @@ def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=Fal
     end = TOKENIZER.encode("=") if policy.cfg.pos in PLACE_SCHEMES else []  # an arithmetic prompt's end
     prompts = [np.concatenate([[1], rng.integers(3, V, size=n), end]) for n in (3, 7, 5, 4)]
     ev = PolicyValueEvaluator(policy, value, top_k=4, terminal="learned", kv_cache=kv_cache)
-    cfg = SearchConfig(num_simulations=sims, leaves_per_call=3, top_k=4, terminal_value="learned",
-                       dirichlet_fraction=0.25, static=static, cuda_graph=graph, confident_prior=confident,
-                       compile=compiled)
+    cfg = SearchConfig(
+        num_simulations=sims,
+        leaves_per_call=3,
+        top_k=4,
+        terminal_value="learned",
+        dirichlet_fraction=0.25,
+        static=static,
+        cuda_graph=graph,
+        confident_prior=confident,
+        compile=compiled,
+    )
     tree = init_tree(prompts, capacity=400, top_k=4, max_len=24, device=device)
     ev.begin(tree)
     evaluate_leaves(tree, tree.root[:, None], torch.ones(4, 1, dtype=torch.bool, device=device), ev, static=static)
@@ -199,8 +232,9 @@ def searched(policy, value, kv_cache: bool, *, device="cpu", sims=12, static=Fal
     graphs, depth = GraphReplay(cuda=tree.tokens.is_cuda) if graph else None, 0
     for _ in range(5):
         active = ~tree.terminal[torch.arange(4, device=device), tree.root]
-        depth = search_move(tree, active, ev, cfg, improved=visits_policy, generator=gen, eos_id=EOS, depth=depth,
-                            graphs=graphs).depth
+        depth = search_move(
+            tree, active, ev, cfg, improved=visits_policy, generator=gen, eos_id=EOS, depth=depth, graphs=graphs
+        ).depth
     return tree, ev
 
 
@@ -250,8 +284,9 @@ def test_search_on_cuda_makes_the_tree_it_makes_on_cpu_in_fp64(static):
         pytest.skip("needs CUDA")
     kw = dict(kv_cache=True, confident=0.35, sims=24)
     cpu, _ = searched(*tiny_networks("rope", torch.float64), **kw)
-    gpu, _ = searched(*tiny_networks("rope", torch.float64, "cuda"), device="cuda", static=bool(static),
-                      graph=static == "graph", **kw)
+    gpu, _ = searched(
+        *tiny_networks("rope", torch.float64, "cuda"), device="cuda", static=bool(static), graph=static == "graph", **kw
+    )
     assert torch.equal(cpu.num_nodes, gpu.num_nodes.cpu()) and torch.equal(cpu.root, gpu.root.cpu())
     for field in ("tokens", "node_at", "children", "visits"):  # all but the scratch node
         assert torch.equal(getattr(cpu, field)[:, :-1], getattr(gpu, field)[:, :-1].cpu()), field
@@ -294,14 +329,26 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
     base = _rows(B, tree.root.device) * N
     active = torch.tensor([True, False, True, True])
 
-    depth = int((tree.length - tree.length[torch.arange(B), tree.root][:, None])[tree.num_nodes[:, None] >
-                                                                                torch.arange(N)].max())
+    depth = int(
+        (tree.length - tree.length[torch.arange(B), tree.root][:, None])[
+            tree.num_nodes[:, None] > torch.arange(N)
+        ].max()
+    )
 
     def walk(numpy: bool, early_exit: bool = True, levels: int = 24):
         vloss = tree.vloss.clone().view(-1)  # written by the walk
-        tables = [(tree.visits + tree.vloss).view(-1), tree.value_sum.view(-1), tree.value.view(-1),
-                  tree.children.view(B * N, K), tree.prior.view(B * N, K),
-                  (~tree.expanded | tree.terminal).view(-1), vloss, base, base + tree.root, active]
+        tables = [
+            (tree.visits + tree.vloss).view(-1),
+            tree.value_sum.view(-1),
+            tree.value.view(-1),
+            tree.children.view(B * N, K),
+            tree.prior.view(B * N, K),
+            (~tree.expanded | tree.terminal).view(-1),
+            vloss,
+            base,
+            base + tree.root,
+            active,
+        ]
         if numpy:
             out = _walk(*(t.numpy() for t in tables), c_puct=1.5, virtual_loss=np.float32(1.0), levels=levels)
         else:
@@ -309,8 +356,11 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
         return [torch.as_tensor(x) for x in out], vloss
 
     (node, new, action), vloss = walk(numpy=False)
-    for other in (walk(numpy=True), walk(numpy=False, early_exit=False),
-                  walk(numpy=False, early_exit=False, levels=depth + 1)):  # the bound search_move passes
+    for other in (
+        walk(numpy=True),
+        walk(numpy=False, early_exit=False),
+        walk(numpy=False, early_exit=False, levels=depth + 1),
+    ):  # the bound search_move passes
         (node2, new2, action2), vloss2 = other
         assert torch.equal(node, node2) and torch.equal(new, new2) and torch.equal(action, action2)
         assert torch.equal(vloss, vloss2)
@@ -335,12 +385,30 @@ def test_node_creation_is_the_same_in_torch_and_in_numpy():
     assert create.any()
 
     def make(numpy: bool, static: bool = False):
-        t = {k: v.clone() for k, v in (("tokens", tree.tokens), ("node_at", tree.node_at), ("length", tree.length),
-                                       ("children", tree.children), ("child_token", tree.child_token),
-                                       ("terminal", tree.terminal), ("num_nodes", tree.num_nodes))}
-        flat = [t["tokens"].view(B * N, L), t["node_at"].view(B * N, L), t["length"].view(-1),
-                t["children"].view(B * N, K), t["child_token"].view(B * N, K), t["terminal"].view(-1), t["num_nodes"],
-                nodes, actions, create]
+        t = {
+            k: v.clone()
+            for k, v in (
+                ("tokens", tree.tokens),
+                ("node_at", tree.node_at),
+                ("length", tree.length),
+                ("children", tree.children),
+                ("child_token", tree.child_token),
+                ("terminal", tree.terminal),
+                ("num_nodes", tree.num_nodes),
+            )
+        }
+        flat = [
+            t["tokens"].view(B * N, L),
+            t["node_at"].view(B * N, L),
+            t["length"].view(-1),
+            t["children"].view(B * N, K),
+            t["child_token"].view(B * N, K),
+            t["terminal"].view(-1),
+            t["num_nodes"],
+            nodes,
+            actions,
+            create,
+        ]
         if static:
             return _add_children_static(*flat, eos_id=EOS), t
         child = _add_children(*(x.numpy() for x in flat) if numpy else flat, eos_id=EOS)
@@ -357,6 +425,7 @@ def test_node_creation_is_the_same_in_torch_and_in_numpy():
 
 
 # -- search.static: the fixed-shape simulation a GPU needs --------------------------------------
+
 
 @pytest.mark.parametrize("pos", ["learned", "rope", *PLACE_SCHEMES])
 def test_static_search_makes_the_same_tree_in_fp64(monkeypatch, pos):
@@ -379,8 +448,17 @@ def test_static_search_makes_the_same_tree_in_fp64(monkeypatch, pos):
         torch.testing.assert_close(ref.prior[:, :-1][real], tree.prior[:, :-1][real], atol=1e-12, rtol=0)
 
 
-SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2", "aten::_unique",
-           "aten::unique_dim", "aten::unique_consecutive", "aten::bincount", "aten::repeat_interleave"}
+SYNCING = {
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::_unique2",
+    "aten::_unique",
+    "aten::unique_dim",
+    "aten::unique_consecutive",
+    "aten::bincount",
+    "aten::repeat_interleave",
+}
 
 
 class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
@@ -395,7 +473,8 @@ class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
         masked = name.startswith("aten::index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ()
+        )
         if name in SYNCING or masked:
             self.reads.append(name)
         return func(*args, **(kwargs or {}))
@@ -454,10 +533,19 @@ def test_graph_replayed_simulations_make_the_same_search():
     outs, evs = {}, {}
     for graph in (False, True):
         evs[graph] = PolicyValueEvaluator(policy, value, top_k=4, terminal="learned")
-        cfg = SearchConfig(num_simulations=12, leaves_per_call=4, top_k=4, terminal_value="learned", static=True,
-                           cuda_graph=graph, dirichlet_fraction=0.25, confident_prior=0.9)
-        outs[graph] = search(prompts, evs[graph], cfg, max_len=24, vocab_size=V, eos_id=EOS,
-                             generator=torch.Generator().manual_seed(0))
+        cfg = SearchConfig(
+            num_simulations=12,
+            leaves_per_call=4,
+            top_k=4,
+            terminal_value="learned",
+            static=True,
+            cuda_graph=graph,
+            dirichlet_fraction=0.25,
+            confident_prior=0.9,
+        )
+        outs[graph] = search(
+            prompts, evs[graph], cfg, max_len=24, vocab_size=V, eos_id=EOS, generator=torch.Generator().manual_seed(0)
+        )
     assert bool(outs[True].searched.any()) and not bool(outs[True].searched.all())  # active trees vary by move
     for field in outs[True]._fields:
         assert torch.equal(getattr(outs[True], field), getattr(outs[False], field)), field

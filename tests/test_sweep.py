@@ -1,4 +1,5 @@
 """``emergent sweep``: a grid validated before anything runs, run as Ray tasks, re-runnable."""
+
 import itertools
 import math
 import re
@@ -7,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, cli_env, kill_tree, scalars, wait_until
+
 from emergent import tags
 from emergent.platform.checkpoint import load_checkpoint
-from emergent.platform.config import load_yaml
 from emergent.platform.cli import main
+from emergent.platform.config import load_yaml
 from emergent.platform.faults import HELD, HOLD_ENV
 from emergent.platform.report import read_experiment
 
@@ -57,8 +58,9 @@ def sweep_cmd(tmp_path, text, *overrides) -> list[str]:
 
 
 def sweep(tmp_path, text=TINY_SWEEP, *overrides):
-    return subprocess.run(sweep_cmd(tmp_path, text, *overrides), capture_output=True, text=True, timeout=400,
-                          cwd=ROOT, env=env(tmp_path))
+    return subprocess.run(
+        sweep_cmd(tmp_path, text, *overrides), capture_output=True, text=True, timeout=400, cwd=ROOT, env=env(tmp_path)
+    )
 
 
 def report(root) -> str:
@@ -86,9 +88,14 @@ def test_a_tiny_sweep_killed_with_sigkill_and_run_again_skips_what_finished_reco
     held = {n: root / n / HELD for n in (broken, resumed)}
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(sweep_cmd(tmp_path, TINY_SWEEP), cwd=ROOT, start_new_session=True,
-                                env={**env(tmp_path), HOLD_ENV: f"{broken}:2,{resumed}:2"},
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            sweep_cmd(tmp_path, TINY_SWEEP),
+            cwd=ROOT,
+            start_new_session=True,
+            env={**env(tmp_path), HOLD_ENV: f"{broken}:2,{resumed}:2"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     done = lambda: {n for n in RUNS + WARM if (root / n / "done.json").is_file()}  # noqa: E731
     try:  # SIGKILL the whole tree once it is there
         wait_until(lambda: len(done()) == 4 and all(p.is_file() for p in held.values()), proc, timeout=400, log=log)
@@ -147,20 +154,33 @@ BAD_SWEEPS = [  # (what is wrong, the change to TINY_SWEEP, words the one-line e
     ("an unknown top-level key", ("resources:", "retries: 3\nresources:"), ["unknown key", "retries"]),
     ("a grid value that is not a list", ("seed: [0, 1]", "seed: 0"), ["grid", "non-empty lists"]),
     ("an empty grid", ("seed: [0, 1]", "seed: []"), ["grid", "non-empty lists"]),
-    ("per_method keys that are not a mapping", ("supervised: {train.batch_size: 16}", "supervised: [16]"),
-     ["per_method.supervised", "mapping"]),
-    ("a key the method does not read", ("supervised: {train.batch_size: 16}",
-                                        "supervised: {train.batch_size: 16, improve.samples: 4}"),
-     ["sweep cell", "improve.samples"]),
+    (
+        "per_method keys that are not a mapping",
+        ("supervised: {train.batch_size: 16}", "supervised: [16]"),
+        ["per_method.supervised", "mapping"],
+    ),
+    (
+        "a key the method does not read",
+        ("supervised: {train.batch_size: 16}", "supervised: {train.batch_size: 16, improve.samples: 4}"),
+        ["sweep cell", "improve.samples"],
+    ),
     ("no CPUs per run", ("resources: {cpus: 0.25}", "resources: {cpus: 0}"), ["resources.cpus"]),
-    ("a learner larger than its run", ("worker_cpus: 0.25,", "worker_cpus: 0.25, learner_cpus: 1,"),
-     ["sweep cell", "learner_cpus"]),
-    ("two cells with one run name", ("seed: [0, 1]", "seed: [0, 1]\n  task.data_seed: ['1', 1]"),
-     ["share a run name"]),
-    ("a warm_start that is not a mapping", ("warm_start: {train.steps: 2, runtime: local}", "warm_start: [2]"),
-     ["warm_start"]),
-    ("a skip entry naming a value not in the grid", ("resources:", "skip: [{seed: 7}]\nresources:"),
-     ["skip entry", "seed=7", "not in the grid"]),
+    (
+        "a learner larger than its run",
+        ("worker_cpus: 0.25,", "worker_cpus: 0.25, learner_cpus: 1,"),
+        ["sweep cell", "learner_cpus"],
+    ),
+    ("two cells with one run name", ("seed: [0, 1]", "seed: [0, 1]\n  task.data_seed: ['1', 1]"), ["share a run name"]),
+    (
+        "a warm_start that is not a mapping",
+        ("warm_start: {train.steps: 2, runtime: local}", "warm_start: [2]"),
+        ["warm_start"],
+    ),
+    (
+        "a skip entry naming a value not in the grid",
+        ("resources:", "skip: [{seed: 7}]\nresources:"),
+        ["skip entry", "seed=7", "not in the grid"],
+    ),
     ("a skip that is not a list of mappings", ("resources:", "skip: {seed: 0}\nresources:"), ["skip must be a list"]),
 ]
 
@@ -171,8 +191,11 @@ def test_skip_leaves_out_the_combinations_it_names_and_their_warm_starts(tmp_pat
     path = tmp_path / "s.yaml"
     path.write_text(TINY_SWEEP.replace("resources:", "skip: [{train.method: expert_iteration, seed: 1}]\nresources:"))
     sweep, configs = load_sweep(path)
-    assert [c.name for c in sweep.cells if c.role == "run"] == ["supervised_seed0", "supervised_seed1",
-                                                                 "expert_iteration_seed0"]
+    assert [c.name for c in sweep.cells if c.role == "run"] == [
+        "supervised_seed0",
+        "supervised_seed1",
+        "expert_iteration_seed0",
+    ]
     assert [c.name for c in sweep.cells if c.role == "warm_start"] == ["warm_start_seed0"]
     assert set(configs) == {c.name for c in sweep.cells}
 
@@ -190,8 +213,11 @@ def test_a_bad_sweep_file_exits_2_with_one_line_naming_the_problem(tmp_path, cap
 
 
 def test_a_sweep_file_that_is_not_yaml_or_missing_or_names_a_missing_base_exits_2(tmp_path, capsys):
-    for text, word in (("grid: [unclosed", "s.yaml"), (None, "s.yaml"),
-                       ("base: configs/nope.yaml\ngrid: {seed: [0]}\n", "nope.yaml")):
+    for text, word in (
+        ("grid: [unclosed", "s.yaml"),
+        (None, "s.yaml"),
+        ("base: configs/nope.yaml\ngrid: {seed: [0]}\n", "nope.yaml"),
+    ):
         path = tmp_path / "s.yaml"
         path.unlink(missing_ok=True)
         if text is not None:

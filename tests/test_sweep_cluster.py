@@ -6,6 +6,7 @@ resumes from its checkpoint.
 
 Its own module: the cluster lives in this process, and no other Ray may run beside it.
 """
+
 import contextlib
 import os
 import signal
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, TINY, cli_env, descendants, kill_tree, scalars, wait_until
+
 from emergent import tags
 from emergent.platform.cli import main
 from emergent.platform.config import load_config
@@ -86,17 +87,28 @@ def test_a_sweep_survives_the_loss_of_a_node_and_counts_nothing_twice(tmp_path, 
     path = tmp_path / "sweep.yaml"
     path.write_text(SWEEP)
     root = tmp_path / "runs" / "lost_node"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                            "_system_config": FAST_HEALTH_CHECKS})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
+    )
     worker = cluster.add_node(num_cpus=1)
     proc = None
     try:
         cluster.wait_for_nodes()
         env = {**cli_env(), "RAY_ADDRESS": cluster.address}
-        proc = subprocess.Popen([sys.executable, "-m", "emergent", "sweep", str(path), f"logdir={tmp_path / 'runs'}"],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        held = lambda: {n: int((root / n / HELD).read_text().split()[1])  # noqa: E731
-                        for n in RUNS if (root / n / HELD).is_file()}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "emergent", "sweep", str(path), f"logdir={tmp_path / 'runs'}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        held = lambda: {
+            n: int((root / n / HELD).read_text().split()[1])  # noqa: E731
+            for n in RUNS
+            if (root / n / HELD).is_file()
+        }
         wait_until(lambda: len(held()) == 2, proc)
         raylet = worker.all_processes["raylet"][0].process.pid
         lost = [n for n, pid in held().items() if raylet in ancestors(pid)]
@@ -141,21 +153,35 @@ def test_a_ray_run_whose_learner_node_dies_resumes_elsewhere_and_counts_nothing_
 
     cluster_setup(monkeypatch)
     monkeypatch.setenv(HOLD_ENV, "lost:2")  # the cluster's workers inherit it
-    args = [*TINY, "eval.every=3", "eval.splits=[test]", "train.steps=6", "train.log_every=1", "checkpoint_every=1",
-            f"logdir={tmp_path / 'runs'}", "run_name=lost"]
+    args = [
+        *TINY,
+        "eval.every=3",
+        "eval.splits=[test]",
+        "train.steps=6",
+        "train.log_every=1",
+        "checkpoint_every=1",
+        f"logdir={tmp_path / 'runs'}",
+        "run_name=lost",
+    ]
     on_ray = ["runtime=ray", "ray.workers=1", "ray.worker_cpus=0.5", "ray.learner_cpus=0.5"]
     run_dir = tmp_path / "runs" / "quickstart" / "lost"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                            "_system_config": FAST_HEALTH_CHECKS})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
+    )
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     proc = None
     log = tmp_path / "train.log"
     try:
         cluster.wait_for_nodes()
         with log.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "emergent", "train", *args, *on_ray], cwd=ROOT,
-                                    env={**cli_env(), "RAY_ADDRESS": cluster.address}, stdout=out,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "emergent", "train", *args, *on_ray],
+                cwd=ROOT,
+                env={**cli_env(), "RAY_ADDRESS": cluster.address},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         held = run_dir / HELD
         wait_until(held.is_file, proc, log=log)
         learner = int(held.read_text().split()[1])
@@ -193,13 +219,22 @@ def test_a_node_that_cannot_see_logdir_stops_a_run_and_a_sweep_before_they_start
     cluster_setup(monkeypatch)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        subprocess.run([RAY_CLI, "start", f"--address={cluster.address}", "--num-cpus=1"], cwd=elsewhere,
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [RAY_CLI, "start", f"--address={cluster.address}", "--num-cpus=1"],
+            cwd=elsewhere,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         env = {**cli_env(), "RAY_ADDRESS": cluster.address}
         (here / "sweep.yaml").write_text(SWEEP)
-        for cmd in (["train", *TINY, "train.steps=2", "runtime=ray", "logdir=runs"], ["sweep", "sweep.yaml", "logdir=runs"]):
-            proc = subprocess.run([sys.executable, "-m", "emergent", *cmd], cwd=here, env=env, capture_output=True,
-                                  text=True, timeout=300)
+        for cmd in (
+            ["train", *TINY, "train.steps=2", "runtime=ray", "logdir=runs"],
+            ["sweep", "sweep.yaml", "logdir=runs"],
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-m", "emergent", *cmd], cwd=here, env=env, capture_output=True, text=True, timeout=300
+            )
             err = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and err, (cmd, proc.stdout[-2000:], proc.stderr[-2000:])
             line = err[-1]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emergent.envs import TASKS, SplitSpec, extract_answer, make_task, score_strings
-from emergent.envs.countdown import is_solution, parse_expression, solve, ExpressionError
+from emergent.envs.countdown import ExpressionError, is_solution, parse_expression, solve
 from emergent.platform.problem_stream import ProblemStream
 
 
@@ -37,7 +37,9 @@ def test_gold_traces_verify_and_corruptions_do_not(name, fmt):
 
 def verdict_cases():
     """(task, format, check_steps): step checking only where the format has a step checker."""
-    return [(n, f, c) for n, f in all_formats() for c in (False, True) if not c or make_task(n, format=f).has_step_checker]
+    return [
+        (n, f, c) for n, f in all_formats() for c in (False, True) if not c or make_task(n, format=f).has_step_checker
+    ]
 
 
 @pytest.mark.parametrize("name,fmt,check_steps", verdict_cases())
@@ -52,7 +54,7 @@ def test_verdicts_are_verify_batch_exact(name, fmt, check_steps):
     for p in problems:
         t = p.trace
         i = rng.randrange(len(t))
-        completions += [t, t[:i] + rng.choice("0123456789+-*>,=") + t[i + 1:], t[:i], "", ">" + p.answer, p.answer]
+        completions += [t, t[:i] + rng.choice("0123456789+-*>,=") + t[i + 1 :], t[:i], "", ">" + p.answer, p.answer]
     rows = [p for p in problems for _ in range(6)]
     verdicts = task.verdicts(rows, completions)
     assert verdicts.dtype == bool and verdicts.shape == (len(rows),)
@@ -166,6 +168,7 @@ def test_score_strings_matches_reference_levenshtein():
 
 # -- countdown ---------------------------------------------------------------------------
 
+
 def test_countdown_parser_evaluates_exactly_and_safely():
     value, used = parse_expression("(7*8)-3")
     assert value == 53 and used == [7, 8, 3]
@@ -179,10 +182,10 @@ def test_countdown_verifier_rules():
     numbers, target = [3, 7, 8, 25], 53
     assert is_solution(numbers, target, "7*8-3")
     assert is_solution(numbers, target, "(25+3)+(8+7)*1") is False  # 1 is not given
-    assert not is_solution(numbers, target, "7*8-3-3+3")            # 3 used three times
-    assert not is_solution(numbers, target, "25+25+3")              # 25 used twice
-    assert not is_solution(numbers, target, "7*8")                  # wrong value
-    assert not is_solution(numbers, target, "7*8-3)")               # malformed
+    assert not is_solution(numbers, target, "7*8-3-3+3")  # 3 used three times
+    assert not is_solution(numbers, target, "25+25+3")  # 25 used twice
+    assert not is_solution(numbers, target, "7*8")  # wrong value
+    assert not is_solution(numbers, target, "7*8-3)")  # malformed
 
 
 def test_countdown_accepts_any_correct_expression_not_only_gold():
@@ -248,43 +251,50 @@ STEP_TASKS = ("addition", "multiplication", "countdown")
 def test_every_gold_step_is_true_and_a_task_without_a_scratchpad_has_no_checker(name):
     task = make_task(name, format="scratchpad")
     rng = np.random.default_rng(0)
-    problems = [task.make_problem(rng, d) for d in range(task.min_difficulty, task.min_difficulty + 3) for _ in range(50)]
+    problems = [
+        task.make_problem(rng, d) for d in range(task.min_difficulty, task.min_difficulty + 3) for _ in range(50)
+    ]
     labels = task.step_labels(problems, [p.trace for p in problems])
     assert all(len(l) == p.trace.split(">")[0].count(",") + 1 and l.all() for p, l in zip(problems, labels))
     scores = task.verify_batch(problems, [p.trace for p in problems], with_steps=True)
     assert scores.exact.all() and not scores.false_step.any()
     other = [f for f in task.formats if f != "scratchpad"][0]
-    assert make_task(name, format=other).verify_batch(problems[:1], [problems[0].answer],
-                                                     with_steps=True).false_step is None
+    assert (
+        make_task(name, format=other).verify_batch(problems[:1], [problems[0].answer], with_steps=True).false_step
+        is None
+    )
     with pytest.raises(ValueError, match="no step checker"):
         make_task(name, format=other, check_steps=True)
 
 
-@pytest.mark.parametrize("name,prompt,completion,labels", [
-    # addition: the column digits, the carry out of the step before, the sum
-    ("addition", "57+68=", "7+8+0=15,5+6+1=12>125", [1, 1]),
-    ("addition", "57+68=", "7+8+0=14,5+6+1=12>125", [0, 1]),    # a wrong sum; its carry is still 1
-    ("addition", "57+68=", "7+8+0=15,5+6+0=11>125", [1, 0]),    # the carry dropped
-    ("addition", "57+68=", "7+8+0=5,5+6+0=11>125", [0, 1]),     # consistent with the false step before
-    ("addition", "57+68=", "8+7+0=15,5+6+1=12>125", [0, 1]),    # the operands' digits swapped
-    ("addition", "57+68=", "7+8+0=15,5+6+1=12,0+0+1=1>125", [1, 1, 0]),  # a column that does not exist
-    ("addition", "57+68=", "7+8=15,5+6+1=12>125", [0, 1]),      # malformed
-    ("addition", "57+68=", "125", []),                          # no scratchpad at all
-    # multiplication: the multiplicand times the next non-zero place value, in order
-    ("multiplication", "123*405=", "123*5=615,123*400=49200>49815", [1, 1]),
-    ("multiplication", "123*405=", "123*5=615,123*400=49100>49815", [1, 0]),
-    ("multiplication", "123*405=", "123*400=49200,123*5=615>49815", [0, 0]),  # out of order
-    ("multiplication", "123*405=", "123*5=615,123*0=0,123*400=49200>49815", [1, 0, 0]),  # a zero digit is skipped
-    ("multiplication", "123*405=", "124*5=620,123*400=49200>49815", [0, 1]),
-    # countdown: operands available (each used once), exact arithmetic
-    ("countdown", "3,7,8,25;53=", "7*8=56,56-3=53>(7*8)-3", [1, 1]),
-    ("countdown", "3,7,8,25;53=", "7*8=55,55-3=52,52+1=53>(7*8)-3", [0, 1, 0]),  # 1 was never made
-    ("countdown", "3,7,8,25;53=", "7*7=49,49+3=52>(7*8)-3", [0, 1]),  # 7 used twice
-    ("countdown", "3,7,8,25;53=", "7*8=56,56-3=53,56+3=59>(7*8)-3", [1, 1, 0]),  # 56 and 3 were consumed
-    ("countdown", "4,6;3=", "6/4=1,6-4=2>6-4", [0, 0]),  # 6/4 is not 1; 6 and 4 were consumed by it
-    ("countdown", "2,8;4=", "8/2=4>8/2", [1]),
-    ("countdown", "2,8;4=", "8/0=4>8/2", [0]),
-])
+@pytest.mark.parametrize(
+    "name,prompt,completion,labels",
+    [
+        # addition: the column digits, the carry out of the step before, the sum
+        ("addition", "57+68=", "7+8+0=15,5+6+1=12>125", [1, 1]),
+        ("addition", "57+68=", "7+8+0=14,5+6+1=12>125", [0, 1]),  # a wrong sum; its carry is still 1
+        ("addition", "57+68=", "7+8+0=15,5+6+0=11>125", [1, 0]),  # the carry dropped
+        ("addition", "57+68=", "7+8+0=5,5+6+0=11>125", [0, 1]),  # consistent with the false step before
+        ("addition", "57+68=", "8+7+0=15,5+6+1=12>125", [0, 1]),  # the operands' digits swapped
+        ("addition", "57+68=", "7+8+0=15,5+6+1=12,0+0+1=1>125", [1, 1, 0]),  # a column that does not exist
+        ("addition", "57+68=", "7+8=15,5+6+1=12>125", [0, 1]),  # malformed
+        ("addition", "57+68=", "125", []),  # no scratchpad at all
+        # multiplication: the multiplicand times the next non-zero place value, in order
+        ("multiplication", "123*405=", "123*5=615,123*400=49200>49815", [1, 1]),
+        ("multiplication", "123*405=", "123*5=615,123*400=49100>49815", [1, 0]),
+        ("multiplication", "123*405=", "123*400=49200,123*5=615>49815", [0, 0]),  # out of order
+        ("multiplication", "123*405=", "123*5=615,123*0=0,123*400=49200>49815", [1, 0, 0]),  # a zero digit is skipped
+        ("multiplication", "123*405=", "124*5=620,123*400=49200>49815", [0, 1]),
+        # countdown: operands available (each used once), exact arithmetic
+        ("countdown", "3,7,8,25;53=", "7*8=56,56-3=53>(7*8)-3", [1, 1]),
+        ("countdown", "3,7,8,25;53=", "7*8=55,55-3=52,52+1=53>(7*8)-3", [0, 1, 0]),  # 1 was never made
+        ("countdown", "3,7,8,25;53=", "7*7=49,49+3=52>(7*8)-3", [0, 1]),  # 7 used twice
+        ("countdown", "3,7,8,25;53=", "7*8=56,56-3=53,56+3=59>(7*8)-3", [1, 1, 0]),  # 56 and 3 were consumed
+        ("countdown", "4,6;3=", "6/4=1,6-4=2>6-4", [0, 0]),  # 6/4 is not 1; 6 and 4 were consumed by it
+        ("countdown", "2,8;4=", "8/2=4>8/2", [1]),
+        ("countdown", "2,8;4=", "8/0=4>8/2", [0]),
+    ],
+)
 def test_steps_are_judged_one_by_one_given_the_steps_before(name, prompt, completion, labels):
     from emergent.envs import Problem
 
@@ -317,4 +327,6 @@ def test_eval_reports_the_share_of_right_answers_with_a_false_step():
     assert overall["exact_match"] == 0.75 and overall["false_steps"] == pytest.approx(2 / 3)
     assert by[2]["false_steps"] == 0.5 and by[1]["false_steps"] == 1.0
     plain = make_task("addition", format="plain")
-    assert "false_steps" not in summarise(problems, plain.verify_batch(problems, ["125"] * 3 + ["11"], with_steps=True))[0]
+    assert (
+        "false_steps" not in summarise(problems, plain.verify_batch(problems, ["125"] * 3 + ["11"], with_steps=True))[0]
+    )

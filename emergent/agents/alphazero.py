@@ -15,6 +15,7 @@ search found.
           built: the baseline the expert mode is measured against)
   solved  the maximum-likelihood half of ``expert`` alone
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,53 +28,60 @@ import torch.nn.functional as F
 from emergent import tags
 from emergent.envs import TOKENIZER
 
-from .token_batch import TokenBatch, encode_batch
 from .data_parallel import masked_mean
+from .expert_iteration import replay_nll_updates
+from .improvement import improvement_outcomes
 from .learner import Update, autocast
 from .method import SelfImprover, register_method
 from .model import TransformerLM, upcast
 from .policy_value import PolicyValueEvaluator, output_completions, state_verifier
 from .records import Experience, Prompts, Replay, Trace
 from .rollouts import sample_rollouts
-from .expert_iteration import replay_nll_updates
-from .improvement import improvement_outcomes
 from .search import search
+from .token_batch import TokenBatch, encode_batch
 
 
 def expert_loss(policy: TransformerLM, batch: TokenBatch, accepted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """NLL of the accepted rows' completion tokens (mean over those tokens) plus the KL of
     ``target`` [B, T, V] to the policy restricted to the target's support, at the positions
     where the target has mass (mean over them). ``accepted`` [B] float."""
-    logits = upcast(policy(batch.inputs))                                            # [B, T, V]
+    logits = upcast(policy(batch.inputs))  # [B, T, V]
     nll = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="none").view_as(batch.targets)
-    keep = batch.loss_mask * accepted[:, None]                                       # [B, T]
+    keep = batch.loss_mask * accepted[:, None]  # [B, T]
     loss = masked_mean(nll, keep)
-    support = target > 0                                                             # [B, T, V]
-    moves = support.any(-1)                                                          # [B, T]
+    support = target > 0  # [B, T, V]
+    moves = support.any(-1)  # [B, T]
     restricted = logits.masked_fill(~support, -torch.inf)
-    logp = restricted - restricted.logsumexp(-1, keepdim=True).nan_to_num(0.0)       # log p on the support
+    logp = restricted - restricted.logsumexp(-1, keepdim=True).nan_to_num(0.0)  # log p on the support
     kl = torch.where(support, target * (target.clamp(min=1e-30).log() - logp), 0.0).sum(-1)  # [B, T]
     return loss + masked_mean(kl, moves.float())
 
 
 class _Traces(NamedTuple):
     """One part of a batch's experience: sampled traces, or searched ones."""
-    rows: np.ndarray          # [R] problem of each trace
-    completions: list[str]    # [R]
-    finished: np.ndarray      # [R] bool
-    labels: np.ndarray        # [R] the verifier's verdicts (0 when unfinished)
-    targets: list             # [R] improved policy per move [moves, V] (0 rows: none)
-    flops: dict               # ledger part -> FLOPs
-    scalars: dict             # diagnostics
-    tree: tuple               # judged tree states for the reward net (Trace)
+
+    rows: np.ndarray  # [R] problem of each trace
+    completions: list[str]  # [R]
+    finished: np.ndarray  # [R] bool
+    labels: np.ndarray  # [R] the verifier's verdicts (0 when unfinished)
+    targets: list  # [R] improved policy per move [moves, V] (0 rows: none)
+    flops: dict  # ledger part -> FLOPs
+    scalars: dict  # diagnostics
+    tree: tuple  # judged tree states for the reward net (Trace)
 
 
 @register_method
 class AlphaZero(SelfImprover):
     name = "alphazero"
-    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, "improve.replay_size", "improve.train_batch",
-                                        "improve.learn_from", "improve.sample_first", "improve.temperature",
-                                        "search.*")
+    reads: ClassVar[tuple[str, ...]] = (
+        *SelfImprover.reads,
+        "improve.replay_size",
+        "improve.train_batch",
+        "improve.learn_from",
+        "improve.sample_first",
+        "improve.temperature",
+        "search.*",
+    )
 
     def __init__(self, policy, cfg, device) -> None:
         super().__init__(policy, cfg, device)
@@ -98,19 +106,40 @@ class AlphaZero(SelfImprover):
         for p in parts:
             flops.update(p.flops)
             scalars.update(p.scalars)
-        exp = self.make_experience(batch, np.concatenate([p.rows for p in parts]),
-                                   [c for p in parts for c in p.completions],
-                                   np.concatenate([p.finished for p in parts]), labels, labels, flops, scalars=scalars,
-                                   targets=tuple(t for p in parts for t in p.targets))
+        exp = self.make_experience(
+            batch,
+            np.concatenate([p.rows for p in parts]),
+            [c for p in parts for c in p.completions],
+            np.concatenate([p.finished for p in parts]),
+            labels,
+            labels,
+            flops,
+            scalars=scalars,
+            targets=tuple(t for p in parts for t in p.targets),
+        )
         return dataclasses.replace(exp, reward_traces=exp.reward_traces + tuple(t for p in parts for t in p.tree))
 
     def _sampled(self, batch: Prompts) -> "_Traces":
         """``improve.sample_first`` sampled traces per problem, judged; no targets."""
-        ro = sample_rollouts(self.policy, batch.prompts, self.cfg.sample_first, temperature=self.cfg.temperature,
-                             generator=self.generator, device=self.device)
+        ro = sample_rollouts(
+            self.policy,
+            batch.prompts,
+            self.cfg.sample_first,
+            temperature=self.cfg.temperature,
+            generator=self.generator,
+            device=self.device,
+        )
         right = batch.verify(ro.rows, ro.completions).astype(float) * ro.finished
-        return _Traces(ro.rows, ro.completions, ro.finished, right, [torch.zeros(0, self.policy.vocab_size)] * len(right),
-                       {tags.GENERATE: ro.flops}, {}, ())
+        return _Traces(
+            ro.rows,
+            ro.completions,
+            ro.finished,
+            right,
+            [torch.zeros(0, self.policy.vocab_size)] * len(right),
+            {tags.GENERATE: ro.flops},
+            {},
+            (),
+        )
 
     def _searched(self, batch: Prompts, todo: np.ndarray) -> "_Traces":
         """One searched trace for each of the batch's problems ``todo``, its targets, the
@@ -121,12 +150,27 @@ class AlphaZero(SelfImprover):
             return batch.verify(todo[np.asarray(r)], comps)
 
         ids = TOKENIZER.encode_prompts([batch.prompts[i] for i in todo])
-        ev = PolicyValueEvaluator(self.policy, self.reward_net, top_k=s.top_k, terminal=s.terminal_value,
-                                  verifier=state_verifier([len(i) for i in ids], verify), kv_cache=s.kv_cache,
-                                  leaf_value=s.leaf_value, rollout_weight=s.rollout_weight)
+        ev = PolicyValueEvaluator(
+            self.policy,
+            self.reward_net,
+            top_k=s.top_k,
+            terminal=s.terminal_value,
+            verifier=state_verifier([len(i) for i in ids], verify),
+            kv_cache=s.kv_cache,
+            leaf_value=s.leaf_value,
+            rollout_weight=s.rollout_weight,
+        )
         with autocast(self.device):
-            out = search(ids, ev, s, max_len=self.policy.cfg.max_len, vocab_size=self.policy.vocab_size,
-                         eos_id=TOKENIZER.eos_id, generator=self.generator, device=self.device)
+            out = search(
+                ids,
+                ev,
+                s,
+                max_len=self.policy.cfg.max_len,
+                vocab_size=self.policy.vocab_size,
+                eos_id=TOKENIZER.eos_id,
+                generator=self.generator,
+                device=self.device,
+            )
         completions = output_completions(out)
         last = out.tokens.gather(1, (out.length - 1).clamp(min=0)[:, None]).squeeze(1)
         ended = (last == TOKENIZER.eos_id).cpu().numpy()
@@ -137,9 +181,11 @@ class AlphaZero(SelfImprover):
         where = out.informative if self.cfg.learn_from == "expert" else out.searched
         policy = out.policy * where[..., None]
         searched = out.searched.sum()
-        scalars = {tags.SEARCH_SEARCHED_FRACTION: float(searched / out.moves.sum().clamp(min=1)),
-                   tags.SEARCH_INFORMATIVE_FRACTION: float(out.informative.sum() / searched.clamp(min=1)),
-                   tags.SEARCH_SOLVED: float(outcome.mean())}
+        scalars = {
+            tags.SEARCH_SEARCHED_FRACTION: float(searched / out.moves.sum().clamp(min=1)),
+            tags.SEARCH_INFORMATIVE_FRACTION: float(out.informative.sum() / searched.clamp(min=1)),
+            tags.SEARCH_SOLVED: float(outcome.mean()),
+        }
         if s.leaf_value == "net" and float(out.sibling_pairs.sum()) > 0:  # rollout values are verdicts themselves
             scalars[tags.REWARD_SIBLING_AUC] = float(out.sibling_agree.sum() / out.sibling_pairs.sum())
             scalars[tags.REWARD_SIBLING_PAIRS] = float(out.sibling_pairs.sum())
@@ -150,8 +196,16 @@ class AlphaZero(SelfImprover):
                 scalars[tags.SEARCH_IMPROVEMENT_WIN_RATE] = imp.win_rate
             scalars[tags.SEARCH_IMPROVEMENT_DECIDED] = float(imp.wins + imp.losses)
             scalars[tags.SEARCH_IMPROVEMENT_WINS] = float(imp.wins)  # a window's rate: mean wins / mean decided
-        return _Traces(todo, completions, ended, outcome, [policy[b, : int(out.moves[b])].cpu() for b in range(len(todo))],
-                       {tags.SEARCH: ev.flops}, scalars, self.tree_traces(batch, todo, ids, ev))
+        return _Traces(
+            todo,
+            completions,
+            ended,
+            outcome,
+            [policy[b, : int(out.moves[b])].cpu() for b in range(len(todo))],
+            {tags.SEARCH: ev.flops},
+            scalars,
+            self.tree_traces(batch, todo, ids, ev),
+        )
 
     def tree_traces(self, batch: Prompts, todo: np.ndarray, ids, ev: PolicyValueEvaluator) -> tuple[Trace, ...]:
         """Up to ``search.tree_traces`` distinct states the verifier judged in the trees (of
@@ -176,13 +230,16 @@ class AlphaZero(SelfImprover):
             self.replay.add(Trace(prompts[i], experience.completions[i]) for i in np.flatnonzero(experience.accepted))
             return
         if self.cfg.learn_from == "expert":  # what carries a signal: an accepted trace, or an informative move
-            keep = [i for i in range(experience.size)
-                    if experience.accepted[i] or bool(experience.targets[i].any())]
-            self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.accepted[i]),
-                                  experience.targets[i]) for i in keep)
+            keep = [i for i in range(experience.size) if experience.accepted[i] or bool(experience.targets[i].any())]
+            self.replay.add(
+                Trace(prompts[i], experience.completions[i], float(experience.accepted[i]), experience.targets[i])
+                for i in keep
+            )
             return
-        self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i]), experience.targets[i])
-                        for i in range(experience.size))
+        self.replay.add(
+            Trace(prompts[i], experience.completions[i], float(experience.labels[i]), experience.targets[i])
+            for i in range(experience.size)
+        )
 
     def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
         """``improve.updates_per_iter`` steps on draws from the replay (a draw with nothing to
@@ -192,14 +249,15 @@ class AlphaZero(SelfImprover):
         updates = []
         for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
             items = self.replay.sample(self.learn_rng, self.cfg.train_batch)
-            batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
-                                 self.policy.cfg.max_len)
+            batch = encode_batch(
+                TOKENIZER, [t.prompt for t in items], [t.completion for t in items], self.policy.cfg.max_len
+            )
             B, T = batch.inputs.shape
             target = torch.zeros(B, T, self.policy.vocab_size)
             for row, t in enumerate(items):  # move m's target sits at the position predicting token m
                 start = len(t.prompt)  # BOS + prompt: the last prompt token is at index len(prompt)
                 v = t.target[: T - start]
-                target[row, start: start + len(v)] = v
+                target[row, start : start + len(v)] = v
             accepted = torch.tensor([t.label for t in items], dtype=torch.float32)
             expert = self.cfg.learn_from == "expert"
             if not bool((target.sum(-1) > 0).any()) and not (expert and bool(accepted.any())):
@@ -212,6 +270,14 @@ class AlphaZero(SelfImprover):
                 logp = torch.log_softmax(upcast(self.policy(batch.inputs)), -1)
                 return masked_mean(-(target * logp).sum(-1), (target.sum(-1) > 0).float())  # the searched moves
 
-            updates.append(self.learner.step(loss_fn, batch, target, accepted, tokens=B * T,
-                                             flops=self.policy.flops_per_token(T, backward=True) * B * T))
+            updates.append(
+                self.learner.step(
+                    loss_fn,
+                    batch,
+                    target,
+                    accepted,
+                    tokens=B * T,
+                    flops=self.policy.flops_per_token(T, backward=True) * B * T,
+                )
+            )
         return updates, {}

@@ -19,6 +19,7 @@ long one.
 One process (the local runtime, a trace worker, a one-learner Ray run) never joins a
 group: ``current()`` is None, and ``Learner.step`` runs the whole batch as it always did.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,9 @@ def join(rank: int, world: int, address: str, backend: str, timeout_s: float = 1
     """Join the group of ``world`` learner replicas rendezvousing at ``address``
     (``tcp://host:port``, the rank-0 replica's). Blocks until all have joined."""
     global _replica
-    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        backend, init_method=address, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s)
+    )
     _replica = Replica(rank, world)
     global _eager_sum
     if _eager_sum is None:  # here, not at import: torch.compiler imports the compiler stack (a second)
@@ -117,7 +119,7 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset: offset + n].view_as(p)
+        p.grad = flat[offset : offset + n].view_as(p)
         offset += n
 
 

@@ -1,6 +1,7 @@
 """Expert iteration (STaR / ReST): sample N traces per problem, keep the ones judged correct
 by the verifier, the reward-and-objective network or a majority vote, and train on a
 replay of every kept trace by maximum likelihood."""
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -10,19 +11,25 @@ import numpy as np
 from emergent import tags
 from emergent.envs import TOKENIZER
 
-from .token_batch import encode_batch
 from .learner import Update
 from .method import SelfImprover, register_method
 from .records import Experience, Prompts, Replay, Trace
 from .rollouts import sample_rollouts
 from .supervised import completion_nll
+from .token_batch import encode_batch
 
 
 @register_method
 class ExpertIteration(SelfImprover):
     name = "expert_iteration"
-    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, "improve.samples", "improve.temperature",
-                                        "improve.label_source", "improve.replay_size", "improve.train_batch")
+    reads: ClassVar[tuple[str, ...]] = (
+        *SelfImprover.reads,
+        "improve.samples",
+        "improve.temperature",
+        "improve.label_source",
+        "improve.replay_size",
+        "improve.train_batch",
+    )
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
@@ -30,17 +37,34 @@ class ExpertIteration(SelfImprover):
 
     def collect(self, batch: Prompts) -> Experience:
         c = self.cfg
-        ro = sample_rollouts(self.policy, batch.prompts, c.samples, temperature=c.temperature,
-                             generator=self.generator, device=self.device)
-        labels, scores, reward_flops = self.judge(ro, batch, vote=c.label_source == "majority_vote",
-                                                  source=c.label_source)
+        ro = sample_rollouts(
+            self.policy,
+            batch.prompts,
+            c.samples,
+            temperature=c.temperature,
+            generator=self.generator,
+            device=self.device,
+        )
+        labels, scores, reward_flops = self.judge(
+            ro, batch, vote=c.label_source == "majority_vote", source=c.label_source
+        )
         good = ro.finished & (scores >= 0.5)
         # under a vote the labels are agreement with the majority, not correctness
         label_tag = tags.TRAIN_VOTE_AGREEMENT if c.label_source == "majority_vote" else tags.TRAIN_SAMPLE_ACCURACY
-        scalars = {label_tag: float(np.mean(labels)),
-                   tags.TRAIN_KEPT_FRACTION: len(set(ro.rows[good].tolist())) / len(batch.prompts)}
-        return self.make_experience(batch, ro.rows, ro.completions, ro.finished, labels, scores,
-                               {tags.GENERATE: ro.flops, tags.REWARD: reward_flops}, scalars=scalars)
+        scalars = {
+            label_tag: float(np.mean(labels)),
+            tags.TRAIN_KEPT_FRACTION: len(set(ro.rows[good].tolist())) / len(batch.prompts),
+        }
+        return self.make_experience(
+            batch,
+            ro.rows,
+            ro.completions,
+            ro.finished,
+            labels,
+            scores,
+            {tags.GENERATE: ro.flops, tags.REWARD: reward_flops},
+            scalars=scalars,
+        )
 
     def remember(self, experience: Experience) -> None:
         """Every distinct finished trace judged correct joins the replay (ReST's growing
@@ -62,9 +86,16 @@ def replay_nll_updates(method: SelfImprover) -> list[Update]:
     updates = []
     for _ in range(method.cfg.updates_per_iter if len(method.replay) else 0):
         items = method.replay.sample(method.learn_rng, method.cfg.train_batch)
-        batch = encode_batch(TOKENIZER, [t.prompt for t in items], [t.completion for t in items],
-                             method.policy.cfg.max_len).to(method.device)
+        batch = encode_batch(
+            TOKENIZER, [t.prompt for t in items], [t.completion for t in items], method.policy.cfg.max_len
+        ).to(method.device)
         B, T = batch.inputs.shape
-        updates.append(method.learner.step(lambda b: completion_nll(method.policy, b), batch, tokens=B * T,
-                                           flops=method.policy.flops_per_token(T, backward=True) * B * T))
+        updates.append(
+            method.learner.step(
+                lambda b: completion_nll(method.policy, b),
+                batch,
+                tokens=B * T,
+                flops=method.policy.flops_per_token(T, backward=True) * B * T,
+            )
+        )
     return updates

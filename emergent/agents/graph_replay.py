@@ -7,6 +7,7 @@ level, a few dozen levels per selection, eight selections, then two networks' fo
 Launched one by one from Python, the host's launch rate bounds both on a GPU; a graph
 replays them with one launch.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -68,8 +69,12 @@ class GraphReplay:
         return {n: getattr(obj, n) for n in self.COUNTERS if isinstance(getattr(obj, n, None), (int, float))}
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
-                              enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        return torch.autocast(
+            "cuda",
+            dtype=torch.get_autocast_dtype("cuda"),
+            enabled=torch.is_autocast_enabled("cuda"),
+            cache_enabled=False,
+        )
 
     def __call__(self, key, fn: Callable[[], Any], *, counters=None) -> Any:
         before = self._counters(counters)

@@ -16,6 +16,7 @@ Stateless, as mctx: which action a simulation visits follows from the visit coun
 halving schedule gives that simulation, and the eligible one with the best score is taken.
 Shapes: B roots, K children each, m considered actions, n simulations.
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,8 +64,9 @@ def sample_gumbel(shape, generator: torch.Generator | None, scale: float = 1.0) 
     return -scale * torch.log(-torch.log(u))
 
 
-def completed_q(q: torch.Tensor, visits: torch.Tensor, prior: torch.Tensor, value: torch.Tensor, *,
-                rescale: bool = True) -> torch.Tensor:
+def completed_q(
+    q: torch.Tensor, visits: torch.Tensor, prior: torch.Tensor, value: torch.Tensor, *, rescale: bool = True
+) -> torch.Tensor:
     """Each child's Q where it was visited, the mixed value where not [B, K] (mctx's
     ``qtransform_completed_by_mix_value``): the mixed value is the root's own evaluation
     ``value`` [B] averaged with the prior-weighted Q of the visited children, weighted by
@@ -89,8 +91,13 @@ def sigma(qhat: torch.Tensor, visits: torch.Tensor, *, value_scale: float, maxvi
     return (maxvisit_init + visits.max(1, keepdim=True).values) * value_scale * qhat
 
 
-def score_considered(considered_visit: torch.Tensor, gumbel: torch.Tensor, logits: torch.Tensor,
-                     sigma_q: torch.Tensor, visits: torch.Tensor) -> torch.Tensor:
+def score_considered(
+    considered_visit: torch.Tensor,
+    gumbel: torch.Tensor,
+    logits: torch.Tensor,
+    sigma_q: torch.Tensor,
+    visits: torch.Tensor,
+) -> torch.Tensor:
     """g + logits + sigma(q) where an action's visits equal ``considered_visit`` [B] (or
     [B, 1]), -inf elsewhere [B, K] (mctx's ``score_considered``)."""
     logits = logits - logits.max(1, keepdim=True).values
@@ -98,8 +105,14 @@ def score_considered(considered_visit: torch.Tensor, gumbel: torch.Tensor, logit
     return (gumbel + logits + sigma_q).clamp(min=-1e9) + penalty
 
 
-def root_action(gumbel: torch.Tensor, logits: torch.Tensor, sigma_q: torch.Tensor, visits: torch.Tensor,
-                num_considered: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def root_action(
+    gumbel: torch.Tensor,
+    logits: torch.Tensor,
+    sigma_q: torch.Tensor,
+    visits: torch.Tensor,
+    num_considered: torch.Tensor,
+    table: torch.Tensor,
+) -> torch.Tensor:
     """The action the next simulation visits at each root [B]: the eligible one (by the
     halving schedule ``table`` [m + 1, n], row ``num_considered`` [B], column the number of
     simulations the root has had this move, ``visits.sum``) with the best score."""
@@ -108,8 +121,9 @@ def root_action(gumbel: torch.Tensor, logits: torch.Tensor, sigma_q: torch.Tenso
     return score_considered(considered, gumbel, logits, sigma_q, visits).argmax(1)
 
 
-def final_action(gumbel: torch.Tensor, logits: torch.Tensor, sigma_q: torch.Tensor,
-                 visits: torch.Tensor) -> torch.Tensor:
+def final_action(
+    gumbel: torch.Tensor, logits: torch.Tensor, sigma_q: torch.Tensor, visits: torch.Tensor
+) -> torch.Tensor:
     """The action to play [B]: among the most visited (the survivors of the halving), the
     best g + logits + sigma(q)."""
     return score_considered(visits.max(1).values, gumbel, logits, sigma_q, visits).argmax(1)

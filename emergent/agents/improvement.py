@@ -8,6 +8,7 @@ pairs (one completion right, the other wrong) that the improved policy's choice 
 0.5, the targets the policy learns from point at better moves than it would make itself.
 All pairs are completed in one batched, KV-cached ``generate`` call.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -23,9 +24,9 @@ from .search import SearchOutput
 
 
 class Improvement(NamedTuple):
-    wins: int      # decided pairs the improved policy's choice won
-    losses: int    # decided pairs the prior's choice won
-    ties: int      # pairs judged alike (both right or both wrong)
+    wins: int  # decided pairs the improved policy's choice won
+    losses: int  # decided pairs the prior's choice won
+    ties: int  # pairs judged alike (both right or both wrong)
 
     @property
     def win_rate(self) -> float:
@@ -33,8 +34,9 @@ class Improvement(NamedTuple):
         return self.wins / decided if decided else float("nan")
 
 
-def improvement_outcomes(policy: TransformerLM, out: SearchOutput,
-                         verify: Callable[[np.ndarray, list[str]], np.ndarray]) -> Improvement:
+def improvement_outcomes(
+    policy: TransformerLM, out: SearchOutput, verify: Callable[[np.ndarray, list[str]], np.ndarray]
+) -> Improvement:
     """Pairs at ``out.informative`` moves: the improved policy's argmax against the prior's
     (``out.prior_token``, what the search's own expansion ranked first), each completed
     greedily and judged by ``verify(problem rows, completions)``. Its compute is a
@@ -42,18 +44,18 @@ def improvement_outcomes(policy: TransformerLM, out: SearchOutput,
     informative = out.informative
     if informative is None or not bool(informative.any()):
         return Improvement(0, 0, 0)
-    b, m = informative.nonzero(as_tuple=True)                             # [P] trace, move
-    prior, target = out.prior_token[b, m], out.policy[b, m].argmax(-1)    # [P] tokens
+    b, m = informative.nonzero(as_tuple=True)  # [P] trace, move
+    prior, target = out.prior_token[b, m], out.policy[b, m].argmax(-1)  # [P] tokens
     differ = (prior != target).nonzero().squeeze(1)
     if not len(differ):
         return Improvement(0, 0, 0)
-    b, at = b[differ], (out.prompt_length[b] + m)[differ]                 # where move m's token sits
+    b, at = b[differ], (out.prompt_length[b] + m)[differ]  # where move m's token sits
     D = len(differ)
-    choices = torch.cat([target[differ], prior[differ]])                  # [2D]: improved, then prior
-    rows, ends = b.repeat(2), at.repeat(2) + 1                            # each prefix + its choice
+    choices = torch.cat([target[differ], prior[differ]])  # [2D]: improved, then prior
+    rows, ends = b.repeat(2), at.repeat(2) + 1  # each prefix + its choice
     states = out.tokens[rows].clone()
     states[torch.arange(2 * D), ends - 1] = choices
-    finished = choices == TOKENIZER.eos_id                                # an EOS choice ends its trace
+    finished = choices == TOKENIZER.eos_id  # an EOS choice ends its trace
     todo = (~finished & (ends < policy.cfg.max_len)).nonzero().squeeze(1)  # the others, where room is left
     lengths = ends.clone()
     if len(todo):

@@ -5,6 +5,7 @@ train mode, autocast, the loss, backward, clip, AdamW. So all methods spend comp
 same way and report it the same way (an ``Update``), and all of them run data-parallel
 the same way (agents/data_parallel.py): a step's ``data`` is what is split by rows.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from . import data_parallel
+
 
 @dataclass
 class OptimConfig:
@@ -30,7 +32,9 @@ class OptimConfig:
 
     def validate(self) -> None:
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ValueError(f"optim.lr must be > 0 and optim.min_lr in [0, lr]; got lr={self.lr}, min_lr={self.min_lr}")
+            raise ValueError(
+                f"optim.lr must be > 0 and optim.min_lr in [0, lr]; got lr={self.lr}, min_lr={self.min_lr}"
+            )
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -61,12 +65,12 @@ def autocast(device: torch.device, enabled: bool = True):
 
 
 class Update(NamedTuple):
-    loss: torch.Tensor       # 0-d, detached, on device
+    loss: torch.Tensor  # 0-d, detached, on device
     lr: float
     grad_norm: torch.Tensor  # 0-d, on device (reading it would sync a GPU)
     tokens: int
-    flops: float             # what this update cost (forward + backward)
-    aux: Any = None          # whatever else the loss function returned (e.g. per-row exact match)
+    flops: float  # what this update cost (forward + backward)
+    aux: Any = None  # whatever else the loss function returned (e.g. per-row exact match)
 
 
 class Learner:
@@ -76,8 +80,15 @@ class Learner:
     together; off gives the fp32 reference the benchmarks compare against.
     """
 
-    def __init__(self, model: nn.Module, cfg: OptimConfig, total_steps: int, device: torch.device,
-                 *, mixed_precision: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: OptimConfig,
+        total_steps: int,
+        device: torch.device,
+        *,
+        mixed_precision: bool | None = None,
+    ) -> None:
         cfg.validate()
         self.model, self.cfg, self.total_steps, self.device = model, cfg, total_steps, device
         self.mixed_precision = device.type == "cuda" if mixed_precision is None else mixed_precision

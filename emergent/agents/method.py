@@ -16,6 +16,7 @@ calls and never ask which method it is; what differs is declared, not branched o
 trainer, the policy's optimiser, the random streams, and the ``learn`` skeleton written
 once: remember -> reward-net updates -> the method's policy updates.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,17 +44,18 @@ LEARN_FROM = ("expert", "all", "solved")
 class ImproveConfig:
     """``improve.*``: the self-improvement methods (which method reads which key: each
     method's ``reads``)."""
+
     problems_per_iter: int = 32
-    samples: int = 8                 # traces per problem (expert_iteration N, policy_gradient group)
+    samples: int = 8  # traces per problem (expert_iteration N, policy_gradient group)
     temperature: float = 1.0
-    label_source: str = "verifier"   # expert_iteration: verifier | reward_net | majority_vote
+    label_source: str = "verifier"  # expert_iteration: verifier | reward_net | majority_vote
     reward_source: str = "verifier"  # policy_gradient: verifier | reward_net
-    baseline: str = "group"          # policy_gradient: group mean (GRPO/RLOO) | value (reward net)
-    kl_coef: float = 0.0             # policy_gradient: KL(policy || starting policy) penalty
-    replay_size: int = 2048          # expert_iteration / alphazero: traces kept for updates
-    train_batch: int = 64            # expert_iteration / alphazero: traces per update
-    updates_per_iter: int = 1        # policy steps per iteration (policy_gradient: clipped steps on one batch)
-    clip_ratio: float = 0.2          # policy_gradient: PPO/GRPO clip of the probability ratio (acts from the 2nd step)
+    baseline: str = "group"  # policy_gradient: group mean (GRPO/RLOO) | value (reward net)
+    kl_coef: float = 0.0  # policy_gradient: KL(policy || starting policy) penalty
+    replay_size: int = 2048  # expert_iteration / alphazero: traces kept for updates
+    train_batch: int = 64  # expert_iteration / alphazero: traces per update
+    updates_per_iter: int = 1  # policy steps per iteration (policy_gradient: clipped steps on one batch)
+    clip_ratio: float = 0.2  # policy_gradient: PPO/GRPO clip of the probability ratio (acts from the 2nd step)
     init_from: Optional[str] = None  # a checkpoint to start from (e.g. a supervised run)
     # alphazero: expert = the search as the expert (Anthony et al. 2017): maximum likelihood of
     # the searched traces the verifier accepted, plus KL(improved policy || policy on its
@@ -66,10 +68,12 @@ class ImproveConfig:
     sample_first: int = 0
 
     def validate(self) -> None:
-        for key, value, choices in (("label_source", self.label_source, LABEL_SOURCES),
-                                    ("reward_source", self.reward_source, REWARD_SOURCES),
-                                    ("baseline", self.baseline, BASELINES),
-                                    ("learn_from", self.learn_from, LEARN_FROM)):
+        for key, value, choices in (
+            ("label_source", self.label_source, LABEL_SOURCES),
+            ("reward_source", self.reward_source, REWARD_SOURCES),
+            ("baseline", self.baseline, BASELINES),
+            ("learn_from", self.learn_from, LEARN_FROM),
+        ):
             if value not in choices:
                 raise ValueError(f"improve.{key}={value!r} is not valid; choose one of {list(choices)}")
         if self.sample_first < 0:
@@ -84,14 +88,15 @@ class ImproveConfig:
 
 class Method(Protocol):
     """What a runtime sees of a learner. ``cfg`` (the run's config) is read at construction."""
+
     name: ClassVar[str]
     reads: ClassVar[tuple[str, ...]]
     demonstrations: Optional[str]
     problems_per_step: int
     policy: TransformerLM
-    reward_net: Optional[RewardNet]   # None: the method has none (search eval then values leaves at 0.5)
-    reward: Optional[RewardTrainer]   # its trainer and replay of labelled traces, with the network
-    replay: Optional[Replay]          # the policy's replay, where the method keeps one
+    reward_net: Optional[RewardNet]  # None: the method has none (search eval then values leaves at 0.5)
+    reward: Optional[RewardTrainer]  # its trainer and replay of labelled traces, with the network
+    replay: Optional[Replay]  # the policy's replay, where the method keeps one
 
     def collect(self, batch: Prompts) -> Experience: ...
     def learn(self, experience: Experience) -> StepResult: ...
@@ -129,10 +134,15 @@ def last_update(updates: Sequence[Update]) -> dict:
 
 class SelfImprover:
     """Shared machinery of the methods that learn from their own traces."""
+
     demonstrations = None  # never: answers reach a self-improver only as the verifier's verdicts
     # what every self-improver reads beyond the shared keys (each adds its own)
-    reads: ClassVar[tuple[str, ...]] = ("improve.problems_per_iter", "improve.updates_per_iter",
-                                        "improve.init_from", "reward.*")
+    reads: ClassVar[tuple[str, ...]] = (
+        "improve.problems_per_iter",
+        "improve.updates_per_iter",
+        "improve.init_from",
+        "reward.*",
+    )
 
     def __init__(self, policy: TransformerLM, cfg: Any, device: torch.device) -> None:
         icfg = cfg.improve
@@ -166,14 +176,17 @@ class SelfImprover:
         """Labels of sampled traces by the verifier (or, ``vote``, by majority vote, never
         calling it) and the scores the update uses (``source``: the labels, or the reward
         net's P(correct)). Returns (labels [R], scores [R], reward-net FLOPs)."""
-        labels = majority_labels(ro.rows, ro.completions) if vote else batch.verify(ro.rows, ro.completions).astype(float)
+        labels = (
+            majority_labels(ro.rows, ro.completions) if vote else batch.verify(ro.rows, ro.completions).astype(float)
+        )
         if source != "reward_net":
             return labels, labels, 0.0
         scores, flops = self.reward.score(ro.prompts, ro.completions)
         return labels, scores, flops
 
-    def make_experience(self, batch: Prompts, rows, completions, finished, labels, scores, flops: dict,
-                   **fields) -> Experience:
+    def make_experience(
+        self, batch: Prompts, rows, completions, finished, labels, scores, flops: dict, **fields
+    ) -> Experience:
         """The batch's Experience: a random share of its traces is held out of reward-net
         training and scored now, for the diagnostics."""
         heldout = split_heldout(len(rows), self.heldout_fraction, self.collect_rng)
@@ -184,24 +197,42 @@ class SelfImprover:
             flops[tags.REWARD] = flops.get(tags.REWARD, 0.0) + f
         extra = self.reward_traces(batch, flops) if self.reward_rollouts else ()
         if self.reward_near_misses:
-            extra += self.near_miss_traces(batch, np.asarray(rows), completions, np.asarray(finished, dtype=bool),
-                                           ~heldout)
-        return Experience(list(batch.prompts), np.asarray(rows), list(completions), np.asarray(finished, dtype=bool),
-                          np.asarray(labels, dtype=float), np.asarray(scores, dtype=float), heldout, probs, flops,
-                          reward_traces=extra, **fields)
+            extra += self.near_miss_traces(
+                batch, np.asarray(rows), completions, np.asarray(finished, dtype=bool), ~heldout
+            )
+        return Experience(
+            list(batch.prompts),
+            np.asarray(rows),
+            list(completions),
+            np.asarray(finished, dtype=bool),
+            np.asarray(labels, dtype=float),
+            np.asarray(scores, dtype=float),
+            heldout,
+            probs,
+            flops,
+            reward_traces=extra,
+            **fields,
+        )
 
     def reward_traces(self, batch: Prompts, flops: dict) -> tuple[Trace, ...]:
         """``reward.rollouts`` sampled traces per problem for the reward net alone, labelled
         as the method labels its own (by the verifier; by majority vote where the method
         votes, never calling the verifier). Their generation is counted in ``flops``."""
-        ro = sample_rollouts(self.policy, batch.prompts, self.reward_rollouts, temperature=1.0,
-                             generator=self.generator, device=self.device)
+        ro = sample_rollouts(
+            self.policy,
+            batch.prompts,
+            self.reward_rollouts,
+            temperature=1.0,
+            generator=self.generator,
+            device=self.device,
+        )
         flops[tags.GENERATE] = flops.get(tags.GENERATE, 0.0) + ro.flops
         labels, _, _ = self.judge(ro, batch, vote=self.cfg.label_source == "majority_vote", source="verifier")
         return tuple(Trace(p, c, float(y)) for p, c, y in zip(ro.prompts, ro.completions, labels * ro.finished))
 
-    def near_miss_traces(self, batch: Prompts, rows: np.ndarray, completions: Sequence[str], finished: np.ndarray,
-                         train: np.ndarray) -> tuple[Trace, ...]:
+    def near_miss_traces(
+        self, batch: Prompts, rows: np.ndarray, completions: Sequence[str], finished: np.ndarray, train: np.ndarray
+    ) -> tuple[Trace, ...]:
         """``reward.near_misses`` copies of each trace the reward net trains on (``train`` [R]
         bool), one digit changed, labelled by the verifier (a copy of an unfinished trace
         stays unfinished: label 0)."""
@@ -222,13 +253,18 @@ class SelfImprover:
         flops = {tags.REWARD: reward_flops, tags.TRAIN: sum(u.flops for u in updates)}
         solved = len(np.unique(experience.rows[experience.finished & (experience.labels >= 0.5)]))
         if solved:  # by the verifier's labels (under a vote, by agreement: what the method can see)
-            scalars = {**scalars, tags.TRAIN_FLOPS_PER_SOLVED:
-                       (sum(experience.flops.values()) + sum(flops.values())) / solved}
+            scalars = {
+                **scalars,
+                tags.TRAIN_FLOPS_PER_SOLVED: (sum(experience.flops.values()) + sum(flops.values())) / solved,
+            }
         return StepResult(
             flops=flops,
-            tokens=sum(u.tokens for u in updates), **last_update(updates),
+            tokens=sum(u.tokens for u in updates),
+            **last_update(updates),
             scalars={**scalars, **reward_scalars},
-            heldout=(experience.heldout_probs, experience.labels[experience.heldout]), accuracy=experience.problem_accuracy())
+            heldout=(experience.heldout_probs, experience.labels[experience.heldout]),
+            accuracy=experience.problem_accuracy(),
+        )
 
     def remember(self, experience: Experience) -> None:
         """Add what the method replays from this batch to ``self.replay`` (default: nothing)."""
@@ -239,9 +275,13 @@ class SelfImprover:
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"learner": self.learner.state_dict(), "reward": self.reward.state_dict(),
-                 "generator": self.generator.get_state(), "collect_rng": self.collect_rng.bit_generator.state,
-                 "learn_rng": self.learn_rng.bit_generator.state}
+        state = {
+            "learner": self.learner.state_dict(),
+            "reward": self.reward.state_dict(),
+            "generator": self.generator.get_state(),
+            "collect_rng": self.collect_rng.bit_generator.state,
+            "learn_rng": self.learn_rng.bit_generator.state,
+        }
         if self.replay is not None:
             state["replay"] = self.replay.state_dict()
         return state

@@ -12,6 +12,7 @@ Two attention paths:
     ids restart at 0 at each row's first real token, so a left-padded row computes
     exactly what it would alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,10 +43,10 @@ class ModelConfig:
     n_layer: int = 2
     n_head: int = 4
     d_model: int = 128
-    max_len: int = 64        # context length: prompt + completion, BOS and EOS included
-    pos: str = "learned"     # learned | rope | none | abacus | coupled
-    place_offset: int = 0    # abacus / coupled: training adds a random offset in [0, place_offset]
-                             # to each sequence's digit places, so places past training lengths are trained
+    max_len: int = 64  # context length: prompt + completion, BOS and EOS included
+    pos: str = "learned"  # learned | rope | none | abacus | coupled
+    place_offset: int = 0  # abacus / coupled: training adds a random offset in [0, place_offset]
+    # to each sequence's digit places, so places past training lengths are trained
     dropout: float = 0.0
 
     def validate(self) -> None:
@@ -59,8 +60,10 @@ class ModelConfig:
         if self.pos in ("rope", "coupled") and (self.d_model // self.n_head) % 2:
             raise ValueError(f"model.pos={self.pos} needs an even head size (d_model / n_head)")
         if self.place_offset < 0 or (self.place_offset and self.pos not in PLACE_SCHEMES):
-            raise ValueError(f"model.place_offset={self.place_offset} needs a value >= 0 and model.pos in "
-                             f"{list(PLACE_SCHEMES)} (it offsets digit places), not model.pos={self.pos}")
+            raise ValueError(
+                f"model.place_offset={self.place_offset} needs a value >= 0 and model.pos in "
+                f"{list(PLACE_SCHEMES)} (it offsets digit places), not model.pos={self.pos}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
 
@@ -186,11 +189,11 @@ def digit_places(idx: torch.Tensor, prev: torch.Tensor | None = None) -> torch.T
     t = torch.arange(T, device=idx.device).expand(B, T)
     digit = (idx >= _DIGIT_0) & (idx <= _DIGIT_9)
     start = (-1 - prev)[:, None].expand(B, T) if prev is not None else torch.full_like(t, -1)
-    left = t - torch.where(digit, start, t).cummax(1).values        # 1 + digits before, in its run
+    left = t - torch.where(digit, start, t).cummax(1).values  # 1 + digits before, in its run
     if prev is not None:
         return torch.where(digit, left, 0)
     end = torch.where(digit, T, t).flip(1).cummin(1).values.flip(1)  # the next non-digit (T: none)
-    right = end - t                                                  # 1 + digits after, in its run
+    right = end - t  # 1 + digits after, in its run
     after = (idx == _EQUALS).cumsum(1) > 0
     return torch.where(digit, torch.where(after, left, right), 0)
 
@@ -255,8 +258,8 @@ class Block(nn.Module):
 
 
 class Generation(NamedTuple):
-    tokens: torch.Tensor    # [B, N] generated ids (N = steps taken); PAD after a row's EOS
-    lengths: torch.Tensor   # [B] completion length, EOS excluded
+    tokens: torch.Tensor  # [B, N] generated ids (N = steps taken); PAD after a row's EOS
+    lengths: torch.Tensor  # [B] completion length, EOS excluded
     finished: torch.Tensor  # [B] bool: the row emitted EOS (else it hit the token limit)
     logprobs: torch.Tensor  # [B, N] log-prob of each generated token under the sampling policy; 0 after EOS
 
@@ -318,15 +321,22 @@ class TransformerLM(nn.Module):
     # -- forward ----------------------------------------------------------------------
     def forward(
         self,
-        idx: torch.Tensor,                      # [B, T] token ids
-        pos: torch.Tensor | None = None,        # [B, T] position ids; default 0..T-1 after the cache
+        idx: torch.Tensor,  # [B, T] token ids
+        pos: torch.Tensor | None = None,  # [B, T] position ids; default 0..T-1 after the cache
         key_valid: torch.Tensor | None = None,  # [B, S] bool: keys a query may see (padding is False)
         cache: KVCache | None = None,
-    ) -> torch.Tensor:                          # -> logits [B, T, V]
+    ) -> torch.Tensor:  # -> logits [B, T, V]
         return self.lm_head(self.hidden(idx, pos, key_valid, cache))
 
-    def hidden(self, idx, pos=None, key_valid=None, cache: KVCache | None = None,
-               attn_mask: torch.Tensor | None = None, place: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(
+        self,
+        idx,
+        pos=None,
+        key_valid=None,
+        cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
+        place: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The final-norm hidden states [B, T, C]; ``forward`` puts the LM head on them.
 
         ``attn_mask`` [B, 1, T, S] bool, with a cache whose ``update`` returns S keys: which
@@ -422,8 +432,8 @@ class TransformerLM(nn.Module):
         N = min(max_new_tokens, self.cfg.max_len - Tp)
         if N < 1:
             raise ValueError(f"prompts of {Tp} tokens leave no room in the context of {self.cfg.max_len}")
-        prompt_len = valid.sum(1)                     # [B]
-        pos = (valid.cumsum(1) - 1).clamp(min=0)      # [B, Tp]
+        prompt_len = valid.sum(1)  # [B]
+        pos = (valid.cumsum(1) - 1).clamp(min=0)  # [B, Tp]
         out = torch.full((B, N), pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros(B, N, dtype=upcast(self.wte.weight).dtype, device=device)
         lengths = torch.zeros(B, dtype=torch.long, device=device)

@@ -6,6 +6,7 @@ the prompt), with an optional KL penalty to the starting policy.
 as GRPO): the first step's log-probs are the ratio's reference, so with one update the
 ratio is exactly 1 and the step is REINFORCE with a baseline.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,13 +18,13 @@ import torch
 from emergent import tags
 from emergent.envs import TOKENIZER
 
-from .token_batch import encode_batch
 from .data_parallel import masked_mean
 from .learner import Update
 from .method import SelfImprover, register_method
 from .model import upcast
 from .records import Experience, Prompts
 from .rollouts import sample_rollouts
+from .token_batch import encode_batch
 
 
 def advantages(experience: Experience, samples: int, baseline: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,9 +41,15 @@ def advantages(experience: Experience, samples: int, baseline: str) -> tuple[np.
 @register_method
 class PolicyGradient(SelfImprover):
     name = "policy_gradient"
-    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, "improve.samples", "improve.temperature",
-                                        "improve.reward_source", "improve.baseline", "improve.kl_coef",
-                                        "improve.clip_ratio")
+    reads: ClassVar[tuple[str, ...]] = (
+        *SelfImprover.reads,
+        "improve.samples",
+        "improve.temperature",
+        "improve.reward_source",
+        "improve.baseline",
+        "improve.kl_coef",
+        "improve.clip_ratio",
+    )
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
@@ -52,16 +59,31 @@ class PolicyGradient(SelfImprover):
 
     def collect(self, batch: Prompts) -> Experience:
         c = self.cfg
-        ro = sample_rollouts(self.policy, batch.prompts, c.samples, temperature=c.temperature,
-                             generator=self.generator, device=self.device)
+        ro = sample_rollouts(
+            self.policy,
+            batch.prompts,
+            c.samples,
+            temperature=c.temperature,
+            generator=self.generator,
+            device=self.device,
+        )
         labels, scores, reward_flops = self.judge(ro, batch, vote=False, source=c.reward_source)
         flops = {tags.GENERATE: ro.flops, tags.REWARD: reward_flops}
         baseline = None
         if c.baseline == "value":  # the reward net's value of the prompt state as a learned baseline
             baseline, f = self.reward.score(list(batch.prompts), [""] * len(batch.prompts), at_prompt=True)
             flops[tags.REWARD] += f
-        return self.make_experience(batch, ro.rows, ro.completions, ro.finished, labels, scores, flops,
-                               scalars={tags.TRAIN_SAMPLE_ACCURACY: float(np.mean(labels))}, baseline=baseline)
+        return self.make_experience(
+            batch,
+            ro.rows,
+            ro.completions,
+            ro.finished,
+            labels,
+            scores,
+            flops,
+            scalars={tags.TRAIN_SAMPLE_ACCURACY: float(np.mean(labels))},
+            baseline=baseline,
+        )
 
     def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
         c = self.cfg
@@ -98,5 +120,7 @@ class PolicyGradient(SelfImprover):
         flops = self.policy.flops_per_token(T, backward=True) * R * T  # fwd + bwd
         updates = [self.learner.step(loss_fn, batch, A, tokens=R * T, flops=flops) for _ in range(c.updates_per_iter)]
         if self.reference is not None:  # the anchor's one forward
-            updates[0] = updates[0]._replace(flops=updates[0].flops + self.policy.flops_per_token(T, backward=False) * R * T)
+            updates[0] = updates[0]._replace(
+                flops=updates[0].flops + self.policy.flops_per_token(T, backward=False) * R * T
+            )
         return updates, {tags.TRAIN_REWARD_MEAN: float(np.mean(reward)), tags.TRAIN_KL: float(updates[-1].aux)}

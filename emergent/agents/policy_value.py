@@ -1,5 +1,6 @@
 """What connects the search to networks and to text: the policy/value leaf evaluator, and
 the adapters between token states and completions (used by AlphaZero and by search eval)."""
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -22,8 +23,9 @@ def state_verifier(prompt_lengths: Sequence[int], score: Callable[[np.ndarray, l
 
     def terminal(states: States) -> torch.Tensor:
         r = states.rows.cpu().numpy()
-        comps = TOKENIZER.decode_spans(states.tokens.cpu().numpy(), [prompt_lengths[i] for i in r],
-                                       states.lengths.tolist())
+        comps = TOKENIZER.decode_spans(
+            states.tokens.cpu().numpy(), [prompt_lengths[i] for i in r], states.lengths.tolist()
+        )
         return torch.as_tensor(score(r, comps), dtype=torch.float32, device=states.tokens.device)
 
     return terminal
@@ -35,6 +37,7 @@ def output_completions(out: SearchOutput) -> list[str]:
 
 
 # -- the network evaluator -----------------------------------------------------------------
+
 
 class PolicyValueEvaluator:
     """Priors from the policy's top-k tokens, values from the reward-and-objective network.
@@ -53,9 +56,19 @@ class PolicyValueEvaluator:
     (``mix``, AlphaGo's lambda). ``flops`` accumulates what the calls cost.
     """
 
-    def __init__(self, policy, reward_net, *, top_k: int, terminal: str = "verifier",
-                 verifier: Callable[[States], torch.Tensor] | None = None, prior_temperature: float = 1.0,
-                 kv_cache: bool = True, leaf_value: str = "net", rollout_weight: float = 0.5) -> None:
+    def __init__(
+        self,
+        policy,
+        reward_net,
+        *,
+        top_k: int,
+        terminal: str = "verifier",
+        verifier: Callable[[States], torch.Tensor] | None = None,
+        prior_temperature: float = 1.0,
+        kv_cache: bool = True,
+        leaf_value: str = "net",
+        rollout_weight: float = 0.5,
+    ) -> None:
         if (terminal == "verifier" or leaf_value != "net") and verifier is None:
             raise ValueError("terminal_value='verifier' and leaf_value='rollout'/'mix' need a verifier callable")
         self.policy, self.reward_net, self.top_k = policy, reward_net, top_k
@@ -111,7 +124,7 @@ class PolicyValueEvaluator:
         root, new, plan = pending
         if new is None:
             return self.prompt_hidden[name][states.rows]
-        out = kv.extend(new, plan)                                       # [m, C]
+        out = kv.extend(new, plan)  # [m, C]
         self.flops += flops(kv.context, backward=False) * len(new.rows)  # keys each query row attends over
         if states.write is not None:  # a prompt's state ran again (its keys went to scratch): keep begin's
             return torch.where(root[:, None], self.prompt_hidden[name][states.rows].to(out.dtype), out)
@@ -139,8 +152,11 @@ class PolicyValueEvaluator:
         if self.leaf_value == "net":
             return Expansion(prior, idx, self._value(states, pending))
         verdict = self.rollout_value(states)
-        value = verdict if self.leaf_value == "rollout" else (
-            (1 - self.rollout_weight) * self._value(states, pending) + self.rollout_weight * verdict)
+        value = (
+            verdict
+            if self.leaf_value == "rollout"
+            else ((1 - self.rollout_weight) * self._value(states, pending) + self.rollout_weight * verdict)
+        )
         return Expansion(prior, idx, value, verdict=torch.ones_like(verdict, dtype=torch.bool))
 
     @torch.no_grad()
@@ -175,9 +191,15 @@ class PolicyValueEvaluator:
             return np.zeros(0, np.int64), np.zeros((0, 1), np.int64), np.zeros(0, np.int64), np.zeros(0)
         width = max(t.shape[1] for _, t, _, _ in self._judged)
         pad = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for _, t, _, _ in self._judged]
-        return tuple(torch.cat(x).cpu().numpy() for x in ([r for r, *_ in self._judged], pad,
-                                                           [n for _, _, n, _ in self._judged],
-                                                           [v.float() for *_, v in self._judged]))
+        return tuple(
+            torch.cat(x).cpu().numpy()
+            for x in (
+                [r for r, *_ in self._judged],
+                pad,
+                [n for _, _, n, _ in self._judged],
+                [v.float() for *_, v in self._judged],
+            )
+        )
 
     def _value(self, states: States, pending=None) -> torch.Tensor:
         """The reward net's P(correct) of each state [M] (0.5 everywhere without one)."""

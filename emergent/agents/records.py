@@ -5,6 +5,7 @@ A runtime hands a method ``Prompts`` and gets an ``Experience`` back from ``coll
 All three are frozen: complete when made, never patched afterwards. Shapes: P problems
 in the batch, R traces, H of them held out of reward-net training.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ class Prompts:
     ``gold`` (the gold traces or answers) is filled only for a method that declares it
     learns from demonstrations (``Method.demonstrations``): a self-improver never gets it.
     """
-    prompts: list[str]                  # [P]
+
+    prompts: list[str]  # [P]
     verify: Verifier
-    gold: Optional[list[str]] = None    # [P]
+    gold: Optional[list[str]] = None  # [P]
 
 
 @dataclass(frozen=True)
@@ -39,19 +41,20 @@ class Experience:
     Supervised experience is the gold demonstrations themselves (one finished, correct
     trace per problem, nothing held out).
     """
-    prompts: list[str]            # [P] this batch's problems
-    rows: np.ndarray              # [R] problem index of each trace
-    completions: list[str]        # [R] EOS excluded
-    finished: np.ndarray          # [R] bool: wrote EOS
-    labels: np.ndarray            # [R] verifier outcome (majority agreement under a vote)
-    scores: np.ndarray            # [R] the signal the update uses: labels or the reward net's P(correct)
-    heldout: np.ndarray           # [R] bool: never trained on by the reward net
-    heldout_probs: np.ndarray     # [H] the reward net's P(correct) of the held-out traces
-    flops: Mapping[str, float]    # ledger part -> FLOPs spent collecting
+
+    prompts: list[str]  # [P] this batch's problems
+    rows: np.ndarray  # [R] problem index of each trace
+    completions: list[str]  # [R] EOS excluded
+    finished: np.ndarray  # [R] bool: wrote EOS
+    labels: np.ndarray  # [R] verifier outcome (majority agreement under a vote)
+    scores: np.ndarray  # [R] the signal the update uses: labels or the reward net's P(correct)
+    heldout: np.ndarray  # [R] bool: never trained on by the reward net
+    heldout_probs: np.ndarray  # [H] the reward net's P(correct) of the held-out traces
+    flops: Mapping[str, float]  # ledger part -> FLOPs spent collecting
     scalars: Mapping[str, float] = field(default_factory=dict)  # tags measured while collecting
     baseline: Optional[np.ndarray] = None  # [P] policy_gradient's value baseline: P(correct) at the prompt
-    targets: Optional[tuple] = None        # alphazero: [R] improved policies [moves, V] (CPU); 0 rows: not searched
-    reward_traces: tuple = ()              # labelled Traces only the reward net learns from (reward.rollouts)
+    targets: Optional[tuple] = None  # alphazero: [R] improved policies [moves, V] (CPU); 0 rows: not searched
+    reward_traces: tuple = ()  # labelled Traces only the reward net learns from (reward.rollouts)
 
     @property
     def size(self) -> int:
@@ -70,32 +73,37 @@ class Experience:
     def problem_accuracy(self) -> np.ndarray:
         """[P] each problem's share of traces labelled correct."""
         P = len(self.prompts)
-        return np.bincount(self.rows, weights=self.labels, minlength=P) / np.bincount(self.rows, minlength=P).clip(min=1)
+        return np.bincount(self.rows, weights=self.labels, minlength=P) / np.bincount(self.rows, minlength=P).clip(
+            min=1
+        )
 
 
 @dataclass(frozen=True)
 class StepResult:
     """What one ``learn`` call did. Tensors stay on the device: reading them syncs a GPU,
     so the runtime reads them once per logging window."""
-    flops: Mapping[str, float]                 # ledger part -> FLOPs spent learning
-    tokens: int = 0                            # tokens the policy trained on
-    loss: Optional[torch.Tensor] = None        # 0-d; None when no policy step was taken
+
+    flops: Mapping[str, float]  # ledger part -> FLOPs spent learning
+    tokens: int = 0  # tokens the policy trained on
+    loss: Optional[torch.Tensor] = None  # 0-d; None when no policy step was taken
     lr: Optional[float] = None
-    grad_norm: Optional[torch.Tensor] = None   # 0-d
+    grad_norm: Optional[torch.Tensor] = None  # 0-d
     scalars: Mapping[str, float] = field(default_factory=dict)  # the method's own tags
-    heldout: Optional[tuple[np.ndarray, np.ndarray]] = None     # reward-net P(correct) and labels, [H] each
-    accuracy: Optional[object] = None          # [P] training accuracy per problem (tensor or array): a curriculum's signal
+    heldout: Optional[tuple[np.ndarray, np.ndarray]] = None  # reward-net P(correct) and labels, [H] each
+    accuracy: Optional[object] = None  # [P] training accuracy per problem (tensor or array): a curriculum's signal
 
 
 # -- replay -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Trace:
     """One remembered trace."""
+
     prompt: str
     completion: str
-    label: float = 1.0                       # verifier outcome (or vote agreement)
-    target: Optional[torch.Tensor] = None    # alphazero: improved policy per move [moves, V]
+    label: float = 1.0  # verifier outcome (or vote agreement)
+    target: Optional[torch.Tensor] = None  # alphazero: improved policy per move [moves, V]
 
 
 class Replay:
@@ -110,7 +118,7 @@ class Replay:
 
     def add(self, traces: Iterable[Trace]) -> None:
         self.items += list(traces)
-        self.items = self.items[-self.capacity:]
+        self.items = self.items[-self.capacity :]
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Trace]:
         """``min(n, len)`` draws; the caller checks the replay is not empty."""

@@ -13,6 +13,7 @@ Position t's output scores the prefix ending at token t: the value of the state 
 reaches after writing that token. The prompt's state is the last prompt token's output;
 a finished trace's is the EOS token's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,15 +26,15 @@ import torch.nn.functional as F
 from .data_parallel import masked_mean
 from .model import ModelConfig, TransformerLM, upcast
 
-
 REWARD_INITS = ("policy", "scratch")
 
 
 @dataclass
 class RewardNetConfig:
     """``reward.*``: the network's size and start, and how its trainer updates it."""
+
     # its context length and positional scheme are the policy's: it scores what the policy writes
-    n_layer: Optional[int] = None    # None: the policy's
+    n_layer: Optional[int] = None  # None: the policy's
     n_head: Optional[int] = None
     d_model: Optional[int] = None
     # policy: start the trunk from the starting policy's weights (as RLHF reward models
@@ -42,9 +43,9 @@ class RewardNetConfig:
     init: str = "policy"
     lr: float = 3e-4
     updates_per_iter: int = 2
-    batch_size: int = 128            # labelled traces per update, drawn from the replay
-    replay_size: int = 4096          # recent labelled traces kept for reward-net updates
-    heldout_fraction: float = 0.2    # of each iteration's traces: scored, never trained on
+    batch_size: int = 128  # labelled traces per update, drawn from the replay
+    replay_size: int = 4096  # recent labelled traces kept for reward-net updates
+    heldout_fraction: float = 0.2  # of each iteration's traces: scored, never trained on
     # sampled traces per problem, each iteration, that only the reward net learns from (as
     # AlphaGo's value network learned from its RL policy's games): one KV-cached generate
     # call, labelled like the method's own traces; far cheaper than a searched trace
@@ -60,30 +61,44 @@ class RewardNetConfig:
     near_misses: int = 0
 
     def model_config(self, policy: ModelConfig) -> ModelConfig:
-        size = {k: getattr(self, k) if getattr(self, k) is not None else getattr(policy, k)
-                for k in ("n_layer", "n_head", "d_model")}
+        size = {
+            k: getattr(self, k) if getattr(self, k) is not None else getattr(policy, k)
+            for k in ("n_layer", "n_head", "d_model")
+        }
         return ModelConfig(**size, max_len=policy.max_len, pos=policy.pos, place_offset=policy.place_offset)
 
     def validate(self, policy: ModelConfig) -> None:
         if self.init not in REWARD_INITS:
             raise ValueError(f"reward.init={self.init!r} is not valid; choose one of {list(REWARD_INITS)}")
         mine = self.model_config(policy)
-        if self.init == "policy" and (mine.n_layer, mine.n_head, mine.d_model) != (policy.n_layer, policy.n_head, policy.d_model):
-            raise ValueError("reward.init=policy needs the policy's size: leave reward.n_layer / n_head / d_model "
-                             "unset (null), or set reward.init=scratch")
-        if min(self.updates_per_iter, self.rollouts, self.near_misses) < 0 or self.batch_size < 1 or self.replay_size < 1:
-            raise ValueError("reward.updates_per_iter, reward.rollouts and reward.near_misses must be >= 0, "
-                             "reward.batch_size and "
-                             "reward.replay_size >= 1")
+        if self.init == "policy" and (mine.n_layer, mine.n_head, mine.d_model) != (
+            policy.n_layer,
+            policy.n_head,
+            policy.d_model,
+        ):
+            raise ValueError(
+                "reward.init=policy needs the policy's size: leave reward.n_layer / n_head / d_model "
+                "unset (null), or set reward.init=scratch"
+            )
+        if (
+            min(self.updates_per_iter, self.rollouts, self.near_misses) < 0
+            or self.batch_size < 1
+            or self.replay_size < 1
+        ):
+            raise ValueError(
+                "reward.updates_per_iter, reward.rollouts and reward.near_misses must be >= 0, "
+                "reward.batch_size and "
+                "reward.replay_size >= 1"
+            )
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError("reward.heldout_fraction must lie in [0, 1)")
         mine.validate()
 
 
 class ValueBatch(NamedTuple):
-    inputs: torch.Tensor    # [B, T] BOS + prompt + completion + EOS, right-padded
-    mask: torch.Tensor      # [B, T] float: 1 at the states to train (last prompt token .. EOS)
-    labels: torch.Tensor    # [B] float: 1 if the verifier accepted the trace, else 0
+    inputs: torch.Tensor  # [B, T] BOS + prompt + completion + EOS, right-padded
+    mask: torch.Tensor  # [B, T] float: 1 at the states to train (last prompt token .. EOS)
+    labels: torch.Tensor  # [B] float: 1 if the verifier accepted the trace, else 0
 
     def to(self, device) -> "ValueBatch":
         return ValueBatch(*(t.to(device, non_blocking=True) for t in self))

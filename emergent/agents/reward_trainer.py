@@ -6,6 +6,7 @@
 ``reward.updates_per_iter`` steps on draws from the replay. ``score`` reads P(correct) of
 finished traces or of prompt states, for ranking, rewards, baselines and diagnostics.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,11 +17,11 @@ import torch
 from emergent import tags
 from emergent.envs import TOKENIZER
 
-from .token_batch import encode_batch
 from .learner import Learner, OptimConfig, autocast
-from .records import Experience, Replay, Trace
 from .model import upcast
+from .records import Experience, Replay, Trace
 from .reward_net import RewardNet, RewardNetConfig, ValueBatch, value_loss
+from .token_batch import encode_batch
 
 
 def encode_values(prompts: Sequence[str], completions: Sequence[str], labels: np.ndarray, max_len: int) -> ValueBatch:
@@ -75,17 +76,24 @@ class RewardTrainer:
         train = np.flatnonzero(~experience.heldout)
         if not len(self.replay) and len(train):
             self.calibrate(float(np.mean(experience.labels[train])))
-        self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i]))
-                        for i in train)
+        self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i])) for i in train)
         self.replay.add(experience.reward_traces)  # reward.rollouts: sampled for the reward net alone
         flops, losses = 0.0, []
         for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
             items = self.replay.sample(rng, self.cfg.batch_size)
-            batch = encode_values([t.prompt for t in items], [t.completion for t in items],
-                                  np.array([t.label for t in items]), self.net.cfg.max_len).to(self.device)
+            batch = encode_values(
+                [t.prompt for t in items],
+                [t.completion for t in items],
+                np.array([t.label for t in items]),
+                self.net.cfg.max_len,
+            ).to(self.device)
             B, T = batch.inputs.shape
-            u = self.learner.step(lambda b: value_loss(self.net, b), batch, tokens=B * T,
-                                  flops=self.net.flops_per_token(T, backward=True) * B * T)
+            u = self.learner.step(
+                lambda b: value_loss(self.net, b),
+                batch,
+                tokens=B * T,
+                flops=self.net.flops_per_token(T, backward=True) * B * T,
+            )
             flops += u.flops
             losses.append(u.loss)
         return flops, ({tags.REWARD_LOSS: float(torch.stack(losses).mean())} if losses else {})

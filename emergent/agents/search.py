@@ -32,6 +32,7 @@ and node creation run on numpy views on CPU): cheapest on a CPU. ``search.static
 it in fixed shapes with nothing read back inside a move, so a GPU's launch queue never
 drains; ``search.cuda_graph`` then replays each call from a CUDA graph.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,13 +53,13 @@ LEAF_VALUES = ("net", "rollout", "mix")
 
 @dataclass(kw_only=True)
 class SearchConfig:
-    num_simulations: int = 32       # simulations per move (per token)
-    leaves_per_call: int = 4        # leaves per tree evaluated together (virtual loss)
-    top_k: int = 8                  # children per node: the policy's top-k tokens
+    num_simulations: int = 32  # simulations per move (per token)
+    leaves_per_call: int = 4  # leaves per tree evaluated together (virtual loss)
+    top_k: int = 8  # children per node: the policy's top-k tokens
     c_puct: float = 1.5
     dirichlet_alpha: float = 0.3
     dirichlet_fraction: float = 0.0  # weight of root noise; 0 for evaluation, ~0.25 for self-play
-    temperature: float = 0.0        # move choice from visits: 0 = most visited
+    temperature: float = 0.0  # move choice from visits: 0 = most visited
     virtual_loss: float = 1.0
     terminal_value: str = "verifier"  # verifier | learned
     # a move whose top prior exceeds this is played from the prior, without simulations:
@@ -144,7 +145,9 @@ class SearchConfig:
         if not 0.0 <= self.rollout_weight <= 1.0:
             raise ValueError("search.rollout_weight must lie in [0, 1]")
         if self.leaf_value != "net" and self.static:
-            raise ValueError("search.leaf_value=rollout/mix runs a completion per leaf on the host: search.static=false")
+            raise ValueError(
+                "search.leaf_value=rollout/mix runs a completion per leaf on the host: search.static=false"
+            )
         if self.root not in ROOTS:
             raise ValueError(f"search.root={self.root!r}; choose one of {list(ROOTS)}")
         if self.tree_traces < 0:
@@ -152,31 +155,33 @@ class SearchConfig:
         if self.max_considered < 1 or self.gumbel_scale < 0:
             raise ValueError("search.max_considered must be >= 1 and search.gumbel_scale >= 0")
         if self.root == "gumbel" and (self.static or self.dirichlet_fraction > 0):
-            raise ValueError("search.root=gumbel runs on the default path with no Dirichlet noise: set "
-                             "search.static=false and search.dirichlet_fraction=0 (the Gumbel draw explores)")
+            raise ValueError(
+                "search.root=gumbel runs on the default path with no Dirichlet noise: set "
+                "search.static=false and search.dirichlet_fraction=0 (the Gumbel draw explores)"
+            )
         if (self.cuda_graph or self.compile) and not self.static:
             raise ValueError("search.cuda_graph=true and search.compile=true need search.static=true (fixed shapes)")
 
 
 @dataclass(frozen=True)
 class Tree:
-    tokens: torch.Tensor       # [B, N, L] int64  the state's tokens (prompt + path), right-padded
-    length: torch.Tensor       # [B, N] int64     valid tokens of each state
-    node_at: torch.Tensor      # [B, N, L] int64  the node that wrote each position (-1: the prompt's)
-    children: torch.Tensor     # [B, N, K] int64  child node per edge, -1 until created
+    tokens: torch.Tensor  # [B, N, L] int64  the state's tokens (prompt + path), right-padded
+    length: torch.Tensor  # [B, N] int64     valid tokens of each state
+    node_at: torch.Tensor  # [B, N, L] int64  the node that wrote each position (-1: the prompt's)
+    children: torch.Tensor  # [B, N, K] int64  child node per edge, -1 until created
     child_token: torch.Tensor  # [B, N, K] int64  the token each edge writes
-    prior: torch.Tensor        # [B, N, K] float  P(s, a)
-    visits: torch.Tensor       # [B, N] float     N(s): simulations through this node
-    value_sum: torch.Tensor    # [B, N] float     W(s): backed-up values
-    value: torch.Tensor        # [B, N] float     evaluation at the node (network or verifier)
-    vloss: torch.Tensor        # [B, N] float     virtual visits of pending simulations
-    expanded: torch.Tensor     # [B, N] bool      priors and value are set
-    terminal: torch.Tensor     # [B, N] bool      EOS written or context full
-    verdict: torch.Tensor      # [B, N] bool      ``value`` is a verifier's verdict (a terminal state's, or a rollout's)
-    verdicts: torch.Tensor     # [B, N] float     simulations through this node that ended at a verdict
+    prior: torch.Tensor  # [B, N, K] float  P(s, a)
+    visits: torch.Tensor  # [B, N] float     N(s): simulations through this node
+    value_sum: torch.Tensor  # [B, N] float     W(s): backed-up values
+    value: torch.Tensor  # [B, N] float     evaluation at the node (network or verifier)
+    vloss: torch.Tensor  # [B, N] float     virtual visits of pending simulations
+    expanded: torch.Tensor  # [B, N] bool      priors and value are set
+    terminal: torch.Tensor  # [B, N] bool      EOS written or context full
+    verdict: torch.Tensor  # [B, N] bool      ``value`` is a verifier's verdict (a terminal state's, or a rollout's)
+    verdicts: torch.Tensor  # [B, N] float     simulations through this node that ended at a verdict
     verdict_sum: torch.Tensor  # [B, N] float     the sum of those verdicts
-    num_nodes: torch.Tensor    # [B] int64
-    root: torch.Tensor         # [B] int64        the current root (moves forward)
+    num_nodes: torch.Tensor  # [B] int64
+    root: torch.Tensor  # [B] int64        the current root (moves forward)
     # node N - 1 of every tree is scratch, never part of it: fixed-shape writes (``static``)
     # send there what a tree does not keep
 
@@ -186,20 +191,21 @@ class Tree:
 
 
 class Expansion(NamedTuple):
-    prior: torch.Tensor        # [M, K] renormalised over the top-k
+    prior: torch.Tensor  # [M, K] renormalised over the top-k
     child_token: torch.Tensor  # [M, K]
-    value: torch.Tensor        # [M] in [0, 1]
+    value: torch.Tensor  # [M] in [0, 1]
     verdict: torch.Tensor | None = None  # [M] bool: the value holds a verifier's verdict (a rollout's); None: none does
 
 
 class States(NamedTuple):
     """M search states handed to a ``LeafEvaluator``; node 0 of a tree is its prompt."""
-    rows: torch.Tensor         # [M] the tree (problem) of each state
-    nodes: torch.Tensor        # [M] its node
-    tokens: torch.Tensor       # [M, L] prompt + path, right-padded
-    lengths: torch.Tensor      # [M]
-    node_at: torch.Tensor      # [M, L] the node that wrote each position (-1: prompt); an
-                               # evaluator that keeps per-node keys and values reads its path here
+
+    rows: torch.Tensor  # [M] the tree (problem) of each state
+    nodes: torch.Tensor  # [M] its node
+    tokens: torch.Tensor  # [M, L] prompt + path, right-padded
+    lengths: torch.Tensor  # [M]
+    node_at: torch.Tensor  # [M, L] the node that wrote each position (-1: prompt); an
+    # evaluator that keeps per-node keys and values reads its path here
     # [M] bool, or None: every state is to be evaluated. ``search.static`` hands over all the
     # selected leaves at once; only these are new (the others repeat one of them, or were
     # evaluated before): results for the rest are discarded, and a network that keeps
@@ -215,19 +221,20 @@ class LeafEvaluator(Protocol):
     def begin(self, tree: "Tree") -> None: ...  # a new search over these trees starts
     def expand(self, states: States) -> Expansion: ...
     def terminal_value(self, states: States) -> torch.Tensor: ...
+
     # optional, default False: True when ``terminal_value`` is ``expand``'s value of the same
     # states (a learned value), so a ``static`` search values terminal leaves without the host
     terminal_from_network: bool
 
 
 class SearchOutput(NamedTuple):
-    tokens: torch.Tensor        # [B, L] the chosen trace: prompt + completion (+ EOS)
-    length: torch.Tensor        # [B]
+    tokens: torch.Tensor  # [B, L] the chosen trace: prompt + completion (+ EOS)
+    length: torch.Tensor  # [B]
     prompt_length: torch.Tensor  # [B]
-    visit_probs: torch.Tensor   # [B, M, V] visit distribution of each move (0 rows after the end)
-    policy: torch.Tensor        # [B, M, V] the improved policy of each move (search.policy_target)
-    moves: torch.Tensor         # [B] moves made
-    searched: torch.Tensor      # [B, M] bool: simulations ran at this move (else it was confident)
+    visit_probs: torch.Tensor  # [B, M, V] visit distribution of each move (0 rows after the end)
+    policy: torch.Tensor  # [B, M, V] the improved policy of each move (search.policy_target)
+    moves: torch.Tensor  # [B] moves made
+    searched: torch.Tensor  # [B, M] bool: simulations ran at this move (else it was confident)
     # [B, M] bool: searched, and some root child's subtree held a verifier's verdict (a
     # terminal state's or a rollout's): where the improved policy carries evidence
     informative: torch.Tensor | None = None
@@ -239,16 +246,17 @@ class SearchOutput(NamedTuple):
 
 
 class Move(NamedTuple):
-    visit_probs: torch.Tensor   # [B, K] visit distribution over the root's children
-    policy: torch.Tensor        # [B, K] the improved policy over them
-    searched: torch.Tensor      # [B] bool: simulations ran
-    depth: int                  # a bound on any tree's depth below its new root, known on the host
-    informative: torch.Tensor   # [B] bool: searched, and a verdict lies below some root child
+    visit_probs: torch.Tensor  # [B, K] visit distribution over the root's children
+    policy: torch.Tensor  # [B, K] the improved policy over them
+    searched: torch.Tensor  # [B] bool: simulations ran
+    depth: int  # a bound on any tree's depth below its new root, known on the host
+    informative: torch.Tensor  # [B] bool: searched, and a verdict lies below some root child
     sibling: tuple[torch.Tensor, torch.Tensor] | None = None  # ``sibling_pairs`` at searched moves
     prior_choice: torch.Tensor | None = None  # [B] the root child the prior (before noise) ranks first
 
 
 # -- records ------------------------------------------------------------------------------
+
 
 def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_len: int, device) -> Tree:
     """Trees of ``capacity`` nodes (plus the scratch node), node 0 each prompt."""
@@ -262,13 +270,23 @@ def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_l
         length[b, 0] = len(p)
     z = lambda *s, **kw: torch.zeros(*s, device=device, **kw)  # noqa: E731
     return Tree(
-        tokens=tokens, length=length, node_at=node_at,
+        tokens=tokens,
+        length=length,
+        node_at=node_at,
         children=torch.full((B, capacity, top_k), -1, dtype=torch.long, device=device),
-        child_token=z(B, capacity, top_k, dtype=torch.long), prior=z(B, capacity, top_k),
-        visits=z(B, capacity), value_sum=z(B, capacity), value=z(B, capacity), vloss=z(B, capacity),
-        expanded=z(B, capacity, dtype=torch.bool), terminal=z(B, capacity, dtype=torch.bool),
-        verdict=z(B, capacity, dtype=torch.bool), verdicts=z(B, capacity), verdict_sum=z(B, capacity),
-        num_nodes=torch.ones(B, dtype=torch.long, device=device), root=z(B, dtype=torch.long),
+        child_token=z(B, capacity, top_k, dtype=torch.long),
+        prior=z(B, capacity, top_k),
+        visits=z(B, capacity),
+        value_sum=z(B, capacity),
+        value=z(B, capacity),
+        vloss=z(B, capacity),
+        expanded=z(B, capacity, dtype=torch.bool),
+        terminal=z(B, capacity, dtype=torch.bool),
+        verdict=z(B, capacity, dtype=torch.bool),
+        verdicts=z(B, capacity),
+        verdict_sum=z(B, capacity),
+        num_nodes=torch.ones(B, dtype=torch.long, device=device),
+        root=z(B, dtype=torch.long),
     )
 
 
@@ -285,6 +303,7 @@ def _at(x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
 
 
 # -- selection ------------------------------------------------------------------------------
+
 
 def _xp(x):
     """The array module of ``x``: the selection walk runs on torch tensors, or on CPU on
@@ -311,8 +330,9 @@ def puct_scores(n, w, prior, fpu, c_puct: float):
     return q + u
 
 
-def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create: torch.Tensor, *,
-                 eos_id: int, static: bool = False) -> torch.Tensor:
+def add_children(
+    tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create: torch.Tensor, *, eos_id: int, static: bool = False
+) -> torch.Tensor:
     """Create the child of ``nodes`` [B] along ``actions`` [B] where ``create`` [B] holds.
 
     Returns the child index per tree [B] (the existing child, or the new node). Rows are
@@ -321,8 +341,15 @@ def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create:
     torch, fixed shapes, no host sync."""
     B, N, L = tree.tokens.shape
     K = tree.children.shape[2]
-    tables = (tree.tokens.view(B * N, L), tree.node_at.view(B * N, L), tree.length.view(-1),
-              tree.children.view(B * N, K), tree.child_token.view(B * N, K), tree.terminal.view(-1), tree.num_nodes)
+    tables = (
+        tree.tokens.view(B * N, L),
+        tree.node_at.view(B * N, L),
+        tree.length.view(-1),
+        tree.children.view(B * N, K),
+        tree.child_token.view(B * N, K),
+        tree.terminal.view(-1),
+        tree.num_nodes,
+    )
     if static:
         return _add_children_static(*tables, nodes, actions, create, eos_id=eos_id)
     if nodes.device.type == "cpu":
@@ -330,8 +357,9 @@ def add_children(tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create:
     return _add_children(*tables, nodes, actions, create, eos_id=eos_id)
 
 
-def _add_children(tokens, node_at, length, children, child_token, terminal, num_nodes, nodes, actions, create, *,
-                  eos_id: int):
+def _add_children(
+    tokens, node_at, length, children, child_token, terminal, num_nodes, nodes, actions, create, *, eos_id: int
+):
     """``add_children`` over flat tables (torch tensors or numpy arrays): tokens and node_at
     [B * N, L], length [B * N], children and child_token [B * N, K], terminal [B * N],
     num_nodes [B]; returns child [B]."""
@@ -344,11 +372,11 @@ def _add_children(tokens, node_at, length, children, child_token, terminal, num_
     a, new = actions[b], num_nodes[b]
     if bool((new >= N - 1).any()):  # N - 1: the scratch node
         raise RuntimeError("search tree is full; raise its capacity")
-    parent, made = b * N + nodes[b], b * N + new                      # [c] flat indices
+    parent, made = b * N + nodes[b], b * N + new  # [c] flat indices
     tok = child_token[parent, a]
-    n = length[parent]                                                # [c] the position the token takes
+    n = length[parent]  # [c] the position the token takes
     c = xp.arange(len(b))
-    for table, at_n in ((tokens, tok), (node_at, new)):               # the parent's row plus one position
+    for table, at_n in ((tokens, tok), (node_at, new)):  # the parent's row plus one position
         rows = table[parent]
         rows[c, n] = at_n
         table[made] = rows
@@ -361,8 +389,9 @@ def _add_children(tokens, node_at, length, children, child_token, terminal, num_
     return child
 
 
-def _add_children_static(tokens, node_at, length, children, child_token, terminal, num_nodes, nodes, actions,
-                         create, *, eos_id: int) -> torch.Tensor:
+def _add_children_static(
+    tokens, node_at, length, children, child_token, terminal, num_nodes, nodes, actions, create, *, eos_id: int
+) -> torch.Tensor:
     """``_add_children`` in fixed shapes (torch, no host sync): every tree writes one node,
     its next free one where ``create`` holds and the scratch node (N - 1) where not. The
     capacity ``search`` allocates cannot run out, and here nothing can check it without a
@@ -370,12 +399,12 @@ def _add_children_static(tokens, node_at, length, children, child_token, termina
     B = len(nodes)
     N, L = len(length) // B, tokens.shape[1]
     rows = torch.arange(B, device=nodes.device)
-    parent = rows * N + nodes                                   # [B] flat indices
-    new = num_nodes.clone()                                     # [B] each tree's next free node
+    parent = rows * N + nodes  # [B] flat indices
+    new = num_nodes.clone()  # [B] each tree's next free node
     made = rows * N + torch.where(create, new, N - 1)
     tok = child_token[parent, actions]
     n = length[parent].clamp(max=L - 1)  # the position the token takes (a tree adding nothing may sit at a full state)
-    for table, at_n in ((tokens, tok), (node_at, new)):          # the parent's row plus one position
+    for table, at_n in ((tokens, tok), (node_at, new)):  # the parent's row plus one position
         row = table.index_select(0, parent)
         row[rows, n] = at_n
         table[made] = row
@@ -387,9 +416,18 @@ def _add_children_static(tokens, node_at, length, children, child_token, termina
     return child
 
 
-def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virtual_loss: float = 0.0,
-           levels: int | None = None, static: bool = False, compiled: bool = False,
-           first: torch.Tensor | None = None) -> torch.Tensor:
+def select(
+    tree: Tree,
+    active: torch.Tensor,
+    *,
+    c_puct: float,
+    eos_id: int,
+    virtual_loss: float = 0.0,
+    levels: int | None = None,
+    static: bool = False,
+    compiled: bool = False,
+    first: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Walk from each root by PUCT to a leaf; create the node if the edge is new.
 
     Returns leaves [B] (the root itself for inactive trees). A leaf is a node not yet
@@ -406,23 +444,45 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
     """
     B, N, K = tree.children.shape
     levels = tree.tokens.shape[2] if levels is None else levels
-    base = _rows(B, active.device) * N                     # [B] flat index of each tree's node 0
-    tables = ((tree.visits + tree.vloss).view(-1), tree.value_sum.view(-1), tree.value.view(-1),
-              tree.children.view(B * N, K), tree.prior.view(B * N, K), (~tree.expanded | tree.terminal).view(-1),
-              tree.vloss.view(-1))
+    base = _rows(B, active.device) * N  # [B] flat index of each tree's node 0
+    tables = (
+        (tree.visits + tree.vloss).view(-1),
+        tree.value_sum.view(-1),
+        tree.value.view(-1),
+        tree.children.view(B * N, K),
+        tree.prior.view(B * N, K),
+        (~tree.expanded | tree.terminal).view(-1),
+        tree.vloss.view(-1),
+    )
     start = base + tree.root
     if active.device.type == "cpu" and not static:
         # a level is some 30 ops on [B, K] rows: through torch's dispatcher ~3.5 us each, as
         # numpy ops on views of the same memory half that (the walk is most of a CPU search)
         arrays = [t.numpy() for t in (*tables, base, start, active)]
         amount = arrays[6].dtype.type(virtual_loss)  # vloss's own float type: no float64 detour
-        node, new, action = (torch.from_numpy(x) for x in _walk(
-            *arrays, c_puct=c_puct, virtual_loss=amount, levels=levels,
-            first=None if first is None else first.numpy()))
+        node, new, action = (
+            torch.from_numpy(x)
+            for x in _walk(
+                *arrays,
+                c_puct=c_puct,
+                virtual_loss=amount,
+                levels=levels,
+                first=None if first is None else first.numpy(),
+            )
+        )
     else:
-        node, new, action = _walk(*tables, base, start, active, c_puct=c_puct, virtual_loss=virtual_loss,
-                                  levels=levels, early_exit=not static,
-                                  level=_compiled_level() if compiled else _walk_level, first=first)
+        node, new, action = _walk(
+            *tables,
+            base,
+            start,
+            active,
+            c_puct=c_puct,
+            virtual_loss=virtual_loss,
+            levels=levels,
+            early_exit=not static,
+            level=_compiled_level() if compiled else _walk_level,
+            first=first,
+        )
     if not static and not bool(new.any()):
         return node
     leaf = torch.where(new, add_children(tree, node, action, new, eos_id=eos_id, static=static), node)
@@ -431,16 +491,17 @@ def select(tree: Tree, active: torch.Tensor, *, c_puct: float, eos_id: int, virt
     return leaf
 
 
-def _walk_level(at, stop, new, action, visits, value_sum, value, children, prior, leaf, base, row_start, c_puct: float,
-                forced=None):
+def _walk_level(
+    at, stop, new, action, visits, value_sum, value, children, prior, leaf, base, row_start, c_puct: float, forced=None
+):
     """One level of every walk (``_walk``'s tables; at, stop, new, action [B] its state):
     a pure function, so ``search.compile`` can fuse it. ``forced`` [B]: the edge to take
     instead of PUCT's. Returns the new state and the node each walk entered (-1: none)."""
     xp = _xp(at)
     rows_of = (lambda t, i: t.take(i, axis=0)) if xp is np else (lambda t, i: t.index_select(0, i))
-    kids = rows_of(children, at)                                          # [B, K] node ids, -1: none yet
+    kids = rows_of(children, at)  # [B, K] node ids, -1: none yet
     if forced is None:
-        flat = base[:, None] + _at_least(kids, 0)                         # [B, K]
+        flat = base[:, None] + _at_least(kids, 0)  # [B, K]
         n = visits.take(flat) * (kids >= 0)
         a = puct_scores(n, value_sum.take(flat), rows_of(prior, at), value.take(at), c_puct).argmax(1)  # [B]
     else:
@@ -460,8 +521,25 @@ def _compiled_level() -> Callable:
     return torch.compile(_walk_level, fullgraph=True, dynamic=False)
 
 
-def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, active, *, c_puct: float,
-          virtual_loss: float, levels: int, early_exit: bool = True, level: Callable = _walk_level, first=None):
+def _walk(
+    visits,
+    value_sum,
+    value,
+    children,
+    prior,
+    leaf,
+    vloss,
+    base,
+    at,
+    active,
+    *,
+    c_puct: float,
+    virtual_loss: float,
+    levels: int,
+    early_exit: bool = True,
+    level: Callable = _walk_level,
+    first=None,
+):
     """The selection walk over flat tables (torch tensors, or numpy arrays): visits (virtual
     included), value sums, values [B * N]; children (-1: none yet), priors [B * N, K]; leaf
     [B * N] (a walk stops there); vloss [B * N] (written: ``virtual_loss`` on each node the
@@ -474,19 +552,20 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     [B]: the walk ended on an edge without a node, action [B]: that edge)."""
     xp = _xp(at)
     K = children.shape[1]
-    row_start = xp.arange(len(at)) * K                                    # [B] flat index of each row of [B, K]
+    row_start = xp.arange(len(at)) * K  # [B] flat index of each row of [B, K]
     if virtual_loss:
         vloss[at] += virtual_loss * active
     stop = ~active | leaf.take(at)
     new = stop & False
     action = at * 0
-    entered = []                                                          # per level: the node entered, or -1
+    entered = []  # per level: the node entered, or -1
     for depth in range(levels):
         if early_exit and bool(stop.all()):
             break
         forced = {"forced": first} if depth == 0 and first is not None else {}
-        at, stop, new, action, entered_now = level(at, stop, new, action, visits, value_sum, value, children, prior,
-                                                   leaf, base, row_start, c_puct, **forced)
+        at, stop, new, action, entered_now = level(
+            at, stop, new, action, visits, value_sum, value, children, prior, leaf, base, row_start, c_puct, **forced
+        )
         entered.append(entered_now)
     else:  # every level ran: with early exits, a walk not ended now would have gone on
         if early_exit and not bool(stop.all()):
@@ -500,8 +579,9 @@ def _walk(visits, value_sum, value, children, prior, leaf, vloss, base, at, acti
     return at - base, new, action
 
 
-def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *,
-           static: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _paths(
+    tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, static: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every node on each leaf's path from its tree's root, for leaves [B] or [B, W], as a
     fixed-shape scatter: (nodes [E], on [E] bool, leaf [E]) with E = W * B * L (on CPU and
     not ``static``, L cut to the positions some path spans), ``nodes``
@@ -515,8 +595,8 @@ def _paths(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *,
     leaf, so a scatter adds to each node in the order one call per leaf would."""
     B, N, L = tree.tokens.shape
     W = 1 if leaves.dim() == 1 else leaves.shape[1]
-    base = _rows(B, leaves.device).repeat(W) * N                              # [W * B]
-    leaf = base + leaves.reshape(B, W).T.reshape(-1)                          # [W * B] flat node index
+    base = _rows(B, leaves.device).repeat(W) * N  # [W * B]
+    leaf = base + leaves.reshape(B, W).T.reshape(-1)  # [W * B] flat node index
     first = tree.length.view(-1).index_select(0, base + tree.root.repeat(W)) - 1
     end = tree.length.view(-1).index_select(0, leaf)
     lo, hi = 0, L
@@ -535,8 +615,8 @@ def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, static: bo
     nodes, on, which = _paths(tree, leaves, active, static=static)
     B, N = tree.visits.shape
     flat = (_rows(B, leaves.device) * N)[:, None] + leaves.reshape(B, -1)  # [B, W]
-    values = tree.value.view(-1).index_select(0, flat.T.reshape(-1))       # [W * B] leaf-major
-    verdict = tree.verdict.view(-1).index_select(0, flat.T.reshape(-1))    # [W * B]
+    values = tree.value.view(-1).index_select(0, flat.T.reshape(-1))  # [W * B] leaf-major
+    verdict = tree.verdict.view(-1).index_select(0, flat.T.reshape(-1))  # [W * B]
     tree.visits.view(-1).index_add_(0, nodes, on.to(tree.visits.dtype))
     tree.value_sum.view(-1).index_add_(0, nodes, values.index_select(0, which) * on)
     judged = (verdict.index_select(0, which) & on).to(tree.verdicts.dtype)
@@ -546,8 +626,10 @@ def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, static: bo
 
 # -- evaluation --------------------------------------------------------------------------------
 
-def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator, *,
-                    static: bool = False) -> None:
+
+def evaluate_leaves(
+    tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator, *, static: bool = False
+) -> None:
     """Expand new non-terminal leaves and value new terminal ones, each state once (in
     (tree, node) order). ``static``: all B x W leaves in one call, fixed shapes."""
     if static:
@@ -560,8 +642,13 @@ def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, eval
     term = tree.terminal.view(-1)[flat]
 
     def states(at: torch.Tensor) -> States:
-        return States(at // N, at % N, tree.tokens.view(B * N, L).index_select(0, at), tree.length.view(-1)[at],
-                      tree.node_at.view(B * N, L).index_select(0, at))
+        return States(
+            at // N,
+            at % N,
+            tree.tokens.view(B * N, L).index_select(0, at),
+            tree.length.view(-1)[at],
+            tree.node_at.view(B * N, L).index_select(0, at),
+        )
 
     if bool((~term).any()):
         at = flat[~term]
@@ -585,8 +672,8 @@ def _evaluate_leaves_static(tree: Tree, leaves: torch.Tensor, active: torch.Tens
 
 
 class _Evaluated(NamedTuple):
-    flat: torch.Tensor    # [M] the leaves' flat node indices, tree-major
-    states: States        # their states, ``write`` marking the new ones
+    flat: torch.Tensor  # [M] the leaves' flat node indices, tree-major
+    states: States  # their states, ``write`` marking the new ones
 
 
 def _expand_static(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator) -> _Evaluated:
@@ -596,17 +683,23 @@ def _expand_static(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evalu
     what the others get is written to the scratch node."""
     B, N, L = tree.tokens.shape
     W = leaves.shape[1]
-    flat = _rows(B, leaves.device)[:, None] * N + leaves                     # [B, W]
+    flat = _rows(B, leaves.device)[:, None] * N + leaves  # [B, W]
     earlier = torch.ones(W, W, dtype=torch.bool, device=leaves.device).tril(-1)  # [w, w']: w' < w
-    seen = ((flat[:, :, None] == flat[:, None, :]) & earlier).any(2)         # [B, W]
-    flat = flat.reshape(-1)                                                  # [M] tree-major
+    seen = ((flat[:, :, None] == flat[:, None, :]) & earlier).any(2)  # [B, W]
+    flat = flat.reshape(-1)  # [M] tree-major
     write = (active & ~seen).reshape(-1) & ~tree.expanded.view(-1)[flat]
     term = tree.terminal.view(-1)[flat]
-    states = States(flat // N, flat % N, tree.tokens.view(B * N, L).index_select(0, flat), tree.length.view(-1)[flat],
-                    tree.node_at.view(B * N, L).index_select(0, flat), write)
+    states = States(
+        flat // N,
+        flat % N,
+        tree.tokens.view(B * N, L).index_select(0, flat),
+        tree.length.view(-1)[flat],
+        tree.node_at.view(B * N, L).index_select(0, flat),
+        write,
+    )
     out = evaluator.expand(states)
     scratch = states.rows * N + N - 1
-    to = torch.where(write & ~term, flat, scratch)                           # expansions: non-terminal leaves
+    to = torch.where(write & ~term, flat, scratch)  # expansions: non-terminal leaves
     tree.prior.view(B * N, -1)[to] = out.prior.to(tree.prior.dtype)
     tree.child_token.view(B * N, -1)[to] = out.child_token
     to = torch.where(write, flat, scratch)
@@ -631,20 +724,46 @@ def _host_terminal_values(tree: Tree, done: _Evaluated, evaluator: LeafEvaluator
 _LEVEL_BUCKET = 8  # walk levels round up to a multiple of this under search.cuda_graph: a few graphs per search
 
 
-def _select_leaves(tree: Tree, active: torch.Tensor, cfg: SearchConfig, *, eos_id: int,
-                   levels: int | None, root_policy: Callable[[Tree], torch.Tensor] | None = None) -> torch.Tensor:
+def _select_leaves(
+    tree: Tree,
+    active: torch.Tensor,
+    cfg: SearchConfig,
+    *,
+    eos_id: int,
+    levels: int | None,
+    root_policy: Callable[[Tree], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``leaves_per_call`` selections per tree -> leaves [B, W]. ``root_policy``: the root
     edge each walk takes [B], asked before each selection (it sees the earlier ones'
     virtual visits)."""
-    leaves = [select(tree, active, c_puct=cfg.c_puct, eos_id=eos_id, virtual_loss=cfg.virtual_loss, levels=levels,
-                     static=cfg.static, compiled=cfg.compile, first=None if root_policy is None else root_policy(tree))
-              for _ in range(cfg.leaves_per_call)]
+    leaves = [
+        select(
+            tree,
+            active,
+            c_puct=cfg.c_puct,
+            eos_id=eos_id,
+            virtual_loss=cfg.virtual_loss,
+            levels=levels,
+            static=cfg.static,
+            compiled=cfg.compile,
+            first=None if root_policy is None else root_policy(tree),
+        )
+        for _ in range(cfg.leaves_per_call)
+    ]
     return torch.stack(leaves, 1)
 
 
-def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *, eos_id: int,
-             levels: int | None = None, graphs: GraphReplay | None = None,
-             root_policy: Callable[[Tree], torch.Tensor] | None = None) -> None:
+def simulate(
+    tree: Tree,
+    active: torch.Tensor,
+    evaluator: LeafEvaluator,
+    cfg: SearchConfig,
+    *,
+    eos_id: int,
+    levels: int | None = None,
+    graphs: GraphReplay | None = None,
+    root_policy: Callable[[Tree], torch.Tensor] | None = None,
+) -> None:
     """One batch of ``leaves_per_call`` simulations per active tree; ``levels``: a bound on
     the edges a walk takes (``select``). ``graphs`` (``search.cuda_graph``): the selections
     and the leaves' expansion replayed from a CUDA graph, one per bucket of ``levels``
@@ -670,6 +789,7 @@ def simulate(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: Se
 
 
 # -- moves ------------------------------------------------------------------------------------
+
 
 def add_root_noise(tree: Tree, active: torch.Tensor, cfg: SearchConfig, generator: torch.Generator | None) -> None:
     if cfg.dirichlet_fraction <= 0:
@@ -722,7 +842,7 @@ def root_evidence(tree: Tree) -> torch.Tensor:
     """[B] bool: a verifier's verdict was backed up through some child of the root."""
     children = _at(tree.children, tree.root)
     rows = torch.arange(tree.batch, device=children.device)[:, None]
-    return ((tree.verdicts[rows, children.clamp(min=0)] * (children >= 0)).sum(1) > 0)
+    return (tree.verdicts[rows, children.clamp(min=0)] * (children >= 0)).sum(1) > 0
 
 
 def sibling_pairs(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
@@ -731,12 +851,12 @@ def sibling_pairs(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
     (agreeing pairs [B] (a tie in the network's values counts a half), pairs [B]). A
     child's network value is its evaluation (``Tree.value``; with ``leaf_value=net`` the
     reward net's P(correct), else a verdict itself: the count says nothing there)."""
-    children = _at(tree.children, tree.root)                               # [B, K]
+    children = _at(tree.children, tree.root)  # [B, K]
     rows = torch.arange(tree.batch, device=children.device)[:, None]
     safe = children.clamp(min=0)
     n = tree.verdicts[rows, safe]
     ok = (children >= 0) & (n > 0) & ~tree.terminal[rows, safe]
-    mean = tree.verdict_sum[rows, safe] / n.clamp(min=1)                    # [B, K]
+    mean = tree.verdict_sum[rows, safe] / n.clamp(min=1)  # [B, K]
     net = tree.value[rows, safe]
     pair = ok[:, :, None] & ok[:, None, :] & (mean[:, :, None] > mean[:, None, :])  # [B, K, K]: i better than j
     d = net[:, :, None] - net[:, None, :]
@@ -752,14 +872,20 @@ def root_visit_probs(tree: Tree, prior: torch.Tensor | None = None, **_) -> torc
     return torch.where(total > 0, n / total.clamp(min=1e-9), _at(tree.prior, tree.root))
 
 
-def completed_q_policy(tree: Tree, prior: torch.Tensor, *, value_scale: float, maxvisit_init: float,
-                       visit_probs: torch.Tensor | None = None) -> torch.Tensor:
+def completed_q_policy(
+    tree: Tree,
+    prior: torch.Tensor,
+    *,
+    value_scale: float,
+    maxvisit_init: float,
+    visit_probs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """softmax(log prior + sigma(completed Q)) over the root's children [B, K] (mctx's
     ``qtransform_completed_by_mix_value`` without rescaling: values are already P(correct)
     in [0, 1]). An unvisited child's Q is the mixed value: the root's own evaluation
     averaged with the prior-weighted Q of the visited children. ``prior`` is the root's
     prior before any Dirichlet noise."""
-    q, n = root_q(tree)                                                # [B, K], [B, K]
+    q, n = root_q(tree)  # [B, K], [B, K]
     completed = gumbel.completed_q(q, n, prior, _at(tree.value, tree.root), rescale=False)
     sigma = gumbel.sigma(completed, n, value_scale=value_scale, maxvisit_init=maxvisit_init)
     return gumbel.improved_policy(prior.clamp(min=1e-30).log(), sigma)
@@ -786,8 +912,15 @@ def choose(probs: torch.Tensor, temperature: float, generator: torch.Generator |
     return torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
 
 
-def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: LeafEvaluator, *, eos_id: int,
-            static: bool = False) -> None:
+def advance(
+    tree: Tree,
+    actions: torch.Tensor,
+    active: torch.Tensor,
+    evaluator: LeafEvaluator,
+    *,
+    eos_id: int,
+    static: bool = False,
+) -> None:
     """Move each active root to the chosen child, creating and evaluating it if new."""
     arange = torch.arange(tree.batch, device=actions.device)
     child = tree.children[arange, tree.root, actions]
@@ -796,9 +929,18 @@ def advance(tree: Tree, actions: torch.Tensor, active: torch.Tensor, evaluator: 
     evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator, static=static)
 
 
-def search_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *,
-                improved: Callable[..., torch.Tensor], generator: torch.Generator | None, eos_id: int,
-                depth: int | None = None, graphs: GraphReplay | None = None) -> Move:
+def search_move(
+    tree: Tree,
+    active: torch.Tensor,
+    evaluator: LeafEvaluator,
+    cfg: SearchConfig,
+    *,
+    improved: Callable[..., torch.Tensor],
+    generator: torch.Generator | None,
+    eos_id: int,
+    depth: int | None = None,
+    graphs: GraphReplay | None = None,
+) -> Move:
     """One move of every active tree: simulate (unless the root's top prior exceeds
     ``confident_prior``), read the visit distribution and the improved policy at the root,
     choose a child and move the root there. ``depth``: a bound on any tree's depth below
@@ -816,20 +958,35 @@ def search_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
     depth = tree.tokens.shape[2] - 1 if depth is None else depth
     for c in range(calls):
         simulate(tree, unsure, evaluator, cfg, eos_id=eos_id, levels=depth + c + 1, graphs=graphs)
-    visit_probs = root_visit_probs(tree)                                     # [B, K]
-    policy = improved(tree, prior, visit_probs=visit_probs, value_scale=cfg.value_scale,
-                      maxvisit_init=cfg.maxvisit_init)                       # [B, K]
+    visit_probs = root_visit_probs(tree)  # [B, K]
+    policy = improved(
+        tree, prior, visit_probs=visit_probs, value_scale=cfg.value_scale, maxvisit_init=cfg.maxvisit_init
+    )  # [B, K]
     searched = unsure & (cfg.num_simulations > 0)
     informative = searched & root_evidence(tree)
     agree, pairs = sibling_pairs(tree)
-    advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id,
-            static=cfg.static)
-    return Move(visit_probs, policy, searched, depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
-                informative=informative, sibling=(agree * searched, pairs * searched), prior_choice=prior.argmax(1))
+    advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id, static=cfg.static)
+    return Move(
+        visit_probs,
+        policy,
+        searched,
+        depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
+        informative=informative,
+        sibling=(agree * searched, pairs * searched),
+        prior_choice=prior.argmax(1),
+    )
 
 
-def gumbel_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg: SearchConfig, *,
-                generator: torch.Generator | None, eos_id: int, depth: int | None = None) -> Move:
+def gumbel_move(
+    tree: Tree,
+    active: torch.Tensor,
+    evaluator: LeafEvaluator,
+    cfg: SearchConfig,
+    *,
+    generator: torch.Generator | None,
+    eos_id: int,
+    depth: int | None = None,
+) -> Move:
     """``search_move`` with Gumbel MuZero's root (``agents/gumbel.py``): one Gumbel draw per
     root, sequential halving over the top ``max_considered`` of g + log prior with this
     move's simulations (visits a reused subtree brought count for the values, not for the
@@ -838,22 +995,23 @@ def gumbel_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
     samples it from the prior (argmax at ``gumbel_scale=0``)."""
     B, K = tree.batch, tree.prior.shape[2]
     unsure = active & (_at(tree.prior, tree.root).max(1).values <= cfg.confident_prior)
-    prior = _at(tree.prior, tree.root).clone()                               # [B, K]
+    prior = _at(tree.prior, tree.root).clone()  # [B, K]
     logits = torch.where(prior > 0, prior.clamp(min=1e-30).log(), -torch.inf)
     g = gumbel.sample_gumbel((B, K), generator, cfg.gumbel_scale).to(prior.device)
     valid = (prior > 0).sum(1)
     considered = torch.minimum(valid, torch.full_like(valid, cfg.max_considered))
-    table = torch.as_tensor(gumbel.considered_visit_table(min(cfg.max_considered, K), cfg.num_simulations),
-                            device=prior.device)
+    table = torch.as_tensor(
+        gumbel.considered_visit_table(min(cfg.max_considered, K), cfg.num_simulations), device=prior.device
+    )
     root_value = _at(tree.value, tree.root)
-    _, before = root_children(tree)                                          # a reused subtree's visits
+    _, before = root_children(tree)  # a reused subtree's visits
 
     def sigma_q() -> torch.Tensor:
         q, n = root_q(tree)
         qhat = gumbel.completed_q(q, n, prior, root_value, rescale=cfg.rescale_values)
         return gumbel.sigma(qhat, n, value_scale=cfg.value_scale, maxvisit_init=cfg.maxvisit_init)
 
-    def root_policy(t: Tree) -> torch.Tensor:                                # the edge each walk takes [B]
+    def root_policy(t: Tree) -> torch.Tensor:  # the edge each walk takes [B]
         children, _ = root_children(t)
         rows = torch.arange(B, device=children.device)[:, None]
         pending = (t.visits + t.vloss)[rows, children] * (_at(t.children, t.root) >= 0)  # virtual visits count
@@ -872,8 +1030,15 @@ def gumbel_move(tree: Tree, active: torch.Tensor, evaluator: LeafEvaluator, cfg:
     visit_probs = root_visit_probs(tree)
     agree, pairs = sibling_pairs(tree)
     advance(tree, action, active, evaluator, eos_id=eos_id, static=cfg.static)
-    return Move(visit_probs, policy, searched, depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
-                informative=informative, sibling=(agree * searched, pairs * searched), prior_choice=prior.argmax(1))
+    return Move(
+        visit_probs,
+        policy,
+        searched,
+        depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
+        informative=informative,
+        sibling=(agree * searched, pairs * searched),
+        prior_choice=prior.argmax(1),
+    )
 
 
 def search(
@@ -896,12 +1061,16 @@ def search(
     capacity = 1 + max_moves * (calls * cfg.leaves_per_call + 1)  # each simulation adds <= 1 node
     tree = init_tree(prompts, capacity=capacity, top_k=cfg.top_k, max_len=max_len, device=device)
     evaluator.begin(tree)
-    evaluate_leaves(tree, tree.root[:, None], torch.ones(B, 1, dtype=torch.bool, device=device), evaluator,
-                    static=cfg.static)  # the roots
+    evaluate_leaves(
+        tree, tree.root[:, None], torch.ones(B, 1, dtype=torch.bool, device=device), evaluator, static=cfg.static
+    )  # the roots
     improved = IMPROVED_POLICIES[cfg.policy_target]  # (a Gumbel root reports its own: the completed-Q policy)
     visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
-    policy = (visit_probs if cfg.policy_target == "visits" and cfg.root == "puct"
-              else torch.zeros(B, max_moves, vocab_size, device=device))
+    policy = (
+        visit_probs
+        if cfg.policy_target == "visits" and cfg.root == "puct"
+        else torch.zeros(B, max_moves, vocab_size, device=device)
+    )
     searched_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     informative_at = torch.zeros(B, max_moves, dtype=torch.bool, device=device)
     agree_total, pairs_total = torch.zeros(B, device=device), torch.zeros(B, device=device)
@@ -915,8 +1084,17 @@ def search(
         if not bool(active.any()):
             break
         tokens = _at(tree.child_token, tree.root)  # [B, K] before the root moves on
-        move = search_move(tree, active, evaluator, cfg, improved=improved, generator=generator, eos_id=eos_id,
-                           depth=depth, graphs=graphs)
+        move = search_move(
+            tree,
+            active,
+            evaluator,
+            cfg,
+            improved=improved,
+            generator=generator,
+            eos_id=eos_id,
+            depth=depth,
+            graphs=graphs,
+        )
         depth = move.depth
         searched_at[:, m] = move.searched
         informative_at[:, m] = move.informative
@@ -933,8 +1111,15 @@ def search(
     if cfg.static and bool((tree.num_nodes > capacity).any()):  # static node creation cannot check as it goes
         raise RuntimeError("search tree is full; raise its capacity")
     return SearchOutput(
-        tokens=tree.tokens[arange, final], length=tree.length[arange, final], prompt_length=prompt_len,
-        visit_probs=visit_probs[:, :made], policy=policy[:, :made], moves=moves, searched=searched_at[:, :made],
-        informative=informative_at[:, :made], sibling_agree=agree_total, sibling_pairs=pairs_total,
+        tokens=tree.tokens[arange, final],
+        length=tree.length[arange, final],
+        prompt_length=prompt_len,
+        visit_probs=visit_probs[:, :made],
+        policy=policy[:, :made],
+        moves=moves,
+        searched=searched_at[:, :made],
+        informative=informative_at[:, :made],
+        sibling_agree=agree_total,
+        sibling_pairs=pairs_total,
         prior_token=prior_token[:, :made],
     )

@@ -36,6 +36,7 @@ The labelling costs generation FLOPs (``compute/generate_flops``); the learner s
 supervised's (``completion_nll``), so at equal FLOPs the method differs from supervised
 only in what it trains on.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -62,23 +63,26 @@ FILTERS = ("none", "length", "vote", "oracle")
 @dataclass
 class SelfLabelConfig:
     """``self_label.*``: train.method=self_label (see ``agents/self_label.py``)."""
-    round_steps: int = 500          # training steps per round (a round adds one difficulty)
-    problems: int = 1024            # fresh prompts labelled per round
-    share: float = 0.5              # share of each batch from the self-labelled buffer (the rest: gold of [1, n])
-    filter: str = "none"            # none | length | vote | length+vote | oracle (the ablation: the verifier)
-    votes: int = 5                  # filter=vote: samples per prompt
-    vote_threshold: float = 0.7     # filter=vote: share of the samples that must give the label's answer
+
+    round_steps: int = 500  # training steps per round (a round adds one difficulty)
+    problems: int = 1024  # fresh prompts labelled per round
+    share: float = 0.5  # share of each batch from the self-labelled buffer (the rest: gold of [1, n])
+    filter: str = "none"  # none | length | vote | length+vote | oracle (the ablation: the verifier)
+    votes: int = 5  # filter=vote: samples per prompt
+    vote_threshold: float = 0.7  # filter=vote: share of the samples that must give the label's answer
     vote_temperature: float = 1.0
-    noise: float = 0.0              # share of labels replaced by a wrong one before the filter (negative control)
-    fast: bool = False              # a round labels up to the longest self-consistent difficulty (module docstring)
-    fast_max: int = 4               # fast: the most difficulties one round adds
-    fast_threshold: float = 0.99    # fast: the self-consistency a difficulty needs to be labelled beyond the next
-    fast_probes: int = 64           # fast: fresh prompts per candidate difficulty for its self-consistency
+    noise: float = 0.0  # share of labels replaced by a wrong one before the filter (negative control)
+    fast: bool = False  # a round labels up to the longest self-consistent difficulty (module docstring)
+    fast_max: int = 4  # fast: the most difficulties one round adds
+    fast_threshold: float = 0.99  # fast: the self-consistency a difficulty needs to be labelled beyond the next
+    fast_probes: int = 64  # fast: fresh prompts per candidate difficulty for its self-consistency
 
     def validate(self) -> None:
         if not self.filter or any(f not in FILTERS for f in self.filter.split("+")):
-            raise ValueError(f"self_label.filter={self.filter!r} is not valid; choose one of {list(FILTERS)}, "
-                             f"or several joined by '+'")
+            raise ValueError(
+                f"self_label.filter={self.filter!r} is not valid; choose one of {list(FILTERS)}, "
+                f"or several joined by '+'"
+            )
         for key in ("round_steps", "problems", "votes", "fast_max", "fast_probes"):
             if getattr(self, key) < 1:
                 raise ValueError(f"self_label.{key} must be >= 1, got {getattr(self, key)}")
@@ -96,7 +100,7 @@ def corrupt(label: str, rng: np.random.Generator) -> str:
         return label + "0"
     i = at[rng.integers(len(at))]
     new = str((int(label[i]) + 1 + rng.integers(9)) % 10)
-    return label[:i] + new + label[i + 1:]
+    return label[:i] + new + label[i + 1 :]
 
 
 def agreement(labels: list[str], votes: list[list[str]]) -> np.ndarray:
@@ -105,9 +109,16 @@ def agreement(labels: list[str], votes: list[list[str]]) -> np.ndarray:
     return np.array([sum(a == v for v in vs) / max(1, len(vs)) for a, vs in zip(answers, votes)])
 
 
-def keep_labels(filter_: str, labels: list[str], finished: np.ndarray, *, votes: list[list[str]] | None = None,
-                threshold: float = 0.7, right: np.ndarray | None = None,
-                difficulty: np.ndarray | None = None) -> np.ndarray:
+def keep_labels(
+    filter_: str,
+    labels: list[str],
+    finished: np.ndarray,
+    *,
+    votes: list[list[str]] | None = None,
+    threshold: float = 0.7,
+    right: np.ndarray | None = None,
+    difficulty: np.ndarray | None = None,
+) -> np.ndarray:
     """[P] bool: which of the round's labels join the buffer (see the module's docstring).
     ``votes``: per prompt the sampled answers (filter=vote); ``right``: the verifier's
     verdicts (filter=oracle); ``difficulty`` [P]: each prompt's (the length filter finds the
@@ -171,10 +182,11 @@ class SelfLabel:
     def sample_votes(self, prompts: list[str]) -> tuple[list[list[str]], float]:
         """Per prompt the answers of ``votes`` samples at ``vote_temperature``, and their FLOPs."""
         c = self.cfg
-        drawn = sample_rollouts(self.policy, prompts, c.votes, temperature=c.vote_temperature,
-                                generator=self.generator, device=self.device)
+        drawn = sample_rollouts(
+            self.policy, prompts, c.votes, temperature=c.vote_temperature, generator=self.generator, device=self.device
+        )
         answers = [extract_answer(s) for s in drawn.completions]
-        return [answers[i * c.votes:(i + 1) * c.votes] for i in range(len(prompts))], drawn.flops
+        return [answers[i * c.votes : (i + 1) * c.votes] for i in range(len(prompts))], drawn.flops
 
     def round_difficulties(self) -> tuple[list[int], float, float]:
         """The difficulties this round labels, the self-consistency at its top (nan without
@@ -189,7 +201,7 @@ class SelfLabel:
         agreed = np.asarray(greedy.finished, bool) & (agreement(list(greedy.completions), votes) >= c.vote_threshold)
         consistency = agreed.reshape(len(candidates), c.fast_probes).mean(axis=1)  # [candidates]
         reach = 1  # the next difficulty always; further ones while every one up to them is consistent
-        while reach < len(candidates) and consistency[:reach + 1].min() >= c.fast_threshold:
+        while reach < len(candidates) and consistency[: reach + 1].min() >= c.fast_threshold:
             reach += 1
         return candidates[:reach], float(consistency[reach - 1]), greedy.flops + flops
 
@@ -213,14 +225,25 @@ class SelfLabel:
             flops += vote_flops
         # against gold: for the log, and for the oracle ablation's filter alone (the method never reads it)
         correct = self.task.verify_batch(problems, labels).exact
-        keep = keep_labels(c.filter, labels, greedy.finished, votes=votes, threshold=c.vote_threshold,
-                           right=correct if "oracle" in filters else None, difficulty=difficulty)
+        keep = keep_labels(
+            c.filter,
+            labels,
+            greedy.finished,
+            votes=votes,
+            threshold=c.vote_threshold,
+            right=correct if "oracle" in filters else None,
+            difficulty=difficulty,
+        )
         self.buffer += [(prompts[i], labels[i]) for i in np.flatnonzero(keep)]
         self.reached = levels[-1]
-        self.last = {tags.SELF_LABEL_ROUND: float(self.round), tags.SELF_LABEL_DIFFICULTY: float(self.reached),
-                     tags.SELF_LABEL_KEPT: float(keep.mean()), tags.SELF_LABEL_BUFFER: float(len(self.buffer)),
-                     tags.SELF_LABEL_ACCURACY: float(correct.mean()),
-                     tags.SELF_LABEL_KEPT_ACCURACY: float(correct[keep].mean()) if keep.any() else 0.0}
+        self.last = {
+            tags.SELF_LABEL_ROUND: float(self.round),
+            tags.SELF_LABEL_DIFFICULTY: float(self.reached),
+            tags.SELF_LABEL_KEPT: float(keep.mean()),
+            tags.SELF_LABEL_BUFFER: float(len(self.buffer)),
+            tags.SELF_LABEL_ACCURACY: float(correct.mean()),
+            tags.SELF_LABEL_KEPT_ACCURACY: float(correct[keep].mean()) if keep.any() else 0.0,
+        }
         if c.fast:
             self.last[tags.SELF_LABEL_CONSISTENCY] = consistency
         return flops
@@ -238,15 +261,32 @@ class SelfLabel:
                 completions.append(self.buffer[i][1])
         batch = encode_batch(TOKENIZER, prompts, completions, self.policy.cfg.max_len).to(self.device)
         B, T = batch.inputs.shape
-        u = self.learner.step(lambda b: completion_nll(self.policy, b), batch, tokens=B * T,
-                              flops=self.policy.flops_per_token(T, backward=True) * B * T)
-        return StepResult(flops={**flops, tags.TRAIN: u.flops}, tokens=u.tokens, loss=u.loss, lr=u.lr,
-                          grad_norm=u.grad_norm, scalars=dict(self.last))
+        u = self.learner.step(
+            lambda b: completion_nll(self.policy, b),
+            batch,
+            tokens=B * T,
+            flops=self.policy.flops_per_token(T, backward=True) * B * T,
+        )
+        return StepResult(
+            flops={**flops, tags.TRAIN: u.flops},
+            tokens=u.tokens,
+            loss=u.loss,
+            lr=u.lr,
+            grad_norm=u.grad_norm,
+            scalars=dict(self.last),
+        )
 
     def state_dict(self) -> dict:
-        return {"learner": self.learner.state_dict(), "steps": self.steps, "round": self.round, "reached": self.reached,
-                "buffer": list(self.buffer), "last": dict(self.last), "rng": self.rng.bit_generator.state,
-                "generator": self.generator.get_state()}
+        return {
+            "learner": self.learner.state_dict(),
+            "steps": self.steps,
+            "round": self.round,
+            "reached": self.reached,
+            "buffer": list(self.buffer),
+            "last": dict(self.last),
+            "rng": self.rng.bit_generator.state,
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state["learner"])

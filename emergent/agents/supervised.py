@@ -4,6 +4,7 @@ Its ``collect`` turns the batch's gold traces (or gold answers, ``train.target``
 experience: one finished, correct trace per problem. Its ``learn`` is one AdamW step on
 their completion NLL.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -16,11 +17,11 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 
 from .data_parallel import masked_mean
-from .token_batch import TokenBatch, encode_batch
 from .learner import Learner
 from .method import register_method
 from .model import TransformerLM, upcast
 from .records import Experience, Prompts, StepResult
+from .token_batch import TokenBatch, encode_batch
 
 
 def completion_nll(model: TransformerLM, batch: TokenBatch, *, exact: bool = False):
@@ -42,8 +43,17 @@ def gold_experience(batch: Prompts) -> Experience:
     problem, nothing held out, nothing spent."""
     P = len(batch.prompts)
     done = np.ones(P, dtype=bool)
-    return Experience(list(batch.prompts), np.arange(P), list(batch.gold), finished=done, labels=done * 1.0,
-                      scores=done * 1.0, heldout=~done, heldout_probs=np.zeros(0), flops={})
+    return Experience(
+        list(batch.prompts),
+        np.arange(P),
+        list(batch.gold),
+        finished=done,
+        labels=done * 1.0,
+        scores=done * 1.0,
+        heldout=~done,
+        heldout_probs=np.zeros(0),
+        flops={},
+    )
 
 
 @register_method
@@ -72,12 +82,19 @@ class Supervised:
 
     def learn(self, experience: Experience) -> StepResult:
         """One step; the loss, grad norm and per-problem exact match stay on the device."""
-        batch = encode_batch(TOKENIZER, experience.prompts, experience.completions, self.policy.cfg.max_len).to(self.device)
+        batch = encode_batch(TOKENIZER, experience.prompts, experience.completions, self.policy.cfg.max_len).to(
+            self.device
+        )
         B, T = batch.inputs.shape
-        u = self.learner.step(lambda b: self.loss_fn(self.policy, b, exact=True), batch, tokens=B * T,
-                              flops=self.policy.flops_per_token(T, backward=True) * B * T)
-        return StepResult(flops={tags.TRAIN: u.flops}, tokens=u.tokens, loss=u.loss, lr=u.lr, grad_norm=u.grad_norm,
-                          accuracy=u.aux)
+        u = self.learner.step(
+            lambda b: self.loss_fn(self.policy, b, exact=True),
+            batch,
+            tokens=B * T,
+            flops=self.policy.flops_per_token(T, backward=True) * B * T,
+        )
+        return StepResult(
+            flops={tags.TRAIN: u.flops}, tokens=u.tokens, loss=u.loss, lr=u.lr, grad_norm=u.grad_norm, accuracy=u.aux
+        )
 
     def state_dict(self) -> dict:
         return self.learner.state_dict()

@@ -1,4 +1,5 @@
 """Problems -> padded token batches for training (one vectorised encode per batch)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -10,8 +11,8 @@ from emergent.envs.tokenizer import CharTokenizer
 
 
 class TokenBatch(NamedTuple):
-    inputs: torch.Tensor     # [B, T] BOS + prompt + completion (right-padded with PAD)
-    targets: torch.Tensor    # [B, T] inputs shifted left by one, EOS at the end of each row
+    inputs: torch.Tensor  # [B, T] BOS + prompt + completion (right-padded with PAD)
+    targets: torch.Tensor  # [B, T] inputs shifted left by one, EOS at the end of each row
     loss_mask: torch.Tensor  # [B, T] float: 1 where the target is a completion token or EOS
 
     def to(self, device) -> "TokenBatch":

@@ -26,6 +26,7 @@ a layer's queries attend over) with an explicit mask, so the arithmetic is the m
 own. Order does not matter to attention: positions were applied (learned embeddings to
 the input, RoPE to each key) when each key was computed.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -48,16 +49,17 @@ def _rank_in_group(group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 class TreePlan(NamedTuple):
     """Where M states' queries sit and which keys each sees: a function of the tree and the
     states only, so the policy's and the reward net's ``TreeKV`` share one per call."""
-    trees: torch.Tensor   # [T'] the trees with states
-    rows: torch.Tensor    # [M] each state's tree
-    nodes: torch.Tensor   # [M] its node
-    inv: torch.Tensor     # [M] its tree's index in ``trees``
-    slot: torch.Tensor    # [M] its query slot in that tree's row
-    slots: torch.Tensor   # [T', S] the key slots each tree's row attends over
-    mask: torch.Tensor    # [T', W, S] bool: which of them each query sees
-    ids: torch.Tensor     # [T', W] the new token of each query (0 in empty slots)
-    pos: torch.Tensor     # [T', W] its position
-    context: int          # keys one query attends over, at most (for the FLOP count)
+
+    trees: torch.Tensor  # [T'] the trees with states
+    rows: torch.Tensor  # [M] each state's tree
+    nodes: torch.Tensor  # [M] its node
+    inv: torch.Tensor  # [M] its tree's index in ``trees``
+    slot: torch.Tensor  # [M] its query slot in that tree's row
+    slots: torch.Tensor  # [T', S] the key slots each tree's row attends over
+    mask: torch.Tensor  # [T', W, S] bool: which of them each query sees
+    ids: torch.Tensor  # [T', W] the new token of each query (0 in empty slots)
+    pos: torch.Tensor  # [T', W] its position
+    context: int  # keys one query attends over, at most (for the FLOP count)
 
 
 class TreeKV:
@@ -91,8 +93,11 @@ class TreeKV:
 
     def _allocate(self, like: torch.Tensor) -> None:
         kw = dict(dtype=like.dtype, device=like.device)
-        make = (lambda: torch.empty(self.table_shape, **kw)) if self.poison is None else \
-            (lambda: torch.full(self.table_shape, self.poison, **kw))
+        make = (
+            (lambda: torch.empty(self.table_shape, **kw))
+            if self.poison is None
+            else (lambda: torch.full(self.table_shape, self.poison, **kw))
+        )
         self.k, self.v = make(), make()
         self.k[:, :, 0] = 0
         self.v[:, :, 0] = 0
@@ -105,7 +110,7 @@ class TreeKV:
         x = tokens[:, : self.P]
         cache = self.model.new_cache(B, self.P)
         valid = torch.arange(self.P, device=x.device)[None, :] < self.prompt_len[:, None]  # [B, P]
-        h = self.model.hidden(x, None, valid, cache)                                       # [B, P, C]
+        h = self.model.hidden(x, None, valid, cache)  # [B, P, C]
         self._allocate(cache.k)
         self.k[:, :, self.N :] = cache.k.transpose(2, 3)  # [L, B, H, P, D] -> [L, B, P, H, D]
         self.v[:, :, self.N :] = cache.v.transpose(2, 3)
@@ -123,8 +128,9 @@ class TreeKV:
         place = None
         if self.model.cfg.pos in PLACE_SCHEMES:  # a digit's place reads its whole state (its number)
             place = torch.zeros_like(p.ids)
-            place[p.inv, p.slot] = digit_places(states.tokens)[torch.arange(len(p.inv), device=p.ids.device),
-                                                               states.lengths - 1]
+            place[p.inv, p.slot] = digit_places(states.tokens)[
+                torch.arange(len(p.inv), device=p.ids.device), states.lengths - 1
+            ]
         h = self.model.hidden(p.ids, p.pos, None, self, attn_mask=p.mask[:, None], place=place)  # [T', W, C]
         self.context = p.context
         return h[p.inv, p.slot]
@@ -138,23 +144,23 @@ class TreeKV:
         """
         dev = states.rows.device
         M = len(states.rows)
-        last = states.lengths - 1                                            # [M] position of each new token
-        tok = states.tokens[torch.arange(M, device=dev), last]              # [M]
+        last = states.lengths - 1  # [M] position of each new token
+        tok = states.tokens[torch.arange(M, device=dev), last]  # [M]
         trees, inv, counts = torch.unique(states.rows, return_inverse=True, return_counts=True)  # [T'], [M], [T']
-        slot = _rank_in_group(inv, counts)                                   # [M] each state's query slot
+        slot = _rank_in_group(inv, counts)  # [M] each state's query slot
         T, W = len(trees), int(counts.max())
         # the shared part of each tree: the prompt, then the root's path up to (not including) the root
         root = self.tree.root[trees]
-        P_b = self.prompt_len[trees]                                         # [T']
-        start = torch.maximum(P_b, self.tree.length[trees, root] - 1)        # [T'] first position per state
+        P_b = self.prompt_len[trees]  # [T']
+        start = torch.maximum(P_b, self.tree.length[trees, root] - 1)  # [T'] first position per state
         R = int((start - P_b).max())
         r = torch.arange(R, device=dev)[None, :]
         path = self.tree.node_at[trees, root].gather(1, (P_b[:, None] + r).clamp(max=self.tree.node_at.shape[2] - 1))
-        path_valid = r < (start - P_b)[:, None]                                          # [T', R]
+        path_valid = r < (start - P_b)[:, None]  # [T', R]
         # below the shared part: the union of the nodes on its states' paths (they overlap: the
         # states of one tree mostly part ways a few tokens below the root), each query
         # masked to its own path: node u is on state m's path iff m wrote u's position with u
-        first = start[inv]                                                   # [M]
+        first = start[inv]  # [M]
         G = int((last - first).max()) + 1
         j = torch.arange(G, device=dev)[None, :]
         below = states.node_at.gather(1, (first[:, None] + j).clamp(max=states.node_at.shape[1] - 1))  # [M, G]
@@ -168,12 +174,12 @@ class TreeKV:
         union[u_tree, u_slot], union_valid[u_tree, u_slot] = u_node, True
         paths = torch.full((T, W, states.node_at.shape[1]), -1, dtype=torch.long, device=dev)
         paths[inv, slot] = states.node_at
-        at = (self.tree.length[trees[:, None], union] - 1).clamp(min=0)                 # [T', U] u's position
+        at = (self.tree.length[trees[:, None], union] - 1).clamp(min=0)  # [T', U] u's position
         sees = (paths.gather(2, at[:, None, :].expand(T, W, U)) == union[:, None, :]) & union_valid[:, None, :]
         prompt = (self.N + torch.arange(self.P, device=dev)).expand(T, self.P)
-        slots = torch.cat([prompt, path.clamp(min=0), union], 1)                        # [T', S]
-        shared = torch.cat([self.prompt_valid[trees], path_valid], 1)                   # [T', P + R]
-        mask = torch.cat([shared[:, None, :].expand(T, W, -1), sees], 2)                # [T', W, S]
+        slots = torch.cat([prompt, path.clamp(min=0), union], 1)  # [T', S]
+        shared = torch.cat([self.prompt_valid[trees], path_valid], 1)  # [T', P + R]
+        mask = torch.cat([shared[:, None, :].expand(T, W, -1), sees], 2)  # [T', W, S]
         mask[:, :, 0] |= ~mask.any(2)  # an empty query slot sees one key: no row of the softmax is empty
         ids = torch.zeros(T, W, dtype=torch.long, device=dev)
         pos = torch.zeros(T, W, dtype=torch.long, device=dev)
@@ -190,16 +196,26 @@ class TreeKV:
         dev = states.rows.device
         M, L = states.tokens.shape
         arange = torch.arange(M, device=dev)
-        last = states.lengths - 1                                            # [M]
-        t = torch.arange(L, device=dev)[None, :]                             # [1, L]
-        prompt = torch.where(t < self.P, self.N + t, 0)                      # a prompt position's slot
-        slots = torch.where(states.node_at >= 0, states.node_at, prompt)     # [M, L]
-        mask = (t <= last[:, None])[:, None, :]                              # [M, 1, L]
+        last = states.lengths - 1  # [M]
+        t = torch.arange(L, device=dev)[None, :]  # [1, L]
+        prompt = torch.where(t < self.P, self.N + t, 0)  # a prompt position's slot
+        slots = torch.where(states.node_at >= 0, states.node_at, prompt)  # [M, L]
+        mask = (t <= last[:, None])[:, None, :]  # [M, 1, L]
         write = states.write if states.write is not None else torch.ones_like(states.nodes, dtype=torch.bool)
         nodes = torch.where(write & (states.nodes > 0), states.nodes, self.N - 1)  # node 0 is the prompt's
         zero = torch.zeros_like(arange)
-        return TreePlan(states.rows, states.rows, nodes, arange, zero, slots, mask,
-                        states.tokens[arange, last][:, None], last[:, None], L)
+        return TreePlan(
+            states.rows,
+            states.rows,
+            nodes,
+            arange,
+            zero,
+            slots,
+            mask,
+            states.tokens[arange, last][:, None],
+            last[:, None],
+            L,
+        )
 
     def advance(self, T: int) -> None:
         pass  # positions live in the tree, not in a running length
@@ -217,6 +233,7 @@ class TreeKV:
         out = []
         for table, new in ((self.k[layer].view(B * NP, H, D), k), (self.v[layer].view(B * NP, H, D), v)):
             table.index_copy_(0, p.rows * NP + p.nodes, new.transpose(1, 2)[p.inv, p.slot])  # [M, H, D]
-            out.append(table.index_select(0, (p.trees[:, None] * NP + p.slots).view(-1))
-                       .view(T, S, H, D).transpose(1, 2))
+            out.append(
+                table.index_select(0, (p.trees[:, None] * NP + p.slots).view(-1)).view(T, S, H, D).transpose(1, 2)
+            )
         return out[0], out[1]

@@ -2,9 +2,21 @@
 
 Importing this package registers every task and the ``emergent/<Task>-v0`` envs.
 """
+
 from . import addition, countdown, multiplication, sorting
-from .base import (SPLITS, TASKS, Problem, Score, Scores, SplitSpec, Task, extract_answer, make_task,
-                   register_task, score_strings)
+from .base import (
+    SPLITS,
+    TASKS,
+    Problem,
+    Score,
+    Scores,
+    SplitSpec,
+    Task,
+    extract_answer,
+    make_task,
+    register_task,
+    score_strings,
+)
 from .gym_env import TraceEnv, register_envs
 from .tokenizer import TOKENIZER, CharTokenizer
 
@@ -12,6 +24,20 @@ REGISTERED = (addition, countdown, multiplication, sorting)  # importing them re
 ENV_IDS = register_envs()
 
 __all__ = [
-    "SPLITS", "TASKS", "ENV_IDS", "Problem", "Score", "Scores", "SplitSpec", "Task", "TraceEnv",
-    "TOKENIZER", "CharTokenizer", "extract_answer", "make_task", "register_task", "score_strings", "register_envs",
+    "SPLITS",
+    "TASKS",
+    "ENV_IDS",
+    "Problem",
+    "Score",
+    "Scores",
+    "SplitSpec",
+    "Task",
+    "TraceEnv",
+    "TOKENIZER",
+    "CharTokenizer",
+    "extract_answer",
+    "make_task",
+    "register_task",
+    "score_strings",
+    "register_envs",
 ]

@@ -11,6 +11,7 @@ Step checker (scratchpad): step i must add column i's two digits (least signific
 first, 0 past an operand's end) and the carry out of the step before it (its sum // 10;
 0 for the first), and get the sum right.
 """
+
 from __future__ import annotations
 
 import re

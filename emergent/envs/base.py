@@ -11,6 +11,7 @@ partition depends on the prompt alone (not on the run's seed), so every run — 
 any method — is evaluated on the same held-out problems. ``extrapolate`` draws from
 difficulties strictly above the training range, so it is disjoint by construction.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,9 @@ SPLITS = ("train", "test", "extrapolate")
 
 @dataclass(frozen=True)
 class Problem:
-    prompt: str      # what the model is shown, e.g. "123+456="
-    answer: str      # the gold answer exactly as it must be written, e.g. "975" (reversed)
-    trace: str       # the gold completion a solver writes: scratchpad + ">" + answer, or the answer
+    prompt: str  # what the model is shown, e.g. "123+456="
+    answer: str  # the gold answer exactly as it must be written, e.g. "975" (reversed)
+    trace: str  # the gold completion a solver writes: scratchpad + ">" + answer, or the answer
     difficulty: int  # the task's difficulty knob (digits, list length, count of numbers)
 
 
@@ -37,16 +38,16 @@ class Problem:
 class Score:
     exact: bool
     token_accuracy: float  # per-position agreement of the answer, over the longer length
-    edit_distance: float   # Levenshtein(answer, gold) / max(len), 0 = identical
+    edit_distance: float  # Levenshtein(answer, gold) / max(len), 0 = identical
 
 
 @dataclass(frozen=True)
 class Scores:
     """Batched verifier output; every field has shape [B]."""
 
-    exact: np.ndarray           # bool: the verdict (the answer; with check_steps, every step too)
+    exact: np.ndarray  # bool: the verdict (the answer; with check_steps, every step too)
     token_accuracy: np.ndarray  # float64 in [0, 1]
-    edit_distance: np.ndarray   # float64 in [0, 1]
+    edit_distance: np.ndarray  # float64 in [0, 1]
     # the answer is right but a scratchpad step is false (where steps were judged: verify_batch)
     false_step: np.ndarray | None = None
 
@@ -137,8 +138,10 @@ class Task(ABC):
         self.format = format
         self.heldout_fraction = heldout_fraction
         if check_steps and not self.has_step_checker:
-            raise ValueError(f"check_steps: task {self.name!r} format {format!r} has no step checker "
-                             f"(it needs the scratchpad format of a task that judges steps)")
+            raise ValueError(
+                f"check_steps: task {self.name!r} format {format!r} has no step checker "
+                f"(it needs the scratchpad format of a task that judges steps)"
+            )
         self.check_steps = bool(check_steps)
 
     @property
@@ -202,8 +205,9 @@ class Task(ABC):
             raise ValueError(f"task {self.name!r} format {self.format!r} has no step checker")
         return [np.array(self.judge_steps(p, scratchpad_steps(c)), dtype=bool) for p, c in zip(problems, completions)]
 
-    def verify_batch(self, problems: Sequence[Problem], completions: Sequence[str], *,
-                     with_steps: bool = False) -> Scores:
+    def verify_batch(
+        self, problems: Sequence[Problem], completions: Sequence[str], *, with_steps: bool = False
+    ) -> Scores:
         """Verdicts and graded scores. The steps are judged only where they are needed: for
         the verdict (``check_steps``), or for ``Scores.false_step`` when ``with_steps`` asks
         (evaluation does; the verifier calls inside training and search do not)."""
@@ -211,8 +215,11 @@ class Task(ABC):
         scores = score_strings(answers, [p.answer for p in problems])
         correct = self.check_answers(problems, answers)
         if correct is not None:  # a correct answer other than the gold one earns full graded credit too
-            scores = Scores(exact=correct, token_accuracy=np.where(correct, 1.0, scores.token_accuracy),
-                            edit_distance=np.where(correct, 0.0, scores.edit_distance))
+            scores = Scores(
+                exact=correct,
+                token_accuracy=np.where(correct, 1.0, scores.token_accuracy),
+                edit_distance=np.where(correct, 0.0, scores.edit_distance),
+            )
         if not (self.has_step_checker and (self.check_steps or with_steps)):
             return scores
         sound = self._sound(problems, completions)
@@ -235,8 +242,9 @@ class Task(ABC):
     def _sound(self, problems: Sequence[Problem], completions: Sequence[str]) -> np.ndarray:
         """[B] bool: a scratchpad with steps, every one of them true."""
         # a scratchpad with no steps, or with any false one, is not a sound derivation
-        return np.array([len(labels) > 0 and bool(labels.all()) for labels in self.step_labels(problems, completions)],
-                        dtype=bool)
+        return np.array(
+            [len(labels) > 0 and bool(labels.all()) for labels in self.step_labels(problems, completions)], dtype=bool
+        )
 
     def verify(self, problem: Problem, completion: str) -> Score:
         return self.verify_batch([problem], [completion])[0]

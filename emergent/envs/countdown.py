@@ -15,6 +15,7 @@ numbers, or results of earlier steps, each used once) and a op b equals r exactl
 well-formed step, true or not, uses up the operands it names and makes r available, so
 each later step is judged on its own.
 """
+
 from __future__ import annotations
 
 import re
@@ -174,8 +175,14 @@ class Countdown(Task):
     min_difficulty = 2
     max_difficulty = 6
 
-    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1, check_steps: bool = False,
-                 max_number: int = 20, max_target: int = 200):
+    def __init__(
+        self,
+        format: str | None = None,
+        heldout_fraction: float = 0.1,
+        check_steps: bool = False,
+        max_number: int = 20,
+        max_target: int = 200,
+    ):
         super().__init__(format, heldout_fraction, check_steps)
         self.max_number = max_number
         self.max_target = max_target

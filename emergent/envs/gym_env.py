@@ -8,6 +8,7 @@ reward:      0 until the episode ends; then the verifier's score of the completi
 The episode terminates at EOS and truncates when the context is full; both are scored
 through ``Task.verify_batch``, the same code path the batched generators use.
 """
+
 from __future__ import annotations
 
 from typing import Any

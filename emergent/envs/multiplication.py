@@ -12,6 +12,7 @@ Formats:
 Step checker (scratchpad): step i must multiply the multiplicand by the multiplier's i-th
 non-zero digit in place (least significant first) and get the product right.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,6 @@ import numpy as np
 
 from .addition import draw_operand
 from .base import Problem, Task, register_task
-
 
 _STEP = re.compile(r"(\d+)\*(\d+)=(\d+)")
 
@@ -36,8 +36,13 @@ class Multiplication(Task):
     formats = ("scratchpad", "plain", "reversed")
     max_difficulty = 9
 
-    def __init__(self, format: str | None = None, heldout_fraction: float = 0.1, check_steps: bool = False,
-                 multiplier_digits: int | None = None):
+    def __init__(
+        self,
+        format: str | None = None,
+        heldout_fraction: float = 0.1,
+        check_steps: bool = False,
+        multiplier_digits: int | None = None,
+    ):
         super().__init__(format, heldout_fraction, check_steps)
         if multiplier_digits is not None and not 1 <= multiplier_digits <= self.max_difficulty:
             raise ValueError(f"multiplier_digits must lie in 1..{self.max_difficulty}, got {multiplier_digits}")
@@ -62,6 +67,11 @@ class Multiplication(Task):
         labels = []
         for i, step in enumerate(steps):
             m = _STEP.fullmatch(step)
-            labels.append(m is not None and i < len(shifts) and int(m[1]) == a and int(m[2]) == shifts[i]
-                          and int(m[3]) == a * shifts[i])
+            labels.append(
+                m is not None
+                and i < len(shifts)
+                and int(m[1]) == a
+                and int(m[2]) == shifts[i]
+                and int(m[3]) == a * shifts[i]
+            )
         return labels

@@ -1,7 +1,8 @@
 """Sort a list of integers in 0..99 ascending; difficulty = list length.
 
-  "52,7,31,7=" -> "7,7,31,52"
+"52,7,31,7=" -> "7,7,31,52"
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ special tokens are given printable characters of their own so that *every* id
 sequence decodes to a string and encodes back to the same ids: a completion that
 emits PAD or BOS in the middle of an answer is visibly wrong, never silently dropped.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -55,8 +56,7 @@ class CharTokenizer:
     def decode_spans(self, ids: np.ndarray, starts: Sequence[int], ends: Sequence[int]) -> list[str]:
         """Rows of ids [M, L] -> the text of each row's [start, end), a final EOS dropped."""
         ids = np.asarray(ids, dtype=np.int64)
-        ends = [e - 1 if e > s and ids[r, e - 1] == self.eos_id else e
-                for r, (s, e) in enumerate(zip(starts, ends))]
+        ends = [e - 1 if e > s and ids[r, e - 1] == self.eos_id else e for r, (s, e) in enumerate(zip(starts, ends))]
         chars = self._chars[ids]
         return ["".join(row[s:e].tolist()) for row, s, e in zip(chars, starts, ends)]
 

@@ -7,6 +7,7 @@ over the old one: a reader (or a resumed run after SIGKILL) sees the previous co
 checkpoint or the new complete one, never a torn file. Loading uses
 ``torch.load(weights_only=True)``, which refuses to construct arbitrary objects.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,7 +78,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not an emergent checkpoint (no '{FORMAT}' format marker)")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {p} has format version {state.get('version')}; this emergent reads {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {p} has format version {state.get('version')}; this emergent reads {VERSION}"
+        )
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {p} lacks {missing}")

@@ -7,6 +7,7 @@
 
 Bad input of any kind exits with code 2 and one line on stderr naming the problem.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,11 @@ def cmd_train(args: Sequence[str]) -> int:
     else:
         final = train_local(cfg)
     shown = {k: v for k, v in final.items() if k.endswith("exact_match") and "/d" not in k}
-    print(f"emergent: finished {cfg.run_dir} at step {int(final['step'])}: "
-          + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())), flush=True)
+    print(
+        f"emergent: finished {cfg.run_dir} at step {int(final['step'])}: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())),
+        flush=True,
+    )
     return 0
 
 
@@ -66,27 +70,38 @@ def cmd_eval(args: Sequence[str]) -> int:
     results = exp.evaluate()
     print(f"checkpoint {path} (step {state['step']}, task {cfg.task.name}, format {exp.task.format})")
     steps = exp.task.has_step_checker  # a column for the right answers whose scratchpad has a false step
-    print(f"{'split':<12} {'difficulty':>10} {'n':>6} {'exact_match':>12} {'token_acc':>10} {'edit_dist':>10}"
-          + (f" {'false_steps':>12}" if steps else ""))
+    print(
+        f"{'split':<12} {'difficulty':>10} {'n':>6} {'exact_match':>12} {'token_acc':>10} {'edit_dist':>10}"
+        + (f" {'false_steps':>12}" if steps else "")
+    )
     for split, r in results.items():
         n = len(exp.evaluator.sets[split])
         rows = [("all", n, r.metrics)] + [
             (str(d), sum(p.difficulty == d for p in exp.evaluator.sets[split]), m) for d, m in r.by_difficulty.items()
         ]
         for label, count, m in rows:
-            print(f"{split:<12} {label:>10} {count:>6} {m['exact_match']:>12.4f} "
-                  f"{m['token_accuracy']:>10.4f} {m['edit_distance']:>10.4f}"
-                  + (f" {m[tags.EVAL_FALSE_STEPS]:>12.4f}" if steps else ""))
+            print(
+                f"{split:<12} {label:>10} {count:>6} {m['exact_match']:>12.4f} "
+                f"{m['token_accuracy']:>10.4f} {m['edit_distance']:>10.4f}"
+                + (f" {m[tags.EVAL_FALSE_STEPS]:>12.4f}" if steps else "")
+            )
     frontiers = scalars(results, cfg.eval.frontier_threshold)
-    print(f"length frontier (exact match >= {cfg.eval.frontier_threshold:g} at every length up to it): "
-          + ", ".join(f"{split} {frontiers[tags.eval_tag(split, tags.EVAL_FRONTIER)]:.0f}" for split in results)
-          + (f", held out {frontiers[tags.EVAL_LENGTH_FRONTIER]:.0f}" if tags.EVAL_LENGTH_FRONTIER in frontiers else ""))
+    print(
+        f"length frontier (exact match >= {cfg.eval.frontier_threshold:g} at every length up to it): "
+        + ", ".join(f"{split} {frontiers[tags.eval_tag(split, tags.EVAL_FRONTIER)]:.0f}" for split in results)
+        + (f", held out {frontiers[tags.EVAL_LENGTH_FRONTIER]:.0f}" if tags.EVAL_LENGTH_FRONTIER in frontiers else "")
+    )
     for split, r in results.items():  # eval.pass_k
         if r.sampled is not None:
             n = r.sampled.correct.shape[1]
-            print(f"{split} ({n} samples per problem at temperature {cfg.eval.temperature}): " + ", ".join(
-                f"pass@{k} {r.sampled.scalars[tags.pass_tag(split, k)]:.4f}, maj@{k} "
-                f"{r.sampled.scalars[tags.maj_tag(split, k)]:.4f}" for k in exp.evaluator.pass_k))
+            print(
+                f"{split} ({n} samples per problem at temperature {cfg.eval.temperature}): "
+                + ", ".join(
+                    f"pass@{k} {r.sampled.scalars[tags.pass_tag(split, k)]:.4f}, maj@{k} "
+                    f"{r.sampled.scalars[tags.maj_tag(split, k)]:.4f}"
+                    for k in exp.evaluator.pass_k
+                )
+            )
     return 0
 
 
@@ -108,18 +123,25 @@ def cmd_report(args: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="emergent", description="Supervised vs self-improving Transformers on verifiable reasoning tasks.",
-        epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="emergent",
+        description="Supervised vs self-improving Transformers on verifiable reasoning tasks.",
+        epilog=USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser("train", help="train one run", epilog=USAGE_EXAMPLES,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_train = sub.add_parser(
+        "train", help="train one run", epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p_train.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value", help="config file and overrides")
     p_eval = sub.add_parser("eval", help="evaluate a checkpoint per split and difficulty")
     p_eval.add_argument("args", nargs="+", metavar="CHECKPOINT [key=value]", help="checkpoint and overrides")
     p_sweep = sub.add_parser("sweep", help="a grid of runs as Ray tasks (see emergent/platform/sweep.py)")
-    p_sweep.add_argument("args", nargs="+", metavar="SWEEP.yaml [key=value]", help="sweep file and overrides for every run")
-    p_report = sub.add_parser("report", help="report.md and figures from an experiment's runs (see emergent/platform/report.py)")
+    p_sweep.add_argument(
+        "args", nargs="+", metavar="SWEEP.yaml [key=value]", help="sweep file and overrides for every run"
+    )
+    p_report = sub.add_parser(
+        "report", help="report.md and figures from an experiment's runs (see emergent/platform/report.py)"
+    )
     p_report.add_argument("args", nargs=1, metavar="LOGDIR/EXPERIMENT", help="the directory holding the runs")
     ns = parser.parse_args(argv)
     try:

@@ -8,6 +8,7 @@ unknown key, a wrong type, an unknown task / method / runtime / format, a bad ra
 raises ``ConfigError`` with one line naming the key or value and the valid choices,
 before any model is built.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,12 +42,12 @@ class TaskConfig:
     # a module imported before the task is looked up (a dotted name on sys.path): a task
     # written outside emergent registers itself there with ``@register_task``
     module: Optional[str] = None
-    format: Optional[str] = None          # null: the task's default format (resolved when loaded)
-    difficulty: List[int] = field(default_factory=lambda: [1, 3])   # training range [lo, hi]
+    format: Optional[str] = None  # null: the task's default format (resolved when loaded)
+    difficulty: List[int] = field(default_factory=lambda: [1, 3])  # training range [lo, hi]
     extrapolate: List[int] = field(default_factory=lambda: [4, 5])  # held-out range above it
-    train_size: Optional[int] = None      # a fixed training set of this many problems; None: unlimited
-    data_seed: int = 0                    # seed of that fixed set: the same data for every run seed
-    heldout_fraction: float = 0.1         # share of the problem space reserved for `test`
+    train_size: Optional[int] = None  # a fixed training set of this many problems; None: unlimited
+    data_seed: int = 0  # seed of that fixed set: the same data for every run seed
+    heldout_fraction: float = 0.1  # share of the problem space reserved for `test`
     # scratchpad formats: a trace counts as correct only if every step is true as well as
     # the answer (off: the answer alone decides; eval logs false_steps either way)
     check_steps: bool = False
@@ -55,11 +56,11 @@ class TaskConfig:
 @dataclass
 class TrainConfig:
     method: str = "supervised"
-    steps: int = 1800                     # updates (supervised) or iterations (self-improvement)
+    steps: int = 1800  # updates (supervised) or iterations (self-improvement)
     batch_size: int = 64
-    target: str = "trace"                 # supervised: learn the gold trace, or the answer only
+    target: str = "trace"  # supervised: learn the gold trace, or the answer only
     log_every: int = 25
-    compile: bool = False                 # torch.compile the loss (pays off on CUDA)
+    compile: bool = False  # torch.compile the loss (pays off on CUDA)
     # a wall-clock budget (seconds, evaluations included, summed over resumes): the step
     # that passes it is the last, evaluated and checkpointed. null: train.steps decides
     time_limit_s: Optional[float] = None
@@ -77,13 +78,13 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 300                      # evaluate every N steps (and at the first and last)
-    problems: int = 300                   # fixed problems per split, spread over difficulties
+    every: int = 300  # evaluate every N steps (and at the first and last)
+    problems: int = 300  # fixed problems per split, spread over difficulties
     splits: List[str] = field(default_factory=lambda: list(SPLITS))
-    seed: int = 1234                      # the eval sets depend on this, not on the run's seed
+    seed: int = 1234  # the eval sets depend on this, not on the run's seed
     batch_size: int = 512
-    samples: int = 4                      # sample traces logged as text per split
-    decode: str = "greedy"                # greedy | search (MCTS with the search.* settings)
+    samples: int = 4  # sample traces logged as text per split
+    decode: str = "greedy"  # greedy | search (MCTS with the search.* settings)
     # pass@k and maj@k: sample pass_samples (null: max k) completions per problem at
     # temperature; logged as eval/<split>/pass@<k> and maj@<k>. []: off
     pass_k: List[int] = field(default_factory=list)
@@ -97,14 +98,15 @@ class EvalConfig:
 @dataclass
 class RayConfig:
     """runtime=ray: trace workers and a learner actor, or a group of them (see platform/ray_runtime.py)."""
-    address: Optional[str] = None         # None: RAY_ADDRESS, else a `ray start` cluster here, else a new local one
-    dashboard: bool = True                # Ray's dashboard when this command starts a new local Ray (a cluster
-                                          # it joins keeps its own); false saves about 5 CPU-seconds a start
-    workers: int = 2                      # trace-worker actors
+
+    address: Optional[str] = None  # None: RAY_ADDRESS, else a `ray start` cluster here, else a new local one
+    dashboard: bool = True  # Ray's dashboard when this command starts a new local Ray (a cluster
+    # it joins keeps its own); false saves about 5 CPU-seconds a start
+    workers: int = 2  # trace-worker actors
     worker_cpus: float = 1.0
     worker_gpus: float = 0.0
-    learner_cpus: float = 0.0             # reserved; it mostly waits for traces (0: one torch thread, or the
-                                          # driver's thread count for supervised runs, which have no workers)
+    learner_cpus: float = 0.0  # reserved; it mostly waits for traces (0: one torch thread, or the
+    # driver's thread count for supervised runs, which have no workers)
     learner_gpus: Optional[float] = None  # None: 1 when the cluster has a GPU, else 0
     # data-parallel learner replicas (torch.distributed: gloo on CPU, NCCL on CUDA), each with
     # learner_cpus and learner_gpus; rank 0 evaluates, checkpoints, logs and publishes weights
@@ -112,14 +114,14 @@ class RayConfig:
     # weights versions a consumed batch may lag the learner; at most max_staleness + 1 batches
     # are in flight, so null (workers - 1) is the least that keeps every worker writing
     max_staleness: Optional[int] = None
-    max_restarts: int = 3                 # per trace worker (a batch in flight when it dies is dropped), and
-                                          # for the learner (a new one resumes the run from its checkpoint)
+    max_restarts: int = 3  # per trace worker (a batch in flight when it dies is dropped), and
+    # for the learner (a new one resumes the run from its checkpoint)
 
 
 @dataclass
 class Config:
     experiment: str = "quickstart"
-    run_name: Optional[str] = None        # None: <method>_L<n_layer>_d<d_model>_<pos>_s<seed>
+    run_name: Optional[str] = None  # None: <method>_L<n_layer>_d<d_model>_<pos>_s<seed>
     logdir: str = "runs"
     seed: int = 0
     runtime: str = "local"
@@ -132,11 +134,11 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    improve: ImproveConfig = field(default_factory=ImproveConfig)    # self-improvement methods
+    improve: ImproveConfig = field(default_factory=ImproveConfig)  # self-improvement methods
     reward: RewardNetConfig = field(default_factory=RewardNetConfig)  # the reward-and-objective network
-    search: SearchConfig = field(default_factory=SearchConfig)        # MCTS (alphazero)
+    search: SearchConfig = field(default_factory=SearchConfig)  # MCTS (alphazero)
     self_label: SelfLabelConfig = field(default_factory=SelfLabelConfig)  # self-labelling rounds (self_label)
-    ray: RayConfig = field(default_factory=RayConfig)                  # runtime=ray
+    ray: RayConfig = field(default_factory=RayConfig)  # runtime=ray
 
     @property
     def default_run_name(self) -> str:
@@ -162,8 +164,9 @@ def import_task_module(module: Optional[str]) -> None:
     try:
         importlib.import_module(module)
     except Exception as e:  # noqa: BLE001 - any failure of the user's module is a config error
-        raise ConfigError(f"task.module={module!r} cannot be imported: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ConfigError(
+            f"task.module={module!r} cannot be imported: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
 
 
 def build_task(cfg: Config) -> Task:
@@ -264,8 +267,10 @@ def check_method_keys(cfg: Config) -> None:
             continue
         readers = [m for m in METHODS if reads_key(m, key)]
         if readers and method not in readers:
-            raise ConfigError(f"{key}={value!r} is not read by train.method={method}, only by {readers}: "
-                              f"remove it (or choose one of those methods)")
+            raise ConfigError(
+                f"{key}={value!r} is not read by train.method={method}, only by {readers}: "
+                f"remove it (or choose one of those methods)"
+            )
 
 
 def to_yaml(cfg: Config) -> str:
@@ -306,15 +311,21 @@ def validate(cfg: Config) -> None:
         if len(rng) != 2 or rng[0] > rng[1]:
             raise ConfigError(f"task.{key} must be a range [lo, hi] with lo <= hi, got {list(rng)}")
     positive = {
-        "train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size, "train.log_every": cfg.train.log_every,
-        "eval.every": cfg.eval.every, "eval.problems": cfg.eval.problems, "eval.batch_size": cfg.eval.batch_size,
+        "train.steps": cfg.train.steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.log_every": cfg.train.log_every,
+        "eval.every": cfg.eval.every,
+        "eval.problems": cfg.eval.problems,
+        "eval.batch_size": cfg.eval.batch_size,
         "checkpoint_every": cfg.checkpoint_every,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if cfg.train.curriculum is not None and not 0 < cfg.train.curriculum <= 1:
-        raise ConfigError(f"train.curriculum must lie in (0, 1] (a training accuracy) or be null, got {cfg.train.curriculum}")
+        raise ConfigError(
+            f"train.curriculum must lie in (0, 1] (a training accuracy) or be null, got {cfg.train.curriculum}"
+        )
     if cfg.train.curriculum_window < 1:
         raise ConfigError(f"train.curriculum_window must be >= 1, got {cfg.train.curriculum_window}")
     if cfg.train.time_limit_s is not None and not cfg.train.time_limit_s > 0:
@@ -328,7 +339,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"eval.pass_k must hold k >= 1, got {list(cfg.eval.pass_k)}")
         n = cfg.eval.pass_samples
         if n is not None and n < max(cfg.eval.pass_k):
-            raise ConfigError(f"eval.pass_samples={n} is fewer than the largest k in eval.pass_k={list(cfg.eval.pass_k)}")
+            raise ConfigError(
+                f"eval.pass_samples={n} is fewer than the largest k in eval.pass_k={list(cfg.eval.pass_k)}"
+            )
         if not cfg.eval.temperature > 0:
             raise ConfigError(f"eval.temperature must be > 0 to sample for pass@k, got {cfg.eval.temperature}")
     if cfg.task.train_size is not None and cfg.task.train_size < 1:
@@ -345,11 +358,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"improve.init_from: checkpoint not found: {cfg.improve.init_from}")
     check_method_keys(cfg)
     cfg.task.format = task.format  # resolve null to the task's default: runs record what they ran
-    if cfg.model.pos in PLACE_SCHEMES and (cfg.task.name not in ("addition", "multiplication")
-                                           or task.format != "reversed"):
-        raise ConfigError(f"model.pos={cfg.model.pos} gives digits their place in an arithmetic prompt ending in "
-                          f"'=' and a reversed answer: task.name=addition or multiplication with task.format=reversed, "
-                          f"not {cfg.task.name} ({task.format})")
+    if cfg.model.pos in PLACE_SCHEMES and (
+        cfg.task.name not in ("addition", "multiplication") or task.format != "reversed"
+    ):
+        raise ConfigError(
+            f"model.pos={cfg.model.pos} gives digits their place in an arithmetic prompt ending in "
+            f"'=' and a reversed answer: task.name=addition or multiplication with task.format=reversed, "
+            f"not {cfg.task.name} ({task.format})"
+        )
     try:
         cfg.splits.validate(task)
         cfg.model.validate()
@@ -360,6 +376,12 @@ def validate(cfg: Config) -> None:
         cfg.reward.validate(cfg.model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if cfg.reward.near_misses and cfg.train.method == "expert_iteration" and cfg.improve.label_source == "majority_vote":
-        raise ConfigError("reward.near_misses are labelled by the verifier, which improve.label_source=majority_vote "
-                          "never calls: set reward.near_misses=0")
+    if (
+        cfg.reward.near_misses
+        and cfg.train.method == "expert_iteration"
+        and cfg.improve.label_source == "majority_vote"
+    ):
+        raise ConfigError(
+            "reward.near_misses are labelled by the verifier, which improve.label_source=majority_vote "
+            "never calls: set reward.near_misses=0"
+        )

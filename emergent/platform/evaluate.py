@@ -3,6 +3,7 @@
 The sets depend on ``eval.seed`` and the task config only, so every run of an
 experiment — any seed, any method — is scored on the same problems.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,13 +12,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from emergent import tags
 from emergent.agents.learner import autocast
 from emergent.agents.model import TransformerLM
 from emergent.agents.policy_value import PolicyValueEvaluator, output_completions, state_verifier
 from emergent.agents.search import search
 from emergent.envs import SPLITS, TOKENIZER, Problem, Scores, SplitSpec, Task, extract_answer
-
-from emergent import tags
 
 from .checkpoint import atomic_write
 from .metrics import majority_at_k, pass_at_k
@@ -27,28 +27,32 @@ from .metrics import majority_at_k, pass_at_k
 class Sampled:
     """pass@k / maj@k of one split: n sampled completions per problem, and the raw record
     a report recomputes any k <= n from (and bootstraps over problems)."""
-    correct: np.ndarray     # [P, n] bool: sample j of problem i is exactly right
-    answers: np.ndarray     # [P, n] int: equal ids within a row = the same final answer
+
+    correct: np.ndarray  # [P, n] bool: sample j of problem i is exactly right
+    answers: np.ndarray  # [P, n] int: equal ids within a row = the same final answer
     difficulty: np.ndarray  # [P]
     scalars: dict[str, float]  # pass@k / maj@k tags, overall and per difficulty
 
 
 @dataclass
 class SplitResult:
-    metrics: dict[str, float]                     # tags.EVAL_METRICS (+ EVAL_FALSE_STEPS) -> mean
-    by_difficulty: dict[int, dict[str, float]]    # difficulty -> metric -> mean
+    metrics: dict[str, float]  # tags.EVAL_METRICS (+ EVAL_FALSE_STEPS) -> mean
+    by_difficulty: dict[int, dict[str, float]]  # difficulty -> metric -> mean
     samples: list[tuple[str, str, str, bool]] = field(default_factory=list)  # prompt, completion, gold, exact
-    sampled: Sampled | None = None                # eval.pass_k
-    scores: Scores | None = None                  # per problem: what a report bootstraps over
-    difficulty: np.ndarray | None = None          # [P]
+    sampled: Sampled | None = None  # eval.pass_k
+    scores: Scores | None = None  # per problem: what a report bootstraps over
+    difficulty: np.ndarray | None = None  # [P]
 
 
 def summarise(problems: Sequence[Problem], scores: Scores) -> tuple[dict, dict]:
     """Means of each metric over the split and per difficulty (``false_steps`` where the
     task judges steps: a share of the right answers, not of all problems; and
     ``sound_exact_match``: right answers with every step true, a share of all problems)."""
-    values = {"exact_match": scores.exact.astype(float), "token_accuracy": scores.token_accuracy,
-              "edit_distance": scores.edit_distance}
+    values = {
+        "exact_match": scores.exact.astype(float),
+        "token_accuracy": scores.token_accuracy,
+        "edit_distance": scores.edit_distance,
+    }
     diff = np.array([p.difficulty for p in problems])
 
     def means(rows) -> dict[str, float]:
@@ -78,8 +82,13 @@ def generate_completions(
     with autocast(device):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            gen = model.generate([encoded[i] for i in idx], model.cfg.max_len,
-                                 eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, **sampling)
+            gen = model.generate(
+                [encoded[i] for i in idx],
+                model.cfg.max_len,
+                eos_id=TOKENIZER.eos_id,
+                pad_id=TOKENIZER.pad_id,
+                **sampling,
+            )
             texts = TOKENIZER.decode_completions(gen.tokens.cpu().numpy(), gen.lengths.cpu().numpy())
             for i, t in zip(idx, texts):
                 out[i] = t
@@ -87,8 +96,9 @@ def generate_completions(
     return out
 
 
-def search_completions(model: TransformerLM, reward_net, task: Task, problems: Sequence[Problem], device,
-                       cfg, batch_size: int) -> list[str]:
+def search_completions(
+    model: TransformerLM, reward_net, task: Task, problems: Sequence[Problem], device, cfg, batch_size: int
+) -> list[str]:
     """Decode every token by MCTS (``search.*``); leaf values from ``reward_net`` (None: a
     neutral 0.5). With ``search.terminal_value=verifier`` finished states are checked
     by the verifier: test-time verification, which a report must name as such."""
@@ -102,24 +112,40 @@ def search_completions(model: TransformerLM, reward_net, task: Task, problems: S
         def exact(rows, completions, chunk=chunk):
             return task.verdicts([chunk[r] for r in rows], completions)
 
-        ev = PolicyValueEvaluator(model, reward_net, top_k=cfg.top_k, terminal=cfg.terminal_value,
-                                  verifier=state_verifier([len(i) for i in ids], exact), kv_cache=cfg.kv_cache,
-                                  leaf_value=cfg.leaf_value, rollout_weight=cfg.rollout_weight)
+        ev = PolicyValueEvaluator(
+            model,
+            reward_net,
+            top_k=cfg.top_k,
+            terminal=cfg.terminal_value,
+            verifier=state_verifier([len(i) for i in ids], exact),
+            kv_cache=cfg.kv_cache,
+            leaf_value=cfg.leaf_value,
+            rollout_weight=cfg.rollout_weight,
+        )
         with autocast(device):
-            res = search(ids, ev, cfg, max_len=model.cfg.max_len, vocab_size=model.vocab_size,
-                         eos_id=TOKENIZER.eos_id, device=device)
+            res = search(
+                ids,
+                ev,
+                cfg,
+                max_len=model.cfg.max_len,
+                vocab_size=model.vocab_size,
+                eos_id=TOKENIZER.eos_id,
+                device=device,
+            )
         out += output_completions(res)
     model.train(was)
     return out
 
 
-def sampled_scores(task: Task, problems: Sequence[Problem], completions: Sequence[str], n: int, ks: Sequence[int],
-                   split: str) -> Sampled:
+def sampled_scores(
+    task: Task, problems: Sequence[Problem], completions: Sequence[str], n: int, ks: Sequence[int], split: str
+) -> Sampled:
     """pass@k and maj@k from ``n`` completions per problem, problem-major ([P * n])."""
     P = len(problems)
     correct = task.verdicts([p for p in problems for _ in range(n)], completions).reshape(P, n)
-    _, ids = np.unique(np.array([extract_answer(c) for c in completions], dtype=object).astype(str),
-                       return_inverse=True)
+    _, ids = np.unique(
+        np.array([extract_answer(c) for c in completions], dtype=object).astype(str), return_inverse=True
+    )
     answers = ids.reshape(P, n)
     diff = np.array([p.difficulty for p in problems])
     out = {}
@@ -169,24 +195,33 @@ class Evaluator:
         results = {}
         for k, (split, problems) in enumerate(self.sets.items()):
             if self.decode == "search":
-                completions = search_completions(model, reward_net, self.task, problems, device, self.search_cfg,
-                                                 min(self.batch_size, 64))
+                completions = search_completions(
+                    model, reward_net, self.task, problems, device, self.search_cfg, min(self.batch_size, 64)
+                )
             else:
                 completions = generate_completions(model, [p.prompt for p in problems], device, self.batch_size)
             scores = self.task.verify_batch(problems, completions, with_steps=True)
             overall, by = summarise(problems, scores)
-            samples = [(p.prompt, c, p.trace, bool(s)) for p, c, s in
-                       zip(problems[: self.samples], completions, scores.exact)]
+            samples = [
+                (p.prompt, c, p.trace, bool(s)) for p, c, s in zip(problems[: self.samples], completions, scores.exact)
+            ]
             sampled = None
             if self.pass_k:  # every problem x sample in length-sorted batches of eval.batch_size rows
                 n = self.pass_samples
                 # its own stream, fixed by eval.seed: every evaluation of every run draws alike
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
-                drawn = generate_completions(model, [p.prompt for p in problems for _ in range(n)], device,
-                                             self.batch_size, temperature=self.temperature, generator=gen)
+                drawn = generate_completions(
+                    model,
+                    [p.prompt for p in problems for _ in range(n)],
+                    device,
+                    self.batch_size,
+                    temperature=self.temperature,
+                    generator=gen,
+                )
                 sampled = sampled_scores(self.task, problems, drawn, n, self.pass_k, split)
-            results[split] = SplitResult(overall, by, samples, sampled, scores,
-                                         np.array([p.difficulty for p in problems]))
+            results[split] = SplitResult(
+                overall, by, samples, sampled, scores, np.array([p.difficulty for p in problems])
+            )
         return results
 
 
@@ -231,8 +266,13 @@ def save_evaluation(path, results: dict[str, SplitResult]) -> None:
     arrays = {}
     for split, r in results.items():
         if r.scores is not None:
-            arrays.update({f"{split}/exact": r.scores.exact, f"{split}/token_accuracy": r.scores.token_accuracy,
-                           f"{split}/difficulty": r.difficulty})
+            arrays.update(
+                {
+                    f"{split}/exact": r.scores.exact,
+                    f"{split}/token_accuracy": r.scores.token_accuracy,
+                    f"{split}/difficulty": r.difficulty,
+                }
+            )
         if r.sampled is not None:  # its problems are the split's: difficulty is written once, above
             arrays.update({f"{split}/correct": r.sampled.correct, f"{split}/answers": r.sampled.answers})
             arrays.setdefault(f"{split}/difficulty", r.sampled.difficulty)

@@ -5,6 +5,7 @@ the problem stream, the evaluator and the FLOP ledger, and checkpoints and resto
 of it. One step is ``consume(collect(problems))``: the local runtime calls both in turn,
 the Ray runtime calls ``collect`` on trace workers and ``consume`` on the learner.
 """
+
 from __future__ import annotations
 
 import random
@@ -28,9 +29,18 @@ from .ledger import FlopLedger
 from .problem_stream import ProblemStream
 
 # Keys that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"resume", "progress", "device", "train.steps", "train.time_limit_s", "train.flop_budget",
-                     "eval.every", "checkpoint_every", "train.log_every",
-                     "ray.learners"}  # a learner group computes what one learner computes
+RESUMABLE_CHANGES = {
+    "resume",
+    "progress",
+    "device",
+    "train.steps",
+    "train.time_limit_s",
+    "train.flop_budget",
+    "eval.every",
+    "checkpoint_every",
+    "train.log_every",
+    "ray.learners",
+}  # a learner group computes what one learner computes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,6 +73,7 @@ class Collected:
     """A method's experience and what the platform attaches to it: the difficulties of its
     problems (for the curriculum; a method never reads them) and the weights version that
     wrote it (the Ray runtime's staleness)."""
+
     experience: Experience
     difficulties: np.ndarray  # [P]
     version: int = 0
@@ -71,6 +82,7 @@ class Collected:
 @dataclass(frozen=True)
 class Step:
     """One consumed step: the method's result and every scalar it reported, by tag."""
+
     result: StepResult
     scalars: dict[str, float]
     traces: int  # traces consumed
@@ -102,14 +114,29 @@ class Experiment:
         if worker:
             return
         self._in_flight: dict[int, dict] = {}  # batch id -> the stream's draw state before it (Ray)
-        self.data = ProblemStream(self.task, cfg.splits, seed=cfg.seed, train_size=cfg.task.train_size,
-                                  data_seed=cfg.task.data_seed, curriculum=cfg.train.curriculum,
-                                  window=cfg.train.curriculum_window)
+        self.data = ProblemStream(
+            self.task,
+            cfg.splits,
+            seed=cfg.seed,
+            train_size=cfg.task.train_size,
+            data_seed=cfg.task.data_seed,
+            curriculum=cfg.train.curriculum,
+            window=cfg.train.curriculum_window,
+        )
         self.evaluator = Evaluator(
-            self.task, cfg.splits, problems_per_split=cfg.eval.problems, seed=cfg.eval.seed,
-            split_names=cfg.eval.splits, batch_size=cfg.eval.batch_size, samples=cfg.eval.samples,
-            train_set=self.data.fixed, decode=cfg.eval.decode, search_cfg=cfg.search,
-            pass_k=cfg.eval.pass_k, pass_samples=cfg.eval.pass_samples, temperature=cfg.eval.temperature,
+            self.task,
+            cfg.splits,
+            problems_per_split=cfg.eval.problems,
+            seed=cfg.eval.seed,
+            split_names=cfg.eval.splits,
+            batch_size=cfg.eval.batch_size,
+            samples=cfg.eval.samples,
+            train_set=self.data.fixed,
+            decode=cfg.eval.decode,
+            search_cfg=cfg.search,
+            pass_k=cfg.eval.pass_k,
+            pass_samples=cfg.eval.pass_samples,
+            temperature=cfg.eval.temperature,
         )
         self._check_context()
 
@@ -128,14 +155,17 @@ class Experiment:
     def _check_context(self) -> None:
         """Fail before training if a training example cannot fit the context: every example
         of a fixed set, or 64 draws at the top difficulty."""
-        examples = self.data.fixed or self.task.sample(np.random.default_rng(0), 64, "train",
-                                                       [self.cfg.task.difficulty[1]])
+        examples = self.data.fixed or self.task.sample(
+            np.random.default_rng(0), 64, "train", [self.cfg.task.difficulty[1]]
+        )
         longest = max(examples, key=self._length)
         need = self._length(longest)
         if need > self.cfg.model.max_len:
             shown = longest.prompt + (self._gold(longest) if self.method.demonstrations else "")
-            raise ConfigError(f"model.max_len={self.cfg.model.max_len} is too short for "
-                              f"task.difficulty={self.cfg.task.difficulty}: {shown!r} needs {need} tokens")
+            raise ConfigError(
+                f"model.max_len={self.cfg.model.max_len} is too short for "
+                f"task.difficulty={self.cfg.task.difficulty}: {shown!r} needs {need} tokens"
+            )
 
     # -- one step ----------------------------------------------------------------------------------
     def next_problems(self, batch: int | None = None) -> list[Problem]:

@@ -8,6 +8,7 @@ waits for the file (an event, not a deadline), then kills the process, its worke
 node, or removes the file to let the run go on. Unset, this costs one dictionary lookup
 per checkpoint.
 """
+
 from __future__ import annotations
 
 import os

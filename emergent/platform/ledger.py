@@ -1,4 +1,5 @@
 """The FLOP ledger: every FLOP a method spends, by part, cumulative over the run."""
+
 from __future__ import annotations
 
 from emergent import tags

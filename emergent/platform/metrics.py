@@ -4,6 +4,7 @@ and pass@k / maj@k over sampled answers.
 Pure numpy. The platform computes them over every held-out trace of a logging window
 (``StepResult.heldout``), so a method never needs to know how they are aggregated.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -71,6 +72,6 @@ def majority_at_k(answers: np.ndarray, correct: np.ndarray, k: int) -> np.ndarra
     correct (ties: the answer seen first). answers: [P, n] answer ids (equal: the same
     answer); correct: [P, n] bool. Returns [P] float."""
     a, ok = answers[:, :k], correct[:, :k]
-    votes = (a[:, :, None] == a[:, None, :]).sum(2)      # [P, k] votes for each sample's answer
-    winner = votes.argmax(1)                             # the first sample holding a top answer
+    votes = (a[:, :, None] == a[:, None, :]).sum(2)  # [P, k] votes for each sample's answer
+    winner = votes.argmax(1)  # the first sample holding a top answer
     return ok[np.arange(len(a)), winner].astype(float)

@@ -1,4 +1,5 @@
 """The stream of training problems a learner consumes, seeded and resumable."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -19,8 +20,17 @@ class ProblemStream:
     ``window`` problems of that difficulty (``report``), the next difficulty joins.
     """
 
-    def __init__(self, task: Task, splits: SplitSpec, *, seed: int, train_size: int | None, data_seed: int = 0,
-                 curriculum: float | None = None, window: int = 256):
+    def __init__(
+        self,
+        task: Task,
+        splits: SplitSpec,
+        *,
+        seed: int,
+        train_size: int | None,
+        data_seed: int = 0,
+        curriculum: float | None = None,
+        window: int = 256,
+    ):
         self.task, self.difficulties = task, splits.difficulties("train")
         self.rng = np.random.default_rng([seed, 0])
         self.fixed: list[Problem] | None = None

@@ -44,6 +44,7 @@ and each batch carries a unique id the learner consumes at most once.
 
 With platform/sweep.py and platform/storage.py, the only modules that use ray.
 """
+
 from __future__ import annotations
 
 import copy
@@ -93,8 +94,12 @@ class TraceWorker:
             self.loaded = weights["version"]
             sync = time.perf_counter() - t0
         collected = self.experiment.collect(problems, version)
-        return collected, {"batch_id": batch_id, "worker": self.index, "busy_s": time.perf_counter() - t0,
-                           "sync_s": sync}
+        return collected, {
+            "batch_id": batch_id,
+            "worker": self.index,
+            "busy_s": time.perf_counter() - t0,
+            "sync_s": sync,
+        }
 
     def pid(self) -> int:
         return os.getpid()
@@ -108,13 +113,13 @@ class LearnerActor:
         self.publishes = bool(self.run.experiment.method.networks())  # workers need our weights
         torch.set_num_threads(learner_threads(cfg, self.publishes, driver_threads))
         self.workers = cfg.ray.workers
-        self.consumed: set[int] = set()          # batch ids learned from
+        self.consumed: set[int] = set()  # batch ids learned from
         self.consumed_traces = 0
-        self.labelled_added = 0                  # traces handed to the reward net's replay
-        self.discarded: list[int] = []           # batch ids too stale to learn from
+        self.labelled_added = 0  # traces handed to the reward net's replay
+        self.discarded: list[int] = []  # batch ids too stale to learn from
         self.batch_flops: dict[str, float] = {}  # what the consumed batches cost to collect
         self.export_s = 0.0
-        self.idle_since = time.perf_counter()    # when the learner last finished a consume (or started)
+        self.idle_since = time.perf_counter()  # when the learner last finished a consume (or started)
 
     def group_address(self) -> str:
         """Where the learner group meets: a free port on this actor's node (rank 0's)."""
@@ -139,8 +144,10 @@ class LearnerActor:
 
     def weights(self) -> dict:
         t0 = time.perf_counter()
-        out = {"version": self.run.step,
-               **{name: to_numpy(m.state_dict()) for name, m in self.run.experiment.method.networks().items()}}
+        out = {
+            "version": self.run.step,
+            **{name: to_numpy(m.state_dict()) for name, m in self.run.experiment.method.networks().items()},
+        }
         self.export_s = time.perf_counter() - t0
         self.idle_since = time.perf_counter()  # exporting is the learner's work, not a wait for data
         return out
@@ -165,8 +172,13 @@ class LearnerActor:
         self.labelled_added += int((~experience.heldout).sum())
         for part, flops in experience.flops.items():
             self.batch_flops[part] = self.batch_flops.get(part, 0.0) + flops
-        timing = BatchTiming(busy_s=info["busy_s"], sync_s=info["sync_s"] + self.export_s, staleness=staleness,
-                             workers=self.workers, wait_s=wait_s)
+        timing = BatchTiming(
+            busy_s=info["busy_s"],
+            sync_s=info["sync_s"] + self.export_s,
+            staleness=staleness,
+            workers=self.workers,
+            wait_s=wait_s,
+        )
         self.run.record(step, time.perf_counter() - t0 + wait_s, timing)
         self.idle_since = time.perf_counter()
         return {"step": self.run.step, "staleness": staleness, "done": self.run.done}
@@ -186,11 +198,17 @@ class LearnerActor:
         ex = self.run.experiment
         method = ex.method
         reward = method.reward
-        return {"step": ex.step, "batches": sorted(self.consumed), "traces": self.consumed_traces,
-                "batch_flops": dict(self.batch_flops),
-                "ledger": dict(ex.ledger.parts), "discarded": list(self.discarded),
-                "labelled_added": self.labelled_added, "labelled": len(reward.replay) if reward else 0,
-                "replay": len(method.replay) if method.replay is not None else 0}
+        return {
+            "step": ex.step,
+            "batches": sorted(self.consumed),
+            "traces": self.consumed_traces,
+            "batch_flops": dict(self.batch_flops),
+            "ledger": dict(ex.ledger.parts),
+            "discarded": list(self.discarded),
+            "labelled_added": self.labelled_added,
+            "labelled": len(reward.replay) if reward else 0,
+            "replay": len(method.replay) if method.replay is not None else 0,
+        }
 
     def close(self) -> dict[str, float]:
         return self.run.close()
@@ -315,11 +333,16 @@ def train_ray(cfg: Config, *, with_counts: bool = False, check_storage: bool = T
         except LearnerLost as lost:
             restarts += 1
             if restarts > cfg.ray.max_restarts:
-                raise RuntimeError(f"the learner actor was lost {restarts} times (ray.max_restarts="
-                                   f"{cfg.ray.max_restarts}); giving up: {lost}") from None
+                raise RuntimeError(
+                    f"the learner actor was lost {restarts} times (ray.max_restarts="
+                    f"{cfg.ray.max_restarts}); giving up: {lost}"
+                ) from None
             dropped += lost.dropped
-            print(f"emergent: the learner actor was lost ({lost.why}); resuming the run from its last "
-                  f"checkpoint ({restarts} of {cfg.ray.max_restarts} restarts)", flush=True)
+            print(
+                f"emergent: the learner actor was lost ({lost.why}); resuming the run from its last "
+                f"checkpoint ({restarts} of {cfg.ray.max_restarts} restarts)",
+                flush=True,
+            )
             cfg = copy.deepcopy(cfg)
             cfg.resume = True
     counts["dropped"] += dropped
@@ -330,19 +353,31 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
     """One learner's life: the run from its checkpoint (if resuming) to its end, or until
     the learner is lost (``LearnerLost``, its workers killed)."""
     r = cfg.ray
-    gpus = r.learner_gpus if r.learner_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
+    gpus = (
+        r.learner_gpus if r.learner_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
+    )
     if gpus == 0 and cfg.device == "cuda":
         raise UserError("device=cuda but the Ray cluster has no GPU for the learner; use device=auto")
     if gpus and r.learners * gpus > ray.cluster_resources().get("GPU", 0):  # else a rank would wait forever
-        raise UserError(f"ray.learners={r.learners} learners of {gpus} GPU each need {r.learners * gpus:g} GPUs; "
-                        f"the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}")
-    learner = ray.remote(LearnerActor).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0).remote(
-        cfg, driver_threads=torch.get_num_threads())
+        raise UserError(
+            f"ray.learners={r.learners} learners of {gpus} GPU each need {r.learners * gpus:g} GPUs; "
+            f"the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}"
+        )
+    learner = (
+        ray.remote(LearnerActor)
+        .options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0)
+        .remote(cfg, driver_threads=torch.get_num_threads())
+    )
     # ranks 1.. of a data-parallel learner group: built beside rank 0, joined before it starts
-    replicas = [ray.remote(LearnerReplica).options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0).remote(
-        cfg, rank, driver_threads=torch.get_num_threads()) for rank in range(1, r.learners)]
-    Worker = ray.remote(TraceWorker).options(num_cpus=r.worker_cpus, num_gpus=r.worker_gpus,
-                                              max_restarts=r.max_restarts, max_task_retries=0)
+    replicas = [
+        ray.remote(LearnerReplica)
+        .options(num_cpus=r.learner_cpus, num_gpus=gpus, max_restarts=0)
+        .remote(cfg, rank, driver_threads=torch.get_num_threads())
+        for rank in range(1, r.learners)
+    ]
+    Worker = ray.remote(TraceWorker).options(
+        num_cpus=r.worker_cpus, num_gpus=r.worker_gpus, max_restarts=r.max_restarts, max_task_retries=0
+    )
     # the workers start while the learner builds its run and evaluates step 0: each start
     # is a process, torch and an Experiment, and none depends on another
     workers = [Worker.remote(cfg, i, threads=max(1, int(r.worker_cpus))) for i in range(r.workers)]
@@ -356,15 +391,18 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
         ray.get([w.pid.remote() for w in workers])  # all started: none falls behind by its start-up
         in_flight_cap = min(r.workers, r.max_staleness + 1)
         if in_flight_cap < r.workers and publishes:
-            print(f"emergent: ray.max_staleness={r.max_staleness} keeps at most {in_flight_cap} batches in flight: "
-                  f"{r.workers - in_flight_cap} of {r.workers} trace workers wait (ray.max_staleness={r.workers - 1} "
-                  f"keeps all busy)", flush=True)
+            print(
+                f"emergent: ray.max_staleness={r.max_staleness} keeps at most {in_flight_cap} batches in flight: "
+                f"{r.workers - in_flight_cap} of {r.workers} trace workers wait (ray.max_staleness={r.workers - 1} "
+                f"keeps all busy)",
+                flush=True,
+            )
         weights = learner.weights.remote() if publishes else None  # one object per version, shared by all workers
-        pending: deque = deque()                     # (ref, worker index, batch id), in dispatch order
+        pending: deque = deque()  # (ref, worker index, batch id), in dispatch order
         idle = deque(range(r.workers))
         next_id = 0
-        step = state["step"]   # the learner's step once every consume submitted so far has run
-        learning = None        # the consume submitted last, not yet awaited
+        step = state["step"]  # the learner's step once every consume submitted so far has run
+        learning = None  # the consume submitted last, not yet awaited
 
         def dispatch() -> None:
             nonlocal next_id
@@ -390,7 +428,9 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
                 ray.get(learner.__ray_ready__.remote())  # raises RayActorError if the learner is gone
                 dropped += 1  # the worker died mid-batch: drop it; Ray restarts the worker
                 if dropped > r.workers * (r.max_restarts + 1):
-                    raise RuntimeError(f"trace workers died {dropped} times (ray.max_restarts={r.max_restarts}); giving up")
+                    raise RuntimeError(
+                        f"trace workers died {dropped} times (ray.max_restarts={r.max_restarts}); giving up"
+                    )
                 print(f"emergent: trace worker {w} died; batch {batch_id} dropped", flush=True)
                 idle.append(w)
                 dispatch()
@@ -402,8 +442,10 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
                 continue
             if replicas:  # one copy in the object store, read by every rank
                 collected = ray.put(collected)
-            previous, learning = learning, [learner.consume.remote(collected, info),
-                                            *[rank.consume.remote(collected) for rank in replicas]]
+            previous, learning = (
+                learning,
+                [learner.consume.remote(collected, info), *[rank.consume.remote(collected) for rank in replicas]],
+            )
             step += 1
             if publishes:
                 weights = learner.weights.remote()  # the version after this consume: a new one per update
@@ -416,8 +458,12 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
             ray.cancel(ref, force=False)
         final = ray.get(learner.close.remote())
         counts = ray.get(learner.counts.remote())
-    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-            ray.exceptions.ObjectLostError, ray.exceptions.RayTaskError) as error:
+    except (
+        ray.exceptions.RayActorError,
+        ray.exceptions.ActorUnavailableError,
+        ray.exceptions.ObjectLostError,
+        ray.exceptions.RayTaskError,
+    ) as error:
         if not _learner_lost(ray, [learner, *replicas], error):
             raise  # a worker's loss the loop does not handle, or a lost object: not the learner's
         # the workers read the lost learner's weights and problems, and the rest of its group
@@ -431,6 +477,8 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
         raise LearnerLost(str(error).strip().splitlines()[0][:200], dropped) from error
     counts["dropped"] = dropped
     if dropped:
-        print(f"emergent: {dropped} batch(es) dropped after worker failures; "
-              f"{len(counts['batches'])} consumed", flush=True)
+        print(
+            f"emergent: {dropped} batch(es) dropped after worker failures; {len(counts['batches'])} consumed",
+            flush=True,
+        )
     return final, counts

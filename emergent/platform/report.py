@@ -18,6 +18,7 @@ interval. Written beside the runs:
 
 A sweep still running gives a partial report that says so (``sweep.json`` lists its runs).
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,30 +41,36 @@ from .stats import Interval, difference_interval, t_interval
 
 REFERENCE = "supervised"  # with learned positions: the series every other is compared with
 SPLIT, EXTRA = "test", "extrapolate"
-DIFFICULTY = {"addition": "digits per operand", "multiplication": "digits of the first operand",
-              "sorting": "list length", "countdown": "numbers given"}  # what each task's knob counts
+DIFFICULTY = {
+    "addition": "digits per operand",
+    "multiplication": "digits of the first operand",
+    "sorting": "list length",
+    "countdown": "numbers given",
+}  # what each task's knob counts
+
+
 @dataclass(frozen=True)
 class RunRecord:
     name: str
     path: Path
-    series: str                  # method (+ grid values that are neither seed nor model size)
-    reference: str               # the supervised series it is compared with (same other grid values)
+    series: str  # method (+ grid values that are neither seed nor model size)
+    reference: str  # the supervised series it is compared with (same other grid values)
     method: str
     task: str
     params: int
-    size: str                    # "0.41M (L2 d128)"
+    size: str  # "0.41M (L2 d128)"
     seed: int
     finished: bool
-    steps: np.ndarray            # [E] training step of each evaluation
-    flops: np.ndarray            # [E] cumulative FLOPs at each evaluation, warm start included
-    evals: dict                  # eval tag -> [E] values
-    elapsed_s: float             # wall clock at the last evaluation
+    steps: np.ndarray  # [E] training step of each evaluation
+    flops: np.ndarray  # [E] cumulative FLOPs at each evaluation, warm start included
+    evals: dict  # eval tag -> [E] values
+    elapsed_s: float  # wall clock at the last evaluation
     train_range: tuple[int, int]
     extrapolate_range: tuple[int, int]
     budget: Optional[float] = None  # train.flop_budget: the run ends at the step that passes it
-    shares_start: bool = False   # started from its seed's shared warm start (or is one)
-    check_steps: bool = False    # task.check_steps: the verdict already required every step true
-    scheme: str = ""             # its position scheme when not learned ("pos=abacus, place_offset=10")
+    shares_start: bool = False  # started from its seed's shared warm start (or is one)
+    check_steps: bool = False  # task.check_steps: the verdict already required every step true
+    scheme: str = ""  # its position scheme when not learned ("pos=abacus, place_offset=10")
 
     def final(self, tag: str) -> float:
         v = self.evals.get(tag)
@@ -107,16 +114,22 @@ class Status:
     def headline(self, root: Path) -> str:
         """The report's first line: partial, ended with failures, or complete."""
         if self.partial:
-            return (f"**Partial report**: {self.line()}. Figures and table use the evaluations logged so far; "
-                    f"run `emergent report {root}` again when the sweep ends.")
+            return (
+                f"**Partial report**: {self.line()}. Figures and table use the evaluations logged so far; "
+                f"run `emergent report {root}` again when the sweep ends."
+            )
         if self.failed:
-            return (f"The sweep ended: {self.finished} of {self.total} runs finished; {len(self.failed)} failed "
-                    f"({', '.join(self.failed)}: see their `failed.txt`) and are left out.")
+            return (
+                f"The sweep ended: {self.finished} of {self.total} runs finished; {len(self.failed)} failed "
+                f"({', '.join(self.failed)}: see their `failed.txt`) and are left out."
+            )
         return f"All {self.total} runs finished."
 
     def line(self) -> str:
-        return (f"{self.finished} of {self.total} runs finished, {self.running} started (running, or stopped "
-                f"unfinished), {self.pending} not started, {len(self.failed)} failed")
+        return (
+            f"{self.finished} of {self.total} runs finished, {self.running} started (running, or stopped "
+            f"unfinished), {self.pending} not started, {len(self.failed)} failed"
+        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,16 +161,22 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
     evals = {t: np.array([e.value for e in acc.Scalars(t)]) for t in scalars if t.startswith("eval/")}
     flops_acc = EventAccumulator(str(path / tags.VS_FLOPS_DIR), size_guidance={"scalars": 0})
     flops_acc.Reload()
-    vs = [e.step for e in flops_acc.Scalars(tags.vs_flops_tag(main))] if tags.vs_flops_tag(main) in \
-        flops_acc.Tags()["scalars"] else []
+    vs = (
+        [e.step for e in flops_acc.Scalars(tags.vs_flops_tag(main))]
+        if tags.vs_flops_tag(main) in flops_acc.Tags()["scalars"]
+        else []
+    )
     e = min(len(steps), len(vs))  # an evaluation is logged to both files, in the same order
     evals = {t: v[:e] for t, v in evals.items() if len(v) >= e}
     elapsed = [x.value for x in acc.Scalars(tags.PERF_ELAPSED_S)] if tags.PERF_ELAPSED_S in scalars else [np.nan]
     method = str(cfg["train"]["method"])
     role = (cell or {}).get("role", "run")
     values = (cell or {}).get("values", {})
-    extras = [f"{k.split('.')[-1]}={v}" for k, v in values.items()
-              if k not in ("seed", "train.method") and not k.startswith("model.")]
+    extras = [
+        f"{k.split('.')[-1]}={v}"
+        for k, v in values.items()
+        if k not in ("seed", "train.method") and not k.startswith("model.")
+    ]
     model = cfg["model"]  # its position scheme names the series (learned, the default, goes unsaid)
     scheme = [f"pos={model['pos']}"] if model.get("pos", "learned") != "learned" else []
     scheme += [f"place_offset={model['place_offset']}"] if model.get("place_offset") else []
@@ -171,13 +190,28 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
     except KeyError:
         done = False
     task = cfg["task"]
-    return RunRecord(path.name, path, series, reference, "warm_start" if role == "warm_start" else method,
-                     str(task["name"]),
-                     params, f"{params / 1e6:.2f}M (L{model['n_layer']} d{model['d_model']})", int(cfg["seed"]),
-                     done, steps[:e], np.asarray(vs[:e], dtype=np.float64) * tags.VS_FLOPS_UNIT, evals,
-                     float(elapsed[-1]), tuple(task["difficulty"]), tuple(task["extrapolate"]),
-                     cfg["train"].get("flop_budget"), role == "warm_start" or bool((cell or {}).get("warm_start")),
-                     bool(task.get("check_steps", False)), scheme)
+    return RunRecord(
+        path.name,
+        path,
+        series,
+        reference,
+        "warm_start" if role == "warm_start" else method,
+        str(task["name"]),
+        params,
+        f"{params / 1e6:.2f}M (L{model['n_layer']} d{model['d_model']})",
+        int(cfg["seed"]),
+        done,
+        steps[:e],
+        np.asarray(vs[:e], dtype=np.float64) * tags.VS_FLOPS_UNIT,
+        evals,
+        float(elapsed[-1]),
+        tuple(task["difficulty"]),
+        tuple(task["extrapolate"]),
+        cfg["train"].get("flop_budget"),
+        role == "warm_start" or bool((cell or {}).get("warm_start")),
+        bool(task.get("check_steps", False)),
+        scheme,
+    )
 
 
 def read_experiment(root: Path) -> tuple[list[RunRecord], Status]:
@@ -189,7 +223,9 @@ def read_experiment(root: Path) -> tuple[list[RunRecord], Status]:
     if sweep.is_file():
         cells = json.loads(sweep.read_text())["cells"]
     else:
-        cells = [{"name": p.name} for p in sorted(root.iterdir()) if p.is_dir() and any(p.glob("events.out.tfevents.*"))]
+        cells = [
+            {"name": p.name} for p in sorted(root.iterdir()) if p.is_dir() and any(p.glob("events.out.tfevents.*"))
+        ]
     runs, failed, running, pending = [], [], 0, 0
     for cell in cells:
         path = root / cell["name"]
@@ -217,8 +253,9 @@ def groups(runs: list[RunRecord]) -> dict[tuple[int, str], list[RunRecord]]:
 @dataclass(frozen=True)
 class Reading:
     """One run read at a common FLOP count."""
-    verdicts: np.ndarray   # [P] per-problem test verdicts (fractional when interpolated), or [1] the mean
-    flops: float           # FLOPs of what was read: the evaluation's own, or F when interpolated
+
+    verdicts: np.ndarray  # [P] per-problem test verdicts (fractional when interpolated), or [1] the mean
+    flops: float  # FLOPs of what was read: the evaluation's own, or F when interpolated
     interpolated: bool
 
 
@@ -256,9 +293,10 @@ def read_at(r: RunRecord, flops: float) -> Optional[Reading]:
 @dataclass(frozen=True)
 class Comparison:
     """A series against its reference at equal FLOPs."""
+
     interval: Interval
-    flops: float                 # F: where both were read
-    read: tuple[float, float]    # mean FLOPs each side's readings stand at (series, reference)
+    flops: float  # F: where both were read
+    read: tuple[float, float]  # mean FLOPs each side's readings stand at (series, reference)
     interpolated: tuple[bool, bool]
 
 
@@ -267,8 +305,11 @@ def pairs(runs: list[RunRecord], ref: list[RunRecord]) -> bool:
     shared warm starts, which are the reference's own prefix (same seeds, same position
     scheme: a warm start with abacus positions is no prefix of a learned-position run)."""
     runs, ref = sorted(runs, key=lambda r: r.seed), sorted(ref, key=lambda r: r.seed)
-    return (all(r.shares_start for r in runs) and [r.seed for r in runs] == [r.seed for r in ref]
-            and {r.scheme for r in runs} == {r.scheme for r in ref})
+    return (
+        all(r.shares_start for r in runs)
+        and [r.seed for r in runs] == [r.seed for r in ref]
+        and {r.scheme for r in runs} == {r.scheme for r in ref}
+    )
 
 
 def frontier_difference(runs: list[RunRecord], ref: list[RunRecord]) -> Optional[Interval]:
@@ -298,13 +339,17 @@ def equal_flops_difference(runs: list[RunRecord], ref: list[RunRecord]) -> Optio
     rows = [x.verdicts for x in a + b]
     if len({len(v) for v in rows}) != 1 or len(rows[0]) == 1:  # per-problem verdicts for every run, or means
         rows = [v.mean(keepdims=True) for v in rows]
-    va, vb = np.stack(rows[:len(a)]), np.stack(rows[len(a):])
-    return Comparison(difference_interval(va, vb, paired=paired), float(flops),
-                      (float(np.mean([x.flops for x in a])), float(np.mean([x.flops for x in b]))),
-                      (any(x.interpolated for x in a), any(x.interpolated for x in b)))
+    va, vb = np.stack(rows[: len(a)]), np.stack(rows[len(a) :])
+    return Comparison(
+        difference_interval(va, vb, paired=paired),
+        float(flops),
+        (float(np.mean([x.flops for x in a])), float(np.mean([x.flops for x in b]))),
+        (any(x.interpolated for x in a), any(x.interpolated for x in b)),
+    )
 
 
 # -- figures ------------------------------------------------------------------------------------
+
 
 def _plt():
     import matplotlib
@@ -330,7 +375,7 @@ def _panels(n: int, title: str):
 
 
 def _band(ax, x, mean, half, label, **kw):
-    line, = ax.plot(x, mean, label=label, **kw)
+    (line,) = ax.plot(x, mean, label=label, **kw)
     if np.isfinite(half).any():
         ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
 
@@ -352,7 +397,9 @@ def figure_compute(g, sizes, task: str, path: Path) -> None:
         for (p, series), rs in g.items():
             if p == params:
                 _band_vs_flops(ax, rs, tag, series)
-        ax.set(title=size, xlabel="cumulative FLOPs (warm start included)", ylabel="test exact match", ylim=(-0.02, 1.02))
+        ax.set(
+            title=size, xlabel="cumulative FLOPs (warm start included)", ylabel="test exact match", ylim=(-0.02, 1.02)
+        )
         ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -363,13 +410,24 @@ def figure_size(g, task: str, path: Path) -> None:
     for ax, metric, label in zip(axes, ("exact_match", "token_accuracy"), ("exact match", "token accuracy (graded)")):
         for i, series in enumerate(dict.fromkeys(s for _, s in g)):
             for split, style in ((SPLIT, "-"), (EXTRA, "--")):  # one colour per series: test solid
-                pts = [(p, t_interval(np.array([r.final(tags.eval_tag(split, metric)) for r in rs])))
-                       for (p, s), rs in g.items() if s == series]
+                pts = [
+                    (p, t_interval(np.array([r.final(tags.eval_tag(split, metric)) for r in rs])))
+                    for (p, s), rs in g.items()
+                    if s == series
+                ]
                 pts = [(p, m, h) for p, (m, h) in pts if np.isfinite(m)]
                 if pts:
                     x, m, h = map(np.array, zip(*pts))
-                    ax.errorbar(x, m, yerr=np.where(np.isfinite(h), h, 0), linestyle=style, marker="o", capsize=3,
-                                color=f"C{i % 10}", label=f"{series}, {split}")
+                    ax.errorbar(
+                        x,
+                        m,
+                        yerr=np.where(np.isfinite(h), h, 0),
+                        linestyle=style,
+                        marker="o",
+                        capsize=3,
+                        color=f"C{i % 10}",
+                        label=f"{series}, {split}",
+                    )
         ax.set(xscale="log", xlabel="parameters", ylabel=label, title=label, ylim=(-0.02, 1.02))
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -384,19 +442,30 @@ def figure_difficulty(g, sizes, task: str, path: Path) -> None:
             if p != params:
                 continue
             span = rs[0].train_range, rs[0].extrapolate_range
-            ds = sorted({int(t.split("/")[2][1:]) for r in rs for t in r.evals
-                         if t.endswith("/exact_match") and t.count("/") == 3 and t.split("/")[1] in (SPLIT, EXTRA)})
+            ds = sorted(
+                {
+                    int(t.split("/")[2][1:])
+                    for r in rs
+                    for t in r.evals
+                    if t.endswith("/exact_match") and t.count("/") == 3 and t.split("/")[1] in (SPLIT, EXTRA)
+                }
+            )
             split_of = {d: SPLIT if span[0][0] <= d <= span[0][1] else EXTRA for d in ds}
             vals = np.array([[r.final(tags.eval_tag(split_of[d], "exact_match", d)) for d in ds] for r in rs])
             m, h = t_interval(vals)
-            ax.errorbar(ds, m, yerr=np.where(np.isfinite(h), h, 0), marker="o", capsize=3,
-                        label=f"{series} ({len(rs)} seeds)")
+            ax.errorbar(
+                ds, m, yerr=np.where(np.isfinite(h), h, 0), marker="o", capsize=3, label=f"{series} ({len(rs)} seeds)"
+            )
             ax.set_xticks(ds)
         if span:
             ax.axvspan(span[0][0] - 0.5, span[0][1] + 0.5, color="grey", alpha=0.15, label="training range")
             ax.axvline(span[1][0] - 0.5, color="grey", linestyle=":", label="extrapolation beyond")
-        ax.set(title=size, xlabel=f"difficulty ({DIFFICULTY.get(task, 'the task knob')})", ylabel="exact match",
-               ylim=(-0.02, 1.02))
+        ax.set(
+            title=size,
+            xlabel=f"difficulty ({DIFFICULTY.get(task, 'the task knob')})",
+            ylabel="exact match",
+            ylim=(-0.02, 1.02),
+        )
         ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -418,8 +487,11 @@ def figure_frontier(g, sizes, task: str, path: Path) -> bool:
             _band_vs_flops(ax, rs, tag, series)
         if top is not None:
             ax.axhline(top, color="grey", linestyle=":", label="longest training length")
-        ax.set(title=size, xlabel="cumulative FLOPs (warm start included)",
-               ylabel=f"frontier ({DIFFICULTY.get(task, 'the task knob')})")
+        ax.set(
+            title=size,
+            xlabel="cumulative FLOPs (warm start included)",
+            ylabel=f"frontier ({DIFFICULTY.get(task, 'the task knob')})",
+        )
         ax.legend(fontsize=8)
     _save(fig, path)
     return True
@@ -462,6 +534,7 @@ def figure_pass_k(g, sizes, task: str, path: Path) -> bool:
 
 # -- the report -------------------------------------------------------------------------------------
 
+
 def _pm(m: float, h: float) -> str:
     return "—" if not np.isfinite(m) else f"{m:.3f}" + (f" ± {h:.3f}" if np.isfinite(h) else "")
 
@@ -473,8 +546,7 @@ def delta_cell(c: Comparison) -> str:
         n = min(iv.seeds)
         return f"{iv.diff:+.3f} ({n} seed{'s' if n != 1 else ''}: no interval over seeds)"
     kind = f"t({iv.df:.0f}) paired" if iv.paired else f"t({iv.df:.1f}) Welch"
-    return (f"{iv.diff:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {kind}"
-            + ("" if iv.problems else ", seeds only"))
+    return f"{iv.diff:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] {kind}" + ("" if iv.problems else ", seeds only")
 
 
 def read_cell(c: Comparison) -> str:
@@ -485,13 +557,17 @@ def read_cell(c: Comparison) -> str:
 def table(g) -> list[str]:
     """(e) series x size: mean ± 95 % t interval over seeds, and the difference from
     supervised at equal FLOPs (``equal_flops_difference``) with the FLOPs each side was read at."""
-    rows = ["| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s "
-            "(this run) | Δ exact match vs supervised at equal FLOPs [95 % interval] | read at FLOPs (this / "
-            "supervised) | test sound exact match | length frontier | Δ frontier vs supervised (finals) |",
-            "|" + "---|" * 13]
+    rows = [
+        "| method | size | seeds | test exact match | test token acc. | extrapolate exact match | FLOPs | wall s "
+        "(this run) | Δ exact match vs supervised at equal FLOPs [95 % interval] | read at FLOPs (this / "
+        "supervised) | test sound exact match | length frontier | Δ frontier vs supervised (finals) |",
+        "|" + "---|" * 13,
+    ]
     for (params, series), rs in g.items():
-        em, tok, ext = (t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
-                        for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match")))
+        em, tok, ext = (
+            t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
+            for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match"))
+        )
         sound = t_interval(np.array([r.sound_final(SPLIT) for r in rs]))
         front = t_interval(np.array([r.final(tags.EVAL_LENGTH_FRONTIER) for r in rs]))
         own = series == rs[0].reference
@@ -506,10 +582,12 @@ def table(g) -> list[str]:
             if f is not None:
                 dfront = delta_cell(Comparison(f, math.nan, (math.nan, math.nan), (False, False)))
         unfinished = sum(not r.finished for r in rs)
-        rows.append(f"| {series} | {rs[0].size} | {len(rs)}{f' ({unfinished} running)' if unfinished else ''} "
-                    f"| {_pm(*em)} | {_pm(*tok)} | {_pm(*ext)} | {np.mean([r.flops[-1] for r in rs]):.2e} "
-                    f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} | {at} | {_pm(*sound)} "
-                    f"| {_pm(*front).replace('.000', '')} | {dfront} |")
+        rows.append(
+            f"| {series} | {rs[0].size} | {len(rs)}{f' ({unfinished} running)' if unfinished else ''} "
+            f"| {_pm(*em)} | {_pm(*tok)} | {_pm(*ext)} | {np.mean([r.flops[-1] for r in rs]):.2e} "
+            f"| {np.nanmean([r.elapsed_s for r in rs]):.0f} | {cmp} | {at} | {_pm(*sound)} "
+            f"| {_pm(*front).replace('.000', '')} | {dfront} |"
+        )
     return rows
 
 
@@ -525,15 +603,22 @@ def write_report(root: str | Path) -> Path:
     figure_difficulty(g, sizes, task, root / "difficulty.png")
     has_pass = figure_pass_k(g, sizes, task, root / "pass_at_k.png")
     has_frontier = figure_frontier(g, sizes, task, root / "frontier.png")
-    problems = {len(rec[f"{SPLIT}/exact"]) for r in runs if (rec := r.problem_record(int(r.steps[-1]))) is not None
-                and f"{SPLIT}/exact" in rec}
+    problems = {
+        len(rec[f"{SPLIT}/exact"])
+        for r in runs
+        if (rec := r.problem_record(int(r.steps[-1]))) is not None and f"{SPLIT}/exact" in rec
+    }
     lines = [f"# {root.name}: {task}", "", status.headline(root), ""]
     lines += [
         "Every figure is the mean over seeds with a 95 % Student-t interval; the seeds of each line are in the "
         "legend and the table. FLOPs count training, generation, search and reward-net compute since random "
         "initialisation, a warm start's included.",
-        f"Test problems per evaluation: {', '.join(map(str, sorted(problems))) or 'not recorded'}.", "",
-        "## (e) Final accuracy per method and size", "", *table(g), "",
+        f"Test problems per evaluation: {', '.join(map(str, sorted(problems))) or 'not recorded'}.",
+        "",
+        "## (e) Final accuracy per method and size",
+        "",
+        *table(g),
+        "",
         "Δ: each method's test exact match minus supervised's at equal FLOPs F, the smallest final compute of "
         "any run of the two (a run that reached `train.flop_budget` counts its budget evaluation as at the "
         "budget). When every run reached the budget, each is read at its budget evaluation, and Δ is the "
@@ -550,19 +635,35 @@ def write_report(root: str | Path) -> Path:
         "`eval/frontier`): the longest held-out length up to which every length reaches the run's "
         "`eval.frontier_threshold`; its Δ is the final frontier minus supervised's, Student's t over seeds "
         "(a frontier has no problems to resample), read at the finals: equal FLOPs when every run reached "
-        "the budget.", "",
-        "## (a) Test exact match vs compute", "", "![compute](compute.png)", "",
-        "## (b) Emergence: exact match and token accuracy vs model size", "", "![size](size.png)", "",
-        "## (c) Exact match per difficulty", "", "![difficulty](difficulty.png)", "",
-        "## (d) pass@k", "",
+        "the budget.",
+        "",
+        "## (a) Test exact match vs compute",
+        "",
+        "![compute](compute.png)",
+        "",
+        "## (b) Emergence: exact match and token accuracy vs model size",
+        "",
+        "![size](size.png)",
+        "",
+        "## (c) Exact match per difficulty",
+        "",
+        "![difficulty](difficulty.png)",
+        "",
+        "## (d) pass@k",
+        "",
         "![pass@k](pass_at_k.png)" if has_pass else "No run sampled completions: set `eval.pass_k` (e.g. [1,4,16,64]).",
         "",
     ]
     if has_frontier:
-        lines += ["## (f) Length frontier vs compute", "",
-                  "The largest length L with exact match >= the run's `eval.frontier_threshold` at every "
-                  "held-out length up to L (test lengths, then the extrapolation lengths).", "",
-                  "![frontier](frontier.png)", ""]
+        lines += [
+            "## (f) Length frontier vs compute",
+            "",
+            "The largest length L with exact match >= the run's `eval.frontier_threshold` at every "
+            "held-out length up to L (test lengths, then the extrapolation lengths).",
+            "",
+            "![frontier](frontier.png)",
+            "",
+        ]
     out = root / "report.md"
     atomic_write(out, lambda f: f.write("\n".join(lines).encode()))
     return out

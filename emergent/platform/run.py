@@ -5,6 +5,7 @@ budget and the logging windows: each step's ``Step`` (and, under Ray, the raw ti
 the batch behind it) is recorded, and when a window closes its scalars are aggregated,
 the perf rates included, with one device sync per window.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,10 +49,11 @@ def samples_markdown(r: SplitResult) -> str:
 @dataclass(frozen=True)
 class BatchTiming:
     """Raw timings of the batch behind a step, from a runtime with trace workers."""
-    busy_s: float      # the worker's time on it: weight load + collect
-    sync_s: float      # weight sync: the learner's export + the worker's load
-    staleness: int     # learner version - the version that wrote it
-    workers: int       # trace workers in the run
+
+    busy_s: float  # the worker's time on it: weight load + collect
+    sync_s: float  # weight sync: the learner's export + the worker's load
+    staleness: int  # learner version - the version that wrote it
+    workers: int  # trace workers in the run
     wait_s: float = 0.0  # the learner's wait for this batch (part of the step's seconds)
 
 
@@ -101,6 +103,7 @@ class Run:
         self.resumed = cfg.resume and ex.try_resume()
         if cfg.resume and not self.resumed:
             print(f"emergent: no checkpoint at {cfg.run_dir / LAST}; starting fresh", flush=True)
+
         # Events up to the checkpoint's step were flushed before it was saved; later ones
         # (written by the killed process after it) are hidden by purge_step. A fresh start
         # where an earlier attempt logged (it died before its first checkpoint, or had its
@@ -112,8 +115,9 @@ class Run:
 
         self.logger = TBLogger(cfg.run_dir, purge_step=purge(cfg.run_dir, ex.step))
         # the evaluations again, against cumulative FLOPs: its own event file, purged by FLOPs
-        self.vs_flops = TBLogger(cfg.run_dir / tags.VS_FLOPS_DIR,
-                                 purge_step=purge(cfg.run_dir / tags.VS_FLOPS_DIR, self._flop_step()))
+        self.vs_flops = TBLogger(
+            cfg.run_dir / tags.VS_FLOPS_DIR, purge_step=purge(cfg.run_dir / tags.VS_FLOPS_DIR, self._flop_step())
+        )
         if not self.resumed:
             self.logger.text(tags.TEXT_CONFIG, f"```yaml\n{to_yaml(cfg)}\n```", 0)
         self.peak = peak_flops(ex.device)
@@ -124,12 +128,12 @@ class Run:
 
     def _reset_window(self) -> None:
         self.window: list[Step] = []
-        self.window_s = 0.0                   # seconds the steps of the window took
+        self.window_s = 0.0  # seconds the steps of the window took
         self.window_t0 = time.perf_counter()  # wall clock at the window's start
-        self.window_busy = 0.0                # trace workers' busy seconds inside the window
+        self.window_busy = 0.0  # trace workers' busy seconds inside the window
         self.window_workers = 0
-        self.window_wait = 0.0                # the learner's seconds waiting for batches
-        self.window_other = 0.0               # the learner's evaluations and checkpoints
+        self.window_wait = 0.0  # the learner's seconds waiting for batches
+        self.window_other = 0.0  # the learner's evaluations and checkpoints
 
     @property
     def step(self) -> int:
@@ -146,8 +150,11 @@ class Run:
 
     def _due(self) -> bool:
         t = self.cfg.train
-        return (self.experiment.step >= t.steps or (t.time_limit_s is not None and self.elapsed_s >= t.time_limit_s)
-                or (t.flop_budget is not None and self.experiment.ledger.total >= t.flop_budget))
+        return (
+            self.experiment.step >= t.steps
+            or (t.time_limit_s is not None and self.elapsed_s >= t.time_limit_s)
+            or (t.flop_budget is not None and self.experiment.ledger.total >= t.flop_budget)
+        )
 
     @property
     def done(self) -> bool:
@@ -174,8 +181,9 @@ class Run:
         results = self.experiment.evaluate()
         self.last_eval = scalars(results, self.cfg.eval.frontier_threshold)
         n = self.experiment.step
-        self.logger.scalars({**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0,
-                             tags.PERF_ELAPSED_S: self.elapsed_s}, n)
+        self.logger.scalars(
+            {**self.last_eval, tags.PERF_EVAL_S: time.perf_counter() - t0, tags.PERF_ELAPSED_S: self.elapsed_s}, n
+        )
         self.vs_flops.scalars({tags.vs_flops_tag(k): v for k, v in self.last_eval.items()}, self._flop_step())
         save_evaluation(self.cfg.run_dir / tags.EVALS_DIR / f"step_{n:06d}.npz", results)
         for split, r in results.items():
@@ -193,8 +201,11 @@ class Run:
             self.window_busy += min(timing.busy_s, now - self.window_t0)
             self.window_workers = timing.workers
             self.window_wait += timing.wait_s
-            step = Step(step.result, {**step.scalars, tags.PERF_STALENESS: float(timing.staleness),
-                                      tags.PERF_WEIGHT_SYNC_S: timing.sync_s}, step.traces)
+            step = Step(
+                step.result,
+                {**step.scalars, tags.PERF_STALENESS: float(timing.staleness), tags.PERF_WEIGHT_SYNC_S: timing.sync_s},
+                step.traces,
+            )
         self.window.append(step)
         self.window_s += seconds
         n = self.experiment.step
@@ -231,8 +242,11 @@ class Run:
         faults.after_checkpoint(self.cfg.run_dir, self.experiment.step)  # a test's hold point, when set
 
     def close(self) -> dict[str, float]:
-        hp = {k: v for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(self.cfg))).items()
-              if k not in RESUMABLE_CHANGES}
+        hp = {
+            k: v
+            for k, v in flatten(OmegaConf.to_container(OmegaConf.structured(self.cfg))).items()
+            if k not in RESUMABLE_CHANGES
+        }
         hp["model.params"] = self.experiment.model.num_params()
         self.logger.hparams(hp, {k: v for k, v in self.last_eval.items() if "/d" not in k})
         self.logger.close()

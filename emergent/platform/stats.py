@@ -19,6 +19,7 @@ three values cannot know (it resamples 3 numbers and behaves like a normal inter
 a variance biased low by 2/3). ``benchmarks/interval_coverage.py`` measures how often
 each interval excludes zero when the methods are equal.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,13 +68,14 @@ def t_interval(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @dataclass(frozen=True)
 class Interval:
     """A difference of means with its 95 % interval (lo, hi nan when either side has one seed)."""
+
     diff: float
     lo: float
     hi: float
-    se: float          # standard error of diff (nan with one seed)
-    df: float          # degrees of freedom of the t quantile
-    paired: bool       # seeds paired (seed s of each side shares its start)
-    problems: bool     # the problem part is in (per-problem verdicts on the same problems)
+    se: float  # standard error of diff (nan with one seed)
+    df: float  # degrees of freedom of the t quantile
+    paired: bool  # seeds paired (seed s of each side shares its start)
+    problems: bool  # the problem part is in (per-problem verdicts on the same problems)
     seeds: tuple[int, int]  # seeds on each side
 
     @property
@@ -86,7 +88,7 @@ def _residual_ms(x: np.ndarray) -> float:
     run-by-problem noise of one verdict."""
     s, p = x.shape
     resid = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + x.mean()
-    return float((resid ** 2).sum() / ((s - 1) * (p - 1)))
+    return float((resid**2).sum() / ((s - 1) * (p - 1)))
 
 
 def difference_interval(a: np.ndarray, b: np.ndarray, *, paired: bool) -> Interval:
@@ -108,14 +110,14 @@ def difference_interval(a: np.ndarray, b: np.ndarray, *, paired: bool) -> Interv
     if sa < 2 or sb < 2:
         return Interval(diff, math.nan, math.nan, math.nan, math.nan, paired, p > 1, (sa, sb))
     if paired:
-        d = a - b                                            # [S, P]
-        seed_var = d.mean(1).var(ddof=1) / sa                # var_seed / S + var_residual / (S P)
+        d = a - b  # [S, P]
+        seed_var = d.mean(1).var(ddof=1) / sa  # var_seed / S + var_residual / (S P)
         df = sa - 1.0
-        noise = _residual_ms(d) / sa if p > 1 else 0.0       # the residual's share of a problem mean
+        noise = _residual_ms(d) / sa if p > 1 else 0.0  # the residual's share of a problem mean
     else:
         va, vb = a.mean(1).var(ddof=1) / sa, b.mean(1).var(ddof=1) / sb
         seed_var = va + vb
-        df = seed_var ** 2 / (va ** 2 / (sa - 1) + vb ** 2 / (sb - 1)) if seed_var > 0 else sa + sb - 2.0
+        df = seed_var**2 / (va**2 / (sa - 1) + vb**2 / (sb - 1)) if seed_var > 0 else sa + sb - 2.0
         noise = _residual_ms(a) / sa + _residual_ms(b) / sb if p > 1 else 0.0
     problem_var = 0.0
     if p > 1:  # the per-problem differences of seed means vary by the problem effect plus noise

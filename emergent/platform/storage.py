@@ -11,6 +11,7 @@ runs' writes would) and writes its own file beside it, which the driver must rea
 Any node that fails is a ``UserError`` (the CLI: one line, exit 2) naming the node and
 the path, before any run starts.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -55,17 +56,23 @@ def check_shared_storage(ray, logdir: str, timeout_s: float = 300.0) -> None:
     (where / name).write_text(name)
     task = ray.remote(num_cpus=0, max_retries=0)(probe)
     try:
-        refs = {n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(logdir, name, n["NodeID"]) for n in nodes}
+        refs = {
+            n["NodeID"]: task.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(logdir, name, n["NodeID"])
+            for n in nodes
+        }
         for node in nodes:
             why = ray.get(refs[node["NodeID"]], timeout=timeout_s)
             mine = where / f"{name}.{node['NodeID']}"
             if why is None and not (mine.is_file() and mine.read_text() == name):
                 why = f"writes where this machine does not read ({mine} is missing)"
             if why is not None:
-                raise UserError(f"logdir {logdir} is not storage every node sees: node {node['NodeManagerAddress']} "
-                                f"({node['NodeID'][:12]}) {why}; give logdir on a shared filesystem (NFS) or a "
-                                f"mounted bucket, as an absolute path")
+                raise UserError(
+                    f"logdir {logdir} is not storage every node sees: node {node['NodeManagerAddress']} "
+                    f"({node['NodeID'][:12]}) {why}; give logdir on a shared filesystem (NFS) or a "
+                    f"mounted bucket, as an absolute path"
+                )
     finally:
         for f in where.glob(f"{name}*"):
             f.unlink(missing_ok=True)

@@ -36,6 +36,7 @@ last checkpoint, so ``logdir`` must be storage every node sees. A run that fails
 code is recorded (``<run>/failed.txt``), not retried, while the others go on, and the sweep
 exits 1 at the end, naming it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -54,24 +55,24 @@ from .config import Config, ConfigError, flatten, load_config, load_yaml, to_yam
 
 SWEEP_KEYS = {"experiment", "base", "grid", "per_method", "flop_budget", "warm_start", "resources", "skip"}
 WARM = "supervised"  # the method a shared warm start trains
-SYSTEM_RETRIES = 3   # times a run lost with its worker or node is run again (from its checkpoint)
+SYSTEM_RETRIES = 3  # times a run lost with its worker or node is run again (from its checkpoint)
 
 
 @dataclass(frozen=True)
 class Cell:
-    name: str                      # run name: the cell's grid values
-    values: dict                   # grid key -> value
-    overrides: tuple[str, ...]     # on top of the base, in order
+    name: str  # run name: the cell's grid values
+    values: dict  # grid key -> value
+    overrides: tuple[str, ...]  # on top of the base, in order
     warm_start: Optional[str] = None  # the warm-start cell this run starts from
-    role: str = "run"              # "run", or "warm_start": trained for other runs to start from
+    role: str = "run"  # "run", or "warm_start": trained for other runs to start from
 
 
 @dataclass(frozen=True)
 class Sweep:
     experiment: str
-    base: Optional[str]            # a config file
-    base_keys: tuple[str, ...]     # inline base keys as overrides
-    cells: tuple[Cell, ...]        # warm starts first
+    base: Optional[str]  # a config file
+    base_keys: tuple[str, ...]  # inline base keys as overrides
+    cells: tuple[Cell, ...]  # warm starts first
     cpus: float
     gpus: float
     logdir: str
@@ -151,8 +152,12 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
             others = {k: v for k, v in values.items() if k != "train.method" and k not in warm_keys}
             warm_name = "warm_start_" + _name(others) if others else "warm_start"
             if warm_name not in warm_cells:
-                warm_over = [*(f"{k}={_value(v)}" for k, v in others.items()), f"train.method={WARM}",
-                             *per_method.get(WARM, []), *_dotlist(warm, "warm_start")]
+                warm_over = [
+                    *(f"{k}={_value(v)}" for k, v in others.items()),
+                    f"train.method={WARM}",
+                    *per_method.get(WARM, []),
+                    *_dotlist(warm, "warm_start"),
+                ]
                 warm_cells[warm_name] = Cell(warm_name, others, tuple(warm_over), role="warm_start")
         cells.append(Cell(name, values, tuple([*cell_over, *per_method.get(method, []), *common]), warm_name))
     for cell in [*warm_cells.values(), *cells]:
@@ -170,8 +175,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
     for name, cfg in configs.items():
         if cfg.runtime == "ray":  # the learner shares its task's bundle: it must fit there
             if cfg.ray.learner_cpus > cpus or (cfg.ray.learner_gpus or 0) > gpus:
-                raise ConfigError(f"sweep cell {name}: ray.learner_cpus/learner_gpus must fit in the run's "
-                                  f"resources (cpus={cpus}, gpus={gpus})")
+                raise ConfigError(
+                    f"sweep cell {name}: ray.learner_cpus/learner_gpus must fit in the run's "
+                    f"resources (cpus={cpus}, gpus={gpus})"
+                )
             cfg.ray.learner_gpus = gpus if cfg.ray.learner_gpus is None else cfg.ray.learner_gpus
     logdir = next(iter(configs.values())).logdir
     sweep = Sweep(experiment, base_file, tuple(base_keys), (*warm_cells.values(), *cells), cpus, gpus, logdir)
@@ -181,6 +188,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Sweep, 
 def bundles(cfg: Config, cpus: float, gpus: float) -> list[dict[str, float]]:
     """The placement-group bundles of a ``runtime=ray`` run: its task and learner, then one
     per trace worker."""
+
     def bundle(c: float, g: float) -> dict[str, float]:
         return {k: v for k, v in (("CPU", c), ("GPU", g)) if v > 0}
 
@@ -244,15 +252,24 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
     import ray  # after validation: a bad sweep costs no Ray start
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
-                 include_dashboard=any(c.ray.dashboard for c in configs.values()))
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            log_to_driver=False,
+            include_dashboard=any(c.ray.dashboard for c in configs.values()),
+        )
     from .storage import check_shared_storage
 
     check_shared_storage(ray, sweep.logdir)  # every node must read and write it: before any run starts
     root = Path(sweep.logdir) / sweep.experiment
-    listing = {"experiment": sweep.experiment, "cells": [
-        {"name": c.name, "values": c.values, "role": c.role, "warm_start": c.warm_start} for c in sweep.cells]}
-    atomic_write(root / SWEEP_FILE, lambda f: f.write(json.dumps(listing, indent=1).encode()))  # `emergent report` reads it
+    listing = {
+        "experiment": sweep.experiment,
+        "cells": [
+            {"name": c.name, "values": c.values, "role": c.role, "warm_start": c.warm_start} for c in sweep.cells
+        ],
+    }
+    atomic_write(
+        root / SWEEP_FILE, lambda f: f.write(json.dumps(listing, indent=1).encode())
+    )  # `emergent report` reads it
     for cell in sweep.cells:  # an unfinished run (failed, or killed) counts as pending until it starts again
         if not (configs[cell.name].run_dir / DONE).exists():
             (configs[cell.name].run_dir / STARTED).unlink(missing_ok=True)
@@ -268,15 +285,19 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
 
     def submit(cfg: Config, warm):
         if cfg.runtime != "ray":
-            return task.options(num_cpus=sweep.cpus, num_gpus=sweep.gpus).remote(to_yaml(cfg), str(cfg.run_dir),
-                                                                                   threads, warm)
+            return task.options(num_cpus=sweep.cpus, num_gpus=sweep.gpus).remote(
+                to_yaml(cfg), str(cfg.run_dir), threads, warm
+            )
         pg = groups[cfg.run_name] = placement_group(bundles(cfg, sweep.cpus, sweep.gpus), strategy="PACK")
-        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0,
-                                                    placement_group_capture_child_tasks=True)
+        strategy = PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        )
         # the task only drives: its bundle's CPUs and GPUs are the learner actor's
         return task.options(num_cpus=0, num_gpus=0, scheduling_strategy=strategy).remote(
-            to_yaml(cfg), str(cfg.run_dir), threads, warm)
-    refs: dict[str, Any] = {}   # cell name -> ObjectRef, or the done record of a finished run
+            to_yaml(cfg), str(cfg.run_dir), threads, warm
+        )
+
+    refs: dict[str, Any] = {}  # cell name -> ObjectRef, or the done record of a finished run
     skipped = 0
     for cell in sweep.cells:  # warm starts come first, so their refs exist for their dependents
         cfg = configs[cell.name]
@@ -287,8 +308,11 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
             continue
         warm = refs.get(cell.warm_start) if cell.warm_start else None
         refs[cell.name] = submit(cfg, warm)
-    print(f"sweep {sweep.experiment}: {len(sweep.cells)} runs, {skipped} already finished (skipped), "
-          f"logs under {Path(sweep.logdir) / sweep.experiment}", flush=True)
+    print(
+        f"sweep {sweep.experiment}: {len(sweep.cells)} runs, {skipped} already finished (skipped), "
+        f"logs under {Path(sweep.logdir) / sweep.experiment}",
+        flush=True,
+    )
     pending = {ref: name for name, ref in refs.items() if isinstance(ref, ray.ObjectRef)}
     failed: dict[str, str] = {}
     last, printed = "", 0.0
@@ -314,7 +338,9 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
     for name, error in failed.items():
         print(f"sweep: run {name} failed: {error} (see {configs[name].run_dir / FAILED})", flush=True)
     if failed:
-        print(f"sweep {sweep.experiment}: {len(failed)} of {len(sweep.cells)} runs failed: {sorted(failed)}", flush=True)
+        print(
+            f"sweep {sweep.experiment}: {len(failed)} of {len(sweep.cells)} runs failed: {sorted(failed)}", flush=True
+        )
         return 1
     print(f"sweep {sweep.experiment}: all {len(sweep.cells)} runs finished", flush=True)
     return 0

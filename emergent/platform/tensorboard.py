@@ -1,4 +1,5 @@
 """TensorBoard writer: one run directory per (experiment, method, model size, seed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
