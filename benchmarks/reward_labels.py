@@ -47,7 +47,10 @@ def traces(policy, task, problems, samples: int, seed: int):
     s = task.verify_batch(probs, ro.completions, with_steps=True)
     answer = s.exact * ro.finished
     labels = {"answer": answer, "process": answer, "sound": answer & ~s.false_step}
-    first_false = [int(np.argmin(l)) if len(l) and not l.all() else -1 for l in task.step_labels(probs, ro.completions)]
+    first_false = [
+        int(np.argmin(steps)) if len(steps) and not steps.all() else -1
+        for steps in task.step_labels(probs, ro.completions)
+    ]
     return ro, {k: v.astype(float) for k, v in labels.items()}, first_false
 
 

@@ -58,11 +58,12 @@ def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool,
     problems = task.sample(np.random.default_rng(0), batch, "train", [length])
     data = encode_batch(TOKENIZER, [p.prompt for p in problems], [p.trace for p in problems], cfg.max_len).to(device)
     B, T = data.inputs.shape
-    step = lambda: learner.step(
-        lambda: loss_fn(model, data),
-        tokens=B * T,  # noqa: E731
-        flops=model.flops_per_token(T, backward=True) * B * T,
-    )
+
+    def step():
+        return learner.step(
+            lambda: loss_fn(model, data), tokens=B * T, flops=model.flops_per_token(T, backward=True) * B * T
+        )
+
     for _ in range(3):  # warm-up (and compilation)
         step()
     sync(device)
@@ -311,7 +312,8 @@ def main() -> None:
         kv = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=True)
         st = bench_generate(cfg, device, batch=args.gen_batch, new_tokens=new, use_cache=True, static=True)
         print(
-            f"generate full recompute (baseline)     {rec['new_tokens_per_s']:>12,.0f} new tok/s  ({args.gen_batch} rows x {new})"
+            f"generate full recompute (baseline)     {rec['new_tokens_per_s']:>12,.0f} new tok/s  "
+            f"({args.gen_batch} rows x {new})"
         )
         print(
             f"generate KV cache                      {kv['new_tokens_per_s']:>12,.0f} new tok/s  "

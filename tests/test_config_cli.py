@@ -116,7 +116,7 @@ def test_eval_prints_every_split_and_difficulty(checkpoint, capsys):
     out = capsys.readouterr().out
     for split in ("train", "test", "extrapolate"):
         assert split in out
-    rows = [l.split() for l in out.splitlines()[2:]]
+    rows = [line.split() for line in out.splitlines()[2:]]
     assert {(r[0], r[1]) for r in rows} >= {("test", "all"), ("test", "1"), ("test", "2"), ("extrapolate", "3")}
 
 
@@ -124,7 +124,8 @@ def test_real_process_exit_code_is_2():
     proc = run_cli("train", "task.name=chess", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "emergent: error: task.name='chess' is not valid; choose one of ['addition', 'countdown', 'multiplication', 'sorting']"
+        "emergent: error: task.name='chess' is not valid; "
+        "choose one of ['addition', 'countdown', 'multiplication', 'sorting']"
     ]
 
 

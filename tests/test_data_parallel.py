@@ -138,14 +138,15 @@ def test_two_learners_on_half_batches_resumed_from_rank_0s_checkpoint_reach_the_
     ranks = [pickle.loads(got[r]) for r in range(2)]
 
     for method, want in reference.items():
-        for rank, result in enumerate(ranks):
+        for result in ranks:
             r = result[method]
             for net in ("model", "reward_net"):
                 if want[net] is None:
                     continue
                 for name, value in want[net].items():
+                    where = f"{method} {net}.{name}"
                     torch.testing.assert_close(
-                        r[net][name], value, rtol=1e-4, atol=2e-5, msg=lambda m: f"{method} {net}.{name}: {m}"
+                        r[net][name], value, rtol=1e-4, atol=2e-5, msg=lambda m, where=where: f"{where}: {m}"
                     )
                     # and the ranks agree with each other exactly: they took the same summed step
                     assert torch.equal(r[net][name], ranks[0][method][net][name]), (method, net, name)

@@ -14,8 +14,8 @@ from emergent.platform.metrics import auc, expected_calibration_error
 
 
 def brute_auc(scores, labels):
-    pos = [s for s, l in zip(scores, labels) if l]
-    neg = [s for s, l in zip(scores, labels) if not l]
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
     pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p, n in itertools.product(pos, neg)]
     return sum(pairs) / len(pairs)
 

@@ -104,11 +104,10 @@ def test_a_sweep_survives_the_loss_of_a_node_and_counts_nothing_twice(tmp_path, 
             stderr=subprocess.STDOUT,
             text=True,
         )
-        held = lambda: {
-            n: int((root / n / HELD).read_text().split()[1])  # noqa: E731
-            for n in RUNS
-            if (root / n / HELD).is_file()
-        }
+
+        def held():
+            return {n: int((root / n / HELD).read_text().split()[1]) for n in RUNS if (root / n / HELD).is_file()}
+
         wait_until(lambda: len(held()) == 2, proc)
         raylet = worker.all_processes["raylet"][0].process.pid
         lost = [n for n, pid in held().items() if raylet in ancestors(pid)]

@@ -255,7 +255,7 @@ def test_every_gold_step_is_true_and_a_task_without_a_scratchpad_has_no_checker(
         task.make_problem(rng, d) for d in range(task.min_difficulty, task.min_difficulty + 3) for _ in range(50)
     ]
     labels = task.step_labels(problems, [p.trace for p in problems])
-    assert all(len(l) == p.trace.split(">")[0].count(",") + 1 and l.all() for p, l in zip(problems, labels))
+    assert all(len(y) == p.trace.split(">")[0].count(",") + 1 and y.all() for p, y in zip(problems, labels))
     scores = task.verify_batch(problems, [p.trace for p in problems], with_steps=True)
     assert scores.exact.all() and not scores.false_step.any()
     other = [f for f in task.formats if f != "scratchpad"][0]

@@ -246,6 +246,14 @@ class AlphaZero(SelfImprover):
         learn takes no step, not even weight decay): see the module's docstring."""
         if self.cfg.learn_from == "solved":
             return replay_nll_updates(self), {}
+        expert = self.cfg.learn_from == "expert"
+
+        def loss_fn(batch, target, accepted):
+            if expert:
+                return expert_loss(self.policy, batch, accepted, target)
+            logp = torch.log_softmax(upcast(self.policy(batch.inputs)), -1)
+            return masked_mean(-(target * logp).sum(-1), (target.sum(-1) > 0).float())  # the searched moves
+
         updates = []
         for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
             items = self.replay.sample(self.learn_rng, self.cfg.train_batch)
@@ -259,17 +267,9 @@ class AlphaZero(SelfImprover):
                 v = t.target[: T - start]
                 target[row, start : start + len(v)] = v
             accepted = torch.tensor([t.label for t in items], dtype=torch.float32)
-            expert = self.cfg.learn_from == "expert"
             if not bool((target.sum(-1) > 0).any()) and not (expert and bool(accepted.any())):
                 continue
             batch, target, accepted = batch.to(self.device), target.to(self.device), accepted.to(self.device)
-
-            def loss_fn(batch, target, accepted):
-                if expert:
-                    return expert_loss(self.policy, batch, accepted, target)
-                logp = torch.log_softmax(upcast(self.policy(batch.inputs)), -1)
-                return masked_mean(-(target * logp).sum(-1), (target.sum(-1) > 0).float())  # the searched moves
-
             updates.append(
                 self.learner.step(
                     loss_fn,

@@ -18,8 +18,9 @@ Filters: ``none`` keeps every label that ended with EOS (an unfinished label is 
 commonest length (Lee's length filter for forward addition: a label too short has lost digits);
 ``vote`` keeps a label when at least ``vote_threshold`` of ``votes`` samples at
 ``vote_temperature`` give the same answer (Lee vote across models; here across samples of
-one model); ``length+vote`` applies both. ``noise`` replaces that share of labels with a wrong one (one digit changed) before the
-filter: the negative control, the "error avalanche" of unfiltered self-labels.
+one model); ``length+vote`` applies both. ``noise`` replaces that share of labels with a
+wrong one (one digit changed) before the filter: the negative control, the "error avalanche"
+of unfiltered self-labels.
 
 Fast mode (``self_label.fast``, Lee's accelerated rounds): a round may add up to
 ``fast_max`` difficulties instead of one. It labels every difficulty from the last round's

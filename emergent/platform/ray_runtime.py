@@ -38,9 +38,11 @@ duplicate, not past the end), and a replica resumes from rank 0's checkpoint.
 Faults: a trace worker that dies is restarted by Ray (``ray.max_restarts``); the batch it
 was writing is dropped (its problems are simply not trained on) and the worker gets a new
 one. A learner (any rank) that dies with its process or node ends that learner's life: its
-workers and the rest of its group are killed and the run starts again from its last checkpoint with ``resume=true`` (also up
-to ``ray.max_restarts`` times); ``Run`` hides what the lost learner logged past it. Nothing reaches the replay buffers or the FLOP ledger except through ``consume``,
-and each batch carries a unique id the learner consumes at most once.
+workers and the rest of its group are killed and the run starts again from its last
+checkpoint with ``resume=true`` (also up to ``ray.max_restarts`` times); ``Run`` hides what
+the lost learner logged past it. Nothing reaches the replay buffers or the FLOP ledger
+except through ``consume``, and each batch carries a unique id the learner consumes at most
+once.
 
 With platform/sweep.py and platform/storage.py, the only modules that use ray.
 """
@@ -430,7 +432,7 @@ def _train_ray_once(ray, cfg: Config) -> tuple[dict[str, float], dict]:
                 if dropped > r.workers * (r.max_restarts + 1):
                     raise RuntimeError(
                         f"trace workers died {dropped} times (ray.max_restarts={r.max_restarts}); giving up"
-                    )
+                    ) from None
                 print(f"emergent: trace worker {w} died; batch {batch_id} dropped", flush=True)
                 idle.append(w)
                 dispatch()

@@ -326,7 +326,8 @@ def run_sweep(path: str | Path, overrides: Sequence[str] = ()) -> int:
                 result = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"}
                 lost = configs[name].run_dir
                 lost.mkdir(parents=True, exist_ok=True)
-                atomic_write(lost / FAILED, lambda f: f.write(result["error"].encode()))
+                error = result["error"].encode()
+                atomic_write(lost / FAILED, lambda f, error=error: f.write(error))
             if name in groups:
                 remove_placement_group(groups.pop(name))
             if "error" in result:
