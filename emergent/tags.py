@@ -76,7 +76,11 @@ REWARD_SIBLING_AUC = "reward_net/sibling_pair_auc"
 REWARD_SIBLING_PAIRS = "reward_net/sibling_pairs"
 
 # -- eval/ and text --------------------------------------------------------------------------------
-EVAL_METRICS = ("exact_match", "token_accuracy", "edit_distance")
+# every evaluation's metrics, each a mean over a split's problems (``Scores``: the answer equals
+# gold or the task's check accepts it; the share of the gold's characters matched in place;
+# the normalised edit distance to gold)
+EVAL_EXACT, EVAL_TOKEN_ACCURACY, EVAL_EDIT_DISTANCE = "exact_match", "token_accuracy", "edit_distance"
+EVAL_METRICS = (EVAL_EXACT, EVAL_TOKEN_ACCURACY, EVAL_EDIT_DISTANCE)
 # scratchpad formats with a step checker: the share of right answers whose scratchpad holds a
 # false step (the verifier accepts them unless task.check_steps; 0 when no answer is right)
 EVAL_FALSE_STEPS = "false_steps"

@@ -167,7 +167,7 @@ def test_every_shipped_config_loads():
 
 
 def _table(capsys) -> dict[tuple[str, str], list[float]]:
-    """(split, difficulty) -> [n, exact_match, token_acc, edit_dist] from `emergent eval`'s output."""
+    """(split, difficulty) -> [n, exact_match, token_accuracy, edit_distance] from `emergent eval`'s output."""
     lines = capsys.readouterr().out.splitlines()[2:]
     assert lines[-1].startswith("length frontier (exact match >= 0.99 at every length up to it): test ")
     rows = [line.split() for line in lines[:-1]]

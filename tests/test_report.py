@@ -479,3 +479,11 @@ def test_seeds_pair_only_with_a_reference_their_warm_starts_are_a_prefix_of(tmp_
     assert pairs(ei, sup) and not pairs(sup, sup)  # supervised runs start from nothing shared
     assert not pairs([replace(r, scheme="pos=abacus") for r in ei], sup)  # an abacus warm start: no prefix
     assert not pairs(ei[:2], sup)
+
+
+def test_a_figures_difficulty_axis_names_what_the_tasks_difficulty_counts():
+    from emergent.platform.report import difficulty_label
+
+    assert difficulty_label("addition") == "digits per operand"
+    assert difficulty_label("countdown") == "numbers given"
+    assert difficulty_label("addition, countdown") == "the task knob"  # a report over two tasks

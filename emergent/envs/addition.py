@@ -33,6 +33,7 @@ _STEP = re.compile(r"(\d)\+(\d)\+(\d)=(\d+)")
 @register_task
 class Addition(Task):
     name = "addition"
+    difficulty_label = "digits per operand"
     formats = ("reversed", "plain", "scratchpad")
     max_difficulty = 18
 

@@ -126,6 +126,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]] = ("plain",)
+    difficulty_label: ClassVar[str] = "the task knob"  # what difficulty counts (figures' axes)
     min_difficulty: ClassVar[int] = 1
     max_difficulty: ClassVar[int] = 12
 

@@ -171,6 +171,7 @@ def steps_to_expression(steps: list[tuple[int, str, int, int]], numbers: Sequenc
 @register_task
 class Countdown(Task):
     name = "countdown"
+    difficulty_label = "numbers given"
     formats = ("scratchpad", "plain")
     min_difficulty = 2
     max_difficulty = 6

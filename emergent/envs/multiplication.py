@@ -33,6 +33,7 @@ def place_values(b: int) -> list[int]:
 @register_task
 class Multiplication(Task):
     name = "multiplication"
+    difficulty_label = "digits of the first operand"
     formats = ("scratchpad", "plain", "reversed")
     max_difficulty = 9
 

@@ -13,6 +13,7 @@ from .base import Problem, Task, register_task
 @register_task
 class Sorting(Task):
     name = "sorting"
+    difficulty_label = "list length"
     max_difficulty = 30
 
     def make_problem(self, rng: np.random.Generator, difficulty: int) -> Problem:

@@ -43,7 +43,7 @@ def cmd_train(args: Sequence[str]) -> int:
         final = train_ray(cfg)
     else:
         final = train_local(cfg)
-    shown = {k: v for k, v in final.items() if k.endswith("exact_match") and "/d" not in k}
+    shown = {k: v for k, v in final.items() if k.endswith(tags.EVAL_EXACT) and "/d" not in k}
     print(
         f"emergent: finished {cfg.run_dir} at step {int(final['step'])}: "
         + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())),
@@ -70,21 +70,15 @@ def cmd_eval(args: Sequence[str]) -> int:
     results = exp.evaluate()
     print(f"checkpoint {path} (step {state['step']}, task {cfg.task.name}, format {exp.task.format})")
     steps = exp.task.has_step_checker  # a column for the right answers whose scratchpad has a false step
-    print(
-        f"{'split':<12} {'difficulty':>10} {'n':>6} {'exact_match':>12} {'token_acc':>10} {'edit_dist':>10}"
-        + (f" {'false_steps':>12}" if steps else "")
-    )
+    columns = [*tags.EVAL_METRICS, *([tags.EVAL_FALSE_STEPS] if steps else [])]
+    print(f"{'split':<12} {'difficulty':>10} {'n':>6} " + " ".join(f"{c:>14}" for c in columns))
     for split, r in results.items():
         n = len(exp.evaluator.sets[split])
         rows = [("all", n, r.metrics)] + [
             (str(d), sum(p.difficulty == d for p in exp.evaluator.sets[split]), m) for d, m in r.by_difficulty.items()
         ]
         for label, count, m in rows:
-            print(
-                f"{split:<12} {label:>10} {count:>6} {m['exact_match']:>12.4f} "
-                f"{m['token_accuracy']:>10.4f} {m['edit_distance']:>10.4f}"
-                + (f" {m[tags.EVAL_FALSE_STEPS]:>12.4f}" if steps else "")
-            )
+            print(f"{split:<12} {label:>10} {count:>6} " + " ".join(f"{m[c]:>14.4f}" for c in columns))
     frontiers = scalars(results, cfg.eval.frontier_threshold)
     print(
         f"length frontier (exact match >= {cfg.eval.frontier_threshold:g} at every length up to it): "

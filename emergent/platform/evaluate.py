@@ -48,11 +48,12 @@ def summarise(problems: Sequence[Problem], scores: Scores) -> tuple[dict, dict]:
     """Means of each metric over the split and per difficulty (``false_steps`` where the
     task judges steps: a share of the right answers, not of all problems; and
     ``sound_exact_match``: right answers with every step true, a share of all problems)."""
-    values = {
-        "exact_match": scores.exact.astype(float),
-        "token_accuracy": scores.token_accuracy,
-        "edit_distance": scores.edit_distance,
+    values = {  # tags.EVAL_METRICS, each from its Scores field
+        tags.EVAL_EXACT: scores.exact.astype(float),
+        tags.EVAL_TOKEN_ACCURACY: scores.token_accuracy,
+        tags.EVAL_EDIT_DISTANCE: scores.edit_distance,
     }
+    assert tuple(values) == tags.EVAL_METRICS
     diff = np.array([p.difficulty for p in problems])
 
     def means(rows) -> dict[str, float]:
@@ -247,7 +248,7 @@ def scalars(results: dict[str, SplitResult], frontier_threshold: float = 0.99) -
             out[tags.eval_tag(split, m)] = r.metrics[m]
             for d, md in r.by_difficulty.items():
                 out[tags.eval_tag(split, m, d)] = md[m]
-        exact = {d: md["exact_match"] for d, md in r.by_difficulty.items()}
+        exact = {d: md[tags.EVAL_EXACT] for d, md in r.by_difficulty.items()}
         out[tags.eval_tag(split, tags.EVAL_FRONTIER)] = float(frontier(exact, frontier_threshold))
         if split in ("test", "extrapolate"):
             held_out = {**exact, **held_out}

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from emergent import tags
+from emergent.envs import TASKS
 
 from .checkpoint import FAILED, SWEEP_FILE, atomic_write
 from .errors import UserError
@@ -41,12 +42,11 @@ from .stats import Interval, difference_interval, t_interval
 
 REFERENCE = "supervised"  # with learned positions: the series every other is compared with
 SPLIT, EXTRA = "test", "extrapolate"
-DIFFICULTY = {
-    "addition": "digits per operand",
-    "multiplication": "digits of the first operand",
-    "sorting": "list length",
-    "countdown": "numbers given",
-}  # what each task's knob counts
+
+
+def difficulty_label(task: str) -> str:
+    """What the task's difficulty counts (its ``Task.difficulty_label``), for the figures' axes."""
+    return TASKS[task].difficulty_label if task in TASKS else "the task knob"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class RunRecord:
         logged = self.final(tags.eval_tag(split, tags.EVAL_SOUND_EXACT))
         if np.isfinite(logged):
             return logged
-        exact, false = (self.final(tags.eval_tag(split, m)) for m in ("exact_match", tags.EVAL_FALSE_STEPS))
+        exact, false = (self.final(tags.eval_tag(split, m)) for m in (tags.EVAL_EXACT, tags.EVAL_FALSE_STEPS))
         if not np.isfinite(false):  # no step checker
             return float("nan")
         return exact if self.check_steps else exact * (1 - false)  # with check_steps a verdict is sound already
@@ -151,7 +151,7 @@ def read_run(path: Path, cell: Optional[dict] = None) -> Optional[RunRecord]:
     acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     tensors, scalars = set(acc.Tags()["tensors"]), set(acc.Tags()["scalars"])
-    main = tags.eval_tag(SPLIT, "exact_match")
+    main = tags.eval_tag(SPLIT, tags.EVAL_EXACT)
     config_tag = tags.TEXT_CONFIG + "/text_summary"
     if main not in scalars or config_tag not in tensors:
         return None
@@ -279,7 +279,7 @@ def read_at(r: RunRecord, flops: float) -> Optional[Reading]:
         key = f"{SPLIT}/exact"
         if rec is not None and key in rec:
             return rec[key].astype(np.float64)
-        return np.array([r.evals[tags.eval_tag(SPLIT, "exact_match")][j]], dtype=np.float64)
+        return np.array([r.evals[tags.eval_tag(SPLIT, tags.EVAL_EXACT)][j]], dtype=np.float64)
 
     if math.isclose(x[i], flops, rel_tol=1e-12) or i == 0:
         return Reading(verdicts(i), float(r.flops[i]), False)
@@ -392,7 +392,7 @@ def _band_vs_flops(ax, rs: list[RunRecord], tag: str, series: str) -> None:
 def figure_compute(g, sizes, task: str, path: Path) -> None:
     """(a) test exact match against cumulative FLOPs, mean and 95 % band over seeds."""
     fig, axes = _panels(len(sizes), f"{task}: test exact match vs compute (mean, 95% CI over seeds)")
-    tag = tags.eval_tag(SPLIT, "exact_match")
+    tag = tags.eval_tag(SPLIT, tags.EVAL_EXACT)
     for ax, (params, size) in zip(axes, sizes):
         for (p, series), rs in g.items():
             if p == params:
@@ -407,7 +407,9 @@ def figure_compute(g, sizes, task: str, path: Path) -> None:
 def figure_size(g, task: str, path: Path) -> None:
     """(b) final exact match and token accuracy against parameter count: exact and graded."""
     fig, axes = _panels(2, f"{task}: final accuracy vs model size (mean, 95% CI over seeds)")
-    for ax, metric, label in zip(axes, ("exact_match", "token_accuracy"), ("exact match", "token accuracy (graded)")):
+    for ax, metric, label in zip(
+        axes, (tags.EVAL_EXACT, tags.EVAL_TOKEN_ACCURACY), ("exact match", "token accuracy (graded)")
+    ):
         for i, series in enumerate(dict.fromkeys(s for _, s in g)):
             for split, style in ((SPLIT, "-"), (EXTRA, "--")):  # one colour per series: test solid
                 pts = [
@@ -451,7 +453,7 @@ def figure_difficulty(g, sizes, task: str, path: Path) -> None:
                 }
             )
             split_of = {d: SPLIT if span[0][0] <= d <= span[0][1] else EXTRA for d in ds}
-            vals = np.array([[r.final(tags.eval_tag(split_of[d], "exact_match", d)) for d in ds] for r in rs])
+            vals = np.array([[r.final(tags.eval_tag(split_of[d], tags.EVAL_EXACT, d)) for d in ds] for r in rs])
             m, h = t_interval(vals)
             ax.errorbar(
                 ds, m, yerr=np.where(np.isfinite(h), h, 0), marker="o", capsize=3, label=f"{series} ({len(rs)} seeds)"
@@ -462,7 +464,7 @@ def figure_difficulty(g, sizes, task: str, path: Path) -> None:
             ax.axvline(span[1][0] - 0.5, color="grey", linestyle=":", label="extrapolation beyond")
         ax.set(
             title=size,
-            xlabel=f"difficulty ({DIFFICULTY.get(task, 'the task knob')})",
+            xlabel=f"difficulty ({difficulty_label(task)})",
             ylabel="exact match",
             ylim=(-0.02, 1.02),
         )
@@ -490,7 +492,7 @@ def figure_frontier(g, sizes, task: str, path: Path) -> bool:
         ax.set(
             title=size,
             xlabel="cumulative FLOPs (warm start included)",
-            ylabel=f"frontier ({DIFFICULTY.get(task, 'the task knob')})",
+            ylabel=f"frontier ({difficulty_label(task)})",
         )
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -566,7 +568,7 @@ def table(g) -> list[str]:
     for (params, series), rs in g.items():
         em, tok, ext = (
             t_interval(np.array([r.final(tags.eval_tag(s, m)) for r in rs]))
-            for s, m in ((SPLIT, "exact_match"), (SPLIT, "token_accuracy"), (EXTRA, "exact_match"))
+            for s, m in ((SPLIT, tags.EVAL_EXACT), (SPLIT, tags.EVAL_TOKEN_ACCURACY), (EXTRA, tags.EVAL_EXACT))
         )
         sound = t_interval(np.array([r.sound_final(SPLIT) for r in rs]))
         front = t_interval(np.array([r.final(tags.EVAL_LENGTH_FRONTIER) for r in rs]))
