@@ -50,6 +50,7 @@ With platform/sweep.py and platform/storage.py, the only modules that use ray.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import socket
 import time
@@ -58,12 +59,13 @@ from collections import deque
 import numpy as np
 import torch
 
+from emergent import tags
 from emergent.agents import data_parallel
 
 from .config import Config
 from .errors import UserError
 from .experiment import Collected, Experiment
-from .run import BatchTiming, Run
+from .run import Run
 from .storage import check_shared_storage
 
 
@@ -107,14 +109,44 @@ class TraceWorker:
         return os.getpid()
 
 
+class WorkerWindow:
+    """The learner's view of its trace workers over one logging window of its ``Run``: the
+    workers' busy seconds, the learner's waits for batches, and at the window's close the rates
+    over its wall clock (``Run.window_hook``). Only a runtime with trace workers has these."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.busy_s = 0.0  # trace workers' busy seconds inside the window
+        self.wait_s = 0.0  # the learner's seconds waiting for batches
+
+    def add(self, run: Run, busy_s: float, wait_s: float) -> None:
+        """A batch's timings, before its step is recorded. A worker writes one batch at a time:
+        only the part of its busy interval inside this window counts, so utilisation never
+        exceeds 1."""
+        self.busy_s += min(busy_s, time.perf_counter() - run.window_t0)
+        self.wait_s += wait_s
+
+    def __call__(self, run: Run, span: float) -> dict[str, float]:
+        """The window's rates (its wall-clock ``span``), then a fresh window."""
+        learner = run.window_s - self.wait_s + run.window_other
+        values = {
+            tags.PERF_TRACES_PER_S: sum(s.traces for s in run.window) / span,
+            tags.PERF_WORKER_UTILISATION: self.busy_s / (span * self.workers),
+            tags.PERF_LEARNER_BUSY: min(1.0, learner / span),
+            tags.PERF_DATA_WAIT_S: self.wait_s / len(run.window),
+        }
+        self.busy_s = self.wait_s = 0.0
+        return values
+
+
 class LearnerActor:
     """A ``Run`` in an actor: the method's learning, evaluation, checkpoints, TensorBoard."""
 
     def __init__(self, cfg: Config, driver_threads: int = 1) -> None:
         self.run = Run(cfg)
+        self.run.window_hook = self.window = WorkerWindow(cfg.ray.workers)
         self.publishes = bool(self.run.experiment.method.networks())  # workers need our weights
         torch.set_num_threads(learner_threads(cfg, self.publishes, driver_threads))
-        self.workers = cfg.ray.workers
         self.consumed: set[int] = set()  # batch ids learned from
         self.consumed_traces = 0
         self.labelled_added = 0  # traces handed to the reward net's replay
@@ -174,14 +206,12 @@ class LearnerActor:
         self.labelled_added += int((~experience.heldout).sum())
         for part, flops in experience.flops.items():
             self.batch_flops[part] = self.batch_flops.get(part, 0.0) + flops
-        timing = BatchTiming(
-            busy_s=info["busy_s"],
-            sync_s=info["sync_s"] + self.export_s,
-            staleness=staleness,
-            workers=self.workers,
-            wait_s=wait_s,
+        self.window.add(self.run, info["busy_s"], wait_s)
+        sync_s = info["sync_s"] + self.export_s  # weight sync: the learner's export + the worker's load
+        step = dataclasses.replace(
+            step, scalars={**step.scalars, tags.PERF_STALENESS: float(staleness), tags.PERF_WEIGHT_SYNC_S: sync_s}
         )
-        self.run.record(step, time.perf_counter() - t0 + wait_s, timing)
+        self.run.record(step, time.perf_counter() - t0 + wait_s)
         self.idle_since = time.perf_counter()
         return {"step": self.run.step, "staleness": staleness, "done": self.run.done}
 

@@ -1,9 +1,10 @@
 """``Run``: an ``Experiment`` bound to its run directory, driven by every runtime alike.
 
 It owns resumption, TensorBoard, the evaluation and checkpoint schedule, the wall-clock
-budget and the logging windows: each step's ``Step`` (and, under Ray, the raw timings of
-the batch behind it) is recorded, and when a window closes its scalars are aggregated,
-the perf rates included, with one device sync per window.
+budget and the logging windows: each step's ``Step`` is recorded, and when a window closes
+its scalars are aggregated, the perf rates included, with one device sync per window. A
+runtime with trace workers adds its own rates through ``Run.window_hook``
+(``ray_runtime.WorkerWindow``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -44,17 +44,6 @@ def samples_markdown(r: SplitResult) -> str:
     rows = ["| prompt | completion | gold | correct |", "|---|---|---|---|"]
     rows += [f"| `{p}` | `{c}` | `{g}` | {'yes' if ok else 'no'} |" for p, c, g, ok in r.samples]
     return "\n".join(rows)
-
-
-@dataclass(frozen=True)
-class BatchTiming:
-    """Raw timings of the batch behind a step, from a runtime with trace workers."""
-
-    busy_s: float  # the worker's time on it: weight load + collect
-    sync_s: float  # weight sync: the learner's export + the worker's load
-    staleness: int  # learner version - the version that wrote it
-    workers: int  # trace workers in the run
-    wait_s: float = 0.0  # the learner's wait for this batch (part of the step's seconds)
 
 
 def log_due(cfg: Config, step: int) -> bool:
@@ -124,15 +113,15 @@ class Run:
         self._clock = time.perf_counter() - ex.elapsed_s  # wall clock of the run, over resumes
         self._done = self._due()
         self.last_eval: dict[str, float] = {}
+        # set by a runtime with trace workers (ray_runtime.WorkerWindow): called as a window
+        # closes, with this run and the window's wall-clock span; its scalars join the window's
+        self.window_hook: Optional[Callable[["Run", float], dict[str, float]]] = None
         self._reset_window()
 
     def _reset_window(self) -> None:
         self.window: list[Step] = []
         self.window_s = 0.0  # seconds the steps of the window took
         self.window_t0 = time.perf_counter()  # wall clock at the window's start
-        self.window_busy = 0.0  # trace workers' busy seconds inside the window
-        self.window_workers = 0
-        self.window_wait = 0.0  # the learner's seconds waiting for batches
         self.window_other = 0.0  # the learner's evaluations and checkpoints
 
     @property
@@ -190,22 +179,10 @@ class Run:
             self.logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), self.experiment.step)
         return self.last_eval
 
-    def record(self, step: Step, seconds: float, timing: Optional[BatchTiming] = None) -> dict[str, float] | None:
+    def record(self, step: Step, seconds: float) -> dict[str, float] | None:
         """After a step: log the window when due, evaluate and checkpoint when due.
-        ``timing``: the raw timings of the batch (runtimes with trace workers).
         Returns the logged training scalars, or None when nothing was logged."""
         now = time.perf_counter()
-        if timing is not None:
-            # a worker writes one batch at a time: only the part of its busy interval inside
-            # this window counts, so utilisation never exceeds 1
-            self.window_busy += min(timing.busy_s, now - self.window_t0)
-            self.window_workers = timing.workers
-            self.window_wait += timing.wait_s
-            step = Step(
-                step.result,
-                {**step.scalars, tags.PERF_STALENESS: float(timing.staleness), tags.PERF_WEIGHT_SYNC_S: timing.sync_s},
-                step.traces,
-            )
         self.window.append(step)
         self.window_s += seconds
         n = self.experiment.step
@@ -216,13 +193,8 @@ class Run:
         # (a window half before and half after a kill would average other steps)
         if log_due(self.cfg, n) or checkpoint:
             values = window_scalars(self.window, self.window_s, self.peak)  # syncs here only
-            if self.window_workers:  # rates over the window's wall clock
-                span = max(now - self.window_t0, 1e-9)
-                values[tags.PERF_TRACES_PER_S] = sum(s.traces for s in self.window) / span
-                values[tags.PERF_WORKER_UTILISATION] = self.window_busy / (span * self.window_workers)
-                learner = self.window_s - self.window_wait + self.window_other
-                values[tags.PERF_LEARNER_BUSY] = min(1.0, learner / span)
-                values[tags.PERF_DATA_WAIT_S] = self.window_wait / len(self.window)
+            if self.window_hook is not None:  # a runtime's own rates over the window's wall clock
+                values.update(self.window_hook(self, max(now - self.window_t0, 1e-9)))
             if self.experiment.data.too_long:  # cumulative, once any draw was skipped
                 values[tags.DATA_TOO_LONG] = float(self.experiment.data.too_long)
             self.logger.scalars({**values, **self.experiment.ledger.scalars()}, n)
