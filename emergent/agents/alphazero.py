@@ -29,7 +29,6 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 
 from .data_parallel import masked_mean
-from .expert_iteration import replay_nll_updates
 from .improvement import improvement_outcomes
 from .learner import Update, autocast
 from .method import SelfImprover, register_method
@@ -38,6 +37,7 @@ from .policy_value import PolicyValueEvaluator, output_completions, state_verifi
 from .records import Experience, Prompts, Replay, Trace
 from .rollouts import sample_rollouts
 from .search import search
+from .supervised import replay_nll_updates
 from .token_batch import TokenBatch, encode_batch
 
 
@@ -270,14 +270,5 @@ class AlphaZero(SelfImprover):
             if not bool((target.sum(-1) > 0).any()) and not (expert and bool(accepted.any())):
                 continue
             batch, target, accepted = batch.to(self.device), target.to(self.device), accepted.to(self.device)
-            updates.append(
-                self.learner.step(
-                    loss_fn,
-                    batch,
-                    target,
-                    accepted,
-                    tokens=B * T,
-                    flops=self.policy.flops_per_token(T, backward=True) * B * T,
-                )
-            )
+            updates.append(self.learner.step_batch(loss_fn, batch, target, accepted))
         return updates, {}

@@ -9,14 +9,12 @@ from typing import ClassVar
 import numpy as np
 
 from emergent import tags
-from emergent.envs import TOKENIZER
 
 from .learner import Update
 from .method import SelfImprover, register_method
 from .records import Experience, Prompts, Replay, Trace
 from .rollouts import sample_rollouts
-from .supervised import completion_nll
-from .token_batch import encode_batch
+from .supervised import replay_nll_updates
 
 
 @register_method
@@ -78,24 +76,3 @@ class ExpertIteration(SelfImprover):
 
     def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
         return replay_nll_updates(self), {}
-
-
-def replay_nll_updates(method: SelfImprover) -> list[Update]:
-    """``improve.updates_per_iter`` maximum-likelihood steps on draws from ``method.replay``
-    (none while it is empty)."""
-    updates = []
-    for _ in range(method.cfg.updates_per_iter if len(method.replay) else 0):
-        items = method.replay.sample(method.learn_rng, method.cfg.train_batch)
-        batch = encode_batch(
-            TOKENIZER, [t.prompt for t in items], [t.completion for t in items], method.policy.cfg.max_len
-        ).to(method.device)
-        B, T = batch.inputs.shape
-        updates.append(
-            method.learner.step(
-                lambda b: completion_nll(method.policy, b),
-                batch,
-                tokens=B * T,
-                flops=method.policy.flops_per_token(T, backward=True) * B * T,
-            )
-        )
-    return updates

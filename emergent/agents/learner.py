@@ -133,6 +133,14 @@ class Learner:
             aux = data_parallel.sum_scalar(aux) if aux.dim() == 0 else data_parallel.gather_rows(aux.detach(), rows, n)
         return Update(data_parallel.sum_scalar(loss), m["lr"], m["grad_norm"], tokens, flops, aux)
 
+    def step_batch(self, loss_fn: Callable[..., Any], batch: Any, *data: Any) -> Update:
+        """``step`` on a batch of token rows (``batch.inputs`` [B, T]; ``data``: more per-row
+        tensors for ``loss_fn(batch, *data)``): its tokens are B x T and its FLOPs a forward and
+        a backward of this learner's model over them. Every method's update goes through here."""
+        B, T = batch.inputs.shape
+        flops = self.model.flops_per_token(T, backward=True) * B * T
+        return self.step(loss_fn, batch, *data, tokens=B * T, flops=flops)
+
     def apply(self, loss: torch.Tensor, *, all_reduce: bool = False) -> dict:
         """Backward, (``all_reduce``: sum the gradients over the learner group,) clip, step.
         ``grad_norm`` stays a tensor: reading it would sync the GPU."""

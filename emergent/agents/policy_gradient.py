@@ -117,8 +117,7 @@ class PolicyGradient(SelfImprover):
                 loss = loss + c.kl_coef * kl
             return loss, kl.detach()
 
-        flops = self.policy.flops_per_token(T, backward=True) * R * T  # fwd + bwd
-        updates = [self.learner.step(loss_fn, batch, A, tokens=R * T, flops=flops) for _ in range(c.updates_per_iter)]
+        updates = [self.learner.step_batch(loss_fn, batch, A) for _ in range(c.updates_per_iter)]
         if self.reference is not None:  # the anchor's one forward
             updates[0] = updates[0]._replace(
                 flops=updates[0].flops + self.policy.flops_per_token(T, backward=False) * R * T

@@ -87,13 +87,7 @@ class RewardTrainer:
                 np.array([t.label for t in items]),
                 self.net.cfg.max_len,
             ).to(self.device)
-            B, T = batch.inputs.shape
-            u = self.learner.step(
-                lambda b: value_loss(self.net, b),
-                batch,
-                tokens=B * T,
-                flops=self.net.flops_per_token(T, backward=True) * B * T,
-            )
+            u = self.learner.step_batch(lambda b: value_loss(self.net, b), batch)
             flops += u.flops
             losses.append(u.loss)
         return flops, ({tags.REWARD_LOSS: float(torch.stack(losses).mean())} if losses else {})

@@ -261,13 +261,7 @@ class SelfLabel:
                 prompts.append(self.buffer[i][0])
                 completions.append(self.buffer[i][1])
         batch = encode_batch(TOKENIZER, prompts, completions, self.policy.cfg.max_len).to(self.device)
-        B, T = batch.inputs.shape
-        u = self.learner.step(
-            lambda b: completion_nll(self.policy, b),
-            batch,
-            tokens=B * T,
-            flops=self.policy.flops_per_token(T, backward=True) * B * T,
-        )
+        u = self.learner.step_batch(lambda b: completion_nll(self.policy, b), batch)
         return StepResult(
             flops={**flops, tags.TRAIN: u.flops},
             tokens=u.tokens,

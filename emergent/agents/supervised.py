@@ -17,7 +17,7 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 
 from .data_parallel import masked_mean
-from .learner import Learner
+from .learner import Learner, Update
 from .method import register_method
 from .model import TransformerLM, upcast
 from .records import Experience, Prompts, StepResult
@@ -85,13 +85,7 @@ class Supervised:
         batch = encode_batch(TOKENIZER, experience.prompts, experience.completions, self.policy.cfg.max_len).to(
             self.device
         )
-        B, T = batch.inputs.shape
-        u = self.learner.step(
-            lambda b: self.loss_fn(self.policy, b, exact=True),
-            batch,
-            tokens=B * T,
-            flops=self.policy.flops_per_token(T, backward=True) * B * T,
-        )
+        u = self.learner.step_batch(lambda b: self.loss_fn(self.policy, b, exact=True), batch)
         return StepResult(
             flops={tags.TRAIN: u.flops}, tokens=u.tokens, loss=u.loss, lr=u.lr, grad_norm=u.grad_norm, accuracy=u.aux
         )
@@ -101,3 +95,17 @@ class Supervised:
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state)
+
+
+def replay_nll_updates(method: Any) -> list[Update]:
+    """``improve.updates_per_iter`` maximum-likelihood steps on draws of accepted traces from
+    ``method.replay`` (none while it is empty): how expert iteration, and alphazero with
+    ``learn_from=solved``, learn."""
+    updates = []
+    for _ in range(method.cfg.updates_per_iter if len(method.replay) else 0):
+        items = method.replay.sample(method.learn_rng, method.cfg.train_batch)
+        batch = encode_batch(
+            TOKENIZER, [t.prompt for t in items], [t.completion for t in items], method.policy.cfg.max_len
+        ).to(method.device)
+        updates.append(method.learner.step_batch(lambda b: completion_nll(method.policy, b), batch))
+    return updates
