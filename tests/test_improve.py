@@ -311,7 +311,7 @@ def test_alphazero_trains_the_policy_only_where_the_search_ran(confident, target
         )
     )
     batch = exp.collect(exp.next_problems()).experience
-    mass = torch.cat([v.sum(-1) for v in batch.targets])  # [all moves]
+    mass = torch.cat([v.sum(-1) for v in batch.payload.targets])  # [all moves]
     assert batch.scalars[tags.SEARCH_SEARCHED_FRACTION] == confident
     assert torch.allclose(mass, torch.full_like(mass, confident), atol=1e-5)
     before = {k: v.clone() for k, v in exp.model.state_dict().items()}
@@ -456,7 +456,7 @@ def test_alphazero_expert_targets_sit_at_informative_moves_only_and_its_loss_is_
     batch = exp.collect(exp.next_problems()).experience
     # rollouts judge every leaf: every searched move has a verdict below it, and a target
     assert batch.scalars[tags.SEARCH_INFORMATIVE_FRACTION] == 1.0
-    assert all(torch.allclose(t.sum(-1), torch.ones(len(t)), atol=1e-5) for t in batch.targets)
+    assert all(torch.allclose(t.sum(-1), torch.ones(len(t)), atol=1e-5) for t in batch.payload.targets)
     # the loss by hand on two rows: one accepted (NLL of its tokens), both with a target at move 1
     prompts, comps = [batch.prompts[0], batch.prompts[1]], ["12", "3"]
     enc = encode_batch(TOKENIZER, prompts, comps, exp.model.cfg.max_len)
@@ -510,7 +510,7 @@ def test_alphazero_with_nothing_informative_and_nothing_solved_takes_no_step(tmp
     problems = exp.next_problems()
     batch = exp.method.collect(Prompts([p.prompt for p in problems], lambda rows, comps: np.zeros(len(rows))))
     assert batch.scalars[tags.SEARCH_INFORMATIVE_FRACTION] == 0.0 and not batch.accepted.any()
-    assert not any(bool(t.any()) for t in batch.targets)
+    assert not any(bool(t.any()) for t in batch.payload.targets)
     before = {k: v.clone() for k, v in exp.model.state_dict().items()}
     exp.method.remember(batch)
     assert len(exp.method.replay) == 0
@@ -530,7 +530,7 @@ def test_alphazero_sample_first_searches_only_the_problems_sampling_failed(tmp_p
     assert sampled.tolist() == np.repeat(np.arange(P), 2).tolist()
     solved = set(sampled[batch.labels[: 2 * P] > 0].tolist())
     assert set(searched.tolist()) == set(range(P)) - solved  # the search took only the failures
-    assert all(len(t) == 0 for t in batch.targets[: 2 * P])  # sampled traces carry no improved policy
+    assert all(len(t) == 0 for t in batch.payload.targets[: 2 * P])  # sampled traces carry no improved policy
     assert batch.flops[tags.GENERATE] > 0 and batch.flops[tags.SEARCH] > 0
 
 

@@ -57,6 +57,14 @@ def expert_loss(policy: TransformerLM, batch: TokenBatch, accepted: torch.Tensor
     return loss + masked_mean(kl, moves.float())
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchTargets:
+    """The payload of alphazero's Experience: per trace, the search's improved policy at each
+    of its moves."""
+
+    targets: tuple  # [R] of [moves, V] (CPU); 0 rows: a sampled trace, not searched
+
+
 class _Traces(NamedTuple):
     """One part of a batch's experience: sampled traces, or searched ones."""
 
@@ -115,7 +123,7 @@ class AlphaZero(SelfImprover):
             labels,
             flops,
             scalars=scalars,
-            targets=tuple(t for p in parts for t in p.targets),
+            payload=SearchTargets(tuple(t for p in parts for t in p.targets)),
         )
         return dataclasses.replace(exp, reward_traces=exp.reward_traces + tuple(t for p in parts for t in p.tree))
 
@@ -225,19 +233,18 @@ class AlphaZero(SelfImprover):
         return tuple(Trace(batch.prompts[todo[keys[i][0]]], keys[i][1], float(seen[keys[i]])) for i in sorted(pick))
 
     def remember(self, experience: Experience) -> None:
-        prompts = experience.prompt_of
+        prompts, targets = experience.prompt_of, experience.payload.targets
         if self.cfg.learn_from == "solved":  # the accepted traces, learned token by token
             self.replay.add(Trace(prompts[i], experience.completions[i]) for i in np.flatnonzero(experience.accepted))
             return
         if self.cfg.learn_from == "expert":  # what carries a signal: an accepted trace, or an informative move
-            keep = [i for i in range(experience.size) if experience.accepted[i] or bool(experience.targets[i].any())]
+            keep = [i for i in range(experience.size) if experience.accepted[i] or bool(targets[i].any())]
             self.replay.add(
-                Trace(prompts[i], experience.completions[i], float(experience.accepted[i]), experience.targets[i])
-                for i in keep
+                Trace(prompts[i], experience.completions[i], float(experience.accepted[i]), targets[i]) for i in keep
             )
             return
         self.replay.add(
-            Trace(prompts[i], experience.completions[i], float(experience.labels[i]), experience.targets[i])
+            Trace(prompts[i], experience.completions[i], float(experience.labels[i]), targets[i])
             for i in range(experience.size)
         )
 

@@ -10,6 +10,7 @@ ratio is exactly 1 and the step is REINFORCE with a baseline.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +28,14 @@ from .rollouts import sample_rollouts
 from .token_batch import encode_batch
 
 
+@dataclass(frozen=True)
+class ValueBaseline:
+    """``improve.baseline=value``: the reward net's P(correct) at each prompt, the payload of
+    policy gradient's Experience."""
+
+    values: np.ndarray  # [P]
+
+
 def advantages(experience: Experience, samples: int, baseline: str) -> tuple[np.ndarray, np.ndarray]:
     """(advantage [R], reward [R]): a trace that never ended earns nothing."""
     reward = np.where(experience.finished, experience.scores, 0.0)
@@ -35,7 +44,7 @@ def advantages(experience: Experience, samples: int, baseline: str) -> tuple[np.
         mean = groups.mean(1, keepdims=True)
         std = groups.std(1, keepdims=True)
         return ((groups - mean) / (std + 1e-4)).reshape(-1), reward
-    return reward - experience.baseline[experience.rows], reward
+    return reward - experience.payload.values[experience.rows], reward
 
 
 @register_method
@@ -82,7 +91,7 @@ class PolicyGradient(SelfImprover):
             scores,
             flops,
             scalars={tags.TRAIN_SAMPLE_ACCURACY: float(np.mean(labels))},
-            baseline=baseline,
+            payload=None if baseline is None else ValueBaseline(baseline),
         )
 
     def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:

@@ -9,7 +9,7 @@ in the batch, R traces, H of them held out of reward-net training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -52,8 +52,9 @@ class Experience:
     heldout_probs: np.ndarray  # [H] the reward net's P(correct) of the held-out traces
     flops: Mapping[str, float]  # ledger part -> FLOPs spent collecting
     scalars: Mapping[str, float] = field(default_factory=dict)  # tags measured while collecting
-    baseline: Optional[np.ndarray] = None  # [P] policy_gradient's value baseline: P(correct) at the prompt
-    targets: Optional[tuple] = None  # alphazero: [R] improved policies [moves, V] (CPU); 0 rows: not searched
+    # what one method alone reads, as a record its own module defines (policy gradient's
+    # ValueBaseline, alphazero's SearchTargets); None for the others
+    payload: Any = None
     reward_traces: tuple = ()  # labelled Traces only the reward net learns from (reward.rollouts)
 
     @property
