@@ -7,7 +7,8 @@ import torch
 from emergent.agents.model import PLACE_SCHEMES, ModelConfig, TransformerLM
 from emergent.agents.policy_value import PolicyValueEvaluator
 from emergent.agents.reward_net import RewardNet
-from emergent.agents.search import Expansion, SearchConfig, _gamma, search
+from emergent.agents.search import Expansion, SearchConfig, search
+from emergent.agents.search.policies import _gamma
 from emergent.envs import TOKENIZER
 
 V, EOS = TOKENIZER.vocab_size, TOKENIZER.eos_id
@@ -299,7 +300,7 @@ def test_static_simulation_on_cuda_never_synchronises(monkeypatch):
     simulation call (learned terminal values) runs without one synchronising op."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from emergent.agents import search as S
+    from emergent.agents.search import loop as S  # where search_move looks simulate up
 
     real, calls = S.simulate, []
 
@@ -321,7 +322,8 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
     exits or, ``search.static``, a fixed number of masked levels): from the same mid-search
     tree, with some walks inactive and virtual loss pending, all three pick the same leaves
     and edges and write the same virtual visits; too few levels is an error."""
-    from emergent.agents.search import _rows, _walk
+    from emergent.agents.search.simulate import _walk
+    from emergent.agents.search.tree import _rows
 
     tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=24)
     B, N, K = tree.children.shape
@@ -374,7 +376,7 @@ def test_node_creation_is_the_same_in_torch_and_in_numpy():
     """Node creation runs on numpy views on CPU and in torch on CUDA (with ``search.static``
     in fixed shapes): from the same tree, all three add the same children and return the
     same child indices; the fixed-shape one also writes the scratch node, and only it."""
-    from emergent.agents.search import _add_children, _add_children_static
+    from emergent.agents.search.tree import _add_children, _add_children_static
 
     tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=12)
     B, N, L = tree.tokens.shape
@@ -487,8 +489,8 @@ def test_static_simulation_calls_never_wait_on_the_device(monkeypatch, terminal)
     value nothing at all, with the verifier one ``nonzero`` (which leaves are terminal).
     The default path reads many times per call (which is how it is known the check can
     fail). Same search either way."""
-    from emergent.agents import search as S
     from emergent.agents.policy_value import state_verifier
+    from emergent.agents.search import loop as S  # where search_move looks simulate up
 
     policy, value = tiny_networks("rope", torch.float64)
     rng = np.random.default_rng(2)
