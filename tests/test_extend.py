@@ -15,7 +15,6 @@ TASK = textwrap.dedent('''
     @register_task
     class ReverseDigits(Task):
         name = "reverse_digits"
-        min_difficulty = 2  # 1 digit has 10 prompts: too few to hold a test share out
         max_difficulty = 8
 
         def make_problem(self, rng, difficulty):
@@ -57,3 +56,9 @@ def test_a_task_from_the_users_own_package_trains_and_evaluates_through_the_cli(
     assert bad.returncode == 2 and len(err.splitlines()) == 1, err
     assert "task.module='mytasks.nothing' cannot be imported: ModuleNotFoundError" in err
     assert not (tmp_path / "runs" / "quickstart" / "bad").exists()
+    # 1 digit has 10 prompts, none of them held out for test: a one-line error, exit 2, before any work
+    small = run_cli("train", *args[:-1], "task.difficulty=[1,2]", "run_name=small", env=env)
+    err = small.stderr.strip()
+    assert small.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "no test problem of difficulty 1 in 100,000 draws" in err and "start task.difficulty above 1" in err
+    assert not (tmp_path / "runs" / "quickstart" / "small" / "last.pt").exists()

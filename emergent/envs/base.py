@@ -121,6 +121,10 @@ def score_strings(pred: Sequence[str], gold: Sequence[str]) -> Scores:
     return Scores(exact, token_accuracy.astype(np.float64), edit.astype(np.float64))
 
 
+class ProblemSpaceError(ValueError):
+    """A split cannot be drawn: its difficulty has too few problems (``Task.sample``)."""
+
+
 class Task(ABC):
     """A verifiable reasoning task. Subclasses live one per file and register themselves."""
 
@@ -181,8 +185,12 @@ class Task(ABC):
                 p = self.make_problem(rng, d)
                 if split == "extrapolate" or self.is_heldout(p.prompt) == (split == "test"):
                     break
-            else:  # pragma: no cover - only for absurd heldout fractions
-                raise RuntimeError(f"could not draw a {split} problem of difficulty {d} for {self.name}")
+            else:  # a difficulty with too few problems for the split (or an absurd heldout_fraction)
+                raise ProblemSpaceError(
+                    f"task {self.name!r}: no {split} problem of difficulty {d} in 100,000 draws: too few problems "
+                    f"there to hold a {split} share out (heldout_fraction={self.heldout_fraction}); "
+                    f"start task.difficulty above {d}"
+                )
             out.append(p)
         return out
 

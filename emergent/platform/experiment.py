@@ -20,7 +20,7 @@ from emergent import tags
 from emergent.agents import Method, build_method
 from emergent.agents.model import TransformerLM
 from emergent.agents.records import Experience, Prompts, StepResult
-from emergent.envs import TOKENIZER, Problem, Task
+from emergent.envs import TOKENIZER, Problem, ProblemSpaceError, Task
 
 from .checkpoint import LAST, load_checkpoint, load_model_state
 from .config import Config, ConfigError, build_task, flatten, load_config, to_yaml
@@ -114,6 +114,13 @@ class Experiment:
         if worker:
             return
         self._in_flight: dict[int, dict] = {}  # batch id -> the stream's draw state before it (Ray)
+        try:  # the draws of the data and of the evaluation sets, before any work
+            self._build_data(cfg)
+        except ProblemSpaceError as e:
+            raise ConfigError(str(e)) from None
+
+    def _build_data(self, cfg: Config) -> None:
+        """The training stream and the evaluator's fixed problem sets."""
         self.data = ProblemStream(
             self.task,
             cfg.splits,
