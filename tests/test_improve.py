@@ -194,7 +194,7 @@ def test_resume_restores_reward_net_and_replay(method, tmp_path):
     restored = resumed.method.replay.state_dict()
     assert [row[:3] for row in restored] == [row[:3] for row in replay]  # prompt, completion, label
     assert all(torch.equal(a[3], b[3]) if b[3] is not None else a[3] is None for a, b in zip(restored, replay))
-    assert len(resumed.method.reward.replay) == len(reward["replay"])
+    assert len(resumed.method.reward_trainer.replay) == len(reward["replay"])
 
 
 def test_reward_net_starts_from_the_policy_or_from_scratch():
@@ -248,7 +248,7 @@ def test_reward_rollouts_are_sampled_for_the_reward_net_alone(method, vote, tmp_
         assert (np.array([t.label for t in b.reward_traces]) <= truth).all()  # the verifier's; 0 when unfinished
     policy_replay = len(more.method.replay) if more.method.replay is not None else 0
     more.method.learn(b)
-    assert len(more.method.reward.replay) == int((~b.heldout).sum()) + 3 * len(problems)
+    assert len(more.method.reward_trainer.replay) == int((~b.heldout).sum()) + 3 * len(problems)
     assert (len(more.method.replay) if more.method.replay is not None else 0) - policy_replay <= b.size
 
 
@@ -283,7 +283,7 @@ def test_reward_near_misses_copy_the_trained_traces_and_the_verifier_labels_them
     for t, i in zip(b.reward_traces, trained.repeat(2)):
         assert sum(x != y for x, y in zip(t.completion, b.completions[i])) == 1
     exp.method.learn(b)
-    assert len(exp.method.reward.replay) == int((~b.heldout).sum()) + 2 * len(trained)
+    assert len(exp.method.reward_trainer.replay) == int((~b.heldout).sum()) + 2 * len(trained)
 
 
 def test_near_misses_need_the_verifier():

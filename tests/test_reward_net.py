@@ -54,7 +54,7 @@ def test_reward_net_learns_to_separate_outcomes_and_starts_neutral():
     )
     rng = np.random.default_rng(0)
     for _ in range(10):
-        flops, scalars = trainer.learn(good_and_bad, rng)
+        flops, scalars = trainer.update(good_and_bad, rng)
         assert flops > 0 and tags.REWARD_LOSS in scalars
     assert len(trainer.replay) == 20  # every trace not held out, each iteration
     v, _ = trainer.score(["1+1=", "1+1="], ["2", "3"])

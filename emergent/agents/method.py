@@ -95,7 +95,7 @@ class Method(Protocol):
     problems_per_step: int
     policy: TransformerLM
     reward_net: Optional[RewardNet]  # None: the method has none (search eval then values leaves at 0.5)
-    reward: Optional[RewardTrainer]  # its trainer and replay of labelled traces, with the network
+    reward_trainer: Optional[RewardTrainer]  # its trainer and replay of labelled traces, with the network
     replay: Optional[Replay]  # the policy's replay, where the method keeps one
 
     def collect(self, batch: Prompts) -> Experience: ...
@@ -151,7 +151,7 @@ class SelfImprover:
         self.problems_per_step = icfg.problems_per_iter
         self.reward_net = RewardNet.for_policy(policy, cfg.reward)
         self.learner = Learner(policy, cfg.optim, cfg.train.steps * icfg.updates_per_iter, device)
-        self.reward = RewardTrainer(self.reward_net, cfg.reward, cfg.train.steps, device)
+        self.reward_trainer = RewardTrainer(self.reward_net, cfg.reward, cfg.train.steps, device)
         self.heldout_fraction = cfg.reward.heldout_fraction
         self.reward_rollouts = cfg.reward.rollouts
         self.reward_near_misses = cfg.reward.near_misses
@@ -181,7 +181,7 @@ class SelfImprover:
         )
         if source != "reward_net":
             return labels, labels, 0.0
-        scores, flops = self.reward.score(ro.prompts, ro.completions)
+        scores, flops = self.reward_trainer.score(ro.prompts, ro.completions)
         return labels, scores, flops
 
     def make_experience(
@@ -193,7 +193,7 @@ class SelfImprover:
         held = np.flatnonzero(heldout)
         probs = np.zeros(0)
         if len(held):
-            probs, f = self.reward.score([batch.prompts[rows[i]] for i in held], [completions[i] for i in held])
+            probs, f = self.reward_trainer.score([batch.prompts[rows[i]] for i in held], [completions[i] for i in held])
             flops[tags.REWARD] = flops.get(tags.REWARD, 0.0) + f
         extra = self.reward_traces(batch, flops) if self.reward_rollouts else ()
         if self.reward_near_misses:
@@ -248,7 +248,7 @@ class SelfImprover:
     def learn(self, experience: Experience) -> StepResult:
         """remember -> reward-net updates -> the method's policy updates."""
         self.remember(experience)
-        reward_flops, reward_scalars = self.reward.learn(experience, self.learn_rng)
+        reward_flops, reward_scalars = self.reward_trainer.update(experience, self.learn_rng)
         updates, scalars = self.improve(experience)
         flops = {tags.REWARD: reward_flops, tags.TRAIN: sum(u.flops for u in updates)}
         solved = len(np.unique(experience.rows[experience.finished & (experience.labels >= 0.5)]))
@@ -277,7 +277,7 @@ class SelfImprover:
     def state_dict(self) -> dict:
         state = {
             "learner": self.learner.state_dict(),
-            "reward": self.reward.state_dict(),
+            "reward": self.reward_trainer.state_dict(),
             "generator": self.generator.get_state(),
             "collect_rng": self.collect_rng.bit_generator.state,
             "learn_rng": self.learn_rng.bit_generator.state,
@@ -288,7 +288,7 @@ class SelfImprover:
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state["learner"])
-        self.reward.load_state_dict(state["reward"])
+        self.reward_trainer.load_state_dict(state["reward"])
         self.generator.set_state(state["generator"])
         self.collect_rng.bit_generator.state = state["collect_rng"]
         self.learn_rng.bit_generator.state = state["learn_rng"]

@@ -80,7 +80,7 @@ class PolicyGradient(SelfImprover):
         flops = {tags.GENERATE: ro.flops, tags.REWARD: reward_flops}
         baseline = None
         if c.baseline == "value":  # the reward net's value of the prompt state as a learned baseline
-            baseline, f = self.reward.score(list(batch.prompts), [""] * len(batch.prompts), at_prompt=True)
+            baseline, f = self.reward_trainer.score(list(batch.prompts), [""] * len(batch.prompts), at_prompt=True)
             flops[tags.REWARD] += f
         return self.make_experience(
             batch,

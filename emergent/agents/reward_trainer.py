@@ -69,7 +69,7 @@ class RewardTrainer:
         self.net, self.cfg, self.device = net, cfg, device
         self.replay = Replay(cfg.replay_size)
 
-    def learn(self, experience: Experience, rng: np.random.Generator) -> tuple[float, dict[str, float]]:
+    def update(self, experience: Experience, rng: np.random.Generator) -> tuple[float, dict[str, float]]:
         """Add the batch's traces that are not held out, then update from the replay.
         Returns (FLOPs, scalars)."""
         prompts = experience.prompt_of

@@ -146,7 +146,7 @@ class SelfLabel:
     name = "self_label"
     reads: ClassVar[tuple[str, ...]] = ("train.batch_size", "train.target", "improve.init_from", "self_label.*")
     reward_net = None
-    reward = None
+    reward_trainer = None
     replay = None
 
     def __init__(self, policy: TransformerLM, cfg: Any, device: torch.device) -> None:

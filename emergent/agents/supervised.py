@@ -61,7 +61,7 @@ class Supervised:
     name = "supervised"
     reads: ClassVar[tuple[str, ...]] = ("train.batch_size", "train.target", "train.compile")
     reward_net = None  # no reward-and-objective network, no trainer for one, no replay
-    reward = None
+    reward_trainer = None
     replay = None
 
     def __init__(self, policy: TransformerLM, cfg: Any, device: torch.device) -> None:

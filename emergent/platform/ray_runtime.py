@@ -229,7 +229,7 @@ class LearnerActor:
     def counts(self) -> dict:
         ex = self.run.experiment
         method = ex.method
-        reward = method.reward
+        reward = method.reward_trainer
         return {
             "step": ex.step,
             "batches": sorted(self.consumed),
