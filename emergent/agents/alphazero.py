@@ -33,7 +33,7 @@ from .improvement import improvement_outcomes
 from .learner import Update, autocast
 from .method import SelfImprover, register_method
 from .model import TransformerLM, upcast
-from .policy_value import PolicyValueEvaluator, output_completions, state_verifier
+from .policy_value import PolicyValueEvaluator, output_completions
 from .records import Experience, Prompts, Replay, Trace
 from .rollouts import sample_rollouts
 from .search import search
@@ -158,16 +158,7 @@ class AlphaZero(SelfImprover):
             return batch.verify(todo[np.asarray(r)], comps)
 
         ids = TOKENIZER.encode_prompts([batch.prompts[i] for i in todo])
-        ev = PolicyValueEvaluator(
-            self.policy,
-            self.reward_net,
-            top_k=s.top_k,
-            terminal=s.terminal_value,
-            verifier=state_verifier([len(i) for i in ids], verify),
-            kv_cache=s.kv_cache,
-            leaf_value=s.leaf_value,
-            rollout_weight=s.rollout_weight,
-        )
+        ev = PolicyValueEvaluator.for_search(self.policy, self.reward_net, s, ids, verify)
         with autocast(self.device):
             out = search(
                 ids,

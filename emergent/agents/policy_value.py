@@ -13,7 +13,7 @@ from emergent.envs.tokenizer import TOKENIZER
 
 from .model import upcast
 from .rollouts import complete_greedily
-from .search import Expansion, SearchOutput, States, Tree
+from .search import Expansion, SearchConfig, SearchOutput, States, Tree
 from .tree_kv import TreeKV, TreePlan
 
 
@@ -82,6 +82,23 @@ class PolicyValueEvaluator:
         self.prompt_hidden: dict[str, torch.Tensor] = {}  # [B, C] per network: node 0's state
         self.flops = 0.0
         self.calls = 0
+
+    @classmethod
+    def for_search(
+        cls, policy, reward_net, cfg: SearchConfig, prompt_ids: Sequence[np.ndarray], verify: Callable
+    ) -> "PolicyValueEvaluator":
+        """The evaluator ``search.*`` describes, for the problems ``prompt_ids``, whose states
+        ``verify(problem rows, completions) -> [m] bool`` judges (``state_verifier``)."""
+        return cls(
+            policy,
+            reward_net,
+            top_k=cfg.top_k,
+            terminal=cfg.terminal_value,
+            verifier=state_verifier([len(i) for i in prompt_ids], verify),
+            kv_cache=cfg.kv_cache,
+            leaf_value=cfg.leaf_value,
+            rollout_weight=cfg.rollout_weight,
+        )
 
     def _networks(self) -> dict[str, tuple[torch.nn.Module, Callable]]:
         """name -> (the TransformerLM whose keys are kept, the FLOPs per token of its network)."""

@@ -15,7 +15,7 @@ import torch
 from emergent import tags
 from emergent.agents.learner import autocast
 from emergent.agents.model import TransformerLM
-from emergent.agents.policy_value import PolicyValueEvaluator, output_completions, state_verifier
+from emergent.agents.policy_value import PolicyValueEvaluator, output_completions
 from emergent.agents.search import search
 from emergent.envs import SPLITS, TOKENIZER, Problem, Scores, SplitSpec, Task, extract_answer
 
@@ -113,16 +113,7 @@ def search_completions(
         def exact(rows, completions, chunk=chunk):
             return task.verdicts([chunk[r] for r in rows], completions)
 
-        ev = PolicyValueEvaluator(
-            model,
-            reward_net,
-            top_k=cfg.top_k,
-            terminal=cfg.terminal_value,
-            verifier=state_verifier([len(i) for i in ids], exact),
-            kv_cache=cfg.kv_cache,
-            leaf_value=cfg.leaf_value,
-            rollout_weight=cfg.rollout_weight,
-        )
+        ev = PolicyValueEvaluator.for_search(model, reward_net, cfg, ids, exact)
         with autocast(device):
             res = search(
                 ids,
