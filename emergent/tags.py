@@ -67,6 +67,8 @@ COMPUTE_GENERATE_FLOPS = "compute/generate_flops"
 # -- reward_net/ ---------------------------------------------------------------------------------
 REWARD_LOSS = "reward_net/loss"
 REWARD_AUC = "reward_net/auc"
+# with a step head: the AUC, over one batch's held-out traces, of P(correct) x each step's P(true)
+REWARD_PROCESS_AUC = "reward_net/process_auc"
 REWARD_ECE = "reward_net/ece"
 REWARD_DISAGREEMENT = "reward_net/verifier_disagreement"
 # alphazero with net-valued leaves: over pairs of root children with verdicts below both and

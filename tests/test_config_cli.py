@@ -47,6 +47,20 @@ BAD_TRAIN = [
     (["train.method=expert_iteration", "search.num_simulations=8"], ["search.num_simulations=8", "['alphazero']"]),
     (["train.method=expert_iteration", "improve.clip_ratio=0.1"], ["improve.clip_ratio=0.1", "['policy_gradient']"]),
     (["reward.lr=0.1"], ["reward.lr=0.1 is not read by train.method=supervised"]),
+    (["train.method=expert_iteration", "reward.step_labels=true"], ["reward.step_labels=true needs a step checker"]),
+    (
+        [
+            "train.method=expert_iteration",
+            "task.name=countdown",
+            "task.format=scratchpad",
+            "task.difficulty=[3,4]",
+            "task.extrapolate=[5,5]",
+            "reward.step_labels=true",
+            "improve.label_source=majority_vote",
+        ],
+        ["reward.step_labels come from the step checker", "majority_vote"],
+    ),
+    (["train.method=expert_iteration", "reward.step_coef=-1"], ["reward.step_coef must be >= 0"]),
 ]
 
 
@@ -146,6 +160,16 @@ def test_ray_staleness_defaults_to_one_batch_in_flight_per_worker():
     assert load_config(None, []).ray.max_staleness == 1  # two workers, as before
     with pytest.raises(ConfigError, match="ray.max_staleness"):
         load_config(None, ["ray.max_staleness=-1"])
+
+
+def test_step_labels_follow_check_steps_and_runs_record_what_they_ran():
+    countdown = ["train.method=expert_iteration", "task.name=countdown", "task.format=scratchpad"]
+    countdown += ["task.difficulty=[3,4]", "task.extrapolate=[5,5]"]
+    assert load_config(None, [*countdown, "task.check_steps=true"]).reward.step_labels is True
+    assert load_config(None, countdown).reward.step_labels is False
+    assert load_config(None, [*countdown, "reward.step_labels=true"]).reward.step_labels is True
+    votes = [*countdown, "task.check_steps=true", "improve.label_source=majority_vote"]
+    assert load_config(None, votes).reward.step_labels is False  # a vote never calls the checker
 
 
 def test_search_keys_are_accepted_where_an_evaluation_searches(tmp_path):

@@ -149,7 +149,8 @@ class SelfImprover:
         icfg.validate()
         self.policy, self.cfg, self.device = policy, icfg, device
         self.problems_per_step = icfg.problems_per_iter
-        self.reward_net = RewardNet.for_policy(policy, cfg.reward)
+        self.step_labels = bool(cfg.reward.step_labels)  # a process reward: the step checker's labels too
+        self.reward_net = RewardNet.for_policy(policy, cfg.reward, step_head=self.step_labels)
         self.learner = Learner(policy, cfg.optim, cfg.train.steps * icfg.updates_per_iter, device)
         self.reward_trainer = RewardTrainer(self.reward_net, cfg.reward, cfg.train.steps, device)
         self.heldout_fraction = cfg.reward.heldout_fraction
@@ -191,15 +192,27 @@ class SelfImprover:
         training and scored now, for the diagnostics."""
         heldout = split_heldout(len(rows), self.heldout_fraction, self.collect_rng)
         held = np.flatnonzero(heldout)
-        probs = np.zeros(0)
+        probs, process = np.zeros(0), None
         if len(held):
             probs, f = self.reward_trainer.score([batch.prompts[rows[i]] for i in held], [completions[i] for i in held])
             flops[tags.REWARD] = flops.get(tags.REWARD, 0.0) + f
+            if self.step_labels:  # the process reward's ranking, beside the value head's
+                process, f = self.reward_trainer.process_scores(
+                    [batch.prompts[rows[i]] for i in held], [completions[i] for i in held]
+                )
+                flops[tags.REWARD] += f
         extra = self.reward_traces(batch, flops) if self.reward_rollouts else ()
         if self.reward_near_misses:
             extra += self.near_miss_traces(
                 batch, np.asarray(rows), completions, np.asarray(finished, dtype=bool), ~heldout
             )
+        steps = None
+        if self.step_labels and batch.check_steps is not None:  # only the traces the reward net trains on
+            train = np.flatnonzero(~heldout)
+            judged = batch.check_steps(np.asarray(rows)[train], [completions[i] for i in train])
+            steps = [None] * len(rows)
+            for i, judged_steps in zip(train.tolist(), judged):
+                steps[i] = tuple(bool(y) for y in judged_steps)
         return Experience(
             list(batch.prompts),
             np.asarray(rows),
@@ -210,7 +223,9 @@ class SelfImprover:
             heldout,
             probs,
             flops,
+            heldout_process=process,
             reward_traces=extra,
+            steps=steps,
             **fields,
         )
 
@@ -263,6 +278,7 @@ class SelfImprover:
             **last_update(updates),
             scalars={**scalars, **reward_scalars},
             heldout=(experience.heldout_probs, experience.labels[experience.heldout]),
+            heldout_process=experience.heldout_process,
             accuracy=experience.problem_accuracy(),
         )
 

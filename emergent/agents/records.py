@@ -21,6 +21,12 @@ class Verifier(Protocol):
     def __call__(self, rows: np.ndarray, completions: Sequence[str]) -> np.ndarray: ...
 
 
+class StepChecker(Protocol):
+    """Each completion's scratchpad steps judged one by one: [R] arrays of [steps] bool."""
+
+    def __call__(self, rows: np.ndarray, completions: Sequence[str]) -> list[np.ndarray]: ...
+
+
 @dataclass(frozen=True)
 class Prompts:
     """One batch of training problems, as a method sees them: prompts and a verifier.
@@ -32,6 +38,8 @@ class Prompts:
     prompts: list[str]  # [P]
     verify: Verifier
     gold: Optional[list[str]] = None  # [P]
+    # the task's step checker under task.check_steps (a process reward's labels); else None
+    check_steps: Optional[StepChecker] = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class Experience:
     # ValueBaseline, alphazero's SearchTargets); None for the others
     payload: Any = None
     reward_traces: tuple = ()  # labelled Traces only the reward net learns from (reward.rollouts)
+    # [H] a process reward's score of the held-out traces (reward.step_labels), else None
+    heldout_process: Optional[np.ndarray] = None
+    # [R] each trace's step labels ([steps] bool) for the reward net's step head; None: not asked
+    steps: Optional[list] = None
 
     @property
     def size(self) -> int:
@@ -91,6 +103,7 @@ class StepResult:
     grad_norm: Optional[torch.Tensor] = None  # 0-d
     scalars: Mapping[str, float] = field(default_factory=dict)  # the method's own tags
     heldout: Optional[tuple[np.ndarray, np.ndarray]] = None  # reward-net P(correct) and labels, [H] each
+    heldout_process: Optional[np.ndarray] = None  # [H] the process reward's scores of the same traces
     accuracy: Optional[object] = None  # [P] training accuracy per problem (tensor or array): a curriculum's signal
 
 
@@ -105,6 +118,7 @@ class Trace:
     completion: str
     label: float = 1.0  # verifier outcome (or vote agreement)
     target: Optional[torch.Tensor] = None  # alphazero: improved policy per move [moves, V]
+    steps: Optional[tuple] = None  # the reward net's step labels: each scratchpad step true or not
 
 
 class Replay:
@@ -128,7 +142,7 @@ class Replay:
 
     def state_dict(self) -> list:
         # plain lists of str / float / tensor / None: readable by torch.load(weights_only=True)
-        return [[t.prompt, t.completion, t.label, t.target] for t in self.items]
+        return [[t.prompt, t.completion, t.label, t.target, t.steps] for t in self.items]
 
     def load_state_dict(self, state: list) -> None:
-        self.items = [Trace(*row) for row in state]
+        self.items = [Trace(*row) for row in state]  # a checkpoint from before step labels: 4 fields

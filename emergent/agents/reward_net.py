@@ -59,6 +59,12 @@ class RewardNetConfig:
     # expert iteration, it has not moved the AUC yet and dilutes the positives, which costs
     # calibration (benchmarks/RESULTS.md)
     near_misses: int = 0
+    # a process reward: with a step checker, a second head learns each scratchpad step's own
+    # label (true or false), read at the step's separator; the trunk the value head reads learns
+    # to check arithmetic from every step, not only from one verdict per trace. None: on
+    # exactly when task.check_steps (the verifier then judges steps anyway)
+    step_labels: Optional[bool] = None
+    step_coef: float = 1.0  # weight of the step head's loss beside the value loss
 
     def model_config(self, policy: ModelConfig) -> ModelConfig:
         size = {
@@ -90,6 +96,8 @@ class RewardNetConfig:
                 "reward.batch_size and "
                 "reward.replay_size >= 1"
             )
+        if self.step_coef < 0:
+            raise ValueError("reward.step_coef must be >= 0")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError("reward.heldout_fraction must lie in [0, 1)")
         mine.validate()
@@ -99,6 +107,8 @@ class ValueBatch(NamedTuple):
     inputs: torch.Tensor  # [B, T] BOS + prompt + completion + EOS, right-padded
     mask: torch.Tensor  # [B, T] float: 1 at the states to train (last prompt token .. EOS)
     labels: torch.Tensor  # [B] float: 1 if the verifier accepted the trace, else 0
+    step_mask: torch.Tensor  # [B, T] float: 1 at each judged step's separator (',' or '>')
+    step_labels: torch.Tensor  # [B, T] float: that step's label (1 true, 0 false)
 
     def to(self, device) -> "ValueBatch":
         return ValueBatch(*(t.to(device, non_blocking=True) for t in self))
@@ -106,20 +116,26 @@ class ValueBatch(NamedTuple):
 
 class RewardNet(nn.Module):
     @classmethod
-    def for_policy(cls, policy: TransformerLM, cfg: RewardNetConfig) -> "RewardNet":
+    def for_policy(cls, policy: TransformerLM, cfg: RewardNetConfig, *, step_head: bool = False) -> "RewardNet":
         """Sized by ``reward.*`` (the policy's size by default); with ``reward.init=policy``
-        the trunk starts from the policy's weights."""
-        net = cls(cfg.model_config(policy.cfg), policy.vocab_size).to(next(policy.parameters()).device)
+        the trunk starts from the policy's weights. ``step_head``: a process head too."""
+        net = cls(cfg.model_config(policy.cfg), policy.vocab_size, step_head=step_head)
+        net = net.to(next(policy.parameters()).device)
         if cfg.init == "policy":  # the judge starts from what the starting policy knows
             net.trunk.load_state_dict(policy.state_dict())
         return net
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int, *, step_head: bool = False) -> None:
         super().__init__()
         self.trunk = TransformerLM(cfg, vocab_size)  # its tied LM head adds no parameters and is unused
         self.head = nn.Linear(cfg.d_model, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)  # starts at P = 0.5 everywhere: no opinion
+        # P(the step ending here is true), read at step separators only; trained, never searched with
+        self.step_head = nn.Linear(cfg.d_model, 1) if step_head else None
+        if self.step_head is not None:
+            nn.init.zeros_(self.step_head.weight)
+            nn.init.zeros_(self.step_head.bias)
 
     @property
     def cfg(self) -> ModelConfig:
@@ -128,6 +144,12 @@ class RewardNet(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx [B, T] (right-padded) -> logits [B, T] of P(correct | tokens[:t+1])."""
         return upcast(self.head(self.trunk.hidden(idx)).squeeze(-1))
+
+    def both(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """idx [B, T] -> (value logits [B, T], step logits [B, T]: P(the step ending at t is
+        true)); needs the step head."""
+        h = self.trunk.hidden(idx)  # [B, T, C]
+        return upcast(self.head(h).squeeze(-1)), upcast(self.step_head(h).squeeze(-1))
 
     def value_at(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """P(correct) of each row's state after its last real token: idx [B, T], lengths [B] -> [B]."""
@@ -138,13 +160,21 @@ class RewardNet(nn.Module):
         c = self.cfg
         per = self.trunk.flops_per_token(context, backward=backward)
         lm_head = 2 * c.d_model * self.trunk.vocab_size * (3 if backward else 1)
-        head = 2 * c.d_model * (3 if backward else 1)
-        return per - lm_head + head  # the value head replaces the LM head
+        head = 2 * c.d_model * (3 if backward else 1) * (2 if self.step_head is not None else 1)
+        return per - lm_head + head  # the value (and step) head replace the LM head
 
 
-def value_loss(net: RewardNet, batch: ValueBatch) -> torch.Tensor:
-    """Binary cross-entropy of every trained prefix against its trace's outcome."""
-    logits = net(batch.inputs)  # [B, T]
+def value_loss(net: RewardNet, batch: ValueBatch, step_coef: float = 1.0) -> torch.Tensor:
+    """Binary cross-entropy of every trained prefix against its trace's outcome; with a step
+    head, plus ``step_coef`` x the step head's at every judged step against the step's label."""
+    if net.step_head is None:
+        logits = net(batch.inputs)  # [B, T]
+    else:
+        logits, step_logits = net.both(batch.inputs)
     target = batch.labels[:, None].expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return masked_mean(bce, batch.mask)
+    loss = masked_mean(bce, batch.mask)
+    if net.step_head is not None:  # an empty step mask adds 0 (no host sync to ask)
+        step_bce = F.binary_cross_entropy_with_logits(step_logits, batch.step_labels, reduction="none")
+        loss = loss + step_coef * masked_mean(step_bce, batch.step_mask)
+    return loss

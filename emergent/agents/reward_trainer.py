@@ -9,13 +9,14 @@ finished traces or of prompt states, for ranking, rewards, baselines and diagnos
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from emergent import tags
 from emergent.envs import TOKENIZER
+from emergent.envs.tokenizer import ANSWER_SEP, STEP_SEP
 
 from .learner import Learner, OptimConfig, autocast
 from .model import upcast
@@ -24,9 +25,26 @@ from .reward_net import RewardNet, RewardNetConfig, ValueBatch, value_loss
 from .token_batch import encode_batch
 
 
-def encode_values(prompts: Sequence[str], completions: Sequence[str], labels: np.ndarray, max_len: int) -> ValueBatch:
+def step_ends(completion: str) -> list[int]:
+    """Where each scratchpad step ends in ``completion``: the index of its separator (the
+    ',' after it, the last step's '>'), one per ``scratchpad_steps(completion)``."""
+    if ANSWER_SEP not in completion:
+        return []
+    head = completion.rsplit(ANSWER_SEP, 1)[0]
+    return [i for i, ch in enumerate(head) if ch == STEP_SEP] + [len(head)]
+
+
+def encode_values(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    labels: np.ndarray,
+    max_len: int,
+    steps: Optional[Sequence[Optional[Sequence[bool]]]] = None,
+) -> ValueBatch:
     """Rows ``BOS prompt completion EOS``, right-padded; train every state from the last
-    prompt token (index len(prompt)) to the EOS (index len(prompt) + len(completion) + 1)."""
+    prompt token (index len(prompt)) to the EOS (index len(prompt) + len(completion) + 1).
+    ``steps`` (per trace, its steps' labels or None): the step head's targets, each at its
+    step's separator (completion index i sits at row index 1 + len(prompt) + i)."""
     b = encode_batch(TOKENIZER, prompts, completions, max_len)
     # BOS + the shifted targets = the whole row. A trace that filled the context never
     # wrote EOS: its final state is its last token, so the appended EOS is cut off.
@@ -35,7 +53,19 @@ def encode_values(prompts: Sequence[str], completions: Sequence[str], labels: np
     eos_at = (lp + torch.tensor([len(c) for c in completions]) + 1).clamp(max=max_len - 1)
     t = torch.arange(full.shape[1])[None, :]
     mask = ((t >= lp[:, None]) & (t <= eos_at[:, None])).float()
-    return ValueBatch(full, mask, torch.as_tensor(labels, dtype=torch.float32))
+    step_mask, step_labels = torch.zeros_like(mask), torch.zeros_like(mask)
+    for row, (p, c, judged) in enumerate(zip(prompts, completions, steps or ())):
+        if judged is None:
+            continue
+        at = [1 + len(p) + i for i in step_ends(c)]
+        if len(at) != len(judged):
+            raise ValueError(f"{len(judged)} step labels for a completion with {len(at)} steps: {c!r}")
+        keep = [(a, y) for a, y in zip(at, judged) if a < full.shape[1]]  # steps cut off by max_len: none
+        if keep:
+            cols, ys = zip(*keep)
+            step_mask[row, list(cols)] = 1.0
+            step_labels[row, list(cols)] = torch.tensor(ys, dtype=torch.float32)
+    return ValueBatch(full, mask, torch.as_tensor(labels, dtype=torch.float32), step_mask, step_labels)
 
 
 def near_misses(completions: Sequence[str], k: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
@@ -76,7 +106,10 @@ class RewardTrainer:
         train = np.flatnonzero(~experience.heldout)
         if not len(self.replay) and len(train):
             self.calibrate(float(np.mean(experience.labels[train])))
-        self.replay.add(Trace(prompts[i], experience.completions[i], float(experience.labels[i])) for i in train)
+        steps = experience.steps if experience.steps is not None else [None] * experience.size
+        self.replay.add(
+            Trace(prompts[i], experience.completions[i], float(experience.labels[i]), steps=steps[i]) for i in train
+        )
         self.replay.add(experience.reward_traces)  # reward.rollouts: sampled for the reward net alone
         flops, losses = 0.0, []
         for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
@@ -86,8 +119,9 @@ class RewardTrainer:
                 [t.completion for t in items],
                 np.array([t.label for t in items]),
                 self.net.cfg.max_len,
+                [t.steps for t in items] if self.net.step_head is not None else None,
             ).to(self.device)
-            u = self.learner.step_batch(lambda b: value_loss(self.net, b), batch)
+            u = self.learner.step_batch(lambda b: value_loss(self.net, b, self.cfg.step_coef), batch)
             flops += u.flops
             losses.append(u.loss)
         return flops, ({tags.REWARD_LOSS: float(torch.stack(losses).mean())} if losses else {})
@@ -112,6 +146,23 @@ class RewardTrainer:
             v = self.net.value_at(batch.inputs, lengths)
         B, T = batch.inputs.shape
         return upcast(v).cpu().numpy(), self.net.flops_per_token(T, backward=False) * B * T
+
+    @torch.no_grad()
+    def process_scores(self, prompts: Sequence[str], completions: Sequence[str]):
+        """A process reward's score of finished traces: the value head's P(correct) at EOS times
+        the step head's P(true) of each step -> ([R], flops). Needs the step head."""
+        values, _ = self.score(prompts, completions)
+        batch = encode_values(prompts, completions, np.zeros(len(prompts)), self.net.cfg.max_len).to(self.device)
+        self.net.eval()
+        with autocast(self.device, self.learner.mixed_precision):
+            _, step_logits = self.net.both(batch.inputs)
+        p_true = torch.sigmoid(upcast(step_logits)).cpu().numpy()  # [R, T]
+        out = values.copy()
+        for r, (p, c) in enumerate(zip(prompts, completions)):
+            at = [1 + len(p) + i for i in step_ends(c) if 1 + len(p) + i < p_true.shape[1]]
+            out[r] *= float(np.prod(p_true[r, at]))
+        B, T = batch.inputs.shape
+        return out, 2 * self.net.flops_per_token(T, backward=False) * B * T
 
     def state_dict(self) -> dict:
         return {"optim": self.learner.state_dict(), "net": self.net.state_dict(), "replay": self.replay.state_dict()}

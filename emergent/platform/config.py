@@ -376,11 +376,19 @@ def validate(cfg: Config) -> None:
         cfg.reward.validate(cfg.model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if (
-        cfg.reward.near_misses
-        and cfg.train.method == "expert_iteration"
-        and cfg.improve.label_source == "majority_vote"
-    ):
+    votes = cfg.train.method == "expert_iteration" and cfg.improve.label_source == "majority_vote"
+    if cfg.reward.step_labels is None:  # resolved, so a run records what it ran
+        cfg.reward.step_labels = bool(cfg.task.check_steps) and not votes
+    elif cfg.reward.step_labels and not task.has_step_checker:
+        raise ConfigError(
+            f"reward.step_labels=true needs a step checker: task {cfg.task.name!r} format {task.format!r} has none"
+        )
+    elif cfg.reward.step_labels and votes:
+        raise ConfigError(
+            "reward.step_labels come from the step checker, which improve.label_source=majority_vote "
+            "never calls: set reward.step_labels=false"
+        )
+    if cfg.reward.near_misses and votes:
         raise ConfigError(
             "reward.near_misses are labelled by the verifier, which improve.label_source=majority_vote "
             "never calls: set reward.near_misses=0"

@@ -67,6 +67,10 @@ class Oracle:
     def __call__(self, rows: np.ndarray, completions) -> np.ndarray:
         return self._task.verdicts([self._problems[r] for r in rows], completions).astype(np.float64)
 
+    def steps(self, rows: np.ndarray, completions) -> list[np.ndarray]:
+        """Each completion's scratchpad steps judged one by one ([steps] bool each)."""
+        return self._task.step_labels([self._problems[r] for r in rows], completions)
+
 
 @dataclass(frozen=True)
 class Collected:
@@ -198,7 +202,10 @@ class Experiment:
         """The method's experience of ``problems`` with the current weights. It sees their
         prompts and the verifier, and their gold only if it learns from demonstrations."""
         gold = [self._gold(p) for p in problems] if self.method.demonstrations else None
-        batch = Prompts([p.prompt for p in problems], Oracle(self.task, problems), gold)
+        oracle = Oracle(self.task, problems)
+        batch = Prompts(
+            [p.prompt for p in problems], oracle, gold, oracle.steps if self.task.has_step_checker else None
+        )
         return Collected(self.method.collect(batch), np.array([p.difficulty for p in problems]), version)
 
     def consume(self, collected: Collected) -> Step:

@@ -26,7 +26,7 @@ from .checkpoint import LAST, save_checkpoint
 from .config import Config, flatten, to_yaml
 from .evaluate import SplitResult, save_evaluation, scalars
 from .experiment import RESUMABLE_CHANGES, Experiment, Step
-from .metrics import reward_net_diagnostics
+from .metrics import auc, reward_net_diagnostics
 from .tensorboard import TBLogger
 
 # Dense bf16 peak FLOP/s by CUDA device name (no sparsity), for MFU.
@@ -75,7 +75,11 @@ def window_scalars(window: list[Step], seconds: float, peak: float | None) -> di
     out.update({k: float(np.mean(v)) for k, v in extra.items()})
     held = [r.heldout for r in results if r.heldout is not None]
     if held:  # reward-net diagnostics over every trace held out in the window
-        out.update(reward_net_diagnostics(np.concatenate([h[0] for h in held]), np.concatenate([h[1] for h in held])))
+        labels = np.concatenate([h[1] for h in held])
+        out.update(reward_net_diagnostics(np.concatenate([h[0] for h in held]), labels))
+        process = [r.heldout_process for r in results if r.heldout is not None]
+        if all(p is not None for p in process):  # a step head's score of the same traces
+            out[tags.REWARD_PROCESS_AUC] = auc(np.concatenate(process), labels)
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
