@@ -36,6 +36,11 @@ SEARCH_INFORMATIVE_FRACTION = (
 SEARCH_IMPROVEMENT_WIN_RATE = "search/improvement_win_rate"
 SEARCH_IMPROVEMENT_DECIDED = "search/improvement_decided_pairs"
 SEARCH_IMPROVEMENT_WINS = "search/improvement_wins"
+# the same pairs, each choice continued by search.diagnostic_samples sampled completions: won when
+# its completions are right more often than the other's
+SEARCH_IMPROVEMENT_SAMPLED_WIN_RATE = "search/improvement_sampled_win_rate"
+SEARCH_IMPROVEMENT_SAMPLED_DECIDED = "search/improvement_sampled_decided_pairs"
+SEARCH_IMPROVEMENT_SAMPLED_WINS = "search/improvement_sampled_wins"
 # alphazero: the share of searched problems the search solved (with improve.sample_first: of the
 # problems every sampled attempt failed)
 SEARCH_SOLVED = "search/solved_fraction"

@@ -231,8 +231,9 @@ def test_the_sibling_pair_count_compares_the_net_s_order_of_root_children_with_t
     assert float(out.sibling_pairs[0]) == 1.0 and float(out.sibling_agree[0]) == auc
 
 
+@pytest.mark.parametrize("samples", [0, 4])
 @pytest.mark.parametrize("target_first,expected", [(True, (1, 0, 0)), (False, (0, 1, 0))])
-def test_the_improvement_win_rate_judges_both_choices_completed(target_first, expected):
+def test_the_improvement_win_rate_judges_both_choices_completed(target_first, expected, samples):
     # one informative move where the improved policy and the prior disagree: EOS (the empty
     # completion, which this verifier accepts) against a digit (completed greedily: never empty)
     from test_search import tiny_networks
@@ -258,7 +259,18 @@ def test_the_improvement_win_rate_judges_both_choices_completed(target_first, ex
         informative=torch.tensor([[True]]),
         prior_token=torch.tensor([[other]]),
     )
-    judged = improvement_outcomes(policy, out, lambda rows, comps: np.array([c == "" for c in comps]))
+    calls = []
+
+    def verify(rows, comps):
+        calls.append(len(rows))
+        return np.array([c == "" for c in comps])
+
+    gen = torch.Generator().manual_seed(0)
+    judged = improvement_outcomes(policy, out, verify, samples=samples, generator=gen)
     assert tuple(judged) == expected
+    assert calls == [2 * max(samples, 1)]  # each choice, completed once greedily or `samples` times
+    # both choices as often right (never): a tie, not a win
+    tie = improvement_outcomes(policy, out, lambda rows, comps: np.zeros(len(rows)), samples=samples, generator=gen)
+    assert tuple(tie) == (0, 0, 1)
     agree = out._replace(prior_token=torch.tensor([[eos_first]]))  # no disagreement: nothing to judge
     assert tuple(improvement_outcomes(policy, agree, lambda rows, comps: np.ones(len(rows)))) == (0, 0, 0)

@@ -96,6 +96,19 @@ class AlphaZero(SelfImprover):
         self.search_cfg = cfg.search
         self.replay = Replay(self.cfg.replay_size)  # recent searched traces with their targets
 
+    def reseed(self, seed: int, stream: int = 0) -> None:
+        super().reseed(seed, stream)
+        # the sampled improvement diagnostic's own stream: measuring draws nothing from collect's
+        self.diagnostic_generator = torch.Generator().manual_seed(seed * 1_000_003 + stream + 500_009)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "diagnostic_generator": self.diagnostic_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "diagnostic_generator" in state:  # a checkpoint from before the sampled diagnostic has none
+            self.diagnostic_generator.set_state(state["diagnostic_generator"])
+
     def collect(self, batch: Prompts) -> Experience:
         """``improve.sample_first`` k > 0: k sampled traces per problem first (as expert
         iteration's), and the search only for the problems none of them solved; else the
@@ -195,6 +208,15 @@ class AlphaZero(SelfImprover):
                 scalars[tags.SEARCH_IMPROVEMENT_WIN_RATE] = imp.win_rate
             scalars[tags.SEARCH_IMPROVEMENT_DECIDED] = float(imp.wins + imp.losses)
             scalars[tags.SEARCH_IMPROVEMENT_WINS] = float(imp.wins)  # a window's rate: mean wins / mean decided
+            if s.diagnostic_samples:
+                with autocast(self.device):
+                    imp = improvement_outcomes(
+                        self.policy, out, verify, samples=s.diagnostic_samples, generator=self.diagnostic_generator
+                    )
+                if imp.wins + imp.losses:
+                    scalars[tags.SEARCH_IMPROVEMENT_SAMPLED_WIN_RATE] = imp.win_rate
+                scalars[tags.SEARCH_IMPROVEMENT_SAMPLED_DECIDED] = float(imp.wins + imp.losses)
+                scalars[tags.SEARCH_IMPROVEMENT_SAMPLED_WINS] = float(imp.wins)
         return _Traces(
             todo,
             completions,

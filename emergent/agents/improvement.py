@@ -7,6 +7,12 @@ from the trace's prefix and judged. The **improvement win rate** is the share of
 pairs (one completion right, the other wrong) that the improved policy's choice wins: above
 0.5, the targets the policy learns from point at better moves than it would make itself.
 All pairs are completed in one batched, KV-cached ``generate`` call.
+
+With leaves valued by greedy rollouts (``search.leaf_value=rollout | mix``) the greedy pair is
+nearly decided by the very completions that shaped the target. ``samples`` > 0 measures it
+apart from them: each choice continued by ``samples`` completions sampled at temperature 1,
+and a pair is won when the improved choice's completions are right more often than the
+prior's (lost when less often): does the target raise the policy's own success rate?
 """
 
 from __future__ import annotations
@@ -35,12 +41,17 @@ class Improvement(NamedTuple):
 
 
 def improvement_outcomes(
-    policy: TransformerLM, out: SearchOutput, verify: Callable[[np.ndarray, list[str]], np.ndarray]
+    policy: TransformerLM,
+    out: SearchOutput,
+    verify: Callable[[np.ndarray, list[str]], np.ndarray],
+    *,
+    samples: int = 0,
+    generator: torch.Generator | None = None,
 ) -> Improvement:
     """Pairs at ``out.informative`` moves: the improved policy's argmax against the prior's
     (``out.prior_token``, what the search's own expansion ranked first), each completed
-    greedily and judged by ``verify(problem rows, completions)``. Its compute is a
-    measurement's, in no ledger."""
+    greedily (or by ``samples`` sampled completions each, from ``generator``) and judged by
+    ``verify(problem rows, completions)``. Its compute is a measurement's, in no ledger."""
     informative = out.informative
     if informative is None or not bool(informative.any()):
         return Improvement(0, 0, 0)
@@ -50,19 +61,22 @@ def improvement_outcomes(
     if not len(differ):
         return Improvement(0, 0, 0)
     b, at = b[differ], (out.prompt_length[b] + m)[differ]  # where move m's token sits
-    D = len(differ)
-    choices = torch.cat([target[differ], prior[differ]])  # [2D]: improved, then prior
-    rows, ends = b.repeat(2), at.repeat(2) + 1  # each prefix + its choice
+    D, k = len(differ), max(samples, 1)
+    choices = torch.cat([target[differ], prior[differ]]).repeat_interleave(k)  # [2Dk]: improved, then prior
+    rows, ends = b.repeat(2).repeat_interleave(k), (at.repeat(2) + 1).repeat_interleave(k)  # prefix + choice
     states = out.tokens[rows].clone()
-    states[torch.arange(2 * D), ends - 1] = choices
+    states[torch.arange(len(rows)), ends - 1] = choices
     finished = choices == TOKENIZER.eos_id  # an EOS choice ends its trace
     todo = (~finished & (ends < policy.cfg.max_len)).nonzero().squeeze(1)  # the others, where room is left
     lengths = ends.clone()
     if len(todo):
-        grown, lengths[todo], finished[todo], _ = complete_greedily(policy, states[todo], ends[todo])
-        states = torch.cat([states, states.new_zeros(2 * D, grown.shape[1] - states.shape[1])], 1)
+        grown, lengths[todo], finished[todo], _ = complete_greedily(
+            policy, states[todo], ends[todo], temperature=1.0 if samples else 0.0, generator=generator
+        )
+        states = torch.cat([states, states.new_zeros(len(rows), grown.shape[1] - states.shape[1])], 1)
         states[todo] = grown
     completions = TOKENIZER.decode_spans(states.cpu().numpy(), out.prompt_length[rows].tolist(), lengths.tolist())
     right = verify(rows.cpu().numpy(), completions).astype(bool) & finished.cpu().numpy()
-    mine, theirs = right[:D], right[D:]
-    return Improvement(int((mine & ~theirs).sum()), int((theirs & ~mine).sum()), int((mine == theirs).sum()))
+    right = right.reshape(2, D, k).sum(2)  # [2, D] right completions of each choice
+    mine, theirs = right[0], right[1]
+    return Improvement(int((mine > theirs).sum()), int((theirs > mine).sum()), int((mine == theirs).sum()))

@@ -65,18 +65,25 @@ def generation_flops(policy: TransformerLM, rows: int, prefix: int, steps: int) 
 
 @torch.no_grad()
 def complete_greedily(
-    policy: TransformerLM, tokens: torch.Tensor, lengths: torch.Tensor
+    policy: TransformerLM,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Each state ``tokens[i, :lengths[i]]`` ([M, L] right-padded) continued greedily by the
-    policy, all in one ``generate`` call. Returns (tokens [M, L + n] with the continuation
-    after each state, lengths [M] (EOS excluded), finished [M] bool: wrote EOS, FLOPs)."""
+    policy (or sampled at ``temperature`` > 0 from ``generator``), all in one ``generate``
+    call. Returns (tokens [M, L + n] with the continuation after each state, lengths [M] (EOS
+    excluded), finished [M] bool: wrote EOS, FLOPs)."""
     rows = tokens.cpu().numpy()
     gen = policy.generate(
         [rows[i, :n] for i, n in enumerate(lengths.tolist())],
         policy.cfg.max_len,
         eos_id=TOKENIZER.eos_id,
         pad_id=TOKENIZER.pad_id,
-        temperature=0.0,
+        temperature=temperature,
+        generator=generator,
     )
     n = gen.tokens.shape[1]
     out = torch.cat([tokens, tokens.new_zeros(len(tokens), n)], 1)  # [M, L + n]

@@ -377,7 +377,8 @@ def validate(cfg: Config) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     votes = cfg.train.method == "expert_iteration" and cfg.improve.label_source == "majority_vote"
-    if cfg.reward.step_labels is None:  # resolved, so a run records what it ran
+    if cfg.reward.step_labels is None and reads_key(cfg.train.method, "reward.step_labels"):
+        # resolved where a reward net trains, so the run records what it ran
         cfg.reward.step_labels = bool(cfg.task.check_steps) and not votes
     elif cfg.reward.step_labels and not task.has_step_checker:
         raise ConfigError(

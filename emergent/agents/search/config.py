@@ -60,6 +60,10 @@ class SearchConfig:
     # greedy completion of both choices at each informative move where they differ (its
     # compute is a measurement's, outside the ledger, like evaluation's)
     diagnostics: bool = True
+    # > 0: the same pairs also continued by this many completions each, sampled at temperature
+    # 1 from a stream of their own (search/improvement_sampled_*): apart from the greedy
+    # completions that rollout-valued leaves shaped the target with
+    diagnostic_samples: int = 0
     # alphazero: up to this many states the verifier judged in the tree per iteration
     # (terminal states and rollouts, off the path played too), each completed trace with its
     # verdict, join the reward net's training data: the siblings the search compares
@@ -109,8 +113,8 @@ class SearchConfig:
             )
         if self.root not in ROOTS:
             raise ValueError(f"search.root={self.root!r}; choose one of {list(ROOTS)}")
-        if self.tree_traces < 0:
-            raise ValueError("search.tree_traces must be >= 0")
+        if self.tree_traces < 0 or self.diagnostic_samples < 0:
+            raise ValueError("search.tree_traces and search.diagnostic_samples must be >= 0")
         if self.max_considered < 1 or self.gumbel_scale < 0:
             raise ValueError("search.max_considered must be >= 1 and search.gumbel_scale >= 0")
         if self.root == "gumbel" and (self.static or self.dirichlet_fraction > 0):
