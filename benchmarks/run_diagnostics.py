@@ -1,8 +1,9 @@
 """Self-improvement diagnostics of finished runs, from their TensorBoard scalars: each tag's
 mean over the logged iterations, the improvement win rate as total wins over total decided
-pairs, and the reward net's online AUC over its last ten logged windows. With two or more
-runs (seeds of one cell), a last line per figure: the mean, the range and the 95 % t interval
-over the runs (``emergent/platform/stats.py``).
+pairs (greedy completions, and with ``search.diagnostic_samples`` sampled ones), and the reward
+net's online AUC (and, with a step head, the process score's) over its last ten logged
+windows. With two or more runs (seeds of one cell), a last line per figure: the mean, the range
+and the 95 % t interval over the runs (``emergent/platform/stats.py``).
 
     python benchmarks/run_diagnostics.py runs/countdown_compare/alphazero_d_model64_seed*
 """
@@ -20,7 +21,10 @@ TAGS = [
     "train/flops_per_solved",
     "search/improvement_wins",
     "search/improvement_decided_pairs",
+    "search/improvement_sampled_wins",
+    "search/improvement_sampled_decided_pairs",
     "reward_net/auc",
+    "reward_net/process_auc",
     "reward_net/sibling_pair_auc",
     "search/searched_fraction",
     "train/sample_accuracy",
@@ -28,8 +32,11 @@ TAGS = [
 SUMMARY = [
     "win_rate",
     "decided_pairs",
+    "sampled_win_rate",
+    "sampled_decided_pairs",
     "informative_fraction",
     "auc_last10",
+    "process_auc_last10",
     "sibling_pair_auc",
     "solved_fraction",
     "flops_per_solved",
@@ -46,8 +53,13 @@ def diagnostics(run: str) -> dict[str, float]:
         decided = v["search/improvement_decided_pairs"].sum()
         out["win_rate"] = float(v["search/improvement_wins"].sum() / max(decided, 1e-9))
         out["decided_pairs"] = float(decided)  # the logged windows' sum (each window's mean)
-    if "reward_net/auc" in v:
-        out["auc_last10"] = float(v["reward_net/auc"][-10:].mean())
+    if "search/improvement_sampled_decided_pairs" in v:  # search.diagnostic_samples: sampled completions
+        decided = v["search/improvement_sampled_decided_pairs"].sum()
+        out["sampled_win_rate"] = float(v["search/improvement_sampled_wins"].sum() / max(decided, 1e-9))
+        out["sampled_decided_pairs"] = float(decided)
+    for tag in ("reward_net/auc", "reward_net/process_auc"):  # process: with a step head
+        if tag in v:
+            out[tag.split("/")[1] + "_last10"] = float(v[tag][-10:].mean())
     return out
 
 
