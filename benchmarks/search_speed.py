@@ -35,15 +35,8 @@ from emergent.agents.model import ModelConfig, TransformerLM
 from emergent.agents.policy_value import PolicyValueEvaluator, state_verifier
 from emergent.agents.reward_net import RewardNet
 from emergent.agents.rollouts import sample_rollouts
-from emergent.agents.search import (
-    Expansion,
-    SearchConfig,
-    evaluate_leaves,
-    init_tree,
-    search,
-    search_move,
-    visits_policy,
-)
+from emergent.agents.search import Expansion, SearchConfig, init_tree, search, search_move, visits_policy
+from emergent.agents.search.loop import path
 from emergent.envs import TOKENIZER, make_task
 
 
@@ -78,7 +71,7 @@ def machinery(batch: int, sims: int, k: int, depth: int, device, leaves: int, st
     for _ in range(3):
         tree = init_tree([np.array([1])] * batch, capacity=sims + 2, top_k=k, max_len=depth + 1, device=device)
         everyone = torch.ones(batch, dtype=torch.bool, device=device)
-        evaluate_leaves(tree, tree.root[:, None], everyone[:, None], ev, static=static)
+        path(cfg).evaluate_leaves(tree, tree.root[:, None], everyone[:, None], ev)
         sync(device)
         t0 = time.perf_counter()
         search_move(tree, everyone, ev, cfg, improved=visits_policy, generator=None, eos_id=TOKENIZER.eos_id, depth=0)
@@ -204,7 +197,7 @@ def searched_vs_sampled(
 def where_the_time_goes(cfg: ModelConfig, problems, device, *, checkpoint: str | None) -> dict[str, float]:
     """One searched batch with a timer (and a device sync) around each part of a simulation."""
     import emergent.agents.policy_value as pv
-    import emergent.agents.search as S
+    import emergent.agents.search.dynamic as S  # the default path: its module's names are what it calls
     import emergent.agents.tree_kv as tkv
 
     spent: dict[str, float] = {}

@@ -209,7 +209,8 @@ def searched(
 ):
     """Five moves of search over four prompts, each walk bounded as ``search`` bounds it."""
     from emergent.agents.graph_replay import GraphReplay
-    from emergent.agents.search import evaluate_leaves, init_tree, search_move, visits_policy
+    from emergent.agents.search import init_tree, search_move, visits_policy
+    from emergent.agents.search.loop import path
 
     rng = np.random.default_rng(1)
     end = TOKENIZER.encode("=") if policy.cfg.pos in PLACE_SCHEMES else []  # an arithmetic prompt's end
@@ -228,7 +229,7 @@ def searched(
     )
     tree = init_tree(prompts, capacity=400, top_k=4, max_len=24, device=device)
     ev.begin(tree)
-    evaluate_leaves(tree, tree.root[:, None], torch.ones(4, 1, dtype=torch.bool, device=device), ev, static=static)
+    path(cfg).evaluate_leaves(tree, tree.root[:, None], torch.ones(4, 1, dtype=torch.bool, device=device), ev)
     gen = torch.Generator().manual_seed(0)
     graphs, depth = GraphReplay(cuda=tree.tokens.is_cuda) if graph else None, 0
     for _ in range(5):
@@ -300,7 +301,7 @@ def test_static_simulation_on_cuda_never_synchronises(monkeypatch):
     simulation call (learned terminal values) runs without one synchronising op."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from emergent.agents.search import loop as S  # where search_move looks simulate up
+    from emergent.agents.search import static as S  # the fixed-shape simulation call
 
     real, calls = S.simulate, []
 
@@ -322,7 +323,8 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
     exits or, ``search.static``, a fixed number of masked levels): from the same mid-search
     tree, with some walks inactive and virtual loss pending, all three pick the same leaves
     and edges and write the same virtual visits; too few levels is an error."""
-    from emergent.agents.search.simulate import _walk
+    from emergent.agents.search import static as static_path
+    from emergent.agents.search.dynamic import _walk
     from emergent.agents.search.tree import _rows
 
     tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=24)
@@ -353,8 +355,10 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
         ]
         if numpy:
             out = _walk(*(t.numpy() for t in tables), c_puct=1.5, virtual_loss=np.float32(1.0), levels=levels)
-        else:
-            out = _walk(*tables, c_puct=1.5, virtual_loss=1.0, levels=levels, early_exit=early_exit)
+        elif early_exit:
+            out = _walk(*tables, c_puct=1.5, virtual_loss=1.0, levels=levels)
+        else:  # the fixed-shape walk: every level runs
+            out = static_path._walk(*tables, c_puct=1.5, virtual_loss=1.0, levels=levels)
         return [torch.as_tensor(x) for x in out], vloss
 
     (node, new, action), vloss = walk(numpy=False)
@@ -376,7 +380,10 @@ def test_node_creation_is_the_same_in_torch_and_in_numpy():
     """Node creation runs on numpy views on CPU and in torch on CUDA (with ``search.static``
     in fixed shapes): from the same tree, all three add the same children and return the
     same child indices; the fixed-shape one also writes the scratch node, and only it."""
-    from emergent.agents.search.tree import _add_children, _add_children_static
+    import dataclasses
+
+    from emergent.agents.search import static as static_path
+    from emergent.agents.search.tree import _add_children
 
     tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=12)
     B, N, L = tree.tokens.shape
@@ -411,8 +418,8 @@ def test_node_creation_is_the_same_in_torch_and_in_numpy():
             actions,
             create,
         ]
-        if static:
-            return _add_children_static(*flat, eos_id=EOS), t
+        if static:  # the fixed-shape twin works on the tree itself
+            return static_path.add_children(dataclasses.replace(tree, **t), nodes, actions, create, eos_id=EOS), t
         child = _add_children(*(x.numpy() for x in flat) if numpy else flat, eos_id=EOS)
         return torch.as_tensor(child), t
 
@@ -490,20 +497,25 @@ def test_static_simulation_calls_never_wait_on_the_device(monkeypatch, terminal)
     The default path reads many times per call (which is how it is known the check can
     fail). Same search either way."""
     from emergent.agents.policy_value import state_verifier
-    from emergent.agents.search import loop as S  # where search_move looks simulate up
+    from emergent.agents.search import dynamic
+    from emergent.agents.search import static as fixed
 
     policy, value = tiny_networks("rope", torch.float64)
     rng = np.random.default_rng(2)
     prompts = [np.concatenate([[1], rng.integers(3, V, size=n)]) for n in (3, 7, 5, 4, 6)]
     verifier = state_verifier([len(p) for p in prompts], lambda rows, comps: np.array([len(c) % 3 == 0 for c in comps]))
-    real, reads = S.simulate, []
+    reads = []
 
-    def watched(*args, **kw):
-        with HostReads() as mode:
-            real(*args, **kw)
-        reads.append(mode.reads)
+    def watched(real):
+        def call(*args, **kw):
+            with HostReads() as mode:
+                real(*args, **kw)
+            reads.append(mode.reads)
 
-    monkeypatch.setattr(S, "simulate", watched)
+        return call
+
+    for path in (dynamic, fixed):  # each simulation call, on either path
+        monkeypatch.setattr(path, "simulate", watched(path.simulate))
     outs = {}
     for static in (True, False):
         reads.clear()

@@ -26,21 +26,23 @@ One move of search:
   4. The move's visit distribution is read at the root, a token chosen, and the root
      moves to that child. The child's subtree, with its statistics, is reused.
 
-A simulation call runs one of two ways, to the same trees. By default it reads the host
-when that saves work (walks stop when all have, only new leaves are evaluated, the walk
-and node creation run on numpy views on CPU): cheapest on a CPU. ``search.static`` runs
-it in fixed shapes with nothing read back inside a move, so a GPU's launch queue never
-drains; ``search.cuda_graph`` then replays each call from a CUDA graph.
+A simulation call runs one of two ways, to the same trees, behind the same functions. By
+default (``dynamic``) it reads the host when that saves work (walks stop when all have,
+only new leaves are evaluated, the walk and node creation run on numpy views on CPU):
+cheapest on a CPU. ``search.static`` (``static``) runs it in fixed shapes with nothing read
+back inside a move, so a GPU's launch queue never drains; ``search.cuda_graph`` then
+replays each call from a CUDA graph. ``loop.path`` picks one, once.
 
 The package's modules, in mctx's layout: ``config`` (``SearchConfig``), ``tree`` (the record
-and its node operations), ``simulate`` (one simulation call), ``policies`` (root noise, the
-improved policies, the move's choice) and ``loop`` (a move's search and the decode loop).
+and its node operations), ``dynamic`` (one simulation call, the default path), ``static``
+(its fixed-shape twin), ``policies`` (root noise, the improved policies, the move's choice) and ``loop`` (a
+move's search and the decode loop).
 """
 
 from .config import LEAF_VALUES, POLICY_TARGETS, ROOTS, TERMINAL_VALUES, SearchConfig
+from .dynamic import evaluate_leaves, simulate
 from .loop import advance, search, search_move
 from .policies import IMPROVED_POLICIES, choose, completed_q_policy, visits_policy
-from .simulate import evaluate_leaves, simulate
 from .tree import Expansion, LeafEvaluator, Move, SearchOutput, States, Tree, init_tree
 
 __all__ = [

@@ -4,6 +4,7 @@ the chosen token and reuses its subtree; ``search`` writes whole completions mov
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -11,16 +12,16 @@ import torch
 
 from .. import gumbel
 from ..graph_replay import GraphReplay
+from . import dynamic as default_path
+from . import static as static_path
 from .config import SearchConfig
 from .policies import IMPROVED_POLICIES, add_root_noise, choose, root_visit_probs
-from .simulate import evaluate_leaves, simulate
 from .tree import (
     LeafEvaluator,
     Move,
     SearchOutput,
     Tree,
     _at,
-    add_children,
     init_tree,
     root_children,
     root_evidence,
@@ -29,21 +30,36 @@ from .tree import (
 )
 
 
+def path(cfg: SearchConfig):
+    """The module whose ``add_children``, ``evaluate_leaves`` and ``simulate`` run the search:
+    ``dynamic`` (the default) or, under ``search.static``, its fixed-shape twin ``static``.
+    Looked up when called, so a test can watch either."""
+    return static_path if cfg.static else default_path
+
+
+def simulation(cfg: SearchConfig, graphs: GraphReplay | None) -> Callable[..., None]:
+    """The simulation call ``cfg`` names (the fixed-shape one with its CUDA graphs, if any)."""
+    if cfg.static:
+        return functools.partial(static_path.simulate, graphs=graphs)
+    return default_path.simulate
+
+
 def advance(
     tree: Tree,
     actions: torch.Tensor,
     active: torch.Tensor,
     evaluator: LeafEvaluator,
+    cfg: SearchConfig,
     *,
     eos_id: int,
-    static: bool = False,
 ) -> None:
     """Move each active root to the chosen child, creating and evaluating it if new."""
+    ops = path(cfg)
     arange = torch.arange(tree.batch, device=actions.device)
     child = tree.children[arange, tree.root, actions]
-    child = add_children(tree, tree.root, actions, active & (child < 0), eos_id=eos_id, static=static)
+    child = ops.add_children(tree, tree.root, actions, active & (child < 0), eos_id=eos_id)
     tree.root.copy_(torch.where(active, child, tree.root))
-    evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator, static=static)
+    ops.evaluate_leaves(tree, tree.root[:, None], active[:, None], evaluator)
 
 
 def search_move(
@@ -73,8 +89,9 @@ def search_move(
     calls = -(-cfg.num_simulations // cfg.leaves_per_call)  # ceil: network calls per move
     calls = calls if bool(unsure.any()) else 0
     depth = tree.tokens.shape[2] - 1 if depth is None else depth
+    simulate = simulation(cfg, graphs)
     for c in range(calls):
-        simulate(tree, unsure, evaluator, cfg, eos_id=eos_id, levels=depth + c + 1, graphs=graphs)
+        simulate(tree, unsure, evaluator, cfg, eos_id=eos_id, levels=depth + c + 1)
     visit_probs = root_visit_probs(tree)  # [B, K]
     policy = improved(
         tree, prior, visit_probs=visit_probs, value_scale=cfg.value_scale, maxvisit_init=cfg.maxvisit_init
@@ -82,7 +99,7 @@ def search_move(
     searched = unsure & (cfg.num_simulations > 0)
     informative = searched & root_evidence(tree)
     agree, pairs = sibling_pairs(tree)
-    advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, eos_id=eos_id, static=cfg.static)
+    advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, cfg, eos_id=eos_id)
     return Move(
         visit_probs,
         policy,
@@ -136,8 +153,10 @@ def gumbel_move(
 
     calls = -(-cfg.num_simulations // cfg.leaves_per_call) if bool(unsure.any()) else 0
     depth = tree.tokens.shape[2] - 1 if depth is None else depth
-    for c in range(calls):
-        simulate(tree, unsure, evaluator, cfg, eos_id=eos_id, levels=depth + c + 1, root_policy=root_policy)
+    for c in range(calls):  # the default path: a Gumbel root is refused with search.static
+        default_path.simulate(
+            tree, unsure, evaluator, cfg, eos_id=eos_id, levels=depth + c + 1, root_policy=root_policy
+        )
     sq = sigma_q()
     _, n = root_children(tree)
     action = gumbel.final_action(g, logits, sq, n - before)
@@ -146,7 +165,7 @@ def gumbel_move(
     informative = searched & root_evidence(tree)
     visit_probs = root_visit_probs(tree)
     agree, pairs = sibling_pairs(tree)
-    advance(tree, action, active, evaluator, eos_id=eos_id, static=cfg.static)
+    advance(tree, action, active, evaluator, cfg, eos_id=eos_id)
     return Move(
         visit_probs,
         policy,
@@ -178,9 +197,8 @@ def search(
     capacity = 1 + max_moves * (calls * cfg.leaves_per_call + 1)  # each simulation adds <= 1 node
     tree = init_tree(prompts, capacity=capacity, top_k=cfg.top_k, max_len=max_len, device=device)
     evaluator.begin(tree)
-    evaluate_leaves(
-        tree, tree.root[:, None], torch.ones(B, 1, dtype=torch.bool, device=device), evaluator, static=cfg.static
-    )  # the roots
+    roots = torch.ones(B, 1, dtype=torch.bool, device=device)
+    path(cfg).evaluate_leaves(tree, tree.root[:, None], roots, evaluator)
     improved = IMPROVED_POLICIES[cfg.policy_target]  # (a Gumbel root reports its own: the completed-Q policy)
     visit_probs = torch.zeros(B, max_moves, vocab_size, device=device)
     policy = (

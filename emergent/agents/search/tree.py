@@ -169,14 +169,13 @@ def _at_least(x, low):
 
 
 def add_children(
-    tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create: torch.Tensor, *, eos_id: int, static: bool = False
+    tree: Tree, nodes: torch.Tensor, actions: torch.Tensor, create: torch.Tensor, *, eos_id: int
 ) -> torch.Tensor:
     """Create the child of ``nodes`` [B] along ``actions`` [B] where ``create`` [B] holds.
 
     Returns the child index per tree [B] (the existing child, or the new node). Rows are
     read and written through flat [B * N] views; on CPU as numpy views of the same memory,
-    as the selection walk (a call is some 20 small gathers and scatters). ``static``: in
-    torch, fixed shapes, no host sync."""
+    as the selection walk (a call is some 20 small gathers and scatters)."""
     B, N, L = tree.tokens.shape
     K = tree.children.shape[2]
     tables = (
@@ -188,8 +187,6 @@ def add_children(
         tree.terminal.view(-1),
         tree.num_nodes,
     )
-    if static:
-        return _add_children_static(*tables, nodes, actions, create, eos_id=eos_id)
     if nodes.device.type == "cpu":
         return torch.from_numpy(_add_children(*(t.numpy() for t in (*tables, nodes, actions, create)), eos_id=eos_id))
     return _add_children(*tables, nodes, actions, create, eos_id=eos_id)
@@ -227,39 +224,13 @@ def _add_children(
     return child
 
 
-def _add_children_static(
-    tokens, node_at, length, children, child_token, terminal, num_nodes, nodes, actions, create, *, eos_id: int
-) -> torch.Tensor:
-    """``_add_children`` in fixed shapes (torch, no host sync): every tree writes one node,
-    its next free one where ``create`` holds and the scratch node (N - 1) where not. The
-    capacity ``search`` allocates cannot run out, and here nothing can check it without a
-    sync: ``search`` checks once, at its end."""
-    B = len(nodes)
-    N, L = len(length) // B, tokens.shape[1]
-    rows = torch.arange(B, device=nodes.device)
-    parent = rows * N + nodes  # [B] flat indices
-    new = num_nodes.clone()  # [B] each tree's next free node
-    made = rows * N + torch.where(create, new, N - 1)
-    tok = child_token[parent, actions]
-    n = length[parent].clamp(max=L - 1)  # the position the token takes (a tree adding nothing may sit at a full state)
-    for table, at_n in ((tokens, tok), (node_at, new)):  # the parent's row plus one position
-        row = table.index_select(0, parent)
-        row[rows, n] = at_n
-        table[made] = row
-    length[made] = n + 1
-    terminal[made] = (tok == eos_id) | (n + 1 >= L)
-    child = torch.where(create, new, children[parent, actions])
-    children[parent, actions] = child
-    num_nodes += create
-    return child
-
-
 def _paths(
-    tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, static: bool = False
+    tree: Tree, leaves: torch.Tensor, active: torch.Tensor, positions: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every node on each leaf's path from its tree's root, for leaves [B] or [B, W], as a
-    fixed-shape scatter: (nodes [E], on [E] bool, leaf [E]) with E = W * B * L (on CPU and
-    not ``static``, L cut to the positions some path spans), ``nodes``
+    fixed-shape scatter: (nodes [E], on [E] bool, leaf [E]) with E = W * B * (hi - lo), over
+    context ``positions`` [lo, hi) (default: on CPU those some path spans, read from the tree;
+    elsewhere all L), ``nodes``
     flat indices into [B * N], ``leaf`` which of the leaves (flattened leaf-major [W * B])
     the entry belongs to. Position t of leaf m's state names the node that wrote it
     (``node_at``; -1, the prompt's, is node 0); the path is the positions from the root's
@@ -274,8 +245,10 @@ def _paths(
     leaf = base + leaves.reshape(B, W).T.reshape(-1)  # [W * B] flat node index
     first = tree.length.view(-1).index_select(0, base + tree.root.repeat(W)) - 1
     end = tree.length.view(-1).index_select(0, leaf)
-    lo, hi = 0, L
-    if leaves.device.type == "cpu" and not static:  # only the positions some path uses (a host read: free on CPU)
+    lo, hi = (0, L) if positions is None else positions
+    if (
+        positions is None and leaves.device.type == "cpu"
+    ):  # only the positions some path uses (a host read: free on CPU)
         lo, hi = int(first.min()), max(int(end.max()), int(first.min()) + 1)
     ids = tree.node_at.view(B * N, L).index_select(0, leaf)[:, lo:hi].clamp(min=0)  # [W * B, hi - lo]
     at = torch.arange(lo, hi, device=leaves.device)
@@ -284,10 +257,10 @@ def _paths(
     return (base[:, None] + ids).reshape(-1), on.reshape(-1), which.reshape(-1)
 
 
-def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, static: bool = False) -> None:
+def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, positions: tuple[int, int] | None = None) -> None:
     """Add each leaf's value to every node on its path, for leaves [B] or [B, W] (a leaf
-    selected twice counts twice), with one scatter."""
-    nodes, on, which = _paths(tree, leaves, active, static=static)
+    selected twice counts twice), with one scatter over ``positions`` (``_paths``)."""
+    nodes, on, which = _paths(tree, leaves, active, positions)
     B, N = tree.visits.shape
     flat = (_rows(B, leaves.device) * N)[:, None] + leaves.reshape(B, -1)  # [B, W]
     values = tree.value.view(-1).index_select(0, flat.T.reshape(-1))  # [W * B] leaf-major
