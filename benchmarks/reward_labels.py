@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emergent.agents.learner import Learner, OptimConfig
 from emergent.agents.reward_net import RewardNet, RewardNetConfig
 from emergent.agents.reward_trainer import encode_values, near_misses
 from emergent.agents.rollouts import sample_rollouts
+from emergent.agents.trainer import OptimConfig, Trainer
 from emergent.envs import make_task
 from emergent.envs.base import scratchpad_steps
 from emergent.platform.checkpoint import load_checkpoint, load_model_state
@@ -117,7 +117,7 @@ def main() -> None:
     rcfg = RewardNetConfig(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model, init=args.init)
     rcfg.validate(policy.cfg)
     net = RewardNet.for_policy(policy, rcfg)
-    learner = Learner(
+    trainer = Trainer(
         net, OptimConfig(lr=args.lr, min_lr=args.lr, warmup_steps=0, weight_decay=0.1), args.steps, torch.device("cpu")
     )
     draw = np.random.default_rng(args.seed)
@@ -134,7 +134,7 @@ def main() -> None:
             bce = F.binary_cross_entropy_with_logits(net(b.inputs), target, reduction="none")
             return (bce * b.mask).sum() / b.mask.sum()
 
-        learner.step(loss, tokens=b.inputs.numel(), flops=0.0)
+        trainer.step(loss, tokens=b.inputs.numel(), flops=0.0)
 
     net.eval()
     held = te_labels["process" if args.labels == "process" else args.labels]

@@ -25,10 +25,10 @@ import time
 import numpy as np
 import torch
 
-from emergent.agents.learner import Learner, OptimConfig
 from emergent.agents.model import ModelConfig, TransformerLM
 from emergent.agents.supervised import completion_nll
 from emergent.agents.token_batch import encode_batch
+from emergent.agents.trainer import OptimConfig, Trainer
 from emergent.envs import TOKENIZER, make_task
 from emergent.platform.run import peak_flops
 
@@ -51,7 +51,7 @@ def sync(device):
 def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool, compile: bool) -> dict:
     torch.manual_seed(0)
     model = TransformerLM(cfg, TOKENIZER.vocab_size).to(device)
-    learner = Learner(model, OptimConfig(), 10_000, device, mixed_precision=bf16)
+    trainer = Trainer(model, OptimConfig(), 10_000, device, mixed_precision=bf16)
     loss_fn = torch.compile(completion_nll) if compile else completion_nll
     task = make_task("sorting")  # long enough rows to fill a context
     length = max(2, (cfg.max_len - 2) // 6)
@@ -60,7 +60,7 @@ def bench_train(cfg: ModelConfig, device, *, batch: int, steps: int, bf16: bool,
     B, T = data.inputs.shape
 
     def step():
-        return learner.step(
+        return trainer.step(
             lambda: loss_fn(model, data), tokens=B * T, flops=model.flops_per_token(T, backward=True) * B * T
         )
 

@@ -5,10 +5,10 @@ import torch
 from conftest import TINY, run_cli, scalars
 
 from emergent import tags
-from emergent.agents.learner import Learner, OptimConfig
 from emergent.agents.model import ModelConfig, TransformerLM
 from emergent.agents.supervised import completion_nll
 from emergent.agents.token_batch import encode_batch
+from emergent.agents.trainer import OptimConfig, Trainer
 from emergent.envs import TOKENIZER
 
 pytestmark = pytest.mark.gpu
@@ -27,10 +27,10 @@ def test_cuda_kv_cache_equals_recompute():
 def test_cuda_bf16_fused_training_learns():
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(n_layer=2, n_head=4, d_model=64, max_len=32), TOKENIZER.vocab_size).cuda()
-    learner = Learner(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1), 100, torch.device("cuda"))
-    assert learner.mixed_precision and learner.optimizer.defaults["fused"]
+    trainer = Trainer(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1), 100, torch.device("cuda"))
+    assert trainer.mixed_precision and trainer.optimizer.defaults["fused"]
     batch = encode_batch(TOKENIZER, ["1+1=", "2+3=", "4+4="], ["2", "5", "8"], max_len=32).to("cuda")
-    losses = [float(learner.step(lambda: completion_nll(model, batch), tokens=1, flops=1.0).loss) for _ in range(101)]
+    losses = [float(trainer.step(lambda: completion_nll(model, batch), tokens=1, flops=1.0).loss) for _ in range(101)]
     assert losses[-1] < losses[0] / 4
 
 

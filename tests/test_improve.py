@@ -380,7 +380,7 @@ def test_policy_gradient_takes_updates_per_iter_steps_on_its_schedule(tmp_path):
         )
     )
     lrs = []
-    opt = exp.method.learner
+    opt = exp.method.trainer
     apply = opt.apply
 
     def spy(loss):
@@ -392,7 +392,7 @@ def test_policy_gradient_takes_updates_per_iter_steps_on_its_schedule(tmp_path):
     for _ in range(steps):
         exp.train_step()
     assert len(lrs) == steps * k == opt.step_count == opt.total_steps
-    from emergent.agents.learner import lr_at
+    from emergent.agents.trainer import lr_at
 
     assert lrs == [lr_at(i, steps * k, exp.cfg.optim) for i in range(steps * k)]
     assert lrs[-1] < lrs[0]  # the cosine ran its course over the steps taken, not a stretched one
@@ -412,7 +412,7 @@ def test_one_policy_gradient_update_is_reinforce_with_the_group_baseline(tmp_pat
         grads.update({n: p.grad.clone() for n, p in exp.model.named_parameters()})
         return {"lr": 0.0, "grad_norm": torch.zeros(())}
 
-    exp.method.learner.apply = capture
+    exp.method.trainer.apply = capture
     exp.method.learn(batch)
     # by hand: -(A * log p(completion tokens)) / tokens, A = group-normalised verifier reward
     from emergent.agents.token_batch import encode_batch

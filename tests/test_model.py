@@ -200,17 +200,17 @@ def test_bad_model_config(bad):
 
 
 def test_a_few_steps_of_learning_reduce_the_loss():
-    from emergent.agents.learner import Learner, OptimConfig
     from emergent.agents.supervised import completion_nll
+    from emergent.agents.trainer import OptimConfig, Trainer
 
     model = make()
-    learner = Learner(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1), 100, torch.device("cpu"))
+    trainer = Trainer(model, OptimConfig(lr=1e-2, min_lr=1e-2, warmup_steps=1), 100, torch.device("cpu"))
     batch = encode_batch(TOKENIZER, ["1+1=", "2+3=", "4+4="], ["2", "5", "8"], max_len=16)
     with torch.no_grad():
         before = float(completion_nll(model, batch))
     for _ in range(100):
-        u = learner.step(lambda: completion_nll(model, batch), tokens=batch.inputs.numel(), flops=1.0)
-    assert float(u.loss) < before / 4 and learner.step_count == 100
+        u = trainer.step(lambda: completion_nll(model, batch), tokens=batch.inputs.numel(), flops=1.0)
+    assert float(u.loss) < before / 4 and trainer.step_count == 100
 
 
 def places(text: str) -> list[int]:

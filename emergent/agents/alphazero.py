@@ -30,7 +30,6 @@ from emergent.envs import TOKENIZER
 
 from .data_parallel import masked_mean
 from .improvement import improvement_outcomes
-from .learner import Update, autocast
 from .method import SelfImprover, register_method
 from .model import TransformerLM, upcast
 from .policy_value import PolicyValueEvaluator, output_completions
@@ -39,6 +38,7 @@ from .rollouts import sample_rollouts
 from .search import search
 from .supervised import replay_nll_updates
 from .token_batch import TokenBatch, encode_batch
+from .trainer import Update, autocast
 
 
 def expert_loss(policy: TransformerLM, batch: TokenBatch, accepted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -290,5 +290,5 @@ class AlphaZero(SelfImprover):
             if not bool((target.sum(-1) > 0).any()) and not (expert and bool(accepted.any())):
                 continue
             batch, target, accepted = batch.to(self.device), target.to(self.device), accepted.to(self.device)
-            updates.append(self.learner.step_batch(loss_fn, batch, target, accepted))
+            updates.append(self.trainer.step_batch(loss_fn, batch, target, accepted))
         return updates, {}

@@ -1,11 +1,11 @@
-"""Data parallelism for ``Learner.step``: N replicas of one learner, each a process in a
+"""Data parallelism for ``Trainer.step``: N replicas of one learner, each a process in a
 ``torch.distributed`` group (gloo on CPU, NCCL on CUDA), as verl's and OpenRLHF's
 learner groups are.
 
 Every replica holds the whole method (its replay, its random streams, its optimiser) and
 is handed every batch, so every decision a method makes outside its losses (what to
 replay, whether to step) is the same on every replica without a message. What is split is
-the work: each ``Learner.step`` gives replica r the r-th contiguous slice of the update's
+the work: each ``Trainer.step`` gives replica r the r-th contiguous slice of the update's
 rows, the replicas sum their gradients (one all-reduce), and each takes the same clipped
 AdamW step, so their parameters stay equal.
 
@@ -17,7 +17,7 @@ gradients. A loss that divided by its own slice's count would weigh a short slic
 long one.
 
 One process (the local runtime, a trace worker, a one-learner Ray run) never joins a
-group: ``current()`` is None, and ``Learner.step`` runs the whole batch as it always did.
+group: ``current()`` is None, and ``Trainer.step`` runs the whole batch as it always did.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Replica:
 
 
 _replica: Optional[Replica] = None
-_in_step = False  # inside a data-parallel Learner.step: masked_mean sums its denominator
+_in_step = False  # inside a data-parallel Trainer.step: masked_mean sums its denominator
 _eager_sum = None  # _sum_over_replicas, kept out of torch.compile's graphs
 
 

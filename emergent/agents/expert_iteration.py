@@ -10,11 +10,11 @@ import numpy as np
 
 from emergent import tags
 
-from .learner import Update
 from .method import SelfImprover, register_method
 from .records import Experience, Prompts, Replay, Trace
 from .rollouts import sample_rollouts
 from .supervised import replay_nll_updates
+from .trainer import Update
 
 
 @register_method

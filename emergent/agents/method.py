@@ -27,12 +27,12 @@ import torch
 
 from emergent import tags
 
-from .learner import Learner, Update
 from .model import TransformerLM
 from .records import Experience, Prompts, Replay, StepResult, Trace
 from .reward_net import RewardNet
 from .reward_trainer import RewardTrainer, near_misses, split_heldout
 from .rollouts import Rollouts, majority_labels, sample_rollouts
+from .trainer import Trainer, Update
 
 LABEL_SOURCES = ("verifier", "reward_net", "majority_vote")
 REWARD_SOURCES = ("verifier", "reward_net")
@@ -151,7 +151,7 @@ class SelfImprover:
         self.problems_per_step = icfg.problems_per_iter
         self.step_labels = bool(cfg.reward.step_labels)  # a process reward: the step checker's labels too
         self.reward_net = RewardNet.for_policy(policy, cfg.reward, step_head=self.step_labels)
-        self.learner = Learner(policy, cfg.optim, cfg.train.steps * icfg.updates_per_iter, device)
+        self.trainer = Trainer(policy, cfg.optim, cfg.train.steps * icfg.updates_per_iter, device)
         self.reward_trainer = RewardTrainer(self.reward_net, cfg.reward, cfg.train.steps, device)
         self.heldout_fraction = cfg.reward.heldout_fraction
         self.reward_rollouts = cfg.reward.rollouts
@@ -292,7 +292,7 @@ class SelfImprover:
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {
-            "learner": self.learner.state_dict(),
+            "learner": self.trainer.state_dict(),  # the key checkpoints have always used
             "reward": self.reward_trainer.state_dict(),
             "generator": self.generator.get_state(),
             "collect_rng": self.collect_rng.bit_generator.state,
@@ -303,7 +303,7 @@ class SelfImprover:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.learner.load_state_dict(state["learner"])
+        self.trainer.load_state_dict(state["learner"])
         self.reward_trainer.load_state_dict(state["reward"])
         self.generator.set_state(state["generator"])
         self.collect_rng.bit_generator.state = state["collect_rng"]

@@ -20,12 +20,12 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 
 from .data_parallel import masked_mean
-from .learner import Update
 from .method import SelfImprover, register_method
 from .model import upcast
 from .records import Experience, Prompts
 from .rollouts import sample_rollouts
 from .token_batch import encode_batch
+from .trainer import Update
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class PolicyGradient(SelfImprover):
                 loss = loss + c.kl_coef * kl
             return loss, kl.detach()
 
-        updates = [self.learner.step_batch(loss_fn, batch, A) for _ in range(c.updates_per_iter)]
+        updates = [self.trainer.step_batch(loss_fn, batch, A) for _ in range(c.updates_per_iter)]
         if self.reference is not None:  # the anchor's one forward
             updates[0] = updates[0]._replace(
                 flops=updates[0].flops + self.policy.flops_per_token(T, backward=False) * R * T

@@ -18,11 +18,11 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 from emergent.envs.tokenizer import ANSWER_SEP, STEP_SEP
 
-from .learner import Learner, OptimConfig, autocast
 from .model import upcast
 from .records import Experience, Replay, Trace
 from .reward_net import RewardNet, RewardNetConfig, ValueBatch, value_loss
 from .token_batch import encode_batch
+from .trainer import OptimConfig, Trainer, autocast
 
 
 def step_ends(completion: str) -> list[int]:
@@ -95,7 +95,7 @@ class RewardTrainer:
 
     def __init__(self, net: RewardNet, cfg: RewardNetConfig, total_steps: int, device: torch.device):
         optim = OptimConfig(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=0, weight_decay=0.1)
-        self.learner = Learner(net, optim, total_steps * cfg.updates_per_iter, device)
+        self.trainer = Trainer(net, optim, total_steps * cfg.updates_per_iter, device)
         self.net, self.cfg, self.device = net, cfg, device
         self.replay = Replay(cfg.replay_size)
 
@@ -121,7 +121,7 @@ class RewardTrainer:
                 self.net.cfg.max_len,
                 [t.steps for t in items] if self.net.step_head is not None else None,
             ).to(self.device)
-            u = self.learner.step_batch(lambda b: value_loss(self.net, b, self.cfg.step_coef), batch)
+            u = self.trainer.step_batch(lambda b: value_loss(self.net, b, self.cfg.step_coef), batch)
             flops += u.flops
             losses.append(u.loss)
         return flops, ({tags.REWARD_LOSS: float(torch.stack(losses).mean())} if losses else {})
@@ -142,7 +142,7 @@ class RewardTrainer:
         lp = torch.tensor([len(p) for p in prompts], device=self.device)
         lengths = lp + 1 if at_prompt else lp + batch.mask.sum(1).long()  # up to the prompt's end, or EOS
         self.net.eval()
-        with autocast(self.device, self.learner.mixed_precision):
+        with autocast(self.device, self.trainer.mixed_precision):
             v = self.net.value_at(batch.inputs, lengths)
         B, T = batch.inputs.shape
         return upcast(v).cpu().numpy(), self.net.flops_per_token(T, backward=False) * B * T
@@ -154,7 +154,7 @@ class RewardTrainer:
         values, _ = self.score(prompts, completions)
         batch = encode_values(prompts, completions, np.zeros(len(prompts)), self.net.cfg.max_len).to(self.device)
         self.net.eval()
-        with autocast(self.device, self.learner.mixed_precision):
+        with autocast(self.device, self.trainer.mixed_precision):
             _, step_logits = self.net.both(batch.inputs)
         p_true = torch.sigmoid(upcast(step_logits)).cpu().numpy()  # [R, T]
         out = values.copy()
@@ -165,9 +165,9 @@ class RewardTrainer:
         return out, 2 * self.net.flops_per_token(T, backward=False) * B * T
 
     def state_dict(self) -> dict:
-        return {"optim": self.learner.state_dict(), "net": self.net.state_dict(), "replay": self.replay.state_dict()}
+        return {"optim": self.trainer.state_dict(), "net": self.net.state_dict(), "replay": self.replay.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.learner.load_state_dict(state["optim"])
+        self.trainer.load_state_dict(state["optim"])
         self.net.load_state_dict(state["net"])
         self.replay.load_state_dict(state["replay"])

@@ -11,8 +11,8 @@ import torch
 
 from emergent.envs import TOKENIZER, extract_answer
 
-from .learner import autocast
 from .model import TransformerLM
+from .trainer import autocast
 
 
 @dataclass(frozen=True)

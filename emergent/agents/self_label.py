@@ -50,13 +50,13 @@ import torch
 from emergent import tags
 from emergent.envs import TOKENIZER, extract_answer, make_task
 
-from .learner import Learner
 from .method import register_method
 from .model import TransformerLM
 from .records import Experience, Prompts, StepResult
 from .rollouts import sample_rollouts
 from .supervised import completion_nll, gold_experience
 from .token_batch import encode_batch
+from .trainer import Trainer
 
 FILTERS = ("none", "length", "vote", "oracle")
 
@@ -154,7 +154,7 @@ class SelfLabel:
         self.demonstrations = cfg.train.target  # the gold of [1, n], from the platform's stream
         self.batch_size = cfg.train.batch_size
         self.problems_per_step = max(1, round(cfg.train.batch_size * (1 - self.cfg.share)))
-        self.learner = Learner(policy, cfg.optim, cfg.train.steps, device)
+        self.trainer = Trainer(policy, cfg.optim, cfg.train.steps, device)
         t = cfg.task  # the task again, to draw prompts above n (never to read their answers: see label_round)
         self.task = make_task(t.name, format=t.format, heldout_fraction=t.heldout_fraction, check_steps=t.check_steps)
         self.top = int(cfg.task.difficulty[1])  # n: the longest gold the method sees
@@ -261,7 +261,7 @@ class SelfLabel:
                 prompts.append(self.buffer[i][0])
                 completions.append(self.buffer[i][1])
         batch = encode_batch(TOKENIZER, prompts, completions, self.policy.cfg.max_len).to(self.device)
-        u = self.learner.step_batch(lambda b: completion_nll(self.policy, b), batch)
+        u = self.trainer.step_batch(lambda b: completion_nll(self.policy, b), batch)
         return StepResult(
             flops={**flops, tags.TRAIN: u.flops},
             tokens=u.tokens,
@@ -273,7 +273,7 @@ class SelfLabel:
 
     def state_dict(self) -> dict:
         return {
-            "learner": self.learner.state_dict(),
+            "learner": self.trainer.state_dict(),  # the key checkpoints have always used
             "steps": self.steps,
             "round": self.round,
             "reached": self.reached,
@@ -284,7 +284,7 @@ class SelfLabel:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.learner.load_state_dict(state["learner"])
+        self.trainer.load_state_dict(state["learner"])
         self.steps, self.round, self.reached = int(state["steps"]), int(state["round"]), int(state["reached"])
         self.buffer = [tuple(x) for x in state["buffer"]]
         self.last = dict(state["last"])

@@ -17,11 +17,11 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 
 from .data_parallel import masked_mean
-from .learner import Learner, Update
 from .method import register_method
 from .model import TransformerLM, upcast
 from .records import Experience, Prompts, StepResult
 from .token_batch import TokenBatch, encode_batch
+from .trainer import Trainer, Update
 
 
 def completion_nll(model: TransformerLM, batch: TokenBatch, *, exact: bool = False):
@@ -68,7 +68,7 @@ class Supervised:
         self.policy, self.device = policy, device
         self.demonstrations = cfg.train.target  # "trace" | "answer"
         self.problems_per_step = cfg.train.batch_size
-        self.learner = Learner(policy, cfg.optim, cfg.train.steps, device)
+        self.trainer = Trainer(policy, cfg.optim, cfg.train.steps, device)
         self.loss_fn = torch.compile(completion_nll) if cfg.train.compile else completion_nll
 
     def networks(self) -> dict[str, torch.nn.Module]:
@@ -85,16 +85,16 @@ class Supervised:
         batch = encode_batch(TOKENIZER, experience.prompts, experience.completions, self.policy.cfg.max_len).to(
             self.device
         )
-        u = self.learner.step_batch(lambda b: self.loss_fn(self.policy, b, exact=True), batch)
+        u = self.trainer.step_batch(lambda b: self.loss_fn(self.policy, b, exact=True), batch)
         return StepResult(
             flops={tags.TRAIN: u.flops}, tokens=u.tokens, loss=u.loss, lr=u.lr, grad_norm=u.grad_norm, accuracy=u.aux
         )
 
     def state_dict(self) -> dict:
-        return self.learner.state_dict()
+        return self.trainer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.learner.load_state_dict(state)
+        self.trainer.load_state_dict(state)
 
 
 def replay_nll_updates(method: Any) -> list[Update]:
@@ -107,5 +107,5 @@ def replay_nll_updates(method: Any) -> list[Update]:
         batch = encode_batch(
             TOKENIZER, [t.prompt for t in items], [t.completion for t in items], method.policy.cfg.max_len
         ).to(method.device)
-        updates.append(method.learner.step_batch(lambda b: completion_nll(method.policy, b), batch))
+        updates.append(method.trainer.step_batch(lambda b: completion_nll(method.policy, b), batch))
     return updates

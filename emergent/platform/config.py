@@ -20,12 +20,12 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from emergent.agents import METHODS as METHOD_CLASSES
 from emergent.agents import reads_key
-from emergent.agents.learner import OptimConfig
 from emergent.agents.method import ImproveConfig
 from emergent.agents.model import PLACE_SCHEMES, ModelConfig
 from emergent.agents.reward_net import RewardNetConfig
 from emergent.agents.search import SearchConfig
 from emergent.agents.self_label import SelfLabelConfig
+from emergent.agents.trainer import OptimConfig
 from emergent.envs import SPLITS, TASKS, SplitSpec, Task, make_task
 
 from .errors import ConfigError

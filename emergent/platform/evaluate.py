@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from emergent import tags
-from emergent.agents.learner import autocast
 from emergent.agents.model import TransformerLM
 from emergent.agents.policy_value import PolicyValueEvaluator, output_completions
 from emergent.agents.search import search
+from emergent.agents.trainer import autocast
 from emergent.envs import SPLITS, TOKENIZER, Problem, Scores, SplitSpec, Task, extract_answer
 
 from .checkpoint import atomic_write

@@ -84,7 +84,7 @@ class Collected:
 
 
 @dataclass(frozen=True)
-class Step:
+class Consumed:
     """One consumed step: the method's result and every scalar it reported, by tag."""
 
     result: StepResult
@@ -208,7 +208,7 @@ class Experiment:
         )
         return Collected(self.method.collect(batch), np.array([p.difficulty for p in problems]), version)
 
-    def consume(self, collected: Collected) -> Step:
+    def consume(self, collected: Collected) -> Consumed:
         """Learn from one batch; the ledger counts what collecting and learning it cost (and
         nothing for experience never consumed)."""
         experience = collected.experience
@@ -222,9 +222,9 @@ class Experiment:
             accuracy = accuracy.cpu().numpy() if isinstance(accuracy, torch.Tensor) else accuracy
             self.data.report(collected.difficulties, accuracy)
         self.step += 1
-        return Step(result, scalars, experience.size)
+        return Consumed(result, scalars, experience.size)
 
-    def train_step(self) -> Step:
+    def train_step(self) -> Consumed:
         return self.consume(self.collect(self.next_problems()))
 
     def evaluate(self) -> dict[str, SplitResult]:

@@ -1,7 +1,7 @@
 """``Run``: an ``Experiment`` bound to its run directory, driven by every runtime alike.
 
 It owns resumption, TensorBoard, the evaluation and checkpoint schedule, the wall-clock
-budget and the logging windows: each step's ``Step`` is recorded, and when a window closes
+budget and the logging windows: each step's ``Consumed`` is recorded, and when a window closes
 its scalars are aggregated, the perf rates included, with one device sync per window. A
 runtime with trace workers adds its own rates through ``Run.window_hook``
 (``ray_runtime.WorkerWindow``).
@@ -25,7 +25,7 @@ from . import faults
 from .checkpoint import LAST, save_checkpoint
 from .config import Config, flatten, to_yaml
 from .evaluate import SplitResult, save_evaluation, scalars
-from .experiment import RESUMABLE_CHANGES, Experiment, Step
+from .experiment import RESUMABLE_CHANGES, Consumed, Experiment
 from .metrics import auc, reward_net_diagnostics
 from .tensorboard import TBLogger
 
@@ -52,7 +52,7 @@ def log_due(cfg: Config, step: int) -> bool:
     return step % cfg.train.log_every == 0 or step >= cfg.train.steps
 
 
-def window_scalars(window: list[Step], seconds: float, peak: float | None) -> dict[str, float]:
+def window_scalars(window: list[Consumed], seconds: float, peak: float | None) -> dict[str, float]:
     """Aggregate the steps since the last log into scalars (the one GPU sync per window)."""
     results = [s.result for s in window]
     out: dict[str, float] = {tags.PERF_STEP_S: seconds / len(window)}
@@ -123,7 +123,7 @@ class Run:
         self._reset_window()
 
     def _reset_window(self) -> None:
-        self.window: list[Step] = []
+        self.window: list[Consumed] = []
         self.window_s = 0.0  # seconds the steps of the window took
         self.window_t0 = time.perf_counter()  # wall clock at the window's start
         self.window_other = 0.0  # the learner's evaluations and checkpoints
@@ -183,7 +183,7 @@ class Run:
             self.logger.text(tags.TEXT_SAMPLES.format(split=split), samples_markdown(r), self.experiment.step)
         return self.last_eval
 
-    def record(self, step: Step, seconds: float) -> dict[str, float] | None:
+    def record(self, step: Consumed, seconds: float) -> dict[str, float] | None:
         """After a step: log the window when due, evaluate and checkpoint when due.
         Returns the logged training scalars, or None when nothing was logged."""
         now = time.perf_counter()

@@ -1,6 +1,6 @@
-"""What every learner shares: AdamW, the warmup + cosine schedule, clipping, bf16 autocast.
+"""A network's ``Trainer``: AdamW, the warmup + cosine schedule, clipping, bf16 autocast.
 
-Every update of every network (policy or reward net, any method) is one ``Learner.step``:
+Every update of every network (policy or reward net, any method) is one ``Trainer.step``:
 train mode, autocast, the loss, backward, clip, AdamW. So all methods spend compute the
 same way and report it the same way (an ``Update``), and all of them run data-parallel
 the same way (agents/data_parallel.py): a step's ``data`` is what is split by rows.
@@ -73,7 +73,7 @@ class Update(NamedTuple):
     aux: Any = None  # whatever else the loss function returned (e.g. per-row exact match)
 
 
-class Learner:
+class Trainer:
     """Owns the optimiser of one model and applies one clipped, scheduled AdamW step.
 
     ``mixed_precision`` (default: on for CUDA) turns on bf16 autocast and fused AdamW
@@ -97,7 +97,7 @@ class Learner:
 
     @property
     def optimizer(self) -> torch.optim.AdamW:
-        """Made on first use: a trace worker holds a method's learners but never steps them,
+        """Made on first use: a trace worker holds a method's trainers but never steps them,
         and torch's first optimiser imports its compiler stack (about a second per process)."""
         if self._optimizer is None:
             fused = self.mixed_precision and self.device.type == "cuda"
@@ -171,4 +171,4 @@ def _rows(data: tuple) -> int:
             return d.shape[0]
         if isinstance(d, tuple) and d and isinstance(d[0], torch.Tensor):
             return d[0].shape[0]
-    raise ValueError("a data-parallel Learner.step needs its data (tensors with rows first) to split")
+    raise ValueError("a data-parallel Trainer.step needs its data (tensors with rows first) to split")
