@@ -30,12 +30,13 @@ from emergent.envs import TOKENIZER
 
 from .data_parallel import masked_mean
 from .improvement import improvement_outcomes
-from .method import SelfImprover, register_method
+from .method import register_method
 from .model import TransformerLM, upcast
 from .policy_value import PolicyValueEvaluator, output_completions
-from .records import Experience, Prompts, Replay, Trace
+from .records import Experience, Prompts, Replay, StepResult, Trace
 from .rollouts import sample_rollouts
 from .search import search
+from .self_improvement import SelfImprover, learned, make_experience
 from .supervised import replay_nll_updates
 from .token_batch import TokenBatch, encode_batch
 from .trainer import Update, autocast
@@ -127,7 +128,8 @@ class AlphaZero(SelfImprover):
         for p in parts:
             flops.update(p.flops)
             scalars.update(p.scalars)
-        exp = self.make_experience(
+        exp = make_experience(
+            self,
             batch,
             np.concatenate([p.rows for p in parts]),
             [c for p in parts for c in p.completions],
@@ -244,6 +246,14 @@ class AlphaZero(SelfImprover):
         keys = list(seen)
         pick = self.collect_rng.permutation(len(keys))[: self.search_cfg.tree_traces]
         return tuple(Trace(batch.prompts[todo[keys[i][0]]], keys[i][1], float(seen[keys[i]])) for i in sorted(pick))
+
+    def learn(self, experience: Experience) -> StepResult:
+        """What carries a signal joins the replay (``remember``); the reward net learns the
+        batch's labels and the judged tree states; then the policy's updates (``improve``)."""
+        self.remember(experience)
+        reward = self.reward_trainer.update(experience, self.learn_rng)
+        updates, scalars = self.improve(experience)
+        return learned(experience, updates, scalars, reward)
 
     def remember(self, experience: Experience) -> None:
         prompts, targets = experience.prompt_of, experience.payload.targets

@@ -10,11 +10,11 @@ import numpy as np
 
 from emergent import tags
 
-from .method import SelfImprover, register_method
-from .records import Experience, Prompts, Replay, Trace
+from .method import register_method
+from .records import Experience, Prompts, Replay, StepResult, Trace
 from .rollouts import sample_rollouts
+from .self_improvement import SelfImprover, judge, learned, make_experience
 from .supervised import replay_nll_updates
-from .trainer import Update
 
 
 @register_method
@@ -43,8 +43,8 @@ class ExpertIteration(SelfImprover):
             generator=self.generator,
             device=self.device,
         )
-        labels, scores, reward_flops = self.judge(
-            ro, batch, vote=c.label_source == "majority_vote", source=c.label_source
+        labels, scores, reward_flops = judge(
+            self, ro, batch, vote=c.label_source == "majority_vote", source=c.label_source
         )
         good = ro.finished & (scores >= 0.5)
         # under a vote the labels are agreement with the majority, not correctness
@@ -53,7 +53,8 @@ class ExpertIteration(SelfImprover):
             label_tag: float(np.mean(labels)),
             tags.TRAIN_KEPT_FRACTION: len(set(ro.rows[good].tolist())) / len(batch.prompts),
         }
-        return self.make_experience(
+        return make_experience(
+            self,
             batch,
             ro.rows,
             ro.completions,
@@ -64,15 +65,15 @@ class ExpertIteration(SelfImprover):
             scalars=scalars,
         )
 
-    def remember(self, experience: Experience) -> None:
-        """Every distinct finished trace judged correct joins the replay (ReST's growing
-        set), so each update sees a full batch."""
+    def learn(self, experience: Experience) -> StepResult:
+        """Every distinct finished trace judged correct joins the replay (ReST's growing set,
+        so each update sees a full batch); the reward net learns the batch's labels; then
+        ``improve.updates_per_iter`` maximum-likelihood steps on draws from the replay."""
         prompts, seen, kept = experience.prompt_of, set(), []
         for i in np.flatnonzero(experience.accepted):
             if (prompts[i], experience.completions[i]) not in seen:
                 seen.add((prompts[i], experience.completions[i]))
                 kept.append(Trace(prompts[i], experience.completions[i]))
         self.replay.add(kept)
-
-    def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
-        return replay_nll_updates(self), {}
+        reward = self.reward_trainer.update(experience, self.learn_rng)
+        return learned(experience, replay_nll_updates(self), {}, reward)

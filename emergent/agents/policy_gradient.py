@@ -20,12 +20,12 @@ from emergent import tags
 from emergent.envs import TOKENIZER
 
 from .data_parallel import masked_mean
-from .method import SelfImprover, register_method
+from .method import register_method
 from .model import upcast
-from .records import Experience, Prompts
+from .records import Experience, Prompts, StepResult
 from .rollouts import sample_rollouts
+from .self_improvement import SelfImprover, judge, learned, make_experience
 from .token_batch import encode_batch
-from .trainer import Update
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,14 @@ class PolicyGradient(SelfImprover):
             generator=self.generator,
             device=self.device,
         )
-        labels, scores, reward_flops = self.judge(ro, batch, vote=False, source=c.reward_source)
+        labels, scores, reward_flops = judge(self, ro, batch, vote=False, source=c.reward_source)
         flops = {tags.GENERATE: ro.flops, tags.REWARD: reward_flops}
         baseline = None
         if c.baseline == "value":  # the reward net's value of the prompt state as a learned baseline
             baseline, f = self.reward_trainer.score(list(batch.prompts), [""] * len(batch.prompts), at_prompt=True)
             flops[tags.REWARD] += f
-        return self.make_experience(
+        return make_experience(
+            self,
             batch,
             ro.rows,
             ro.completions,
@@ -94,7 +95,10 @@ class PolicyGradient(SelfImprover):
             payload=None if baseline is None else ValueBaseline(baseline),
         )
 
-    def improve(self, experience: Experience) -> tuple[list[Update], dict[str, float]]:
+    def learn(self, experience: Experience) -> StepResult:
+        """The reward net learns the batch's labels; then ``improve.updates_per_iter``
+        clipped steps on the batch, each trace weighted by its advantage."""
+        rewarded = self.reward_trainer.update(experience, self.learn_rng)
         c = self.cfg
         adv, reward = advantages(experience, c.samples, c.baseline)
         batch = encode_batch(TOKENIZER, experience.prompt_of, experience.completions, self.policy.cfg.max_len)
@@ -131,4 +135,5 @@ class PolicyGradient(SelfImprover):
             updates[0] = updates[0]._replace(
                 flops=updates[0].flops + self.policy.flops_per_token(T, backward=False) * R * T
             )
-        return updates, {tags.TRAIN_REWARD_MEAN: float(np.mean(reward)), tags.TRAIN_KL: float(updates[-1].aux)}
+        scalars = {tags.TRAIN_REWARD_MEAN: float(np.mean(reward)), tags.TRAIN_KL: float(updates[-1].aux)}
+        return learned(experience, updates, scalars, rewarded)
