@@ -36,6 +36,7 @@ from .policy_value import PolicyValueEvaluator, output_completions
 from .records import Experience, Prompts, Replay, StepResult, Trace
 from .rollouts import sample_rollouts
 from .search import search
+from .sections import improve_keys
 from .self_improvement import SelfImprover, learned, make_experience
 from .supervised import replay_nll_updates
 from .token_batch import TokenBatch, encode_batch
@@ -79,18 +80,25 @@ class _Traces(NamedTuple):
     tree: tuple  # judged tree states for the reward net (Trace)
 
 
+@dataclasses.dataclass(frozen=True)
+class AlphaZeroConfig:
+    """The ``improve.*`` keys alphazero reads (their meaning: ``ImproveConfig``); it reads
+    ``search.*`` whole (``SearchConfig``)."""
+
+    problems_per_iter: int
+    updates_per_iter: int
+    replay_size: int
+    train_batch: int
+    learn_from: str
+    sample_first: int
+    temperature: float
+
+
 @register_method
 class AlphaZero(SelfImprover):
     name = "alphazero"
-    reads: ClassVar[tuple[str, ...]] = (
-        *SelfImprover.reads,
-        "improve.replay_size",
-        "improve.train_batch",
-        "improve.learn_from",
-        "improve.sample_first",
-        "improve.temperature",
-        "search.*",
-    )
+    Config = AlphaZeroConfig
+    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, *improve_keys(AlphaZeroConfig), "search.*")
 
     def __init__(self, policy, cfg, device) -> None:
         super().__init__(policy, cfg, device)

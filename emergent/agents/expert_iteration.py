@@ -4,6 +4,7 @@ replay of every kept trace by maximum likelihood."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -13,24 +14,33 @@ from emergent import tags
 from .method import register_method
 from .records import Experience, Prompts, Replay, StepResult, Trace
 from .rollouts import sample_rollouts
+from .sections import improve_keys
 from .self_improvement import SelfImprover, judge, learned, make_experience
 from .supervised import replay_nll_updates
+
+
+@dataclass(frozen=True)
+class ExpertIterationConfig:
+    """The ``improve.*`` keys expert iteration reads (their meaning: ``ImproveConfig``)."""
+
+    problems_per_iter: int
+    updates_per_iter: int
+    samples: int
+    temperature: float
+    label_source: str
+    replay_size: int
+    train_batch: int
 
 
 @register_method
 class ExpertIteration(SelfImprover):
     name = "expert_iteration"
-    reads: ClassVar[tuple[str, ...]] = (
-        *SelfImprover.reads,
-        "improve.samples",
-        "improve.temperature",
-        "improve.label_source",
-        "improve.replay_size",
-        "improve.train_batch",
-    )
+    Config = ExpertIterationConfig
+    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, *improve_keys(ExpertIterationConfig))
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
+        self.votes = self.cfg.label_source == "majority_vote"
         self.replay = Replay(self.cfg.replay_size)  # traces judged correct, most recent last
 
     def collect(self, batch: Prompts) -> Experience:

@@ -19,7 +19,7 @@ AlphaZero) is in ``self_improvement.py``: the state they hold and the steps thei
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, ClassVar, Optional, Protocol, Sequence
 
 import torch
 
@@ -28,6 +28,9 @@ from .records import Experience, Prompts, Replay, StepResult
 from .reward_net import RewardNet
 from .reward_trainer import RewardTrainer
 from .trainer import Update
+
+if TYPE_CHECKING:  # sections.py imports this module's ImproveConfig
+    from .sections import MethodConfig
 
 LABEL_SOURCES = ("verifier", "reward_net", "majority_vote")
 REWARD_SOURCES = ("verifier", "reward_net")
@@ -82,7 +85,8 @@ class ImproveConfig:
 
 
 class Method(Protocol):
-    """What a runtime sees of a learner. ``cfg`` (the run's config) is read at construction."""
+    """What a runtime sees of a learner, built by ``build_method`` from its typed sections
+    (``MethodConfig``), read at construction."""
 
     name: ClassVar[str]
     reads: ClassVar[tuple[str, ...]]
@@ -109,9 +113,10 @@ def register_method(cls: type) -> type:
     return cls
 
 
-def build_method(cfg: Any, policy: TransformerLM, device: torch.device) -> Method:
-    """The method ``cfg.train.method`` names, over ``policy``, configured by ``cfg``."""
-    return METHODS[cfg.train.method](policy, cfg, device)
+def build_method(cfg: "MethodConfig", policy: TransformerLM, device: torch.device) -> Method:
+    """The method ``cfg.method`` names, over ``policy``, built from the typed sections ``cfg``
+    (agents/sections.py), never from the platform's whole config."""
+    return METHODS[cfg.method](policy, cfg, device)
 
 
 def reads_key(method: str, key: str) -> bool:

@@ -24,6 +24,7 @@ from .method import register_method
 from .model import upcast
 from .records import Experience, Prompts, StepResult
 from .rollouts import sample_rollouts
+from .sections import improve_keys
 from .self_improvement import SelfImprover, judge, learned, make_experience
 from .token_batch import encode_batch
 
@@ -47,18 +48,25 @@ def advantages(experience: Experience, samples: int, baseline: str) -> tuple[np.
     return reward - experience.payload.values[experience.rows], reward
 
 
+@dataclass(frozen=True)
+class PolicyGradientConfig:
+    """The ``improve.*`` keys policy gradient reads (their meaning: ``ImproveConfig``)."""
+
+    problems_per_iter: int
+    updates_per_iter: int
+    samples: int
+    temperature: float
+    reward_source: str
+    baseline: str
+    kl_coef: float
+    clip_ratio: float
+
+
 @register_method
 class PolicyGradient(SelfImprover):
     name = "policy_gradient"
-    reads: ClassVar[tuple[str, ...]] = (
-        *SelfImprover.reads,
-        "improve.samples",
-        "improve.temperature",
-        "improve.reward_source",
-        "improve.baseline",
-        "improve.kl_coef",
-        "improve.clip_ratio",
-    )
+    Config = PolicyGradientConfig
+    reads: ClassVar[tuple[str, ...]] = (*SelfImprover.reads, *improve_keys(PolicyGradientConfig))
 
     def __init__(self, *args) -> None:
         super().__init__(*args)

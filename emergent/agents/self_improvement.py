@@ -11,7 +11,7 @@ A method reads top to bottom in its own file; nothing here calls back into it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from .records import Experience, Prompts, Replay, StepResult, Trace
 from .reward_net import RewardNet
 from .reward_trainer import RewardTrainer, near_misses, split_heldout
 from .rollouts import Rollouts, majority_labels, sample_rollouts
+from .sections import MethodConfig, improve_view
 from .trainer import Trainer, Update
 
 
@@ -33,22 +34,20 @@ class SelfImprover:
     ``reward.*`` for its experience. No step of a method's own lives here."""
 
     demonstrations = None  # never: answers reach a self-improver only as the verifier's verdicts
-    # what every self-improver reads beyond the shared keys (each adds its own)
-    reads: ClassVar[tuple[str, ...]] = (
-        "improve.problems_per_iter",
-        "improve.updates_per_iter",
-        "improve.init_from",
-        "reward.*",
-    )
+    # what every self-improver reads beyond its Config's keys (init_from: the platform's warm start)
+    reads: ClassVar[tuple[str, ...]] = ("improve.init_from", "reward.*")
 
-    def __init__(self, policy: TransformerLM, cfg: Any, device: torch.device) -> None:
-        icfg = cfg.improve
-        icfg.validate()
-        self.policy, self.cfg, self.device = policy, icfg, device
-        self.problems_per_step = icfg.problems_per_iter
+    Config: ClassVar[type]  # the method's own dataclass of the improve.* keys it reads
+    votes = False  # labels by majority vote, never the verifier (expert iteration's label_source)
+
+    def __init__(self, policy: TransformerLM, cfg: MethodConfig, device: torch.device) -> None:
+        cfg.improve.validate()
+        self.policy, self.device = policy, device
+        self.cfg = improve_view(self.Config, cfg.improve)
+        self.problems_per_step = self.cfg.problems_per_iter
         self.step_labels = bool(cfg.reward.step_labels)  # a process reward: the step checker's labels too
         self.reward_net = RewardNet.for_policy(policy, cfg.reward, step_head=self.step_labels)
-        self.trainer = Trainer(policy, cfg.optim, cfg.train.steps * icfg.updates_per_iter, device)
+        self.trainer = Trainer(policy, cfg.optim, cfg.train.steps * self.cfg.updates_per_iter, device)
         self.reward_trainer = RewardTrainer(self.reward_net, cfg.reward, cfg.train.steps, device)
         self.heldout_fraction = cfg.reward.heldout_fraction
         self.reward_rollouts = cfg.reward.rollouts
@@ -158,7 +157,7 @@ def reward_traces(m: SelfImprover, batch: Prompts, flops: dict) -> tuple[Trace, 
         m.policy, batch.prompts, m.reward_rollouts, temperature=1.0, generator=m.generator, device=m.device
     )
     flops[tags.GENERATE] = flops.get(tags.GENERATE, 0.0) + ro.flops
-    labels, _, _ = judge(m, ro, batch, vote=m.cfg.label_source == "majority_vote", source="verifier")
+    labels, _, _ = judge(m, ro, batch, vote=m.votes, source="verifier")
     return tuple(Trace(p, c, float(y)) for p, c, y in zip(ro.prompts, ro.completions, labels * ro.finished))
 
 

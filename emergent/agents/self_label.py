@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from .method import register_method
 from .model import TransformerLM
 from .records import Experience, Prompts, StepResult
 from .rollouts import sample_rollouts
+from .sections import MethodConfig
 from .supervised import completion_nll, gold_experience
 from .token_batch import encode_batch
 from .trainer import Trainer
@@ -149,7 +150,7 @@ class SelfLabel:
     reward_trainer = None
     replay = None
 
-    def __init__(self, policy: TransformerLM, cfg: Any, device: torch.device) -> None:
+    def __init__(self, policy: TransformerLM, cfg: MethodConfig, device: torch.device) -> None:
         self.policy, self.device, self.cfg = policy, device, cfg.self_label
         self.demonstrations = cfg.train.target  # the gold of [1, n], from the platform's stream
         self.batch_size = cfg.train.batch_size

@@ -20,6 +20,7 @@ from .data_parallel import masked_mean
 from .method import register_method
 from .model import TransformerLM, upcast
 from .records import Experience, Prompts, StepResult
+from .sections import MethodConfig
 from .token_batch import TokenBatch, encode_batch
 from .trainer import Trainer, Update
 
@@ -64,7 +65,7 @@ class Supervised:
     reward_trainer = None
     replay = None
 
-    def __init__(self, policy: TransformerLM, cfg: Any, device: torch.device) -> None:
+    def __init__(self, policy: TransformerLM, cfg: MethodConfig, device: torch.device) -> None:
         self.policy, self.device = policy, device
         self.demonstrations = cfg.train.target  # "trace" | "answer"
         self.problems_per_step = cfg.train.batch_size

@@ -24,6 +24,7 @@ from emergent.agents.method import ImproveConfig
 from emergent.agents.model import PLACE_SCHEMES, ModelConfig
 from emergent.agents.reward_net import RewardNetConfig
 from emergent.agents.search import SearchConfig
+from emergent.agents.sections import MethodConfig, TaskSection, TrainSection
 from emergent.agents.self_label import SelfLabelConfig
 from emergent.agents.trainer import OptimConfig
 from emergent.envs import SPLITS, TASKS, SplitSpec, Task, make_task
@@ -394,3 +395,26 @@ def validate(cfg: Config) -> None:
             "reward.near_misses are labelled by the verifier, which improve.label_source=majority_vote "
             "never calls: set reward.near_misses=0"
         )
+
+
+def method_config(cfg: Config) -> MethodConfig:
+    """The typed sections the run's method is built from (``agents.build_method``): what
+    agents/ sees of the config."""
+    t, tr = cfg.task, cfg.train
+    return MethodConfig(
+        method=tr.method,
+        seed=cfg.seed,
+        train=TrainSection(steps=tr.steps, batch_size=tr.batch_size, target=tr.target, compile=tr.compile),
+        task=TaskSection(
+            name=t.name,
+            format=t.format,
+            heldout_fraction=t.heldout_fraction,
+            check_steps=t.check_steps,
+            difficulty=(int(t.difficulty[0]), int(t.difficulty[1])),
+        ),
+        optim=cfg.optim,
+        improve=cfg.improve,
+        reward=cfg.reward,
+        search=cfg.search,
+        self_label=cfg.self_label,
+    )

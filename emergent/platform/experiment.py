@@ -23,7 +23,7 @@ from emergent.agents.records import Experience, Prompts, StepResult
 from emergent.envs import TOKENIZER, Problem, ProblemSpaceError, Task
 
 from .checkpoint import LAST, load_checkpoint, load_model_state
-from .config import Config, ConfigError, build_task, flatten, load_config, to_yaml
+from .config import Config, ConfigError, build_task, flatten, load_config, method_config, to_yaml
 from .evaluate import Evaluator, SplitResult
 from .ledger import FlopLedger
 from .problem_stream import ProblemStream
@@ -109,7 +109,7 @@ class Experiment:
         if cfg.improve.init_from and not worker:  # before the method: a KL reference copies the start
             warm = load_checkpoint(cfg.improve.init_from)
             load_model_state(self.model, warm, cfg.improve.init_from)
-        self.method: Method = build_method(cfg, self.model, self.device)
+        self.method: Method = build_method(method_config(cfg), self.model, self.device)
         self.ledger = FlopLedger()
         if warm is not None:  # compute counts from random initialisation: the warm start's is part of it
             self.ledger.add(tags.WARM_START, sum(float(v) for v in warm["ledger"].values()))
