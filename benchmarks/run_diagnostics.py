@@ -51,11 +51,13 @@ def diagnostics(run: str) -> dict[str, float]:
     out = {t.split("/")[1]: float(x.mean()) for t, x in v.items()}
     if "search/improvement_decided_pairs" in v:
         decided = v["search/improvement_decided_pairs"].sum()
-        out["win_rate"] = float(v["search/improvement_wins"].sum() / max(decided, 1e-9))
+        if decided > 0:  # no decided pair: no rate (not a rate of 0)
+            out["win_rate"] = float(v["search/improvement_wins"].sum() / decided)
         out["decided_pairs"] = float(decided)  # the logged windows' sum (each window's mean)
     if "search/improvement_sampled_decided_pairs" in v:  # search.diagnostic_samples: sampled completions
         decided = v["search/improvement_sampled_decided_pairs"].sum()
-        out["sampled_win_rate"] = float(v["search/improvement_sampled_wins"].sum() / max(decided, 1e-9))
+        if decided > 0:
+            out["sampled_win_rate"] = float(v["search/improvement_sampled_wins"].sum() / decided)
         out["sampled_decided_pairs"] = float(decided)
     for tag in ("reward_net/auc", "reward_net/process_auc"):  # process: with a step head
         if tag in v:
