@@ -202,27 +202,31 @@ def test_moves_are_informative_only_where_a_verdict_lies_below_the_root():
 class ValuedTable(TableEvaluator):
     """A hand-built tree whose non-terminal states the 'network' values from a table."""
 
-    def __init__(self, priors, values, k, net):
+    def __init__(self, priors, values, k, net, mixed=False):
         super().__init__(priors, values, k)
-        self.net = net
+        self.net, self.mixed = net, mixed
 
     def expand(self, states):
         out = super().expand(states)
         value = torch.tensor([self.net.get(self._key(t, int(n)), 0.5) for t, n in zip(states.tokens, states.lengths)])
+        if self.mixed:  # leaf_value=mix: the value leans the opposite way, the net's own part is the table's
+            return out._replace(value=1.0 - value, net_value=value, verdict_value=value)
         return out._replace(value=value)
 
 
+@pytest.mark.parametrize("mixed", [False, True])
 @pytest.mark.parametrize(
     "net,auc", [({(3,): 0.8, (4,): 0.2}, 1.0), ({(3,): 0.2, (4,): 0.8}, 0.0), ({(3,): 0.5, (4,): 0.5}, 0.5)]
 )
-def test_the_sibling_pair_count_compares_the_net_s_order_of_root_children_with_the_verdicts(net, auc):
+def test_the_sibling_pair_count_compares_the_net_s_order_of_root_children_with_the_verdicts(net, auc, mixed):
     # every continuation of 3 is right, of 4 wrong: one pair at the first move (the second
-    # move's children are terminal: their values are verdicts, not the net's)
+    # move's children are terminal: their values are verdicts, not the net's). With mixed
+    # leaf values the pair reads the net's own part (Expansion.net_value), not the mix
     priors = {(): {3: 0.5, 4: 0.5}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
     values = {(3, 5): 1.0, (3, 6): 1.0, (4, 5): 0.0, (4, 6): 0.0}
     out = search(
         [np.array([1])],
-        ValuedTable(priors, values, 2, net),
+        ValuedTable(priors, values, 2, net, mixed),
         SearchConfig(num_simulations=12, leaves_per_call=1, top_k=2),
         max_len=3,
         vocab_size=V,
@@ -274,3 +278,36 @@ def test_the_improvement_win_rate_judges_both_choices_completed(target_first, ex
     assert tuple(tie) == (0, 0, 1)
     agree = out._replace(prior_token=torch.tensor([[eos_first]]))  # no disagreement: nothing to judge
     assert tuple(improvement_outcomes(policy, agree, lambda rows, comps: np.ones(len(rows)))) == (0, 0, 0)
+
+
+class MixedRollouts(TableEvaluator):
+    """``leaf_value=mix`` by hand: each non-terminal state's rollout verdict is right, its
+    network part differs (0.9 under token 3, 0.1 under 4), the mixed value is their mean."""
+
+    def expand(self, states):
+        out = super().expand(states)
+        net = torch.tensor([0.9 if int(t[1]) == 3 else 0.1 for t in states.tokens])
+        verdict = torch.ones(len(net))
+        return out._replace(
+            value=(net + verdict) / 2,
+            verdict=torch.ones(len(net), dtype=torch.bool),
+            net_value=net,
+            verdict_value=verdict,
+        )
+
+
+def test_sibling_pairs_compare_verdicts_below_not_the_mixed_values():
+    # every verdict below either root child is right: no pair has different mean verdicts,
+    # however the mixed values (which carry the network's part) differ. Averaging the mixed
+    # values instead would count a pair the network wins by construction
+    priors = {(): {3: 0.5, 4: 0.5}, (3,): {5: 0.5, 6: 0.5}, (4,): {5: 0.5, 6: 0.5}}
+    values = {(3, 5): 1.0, (3, 6): 1.0, (4, 5): 1.0, (4, 6): 1.0}
+    out = search(
+        [np.array([1])],
+        MixedRollouts(priors, values, 2),
+        SearchConfig(num_simulations=12, leaves_per_call=1, top_k=2),
+        max_len=3,
+        vocab_size=V,
+        eos_id=EOS,
+    )
+    assert bool(out.informative[0, 0]) and float(out.sibling_pairs[0]) == 0.0

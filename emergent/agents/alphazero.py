@@ -208,7 +208,7 @@ class AlphaZero(SelfImprover):
             tags.SEARCH_INFORMATIVE_FRACTION: float(out.informative.sum() / searched.clamp(min=1)),
             tags.SEARCH_SOLVED: float(outcome.mean()),
         }
-        if s.leaf_value == "net" and float(out.sibling_pairs.sum()) > 0:  # rollout values are verdicts themselves
+        if s.leaf_value != "rollout" and float(out.sibling_pairs.sum()) > 0:  # rollout values are verdicts themselves
             scalars[tags.REWARD_SIBLING_AUC] = float(out.sibling_agree.sum() / out.sibling_pairs.sum())
             scalars[tags.REWARD_SIBLING_PAIRS] = float(out.sibling_pairs.sum())
         if s.diagnostics:  # on this batch's problems, new to the policy (fresh prompts); not in the ledger

@@ -169,12 +169,12 @@ class PolicyValueEvaluator:
         if self.leaf_value == "net":
             return Expansion(prior, idx, self._value(states, pending))
         verdict = self.rollout_value(states)
-        value = (
-            verdict
-            if self.leaf_value == "rollout"
-            else ((1 - self.rollout_weight) * self._value(states, pending) + self.rollout_weight * verdict)
-        )
-        return Expansion(prior, idx, value, verdict=torch.ones_like(verdict, dtype=torch.bool))
+        judged = torch.ones_like(verdict, dtype=torch.bool)
+        if self.leaf_value == "rollout":
+            return Expansion(prior, idx, verdict, verdict=judged)
+        net = self._value(states, pending)
+        value = (1 - self.rollout_weight) * net + self.rollout_weight * verdict
+        return Expansion(prior, idx, value, verdict=judged, net_value=net, verdict_value=verdict)
 
     @torch.no_grad()
     def rollout_value(self, states: States) -> torch.Tensor:

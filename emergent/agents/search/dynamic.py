@@ -195,11 +195,16 @@ def evaluate_leaves(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, eval
         tree.prior.view(B * N, -1)[at] = out.prior.to(tree.prior.dtype)
         tree.child_token.view(B * N, -1)[at] = out.child_token
         tree.value.view(-1)[at] = out.value.to(tree.value.dtype)
+        tree.net_value.view(-1)[at] = (out.value if out.net_value is None else out.net_value).to(tree.value.dtype)
+        tree.verdict_value.view(-1)[at] = (out.value if out.verdict_value is None else out.verdict_value).to(
+            tree.value.dtype
+        )
         if out.verdict is not None:
             tree.verdict.view(-1)[at] = out.verdict
     if bool(term.any()):
         at = flat[term]
         tree.value.view(-1)[at] = evaluator.terminal_value(states(at)).to(tree.value.dtype)
+        tree.verdict_value.view(-1)[at] = tree.value.view(-1)[at]
         tree.verdict.view(-1)[at] = not getattr(evaluator, "terminal_from_network", False)
     tree.expanded.view(-1)[flat] = True
 

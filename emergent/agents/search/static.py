@@ -174,6 +174,10 @@ def _expand(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, evaluator: L
     tree.child_token.view(B * N, -1)[to] = out.child_token
     to = torch.where(write, flat, scratch)
     tree.value.view(-1)[to] = out.value.to(tree.value.dtype)
+    tree.net_value.view(-1)[to] = (out.value if out.net_value is None else out.net_value).to(tree.value.dtype)
+    tree.verdict_value.view(-1)[to] = (out.value if out.verdict_value is None else out.verdict_value).to(
+        tree.value.dtype
+    )
     tree.expanded.view(-1)[to] = True
     if out.verdict is not None:
         tree.verdict.view(-1)[to] = out.verdict & ~term
@@ -188,6 +192,7 @@ def _host_terminal_values(tree: Tree, done: _Evaluated, evaluator: LeafEvaluator
     at = (done.states.write & tree.terminal.view(-1)[done.flat]).nonzero().squeeze(1)
     if len(at):
         tree.value.view(-1)[done.flat[at]] = evaluator.terminal_value(done.states.subset(at)).to(tree.value.dtype)
+        tree.verdict_value.view(-1)[done.flat[at]] = tree.value.view(-1)[done.flat[at]]
         tree.verdict.view(-1)[done.flat[at]] = True
 
 

@@ -25,6 +25,8 @@ class Tree:
     visits: torch.Tensor  # [B, N] float     N(s): simulations through this node
     value_sum: torch.Tensor  # [B, N] float     W(s): backed-up values
     value: torch.Tensor  # [B, N] float     evaluation at the node (network or verifier)
+    net_value: torch.Tensor  # [B, N] float     the value network's own part of it (sibling pairs read it)
+    verdict_value: torch.Tensor  # [B, N] float     the verifier's verdict in it, where ``verdict`` holds
     vloss: torch.Tensor  # [B, N] float     virtual visits of pending simulations
     expanded: torch.Tensor  # [B, N] bool      priors and value are set
     terminal: torch.Tensor  # [B, N] bool      EOS written or context full
@@ -46,6 +48,10 @@ class Expansion(NamedTuple):
     child_token: torch.Tensor  # [M, K]
     value: torch.Tensor  # [M] in [0, 1]
     verdict: torch.Tensor | None = None  # [M] bool: the value holds a verifier's verdict (a rollout's); None: none does
+    # [M] each, where ``value`` mixes the value network's P(correct) with a rollout's verdict
+    # (``leaf_value=mix``): the two parts; None: ``value`` is both
+    net_value: torch.Tensor | None = None
+    verdict_value: torch.Tensor | None = None
 
 
 class States(NamedTuple):
@@ -130,6 +136,8 @@ def init_tree(prompts: Sequence[np.ndarray], *, capacity: int, top_k: int, max_l
         visits=z(B, capacity),
         value_sum=z(B, capacity),
         value=z(B, capacity),
+        net_value=z(B, capacity),
+        verdict_value=z(B, capacity),
         vloss=z(B, capacity),
         expanded=z(B, capacity, dtype=torch.bool),
         terminal=z(B, capacity, dtype=torch.bool),
@@ -265,11 +273,12 @@ def backup(tree: Tree, leaves: torch.Tensor, active: torch.Tensor, *, positions:
     flat = (_rows(B, leaves.device) * N)[:, None] + leaves.reshape(B, -1)  # [B, W]
     values = tree.value.view(-1).index_select(0, flat.T.reshape(-1))  # [W * B] leaf-major
     verdict = tree.verdict.view(-1).index_select(0, flat.T.reshape(-1))  # [W * B]
+    verdict_values = tree.verdict_value.view(-1).index_select(0, flat.T.reshape(-1))  # [W * B]
     tree.visits.view(-1).index_add_(0, nodes, on.to(tree.visits.dtype))
     tree.value_sum.view(-1).index_add_(0, nodes, values.index_select(0, which) * on)
     judged = (verdict.index_select(0, which) & on).to(tree.verdicts.dtype)
     tree.verdicts.view(-1).index_add_(0, nodes, judged)
-    tree.verdict_sum.view(-1).index_add_(0, nodes, values.index_select(0, which) * judged)
+    tree.verdict_sum.view(-1).index_add_(0, nodes, verdict_values.index_select(0, which) * judged)
 
 
 def root_children(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,14 +309,15 @@ def sibling_pairs(tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
     pairs of non-terminal root children with verdicts below both and different mean verdicts:
     (agreeing pairs [B] (a tie in the network's values counts a half), pairs [B]). A
     child's network value is its evaluation (``Tree.value``; with ``leaf_value=net`` the
-    reward net's P(correct), else a verdict itself: the count says nothing there)."""
+    reward net's P(correct); with ``leaf_value=mix`` the net's own part, ``Tree.net_value``;
+    with ``rollout`` a verdict itself: the count says nothing there)."""
     children = _at(tree.children, tree.root)  # [B, K]
     rows = torch.arange(tree.batch, device=children.device)[:, None]
     safe = children.clamp(min=0)
     n = tree.verdicts[rows, safe]
     ok = (children >= 0) & (n > 0) & ~tree.terminal[rows, safe]
     mean = tree.verdict_sum[rows, safe] / n.clamp(min=1)  # [B, K]
-    net = tree.value[rows, safe]
+    net = tree.net_value[rows, safe]
     pair = ok[:, :, None] & ok[:, None, :] & (mean[:, :, None] > mean[:, None, :])  # [B, K, K]: i better than j
     d = net[:, :, None] - net[:, None, :]
     agree = torch.where(d > 0, 1.0, torch.where(d == 0, 0.5, 0.0)) * pair
