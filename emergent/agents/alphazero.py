@@ -118,18 +118,18 @@ class AlphaZero(SelfImprover):
         if "diagnostic_generator" in state:  # a checkpoint from before the sampled diagnostic has none
             self.diagnostic_generator.set_state(state["diagnostic_generator"])
 
-    def collect(self, batch: Prompts) -> Experience:
+    def collect(self, problems: Prompts) -> Experience:
         """``improve.sample_first`` k > 0: k sampled traces per problem first (as expert
         iteration's), and the search only for the problems none of them solved; else the
         search for every problem. Sampled traces carry no improved policy (no target)."""
         self.policy.eval()
         self.reward_net.eval()
-        parts, todo = [], np.arange(len(batch.prompts))
+        parts, todo = [], np.arange(len(problems.prompts))
         if self.cfg.sample_first:
-            parts.append(self._sampled(batch))
+            parts.append(self._sampled(problems))
             todo = np.setdiff1d(todo, parts[0].rows[parts[0].labels > 0])
         if len(todo):
-            parts.append(self._searched(batch, todo))
+            parts.append(self._searched(problems, todo))
         labels = np.concatenate([p.labels for p in parts])
         flops = {tags.SEARCH: 0.0, tags.REWARD: 0.0}
         scalars = {tags.TRAIN_SAMPLE_ACCURACY: float(labels.mean())}
@@ -138,7 +138,7 @@ class AlphaZero(SelfImprover):
             scalars.update(p.scalars)
         exp = make_experience(
             self,
-            batch,
+            problems,
             np.concatenate([p.rows for p in parts]),
             [c for p in parts for c in p.completions],
             np.concatenate([p.finished for p in parts]),
@@ -150,17 +150,17 @@ class AlphaZero(SelfImprover):
         )
         return dataclasses.replace(exp, reward_traces=exp.reward_traces + tuple(t for p in parts for t in p.tree))
 
-    def _sampled(self, batch: Prompts) -> "_Traces":
+    def _sampled(self, problems: Prompts) -> "_Traces":
         """``improve.sample_first`` sampled traces per problem, judged; no targets."""
         ro = sample_rollouts(
             self.policy,
-            batch.prompts,
+            problems.prompts,
             self.cfg.sample_first,
             temperature=self.cfg.temperature,
             generator=self.generator,
             device=self.device,
         )
-        right = batch.verify(ro.rows, ro.completions).astype(float) * ro.finished
+        right = problems.verify(ro.rows, ro.completions).astype(float) * ro.finished
         return _Traces(
             ro.rows,
             ro.completions,
@@ -172,15 +172,15 @@ class AlphaZero(SelfImprover):
             (),
         )
 
-    def _searched(self, batch: Prompts, todo: np.ndarray) -> "_Traces":
+    def _searched(self, problems: Prompts, todo: np.ndarray) -> "_Traces":
         """One searched trace for each of the batch's problems ``todo``, its targets, the
         search's diagnostics and the judged tree states for the reward net."""
         s = self.search_cfg
 
         def verify(r, comps):  # rows of the searched subset -> the batch's problems
-            return batch.verify(todo[np.asarray(r)], comps)
+            return problems.verify(todo[np.asarray(r)], comps)
 
-        ids = TOKENIZER.encode_prompts([batch.prompts[i] for i in todo])
+        ids = TOKENIZER.encode_prompts([problems.prompts[i] for i in todo])
         ev = PolicyValueEvaluator.for_search(self.policy, self.reward_net, s, ids, verify)
         with autocast(self.device):
             out = search(
@@ -235,10 +235,10 @@ class AlphaZero(SelfImprover):
             [policy[b, : int(out.moves[b])].cpu() for b in range(len(todo))],
             {tags.SEARCH: ev.flops},
             scalars,
-            self.tree_traces(batch, todo, ids, ev),
+            self.tree_traces(problems, todo, ids, ev),
         )
 
-    def tree_traces(self, batch: Prompts, todo: np.ndarray, ids, ev: PolicyValueEvaluator) -> tuple[Trace, ...]:
+    def tree_traces(self, problems: Prompts, todo: np.ndarray, ids, ev: PolicyValueEvaluator) -> tuple[Trace, ...]:
         """Up to ``search.tree_traces`` distinct states the verifier judged in the trees (of
         the batch's problems ``todo``), as labelled traces for the reward net (drawn with
         ``collect_rng``)."""
@@ -253,7 +253,7 @@ class AlphaZero(SelfImprover):
             seen.setdefault((r, text), v)
         keys = list(seen)
         pick = self.collect_rng.permutation(len(keys))[: self.search_cfg.tree_traces]
-        return tuple(Trace(batch.prompts[todo[keys[i][0]]], keys[i][1], float(seen[keys[i]])) for i in sorted(pick))
+        return tuple(Trace(problems.prompts[todo[keys[i][0]]], keys[i][1], float(seen[keys[i]])) for i in sorted(pick))
 
     def learn(self, experience: Experience) -> StepResult:
         """What carries a signal joins the replay (``remember``); the reward net learns the

@@ -43,29 +43,27 @@ class ExpertIteration(SelfImprover):
         self.votes = self.cfg.label_source == "majority_vote"
         self.replay = Replay(self.cfg.replay_size)  # traces judged correct, most recent last
 
-    def collect(self, batch: Prompts) -> Experience:
+    def collect(self, problems: Prompts) -> Experience:
         c = self.cfg
         ro = sample_rollouts(
             self.policy,
-            batch.prompts,
+            problems.prompts,
             c.samples,
             temperature=c.temperature,
             generator=self.generator,
             device=self.device,
         )
-        labels, scores, reward_flops = judge(
-            self, ro, batch, vote=c.label_source == "majority_vote", source=c.label_source
-        )
+        labels, scores, reward_flops = judge(self, ro, problems, vote=self.votes, source=c.label_source)
         good = ro.finished & (scores >= 0.5)
         # under a vote the labels are agreement with the majority, not correctness
-        label_tag = tags.TRAIN_VOTE_AGREEMENT if c.label_source == "majority_vote" else tags.TRAIN_SAMPLE_ACCURACY
+        label_tag = tags.TRAIN_VOTE_AGREEMENT if self.votes else tags.TRAIN_SAMPLE_ACCURACY
         scalars = {
             label_tag: float(np.mean(labels)),
-            tags.TRAIN_KEPT_FRACTION: len(set(ro.rows[good].tolist())) / len(batch.prompts),
+            tags.TRAIN_KEPT_FRACTION: len(set(ro.rows[good].tolist())) / len(problems.prompts),
         }
         return make_experience(
             self,
-            batch,
+            problems,
             ro.rows,
             ro.completions,
             ro.finished,

@@ -74,25 +74,27 @@ class PolicyGradient(SelfImprover):
         if self.reference is not None:
             self.reference.requires_grad_(False)
 
-    def collect(self, batch: Prompts) -> Experience:
+    def collect(self, problems: Prompts) -> Experience:
         c = self.cfg
         ro = sample_rollouts(
             self.policy,
-            batch.prompts,
+            problems.prompts,
             c.samples,
             temperature=c.temperature,
             generator=self.generator,
             device=self.device,
         )
-        labels, scores, reward_flops = judge(self, ro, batch, vote=False, source=c.reward_source)
+        labels, scores, reward_flops = judge(self, ro, problems, vote=False, source=c.reward_source)
         flops = {tags.GENERATE: ro.flops, tags.REWARD: reward_flops}
         baseline = None
         if c.baseline == "value":  # the reward net's value of the prompt state as a learned baseline
-            baseline, f = self.reward_trainer.score(list(batch.prompts), [""] * len(batch.prompts), at_prompt=True)
+            baseline, f = self.reward_trainer.score(
+                list(problems.prompts), [""] * len(problems.prompts), at_prompt=True
+            )
             flops[tags.REWARD] += f
         return make_experience(
             self,
-            batch,
+            problems,
             ro.rows,
             ro.completions,
             ro.finished,

@@ -94,12 +94,14 @@ class SelfImprover:
 
 
 def judge(
-    m: SelfImprover, ro: Rollouts, batch: Prompts, *, vote: bool, source: str
+    m: SelfImprover, ro: Rollouts, problems: Prompts, *, vote: bool, source: str
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Labels of sampled traces by the verifier (or, ``vote``, by majority vote, never
     calling it) and the scores the update uses (``source``: the labels, or the reward
     net's P(correct)). Returns (labels [R], scores [R], reward-net FLOPs)."""
-    labels = majority_labels(ro.rows, ro.completions) if vote else batch.verify(ro.rows, ro.completions).astype(float)
+    labels = (
+        majority_labels(ro.rows, ro.completions) if vote else problems.verify(ro.rows, ro.completions).astype(float)
+    )
     if source != "reward_net":
         return labels, labels, 0.0
     scores, flops = m.reward_trainer.score(ro.prompts, ro.completions)
@@ -107,7 +109,7 @@ def judge(
 
 
 def make_experience(
-    m: SelfImprover, batch: Prompts, rows, completions, finished, labels, scores, flops: dict, **fields
+    m: SelfImprover, problems: Prompts, rows, completions, finished, labels, scores, flops: dict, **fields
 ) -> Experience:
     """The batch's Experience: a random share of its traces is held out of reward-net
     training and scored now, for the diagnostics; the others carry their step labels (a
@@ -116,24 +118,26 @@ def make_experience(
     held = np.flatnonzero(heldout)
     probs, process = np.zeros(0), None
     if len(held):
-        held_prompts, held_completions = [batch.prompts[rows[i]] for i in held], [completions[i] for i in held]
+        held_prompts, held_completions = [problems.prompts[rows[i]] for i in held], [completions[i] for i in held]
         probs, f = m.reward_trainer.score(held_prompts, held_completions)
         flops[tags.REWARD] = flops.get(tags.REWARD, 0.0) + f
         if m.step_labels:  # the process reward's ranking, beside the value head's
             process, f = m.reward_trainer.process_scores(held_prompts, held_completions)
             flops[tags.REWARD] += f
-    extra = reward_traces(m, batch, flops) if m.reward_rollouts else ()
+    extra = reward_traces(m, problems, flops) if m.reward_rollouts else ()
     if m.reward_near_misses:
-        extra += near_miss_traces(m, batch, np.asarray(rows), completions, np.asarray(finished, dtype=bool), ~heldout)
+        extra += near_miss_traces(
+            m, problems, np.asarray(rows), completions, np.asarray(finished, dtype=bool), ~heldout
+        )
     steps = None
-    if m.step_labels and batch.check_steps is not None:  # only the traces the reward net trains on
+    if m.step_labels and problems.check_steps is not None:  # only the traces the reward net trains on
         train = np.flatnonzero(~heldout)
-        judged = batch.check_steps(np.asarray(rows)[train], [completions[i] for i in train])
+        judged = problems.check_steps(np.asarray(rows)[train], [completions[i] for i in train])
         steps = [None] * len(rows)
         for i, judged_steps in zip(train.tolist(), judged):
             steps[i] = tuple(bool(y) for y in judged_steps)
     return Experience(
-        list(batch.prompts),
+        list(problems.prompts),
         np.asarray(rows),
         list(completions),
         np.asarray(finished, dtype=bool),
@@ -149,21 +153,21 @@ def make_experience(
     )
 
 
-def reward_traces(m: SelfImprover, batch: Prompts, flops: dict) -> tuple[Trace, ...]:
+def reward_traces(m: SelfImprover, problems: Prompts, flops: dict) -> tuple[Trace, ...]:
     """``reward.rollouts`` sampled traces per problem for the reward net alone, labelled
     as the method labels its own (by the verifier; by majority vote where the method
     votes, never calling the verifier). Their generation is counted in ``flops``."""
     ro = sample_rollouts(
-        m.policy, batch.prompts, m.reward_rollouts, temperature=1.0, generator=m.generator, device=m.device
+        m.policy, problems.prompts, m.reward_rollouts, temperature=1.0, generator=m.generator, device=m.device
     )
     flops[tags.GENERATE] = flops.get(tags.GENERATE, 0.0) + ro.flops
-    labels, _, _ = judge(m, ro, batch, vote=m.votes, source="verifier")
+    labels, _, _ = judge(m, ro, problems, vote=m.votes, source="verifier")
     return tuple(Trace(p, c, float(y)) for p, c, y in zip(ro.prompts, ro.completions, labels * ro.finished))
 
 
 def near_miss_traces(
     m: SelfImprover,
-    batch: Prompts,
+    problems: Prompts,
     rows: np.ndarray,
     completions: Sequence[str],
     finished: np.ndarray,
@@ -177,8 +181,8 @@ def near_miss_traces(
     if not copies:
         return ()
     at = keep[src]
-    labels = batch.verify(rows[at], copies).astype(float) * finished[at]
-    return tuple(Trace(batch.prompts[r], c, float(y)) for r, c, y in zip(rows[at], copies, labels))
+    labels = problems.verify(rows[at], copies).astype(float) * finished[at]
+    return tuple(Trace(problems.prompts[r], c, float(y)) for r, c, y in zip(rows[at], copies, labels))
 
 
 # -- learning -----------------------------------------------------------------------------------

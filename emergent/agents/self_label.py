@@ -178,8 +178,8 @@ class SelfLabel:
         """The highest difficulty labelled so far (n before the first round)."""
         return self.reached
 
-    def collect(self, batch: Prompts) -> Experience:
-        return gold_experience(batch)  # the gold of [1, n]; the labels join in learn
+    def collect(self, problems: Prompts) -> Experience:
+        return gold_experience(problems)  # the gold of [1, n]; the labels join in learn
 
     def sample_votes(self, prompts: list[str]) -> tuple[list[list[str]], float]:
         """Per prompt the answers of ``votes`` samples at ``vote_temperature``, and their FLOPs."""

@@ -39,15 +39,15 @@ def completion_nll(model: TransformerLM, batch: TokenBatch, *, exact: bool = Fal
     return loss, hit.all(1)
 
 
-def gold_experience(batch: Prompts) -> Experience:
+def gold_experience(problems: Prompts) -> Experience:
     """The batch's gold traces (or answers) as experience: one finished, correct trace per
     problem, nothing held out, nothing spent."""
-    P = len(batch.prompts)
+    P = len(problems.prompts)
     done = np.ones(P, dtype=bool)
     return Experience(
-        list(batch.prompts),
+        list(problems.prompts),
         np.arange(P),
-        list(batch.gold),
+        list(problems.gold),
         finished=done,
         labels=done * 1.0,
         scores=done * 1.0,
@@ -78,8 +78,8 @@ class Supervised:
     def reseed(self, seed: int, stream: int = 0) -> None:
         """Nothing is drawn: the data stream is the platform's, and updates are deterministic."""
 
-    def collect(self, batch: Prompts) -> Experience:
-        return gold_experience(batch)
+    def collect(self, problems: Prompts) -> Experience:
+        return gold_experience(problems)
 
     def learn(self, experience: Experience) -> StepResult:
         """One step; the loss, grad norm and per-problem exact match stay on the device."""
