@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .method import ImproveConfig
 from .reward_net import RewardNetConfig
 from .search import SearchConfig
 from .trainer import OptimConfig
+
+if TYPE_CHECKING:  # self_label.py imports this module (its methods are built from MethodConfig)
+    from .self_label import SelfLabelConfig
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class MethodConfig:
     improve: ImproveConfig
     reward: RewardNetConfig
     search: SearchConfig
-    self_label: object  # SelfLabelConfig (agents/self_label.py, which imports this module's neighbours)
+    self_label: "SelfLabelConfig"
 
 
 def improve_view(cls: type, improve: ImproveConfig):
