@@ -120,8 +120,8 @@ def test_step_head_learns_which_step_is_false_and_only_adds_to_the_value_loss():
     at = 1 + len(prompts[0]) + step_ends(completions[0])[0]
     p_true = torch.sigmoid(step_logits[:, at])
     assert p_true[0] > 0.9 and p_true[1] < 0.1
-    process, flops = trainer.process_scores(prompts * 2, completions)
-    value, _ = trainer.score(prompts * 2, completions)
+    value, process, flops = trainer.process_scores(prompts * 2, completions)
+    assert np.array_equal(value, trainer.score(prompts * 2, completions)[0])  # score's values, from one forward
     assert flops > 0 and process == pytest.approx(value * p_true.detach().numpy(), rel=1e-5)
     # a checkpoint written before step labels (four fields a trace) still loads
     trainer.replay.load_state_dict([row[:4] for row in trainer.replay.state_dict()])

@@ -325,7 +325,7 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
     and edges and write the same virtual visits; too few levels is an error."""
     from emergent.agents.search import static as static_path
     from emergent.agents.search.dynamic import _walk
-    from emergent.agents.search.tree import _rows
+    from emergent.agents.search.tree import _rows, walk_tables
 
     tree, _ = searched(*tiny_networks("learned"), kv_cache=True, sims=24)
     B, N, K = tree.children.shape
@@ -341,18 +341,7 @@ def test_selection_walks_the_same_in_torch_and_in_numpy():
 
     def walk(numpy: bool, early_exit: bool = True, levels: int = 24):
         vloss = tree.vloss.clone().view(-1)  # written by the walk
-        tables = [
-            (tree.visits + tree.vloss).view(-1),
-            tree.value_sum.view(-1),
-            tree.value.view(-1),
-            tree.children.view(B * N, K),
-            tree.prior.view(B * N, K),
-            (~tree.expanded | tree.terminal).view(-1),
-            vloss,
-            base,
-            base + tree.root,
-            active,
-        ]
+        tables = [*walk_tables(tree)[0][:6], vloss, base, base + tree.root, active]
         if numpy:
             out = _walk(*(t.numpy() for t in tables), c_puct=1.5, virtual_loss=np.float32(1.0), levels=levels)
         elif early_exit:

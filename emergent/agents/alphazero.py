@@ -34,10 +34,9 @@ from .method import register_method
 from .model import TransformerLM, upcast
 from .policy_value import PolicyValueEvaluator, output_completions
 from .records import Experience, Prompts, Replay, StepResult, Trace
-from .rollouts import sample_rollouts
 from .search import search
 from .sections import improve_keys
-from .self_improvement import SelfImprover, learned, make_experience
+from .self_improvement import SelfImprover, learned, make_experience, sample_traces
 from .supervised import replay_nll_updates
 from .token_batch import TokenBatch, encode_batch
 from .trainer import Update, autocast
@@ -152,14 +151,7 @@ class AlphaZero(SelfImprover):
 
     def _sampled(self, problems: Prompts) -> "_Traces":
         """``improve.sample_first`` sampled traces per problem, judged; no targets."""
-        ro = sample_rollouts(
-            self.policy,
-            problems.prompts,
-            self.cfg.sample_first,
-            temperature=self.cfg.temperature,
-            generator=self.generator,
-            device=self.device,
-        )
+        ro = sample_traces(self, problems, self.cfg.sample_first, self.cfg.temperature)
         right = problems.verify(ro.rows, ro.completions).astype(float) * ro.finished
         return _Traces(
             ro.rows,

@@ -13,9 +13,8 @@ from emergent import tags
 
 from .method import register_method
 from .records import Experience, Prompts, Replay, StepResult, Trace
-from .rollouts import sample_rollouts
 from .sections import improve_keys
-from .self_improvement import SelfImprover, judge, learned, make_experience
+from .self_improvement import SelfImprover, judge, learned, make_experience, sample_traces
 from .supervised import replay_nll_updates
 
 
@@ -45,14 +44,7 @@ class ExpertIteration(SelfImprover):
 
     def collect(self, problems: Prompts) -> Experience:
         c = self.cfg
-        ro = sample_rollouts(
-            self.policy,
-            problems.prompts,
-            c.samples,
-            temperature=c.temperature,
-            generator=self.generator,
-            device=self.device,
-        )
+        ro = sample_traces(self, problems, c.samples, c.temperature)
         labels, scores, reward_flops = judge(self, ro, problems, vote=self.votes, source=c.label_source)
         good = ro.finished & (scores >= 0.5)
         # under a vote the labels are agreement with the majority, not correctness

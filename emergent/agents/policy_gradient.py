@@ -23,9 +23,8 @@ from .data_parallel import masked_mean
 from .method import register_method
 from .model import upcast
 from .records import Experience, Prompts, StepResult
-from .rollouts import sample_rollouts
 from .sections import improve_keys
-from .self_improvement import SelfImprover, judge, learned, make_experience
+from .self_improvement import SelfImprover, judge, learned, make_experience, sample_traces
 from .token_batch import encode_batch
 
 
@@ -76,14 +75,7 @@ class PolicyGradient(SelfImprover):
 
     def collect(self, problems: Prompts) -> Experience:
         c = self.cfg
-        ro = sample_rollouts(
-            self.policy,
-            problems.prompts,
-            c.samples,
-            temperature=c.temperature,
-            generator=self.generator,
-            device=self.device,
-        )
+        ro = sample_traces(self, problems, c.samples, c.temperature)
         labels, scores, reward_flops = judge(self, ro, problems, vote=False, source=c.reward_source)
         flops = {tags.GENERATE: ro.flops, tags.REWARD: reward_flops}
         baseline = None

@@ -149,20 +149,22 @@ class RewardTrainer:
 
     @torch.no_grad()
     def process_scores(self, prompts: Sequence[str], completions: Sequence[str]):
-        """A process reward's score of finished traces: the value head's P(correct) at EOS times
-        the step head's P(true) of each step -> ([R], flops). Needs the step head."""
-        values, _ = self.score(prompts, completions)
+        """``score``'s P(correct) of finished traces and a process reward's score of them (that
+        times the step head's P(true) of each step), from one forward -> ([R], [R], flops).
+        Needs the step head."""
         batch = encode_values(prompts, completions, np.zeros(len(prompts)), self.net.cfg.max_len).to(self.device)
+        eos = torch.tensor([len(p) for p in prompts], device=self.device) + batch.mask.sum(1).long() - 1
         self.net.eval()
         with autocast(self.device, self.trainer.mixed_precision):
-            _, step_logits = self.net.both(batch.inputs)
+            logits, step_logits = self.net.both(batch.inputs)
+        values = torch.sigmoid(logits.gather(1, eos[:, None]).squeeze(1)).cpu().numpy()  # as value_at reads EOS
         p_true = torch.sigmoid(upcast(step_logits)).cpu().numpy()  # [R, T]
-        out = values.copy()
+        process = values.copy()
         for r, (p, c) in enumerate(zip(prompts, completions)):
             at = [1 + len(p) + i for i in step_ends(c) if 1 + len(p) + i < p_true.shape[1]]
-            out[r] *= float(np.prod(p_true[r, at]))
+            process[r] *= float(np.prod(p_true[r, at]))
         B, T = batch.inputs.shape
-        return out, 2 * self.net.flops_per_token(T, backward=False) * B * T
+        return values, process, self.net.flops_per_token(T, backward=False) * B * T
 
     def state_dict(self) -> dict:
         return {"optim": self.trainer.state_dict(), "net": self.net.state_dict(), "replay": self.replay.state_dict()}

@@ -2,7 +2,7 @@
 AlphaZero): the state they hold (``SelfImprover``) and the steps their own ``collect`` and
 ``learn`` call, in order, as functions:
 
-  collect:  sample (``rollouts.sample_rollouts``) or search -> ``judge`` -> ``make_experience``
+  collect:  ``sample_traces`` (or a search) -> ``judge`` -> ``make_experience``
   learn:    the method's replay -> ``RewardTrainer.update`` -> the method's policy updates
             (``Trainer.step_batch``) -> ``learned``
 
@@ -93,6 +93,14 @@ class SelfImprover:
 # -- collection (no parameter changes) ----------------------------------------------------------
 
 
+def sample_traces(m: SelfImprover, problems: Prompts, samples: int, temperature: float) -> Rollouts:
+    """``samples`` traces per problem from the method's policy, drawn from its collect stream
+    (one KV-cached generate call)."""
+    return sample_rollouts(
+        m.policy, problems.prompts, samples, temperature=temperature, generator=m.generator, device=m.device
+    )
+
+
 def judge(
     m: SelfImprover, ro: Rollouts, problems: Prompts, *, vote: bool, source: str
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -119,11 +127,11 @@ def make_experience(
     probs, process = np.zeros(0), None
     if len(held):
         held_prompts, held_completions = [problems.prompts[rows[i]] for i in held], [completions[i] for i in held]
-        probs, f = m.reward_trainer.score(held_prompts, held_completions)
+        if m.step_labels:  # the process reward's ranking too, from the same forward
+            probs, process, f = m.reward_trainer.process_scores(held_prompts, held_completions)
+        else:
+            probs, f = m.reward_trainer.score(held_prompts, held_completions)
         flops[tags.REWARD] = flops.get(tags.REWARD, 0.0) + f
-        if m.step_labels:  # the process reward's ranking, beside the value head's
-            process, f = m.reward_trainer.process_scores(held_prompts, held_completions)
-            flops[tags.REWARD] += f
     extra = reward_traces(m, problems, flops) if m.reward_rollouts else ()
     if m.reward_near_misses:
         extra += near_miss_traces(
@@ -157,9 +165,7 @@ def reward_traces(m: SelfImprover, problems: Prompts, flops: dict) -> tuple[Trac
     """``reward.rollouts`` sampled traces per problem for the reward net alone, labelled
     as the method labels its own (by the verifier; by majority vote where the method
     votes, never calling the verifier). Their generation is counted in ``flops``."""
-    ro = sample_rollouts(
-        m.policy, problems.prompts, m.reward_rollouts, temperature=1.0, generator=m.generator, device=m.device
-    )
+    ro = sample_traces(m, problems, m.reward_rollouts, temperature=1.0)
     flops[tags.GENERATE] = flops.get(tags.GENERATE, 0.0) + ro.flops
     labels, _, _ = judge(m, ro, problems, vote=m.votes, source="verifier")
     return tuple(Trace(p, c, float(y)) for p, c, y in zip(ro.prompts, ro.completions, labels * ro.finished))

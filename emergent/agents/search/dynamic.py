@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .config import SearchConfig
-from .tree import LeafEvaluator, States, Tree, _at_least, _rows, _xp, add_children, backup
+from .tree import LeafEvaluator, States, Tree, _at_least, _rows, _xp, add_children, backup, walk_tables
 
 
 def puct_scores(n, w, prior, fpu, c_puct: float):
@@ -51,18 +51,8 @@ def select(
     one for the new edge; default the context length, which always holds). ``first`` [B]:
     the edge each walk takes from its root (a Gumbel root's choice), instead of PUCT's.
     """
-    B, N, K = tree.children.shape
     levels = tree.tokens.shape[2] if levels is None else levels
-    base = _rows(B, active.device) * N  # [B] flat index of each tree's node 0
-    tables = (
-        (tree.visits + tree.vloss).view(-1),
-        tree.value_sum.view(-1),
-        tree.value.view(-1),
-        tree.children.view(B * N, K),
-        tree.prior.view(B * N, K),
-        (~tree.expanded | tree.terminal).view(-1),
-        tree.vloss.view(-1),
-    )
+    tables, base = walk_tables(tree)
     start = base + tree.root
     if active.device.type == "cpu":
         # a level is some 30 ops on [B, K] rows: through torch's dispatcher ~3.5 us each, as

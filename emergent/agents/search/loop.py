@@ -96,18 +96,9 @@ def search_move(
     policy = improved(
         tree, prior, visit_probs=visit_probs, value_scale=cfg.value_scale, maxvisit_init=cfg.maxvisit_init
     )  # [B, K]
-    searched = unsure & (cfg.num_simulations > 0)
-    informative = searched & root_evidence(tree)
-    agree, pairs = sibling_pairs(tree)
-    advance(tree, choose(visit_probs, cfg.temperature, generator), active, evaluator, cfg, eos_id=eos_id)
-    return Move(
-        visit_probs,
-        policy,
-        searched,
-        depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
-        informative=informative,
-        sibling=(agree * searched, pairs * searched),
-        prior_choice=prior.argmax(1),
+    action = choose(visit_probs, cfg.temperature, generator)
+    return _play(
+        tree, active, evaluator, cfg, action, visit_probs, policy, prior, unsure, depth + calls - 1, eos_id=eos_id
     )
 
 
@@ -161,16 +152,38 @@ def gumbel_move(
     _, n = root_children(tree)
     action = gumbel.final_action(g, logits, sq, n - before)
     policy = gumbel.improved_policy(logits, sq)
+    visit_probs = root_visit_probs(tree)
+    return _play(
+        tree, active, evaluator, cfg, action, visit_probs, policy, prior, unsure, depth + calls - 1, eos_id=eos_id
+    )
+
+
+def _play(
+    tree: Tree,
+    active: torch.Tensor,
+    evaluator: LeafEvaluator,
+    cfg: SearchConfig,
+    action: torch.Tensor,
+    visit_probs: torch.Tensor,
+    policy: torch.Tensor,
+    prior: torch.Tensor,
+    unsure: torch.Tensor,
+    depth: int,
+    *,
+    eos_id: int,
+) -> Move:
+    """The end of a move, either root's: read the evidence and the sibling pairs below the
+    root, then play ``action`` [B] and return the Move with the move's ``visit_probs`` and
+    improved ``policy`` [B, K] (``depth``: the bound below the new root, clamped to the context)."""
     searched = unsure & (cfg.num_simulations > 0)
     informative = searched & root_evidence(tree)
-    visit_probs = root_visit_probs(tree)
     agree, pairs = sibling_pairs(tree)
     advance(tree, action, active, evaluator, cfg, eos_id=eos_id)
     return Move(
         visit_probs,
         policy,
         searched,
-        depth=min(max(depth + calls - 1, 0), tree.tokens.shape[2] - 1),
+        depth=min(max(depth, 0), tree.tokens.shape[2] - 1),
         informative=informative,
         sibling=(agree * searched, pairs * searched),
         prior_choice=prior.argmax(1),

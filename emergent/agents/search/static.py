@@ -19,7 +19,7 @@ import torch
 from ..graph_replay import GraphReplay
 from .config import SearchConfig
 from .dynamic import _walk_level
-from .tree import LeafEvaluator, States, Tree, _rows, backup
+from .tree import LeafEvaluator, States, Tree, _rows, backup, walk_tables
 
 
 def select(
@@ -34,17 +34,10 @@ def select(
 ) -> torch.Tensor:
     """``dynamic.select`` in fixed shapes: exactly ``levels`` masked walk levels (each through
     ``torch.compile`` when ``compiled``), then one node written per tree. Returns leaves [B]."""
-    B, N, K = tree.children.shape
     levels = tree.tokens.shape[2] if levels is None else levels
-    base = _rows(B, active.device) * N  # [B] flat index of each tree's node 0
+    tables, base = walk_tables(tree)
     node, new, action = _walk(
-        (tree.visits + tree.vloss).view(-1),
-        tree.value_sum.view(-1),
-        tree.value.view(-1),
-        tree.children.view(B * N, K),
-        tree.prior.view(B * N, K),
-        (~tree.expanded | tree.terminal).view(-1),
-        tree.vloss.view(-1),
+        *tables,
         base,
         base + tree.root,
         active,

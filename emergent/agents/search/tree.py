@@ -164,6 +164,24 @@ def _at(x: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
 # -- selection ------------------------------------------------------------------------------
 
 
+def walk_tables(tree: Tree) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """What a selection walk reads and writes, as flat views: (visits with the virtual ones,
+    value sums, values [B * N]; children, priors [B * N, K]; leaf [B * N] (a walk stops
+    there: not expanded, or terminal); vloss [B * N] (written)), and base [B], each tree's
+    node 0 in them. Both walks (``dynamic``, ``static``) take these."""
+    B, N, K = tree.children.shape
+    tables = (
+        (tree.visits + tree.vloss).view(-1),
+        tree.value_sum.view(-1),
+        tree.value.view(-1),
+        tree.children.view(B * N, K),
+        tree.prior.view(B * N, K),
+        (~tree.expanded | tree.terminal).view(-1),
+        tree.vloss.view(-1),
+    )
+    return tables, _rows(B, tree.root.device) * N
+
+
 def _xp(x):
     """The array module of ``x``: the selection walk runs on torch tensors, or on CPU on
     numpy views of the same memory (below)."""
