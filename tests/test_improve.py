@@ -87,8 +87,9 @@ def test_a_method_sees_prompts_and_a_verifier_and_gold_only_if_it_learns_from_it
     exp.train_step()
     (batch,) = seen
     fields = {f.name for f in dataclasses.fields(batch)}
-    assert type(batch) is Prompts and fields == {"prompts", "verify", "gold", "check_steps"}
-    assert batch.check_steps is None  # addition (reversed) has no step checker: nothing but verdicts
+    assert type(batch) is Prompts and fields == {"prompts", "verify", "gold", "check_steps", "drill_steps"}
+    # addition (reversed) has no step checker: nothing but verdicts
+    assert batch.check_steps is None and batch.drill_steps is None
     assert batch.prompts == [p.prompt for p in drawn]
     if method == "supervised":
         assert batch.gold == [p.trace for p in drawn]

@@ -27,6 +27,12 @@ class StepChecker(Protocol):
     def __call__(self, rows: np.ndarray, completions: Sequence[str]) -> list[np.ndarray]: ...
 
 
+class StepDriller(Protocol):
+    """One drill per row for the step checker (``Task.drill_steps``): [D] completions."""
+
+    def __call__(self, rows: np.ndarray, rng: np.random.Generator) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class Prompts:
     """One batch of training problems, as a method sees them: prompts and a verifier.
@@ -40,6 +46,8 @@ class Prompts:
     gold: Optional[list[str]] = None  # [P]
     # the task's step checker under task.check_steps (a process reward's labels); else None
     check_steps: Optional[StepChecker] = None
+    # the task's step drills (reward.step_drills), where it writes them; else None
+    drill_steps: Optional[StepDriller] = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,7 @@ class Trace:
     label: float = 1.0  # verifier outcome (or vote agreement)
     target: Optional[torch.Tensor] = None  # alphazero: improved policy per move [moves, V]
     steps: Optional[tuple] = None  # the reward net's step labels: each scratchpad step true or not
+    value: bool = True  # trains the value head; False: a step drill, for the step head alone
 
 
 class Replay:
@@ -142,7 +151,7 @@ class Replay:
 
     def state_dict(self) -> list:
         # plain lists of str / float / tensor / None: readable by torch.load(weights_only=True)
-        return [[t.prompt, t.completion, t.label, t.target, t.steps] for t in self.items]
+        return [[t.prompt, t.completion, t.label, t.target, t.steps, t.value] for t in self.items]
 
     def load_state_dict(self, state: list) -> None:
-        self.items = [Trace(*row) for row in state]  # a checkpoint from before step labels: 4 fields
+        self.items = [Trace(*row) for row in state]  # from before step labels: 4 fields; before drills: 5

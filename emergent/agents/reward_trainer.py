@@ -40,11 +40,13 @@ def encode_values(
     labels: np.ndarray,
     max_len: int,
     steps: Optional[Sequence[Optional[Sequence[bool]]]] = None,
+    values: Optional[Sequence[bool]] = None,
 ) -> ValueBatch:
     """Rows ``BOS prompt completion EOS``, right-padded; train every state from the last
     prompt token (index len(prompt)) to the EOS (index len(prompt) + len(completion) + 1).
     ``steps`` (per trace, its steps' labels or None): the step head's targets, each at its
-    step's separator (completion index i sits at row index 1 + len(prompt) + i)."""
+    step's separator (completion index i sits at row index 1 + len(prompt) + i). ``values``
+    (per trace): False for a step drill, whose row trains the step head alone."""
     b = encode_batch(TOKENIZER, prompts, completions, max_len)
     # BOS + the shifted targets = the whole row. A trace that filled the context never
     # wrote EOS: its final state is its last token, so the appended EOS is cut off.
@@ -53,6 +55,8 @@ def encode_values(
     eos_at = (lp + torch.tensor([len(c) for c in completions]) + 1).clamp(max=max_len - 1)
     t = torch.arange(full.shape[1])[None, :]
     mask = ((t >= lp[:, None]) & (t <= eos_at[:, None])).float()
+    if values is not None:
+        mask = mask * torch.tensor(values, dtype=torch.float32)[:, None]
     step_mask, step_labels = torch.zeros_like(mask), torch.zeros_like(mask)
     for row, (p, c, judged) in enumerate(zip(prompts, completions, steps or ())):
         if judged is None:
@@ -110,7 +114,7 @@ class RewardTrainer:
         self.replay.add(
             Trace(prompts[i], experience.completions[i], float(experience.labels[i]), steps=steps[i]) for i in train
         )
-        self.replay.add(experience.reward_traces)  # reward.rollouts: sampled for the reward net alone
+        self.replay.add(experience.reward_traces)  # reward.rollouts, near misses, step drills
         flops, losses = 0.0, []
         for _ in range(self.cfg.updates_per_iter if len(self.replay) else 0):
             items = self.replay.sample(rng, self.cfg.batch_size)
@@ -120,6 +124,7 @@ class RewardTrainer:
                 np.array([t.label for t in items]),
                 self.net.cfg.max_len,
                 [t.steps for t in items] if self.net.step_head is not None else None,
+                [t.value for t in items],
             ).to(self.device)
             u = self.trainer.step_batch(lambda b: value_loss(self.net, b, self.cfg.step_coef), batch)
             flops += u.flops

@@ -52,6 +52,7 @@ class SelfImprover:
         self.heldout_fraction = cfg.reward.heldout_fraction
         self.reward_rollouts = cfg.reward.rollouts
         self.reward_near_misses = cfg.reward.near_misses
+        self.step_drills = cfg.reward.step_drills if self.step_labels else 0
         self.replay: Optional[Replay] = None  # a method that replays its own traces sets one
         self.reseed(cfg.seed)
 
@@ -137,6 +138,8 @@ def make_experience(
         extra += near_miss_traces(
             m, problems, np.asarray(rows), completions, np.asarray(finished, dtype=bool), ~heldout
         )
+    if m.step_drills and problems.drill_steps is not None:
+        extra += drill_traces(m, problems)
     steps = None
     if m.step_labels and problems.check_steps is not None:  # only the traces the reward net trains on
         train = np.flatnonzero(~heldout)
@@ -189,6 +192,18 @@ def near_miss_traces(
     at = keep[src]
     labels = problems.verify(rows[at], copies).astype(float) * finished[at]
     return tuple(Trace(problems.prompts[r], c, float(y)) for r, c, y in zip(rows[at], copies, labels))
+
+
+def drill_traces(m: SelfImprover, problems: Prompts) -> tuple[Trace, ...]:
+    """``reward.step_drills`` drills per problem for the step head alone, drawn from the
+    collect stream and labelled by the step checker (no verdict: they train no value)."""
+    rows = np.repeat(np.arange(len(problems.prompts)), m.step_drills)
+    drills = problems.drill_steps(rows, m.collect_rng)
+    judged = problems.check_steps(rows, drills)
+    return tuple(
+        Trace(problems.prompts[r], c, 0.0, steps=tuple(bool(y) for y in labels), value=False)
+        for r, c, labels in zip(rows.tolist(), drills, judged)
+    )
 
 
 # -- learning -----------------------------------------------------------------------------------

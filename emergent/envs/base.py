@@ -154,6 +154,11 @@ class Task(ABC):
         """The format writes a scratchpad and this task can judge its steps."""
         return self.format == "scratchpad" and type(self).judge_steps is not Task.judge_steps
 
+    @property
+    def has_step_drills(self) -> bool:
+        """The task has a step checker and writes drills for it (``drill_steps``)."""
+        return self.has_step_checker and type(self).drill_steps is not Task.drill_steps
+
     # -- generation -----------------------------------------------------------------
     @abstractmethod
     def make_problem(self, rng: np.random.Generator, difficulty: int) -> Problem:
@@ -205,6 +210,13 @@ class Task(ABC):
         steps written before it (each step is judged on its own: a step that builds on an
         earlier false result consistently is true). Tasks with a scratchpad override it."""
         raise NotImplementedError(f"task {self.name!r} has no step checker")
+
+    def drill_steps(self, problem: Problem, rng: np.random.Generator) -> str:
+        """A scratchpad for ``problem`` whose steps are well formed but true or false at random,
+        ending at the answer separator with no answer: a drill for a network learning to check
+        steps (``reward.step_drills``). What labels it is ``judge_steps``, never how it was
+        made. Tasks with a step checker may override it."""
+        raise NotImplementedError(f"task {self.name!r} writes no step drills")
 
     def step_labels(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[np.ndarray]:
         """Per completion, [steps] bool: each scratchpad step's label (``judge_steps``).

@@ -234,3 +234,29 @@ class Countdown(Task):
             pool -= wanted  # what it names is used up (as far as it was there)
             pool[r] += 1
         return labels
+
+    def drill_steps(self, problem: Problem, rng: np.random.Generator) -> str:
+        """Steps over the problem's numbers until one is left, as a solver writes them (two
+        available numbers, larger first, a legal operation), each result true or, half the
+        time, false: the target (the error a policy that wants the target makes most), a near
+        miss (off by 1-3 or 10), or any number up to the largest target."""
+        pool, target = parse_prompt(problem.prompt)
+        steps = []
+        while len(pool) > 1:
+            i, j = rng.choice(len(pool), 2, replace=False)
+            a, b = max(pool[i], pool[j]), min(pool[i], pool[j])
+            pool = [x for k, x in enumerate(pool) if k not in (i, j)]
+            options = _combine(a, b)
+            op, r = options[int(rng.integers(len(options)))]
+            if rng.random() < 0.5:
+                u = rng.random()
+                if u < 0.4:
+                    wrong = target
+                elif u < 0.8:
+                    wrong = max(r + int(rng.choice([-10, -3, -2, -1, 1, 2, 3, 10])), 0)
+                else:
+                    wrong = int(rng.integers(1, self.max_target + 1))
+                r = wrong if wrong != r else r + 1
+            pool.append(r)
+            steps.append(f"{a}{op}{b}={r}")
+        return ",".join(steps) + ">"

@@ -390,6 +390,13 @@ def validate(cfg: Config) -> None:
             "reward.step_labels come from the step checker, which improve.label_source=majority_vote "
             "never calls: set reward.step_labels=false"
         )
+    if cfg.reward.step_drills and reads_key(cfg.train.method, "reward.step_drills"):
+        if not cfg.reward.step_labels:
+            raise ConfigError("reward.step_drills train the reward net's step head: set reward.step_labels=true")
+        if not task.has_step_drills:
+            raise ConfigError(
+                f"reward.step_drills: task {cfg.task.name!r} format {task.format!r} writes no step drills"
+            )
     if cfg.reward.near_misses and votes:
         raise ConfigError(
             "reward.near_misses are labelled by the verifier, which improve.label_source=majority_vote "

@@ -71,6 +71,10 @@ class Oracle:
         """Each completion's scratchpad steps judged one by one ([steps] bool each)."""
         return self._task.step_labels([self._problems[r] for r in rows], completions)
 
+    def drills(self, rows: np.ndarray, rng: np.random.Generator) -> list[str]:
+        """One step drill (``Task.drill_steps``) for each row's problem; labelled by ``steps``."""
+        return [self._task.drill_steps(self._problems[r], rng) for r in rows]
+
 
 @dataclass(frozen=True)
 class Collected:
@@ -204,7 +208,11 @@ class Experiment:
         gold = [self._gold(p) for p in problems] if self.method.demonstrations else None
         oracle = Oracle(self.task, problems)
         batch = Prompts(
-            [p.prompt for p in problems], oracle, gold, oracle.steps if self.task.has_step_checker else None
+            [p.prompt for p in problems],
+            oracle,
+            gold,
+            oracle.steps if self.task.has_step_checker else None,
+            oracle.drills if self.task.has_step_drills else None,
         )
         return Collected(self.method.collect(batch), np.array([p.difficulty for p in problems]), version)
 
