@@ -289,6 +289,48 @@ def test_reward_near_misses_copy_the_trained_traces_and_the_verifier_labels_them
     assert len(exp.method.reward_trainer.replay) == int((~b.heldout).sum()) + 2 * len(trained)
 
 
+def test_step_drills_join_the_reward_replay_labelled_by_the_step_checker(tmp_path):
+    # reward.step_drills=3 on countdown with step labels: three drills per problem, labelled
+    # by the task's step checker, for the reward net's step head alone (no value target)
+    base = [
+        *small("expert_iteration"),
+        "task.name=countdown",
+        "task.format=scratchpad",
+        "task.difficulty=[3,4]",
+        "task.extrapolate=[5,5]",
+        "task.check_steps=true",
+        "model.max_len=64",
+        f"logdir={tmp_path}",
+    ]
+    exp = Experiment(load_config(None, [*base, "reward.step_drills=3"]))
+    problems = exp.next_problems()
+    b = exp.collect(problems).experience
+    drills = [t for t in b.reward_traces if not t.value]
+    assert len(drills) == 3 * len(problems) == len(b.reward_traces)
+    assert [t.prompt for t in drills] == [p.prompt for p in problems for _ in range(3)]
+    truth = exp.task.step_labels([p for p in problems for _ in range(3)], [t.completion for t in drills])
+    assert [t.steps for t in drills] == [tuple(y.tolist()) for y in truth]
+    assert all(t.completion.endswith(">") for t in drills)
+    exp.method.learn(b)
+    assert sum(not t.value for t in exp.method.reward_trainer.replay.items) == len(drills)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["reward.step_labels=false"], "reward.step_drills train the reward net's step head"),
+        (["task.name=multiplication", "task.difficulty=[2,3]", "task.extrapolate=[4,4]"], "writes no step drills"),
+    ],
+)
+def test_step_drills_need_a_step_head_and_a_task_that_writes_them(extra, message):
+    from emergent.platform.config import ConfigError
+
+    base = [*small("expert_iteration"), "task.name=countdown", "task.format=scratchpad", "task.difficulty=[3,4]"]
+    base += ["task.extrapolate=[5,5]", "task.check_steps=true", "reward.step_drills=1"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*base, *extra])
+
+
 def test_near_misses_need_the_verifier():
     from emergent.platform.config import ConfigError
 

@@ -126,3 +126,26 @@ def test_step_head_learns_which_step_is_false_and_only_adds_to_the_value_loss():
     # a checkpoint written before step labels (four fields a trace) still loads
     trainer.replay.load_state_dict([row[:4] for row in trainer.replay.state_dict()])
     assert trainer.replay.items[0].steps is None
+
+
+def test_a_step_drill_trains_the_step_head_alone():
+    """``values`` False (a step drill, ``Trace.value``): the row's step labels train the step
+    head and its value mask is empty, so the value head gets no gradient from it; the replay
+    keeps the flag through a checkpoint, and a row from before it loads as a traced value."""
+    torch.manual_seed(0)
+    net = RewardNet(ModelConfig(n_layer=1, n_head=2, d_model=32, max_len=48), TOKENIZER.vocab_size, step_head=True)
+    prompts, completions = ["1,4,17;67="] * 2, ["17*4=68,68-1=66>", "17*4=68,68-1=67>(17*4)-1"]
+    b = encode_values(prompts, completions, np.array([0.0, 1.0]), 48, [(True, False), (True, True)], [False, True])
+    assert b.mask[0].sum() == 0 and b.mask[1].sum() > 0 and b.step_mask[0].sum() == 2
+    drill = encode_values(prompts[:1], completions[:1], np.zeros(1), 48, [(True, False)], [False])
+    value_loss(net, drill).backward()
+    assert net.head.weight.grad.abs().sum() == 0 and net.step_head.weight.grad.abs().sum() > 0
+    from emergent.agents.records import Replay, Trace
+
+    replay = Replay(4)
+    replay.add([Trace(prompts[0], completions[0], 0.0, steps=(True, False), value=False)])
+    again = Replay(4)
+    again.load_state_dict(replay.state_dict())
+    assert again.items == replay.items
+    again.load_state_dict([row[:5] for row in replay.state_dict()])
+    assert again.items[0].value

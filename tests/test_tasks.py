@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import numpy as np
@@ -265,6 +266,38 @@ def test_every_gold_step_is_true_and_a_task_without_a_scratchpad_has_no_checker(
     )
     with pytest.raises(ValueError, match="no step checker"):
         make_task(name, format=other, check_steps=True)
+
+
+def test_countdown_step_drills_are_well_formed_steps_over_the_prompt_true_or_false_at_random():
+    """A drill uses the problem's numbers (and its own results) until one is left, like a
+    solver's scratchpad, with no answer; about half its steps are true, and what a drill is
+    labelled is the checker's judgement. Drills read the prompt alone and are reproducible."""
+    import re
+
+    from emergent.envs.base import scratchpad_steps
+
+    task = make_task("countdown", format="scratchpad")
+    assert task.has_step_drills and not make_task("multiplication", format="scratchpad").has_step_drills
+    assert not make_task("countdown", format="plain").has_step_drills
+    problems = task.sample(np.random.default_rng(0), 200, "train", [3, 4])
+    drills = [task.drill_steps(p, np.random.default_rng(i)) for i, p in enumerate(problems)]
+    again = [task.drill_steps(p, np.random.default_rng(i)) for i, p in enumerate(problems)]
+    assert drills == again
+    labels = task.step_labels(problems, drills)
+    for p, d, y in zip(problems, drills, labels):
+        assert d.endswith(">") and len(scratchpad_steps(d)) == p.difficulty - 1 == len(y)
+        assert all(re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", s) for s in scratchpad_steps(d))
+        first = re.fullmatch(r"(\d+)[-+*/](\d+)=\d+", scratchpad_steps(d)[0])
+        numbers = [int(x) for x in p.prompt.split(";")[0].split(",")]
+        assert int(first[1]) in numbers and int(first[2]) in numbers
+    share = np.concatenate(labels).mean()
+    assert 0.4 < share < 0.6, share  # true with probability 1/2, checked by the checker
+    # a drill of the same numbers and target reads the same whatever the gold answer
+    blind = [
+        task.drill_steps(dataclasses.replace(p, answer="?", trace="?"), np.random.default_rng(i))
+        for i, p in enumerate(problems)
+    ]
+    assert blind == drills
 
 
 @pytest.mark.parametrize(

@@ -196,9 +196,12 @@ def near_miss_traces(
 
 def drill_traces(m: SelfImprover, problems: Prompts) -> tuple[Trace, ...]:
     """``reward.step_drills`` drills per problem for the step head alone, drawn from the
-    collect stream and labelled by the step checker (no verdict: they train no value)."""
+    collect stream and labelled by the step checker (no verdict: they train no value). A
+    drill longer than the context (BOS, prompt, drill, EOS) is dropped."""
     rows = np.repeat(np.arange(len(problems.prompts)), m.step_drills)
     drills = problems.drill_steps(rows, m.collect_rng)
+    fits = [len(problems.prompts[r]) + len(d) + 2 <= m.policy.cfg.max_len for r, d in zip(rows.tolist(), drills)]
+    rows, drills = rows[fits], [d for d, f in zip(drills, fits) if f]
     judged = problems.check_steps(rows, drills)
     return tuple(
         Trace(problems.prompts[r], c, 0.0, steps=tuple(bool(y) for y in labels), value=False)
