@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from emergent.agents.reward_net import value_loss
-from emergent.agents.reward_trainer import encode_values, step_ends
+from emergent.agents.reward_trainer import encode_values, step_scores
 from emergent.agents.rollouts import sample_rollouts
 from emergent.agents.trainer import OptimConfig, Trainer
 from emergent.platform.checkpoint import load_checkpoint, load_model_state
@@ -82,14 +82,10 @@ def main() -> None:
         net.train()
         eos = torch.tensor([len(p) for p in te.prompts]) + b.mask.sum(1).long() - 1
         value = torch.sigmoid(v[torch.arange(len(eos)), eos]).numpy()
-        p_true = torch.sigmoid(s).numpy()
-        ends = [
-            [1 + len(p) + i for i in step_ends(c) if 1 + len(p) + i < p_true.shape[1]]
-            for p, c in zip(te.prompts, te.completions)
-        ]
-        prod = np.array([p_true[r, at].prod() if at else 1.0 for r, at in enumerate(ends)])
-        xs = np.concatenate([p_true[r, at] for r, at in enumerate(ends) if at])
-        ys = np.concatenate([te_steps[r][: len(at)] for r, at in enumerate(ends) if at])
+        steps = step_scores(torch.sigmoid(s).numpy(), te.prompts, te.completions)  # [R] of [steps]
+        prod = np.array([x.prod() for x in steps])
+        xs = np.concatenate(steps)
+        ys = np.concatenate([lab[: len(x)] for lab, x in zip(te_steps, steps)])
         return {
             "value_auc": round(auc(value, te_y), 3),
             "steps_auc": round(auc(prod, te_y), 3),

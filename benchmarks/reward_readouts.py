@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import torch
 
-from emergent.agents.reward_trainer import encode_values, step_ends
+from emergent.agents.reward_trainer import encode_values, step_scores
 from emergent.agents.rollouts import sample_rollouts
 from emergent.platform.checkpoint import load_checkpoint, load_model_state
 from emergent.platform.config import load_config
@@ -52,13 +52,9 @@ def main(checkpoint: str) -> None:
         logp = torch.log_softmax(policy(b.inputs), -1)
     eos = torch.tensor([len(p) for p in ro.prompts]) + b.mask.sum(1).long() - 1
     value = torch.sigmoid(v[torch.arange(len(eos)), eos]).numpy()
-    p_true = torch.sigmoid(s).numpy()  # [R, T]
-    ends = [
-        [1 + len(p) + i for i in step_ends(c) if 1 + len(p) + i < p_true.shape[1]]
-        for p, c in zip(ro.prompts, ro.completions)
-    ]
-    prod = np.array([p_true[r, at].prod() if at else 1.0 for r, at in enumerate(ends)])
-    low = np.array([p_true[r, at].min() if at else 1.0 for r, at in enumerate(ends)])
+    steps = step_scores(torch.sigmoid(s).numpy(), ro.prompts, ro.completions)  # [R] of [steps]
+    prod = np.array([x.prod() for x in steps])
+    low = np.array([x.min() if len(x) else 1.0 for x in steps])
     token_logp = logp[:, :-1].gather(2, b.inputs[:, 1:, None]).squeeze(-1)
     mask = b.mask[:, 1:]
     mean_logp = ((token_logp * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
@@ -72,8 +68,8 @@ def main(checkpoint: str) -> None:
     ]:
         print(f"  {name:22s} AUC {auc(x, y):.3f}")
     labels = task.step_labels(probs, ro.completions)
-    xs = np.concatenate([p_true[r, at] for r, at in enumerate(ends) if at])
-    ys = np.concatenate([labels[r][: len(at)] for r, at in enumerate(ends) if at]).astype(bool)
+    xs = np.concatenate(steps)
+    ys = np.concatenate([lab[: len(x)] for lab, x in zip(labels, steps)]).astype(bool)
     sound = np.array([len(lab) > 0 and bool(lab.all()) for lab in labels])
     print(f"  step head on {len(ys)} steps ({ys.mean():.3f} true): AUC {auc(xs, ys):.3f}")
     print(f"  wrong traces with every step true: {(sound & ~y).sum() / max((~y).sum(), 1):.3f}")

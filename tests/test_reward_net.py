@@ -20,6 +20,22 @@ def brute_auc(scores, labels):
     return sum(pairs) / len(pairs)
 
 
+def right_and_wrong(prompts, completions, **fields) -> Experience:
+    """One problem's two finished traces, the first labelled right, the second wrong, none held out."""
+    return Experience(
+        prompts,
+        np.zeros(2, int),
+        completions,
+        finished=np.ones(2, bool),
+        labels=np.array([1.0, 0.0]),
+        scores=np.array([1.0, 0.0]),
+        heldout=np.zeros(2, bool),
+        heldout_probs=np.zeros(0),
+        flops={},
+        **fields,
+    )
+
+
 def test_auc_matches_pair_counting_with_ties():
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 5, size=60).astype(float)  # many ties
@@ -41,17 +57,7 @@ def test_reward_net_learns_to_separate_outcomes_and_starts_neutral():
     net = RewardNet(ModelConfig(n_layer=1, n_head=2, d_model=32, max_len=16), TOKENIZER.vocab_size)
     trainer = RewardTrainer(net, cfg, total_steps=10, device=torch.device("cpu"))
     assert trainer.score(["1+1=", "1+1="], ["2", "3"])[0] == pytest.approx([0.5, 0.5])  # no opinion yet
-    good_and_bad = Experience(
-        ["1+1="],
-        np.zeros(2, int),
-        ["2", "3"],
-        finished=np.ones(2, bool),
-        labels=np.array([1.0, 0.0]),
-        scores=np.array([1.0, 0.0]),
-        heldout=np.zeros(2, bool),
-        heldout_probs=np.zeros(0),
-        flops={},
-    )
+    good_and_bad = right_and_wrong(["1+1="], ["2", "3"])
     rng = np.random.default_rng(0)
     for _ in range(10):
         flops, scalars = trainer.update(good_and_bad, rng)
@@ -100,18 +106,7 @@ def test_step_head_learns_which_step_is_false_and_only_adds_to_the_value_loss():
     prompts, completions = ["1,1;2="], ["1+1=2>1+1", "1+1=3>1+1"]
     plain = encode_values(prompts * 2, completions, np.array([1.0, 0.0]), 32)
     assert value_loss(net, plain).item() == pytest.approx(np.log(2), rel=1e-5)  # both heads start at 0.5
-    exp = Experience(
-        prompts,
-        np.zeros(2, int),
-        completions,
-        finished=np.ones(2, bool),
-        labels=np.array([1.0, 0.0]),
-        scores=np.array([1.0, 0.0]),
-        heldout=np.zeros(2, bool),
-        heldout_probs=np.zeros(0),
-        flops={},
-        steps=[(True,), (False,)],
-    )
+    exp = right_and_wrong(prompts, completions, steps=[(True,), (False,)])
     rng = np.random.default_rng(0)
     for _ in range(10):
         trainer.update(exp, rng)

@@ -72,6 +72,16 @@ def encode_values(
     return ValueBatch(full, mask, torch.as_tensor(labels, dtype=torch.float32), step_mask, step_labels)
 
 
+def step_scores(p_true: np.ndarray, prompts: Sequence[str], completions: Sequence[str]) -> list[np.ndarray]:
+    """The step head's P(true) ``p_true`` [R, T] read at each trace's steps: per row, [steps]
+    (a step cut off by the context has none; a trace without steps, an empty array)."""
+    T = p_true.shape[1]
+    return [
+        p_true[r, [a for a in (1 + len(p) + i for i in step_ends(c)) if a < T]]
+        for r, (p, c) in enumerate(zip(prompts, completions))
+    ]
+
+
 def near_misses(completions: Sequence[str], k: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
     """``k`` copies of each completion with one digit, drawn at random, replaced by another
     digit -> (the completion each copy comes from [C], the copies). A completion without
@@ -164,10 +174,7 @@ class RewardTrainer:
             logits, step_logits = self.net.both(batch.inputs)
         values = torch.sigmoid(logits.gather(1, eos[:, None]).squeeze(1)).cpu().numpy()  # as value_at reads EOS
         p_true = torch.sigmoid(upcast(step_logits)).cpu().numpy()  # [R, T]
-        process = values.copy()
-        for r, (p, c) in enumerate(zip(prompts, completions)):
-            at = [1 + len(p) + i for i in step_ends(c) if 1 + len(p) + i < p_true.shape[1]]
-            process[r] *= float(np.prod(p_true[r, at]))
+        process = values * np.array([s.prod() for s in step_scores(p_true, prompts, completions)], dtype=values.dtype)
         B, T = batch.inputs.shape
         return values, process, self.net.flops_per_token(T, backward=False) * B * T
 

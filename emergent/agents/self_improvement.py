@@ -52,7 +52,7 @@ class SelfImprover:
         self.heldout_fraction = cfg.reward.heldout_fraction
         self.reward_rollouts = cfg.reward.rollouts
         self.reward_near_misses = cfg.reward.near_misses
-        self.step_drills = cfg.reward.step_drills if self.step_labels else 0
+        self.step_drills = cfg.reward.step_drills  # (config validation: only with step labels)
         self.replay: Optional[Replay] = None  # a method that replays its own traces sets one
         self.reseed(cfg.seed)
 
